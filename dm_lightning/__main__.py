@@ -1,0 +1,3 @@
+from dm_lightning.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""DepthMaster's training losses (SPEC sections 3 and 4), one small function each."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def latent_valid_mask(valid: Tensor, factor: int) -> Tensor:
+    """Latent-resolution validity: a latent cell is valid only if all its pixels are.
+
+    ``latent_valid = 1 - maxpool_{factor x factor}(1 - valid)``.
+
+    Args:
+        valid: (B, 1, H, W) bool pixel mask; H and W divisible by ``factor``.
+        factor: the VAE's spatial downsampling factor (8 for SD-2).
+
+    Returns:
+        (B, 1, H / factor, W / factor) bool.
+    """
+    invalid = (~valid).float()
+    return F.max_pool2d(invalid, kernel_size=factor, stride=factor) < 0.5
+
+
+def masked_mse(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Mean squared error over valid elements: ``sum(m (p - t)^2) / sum(m)``.
+
+    Args:
+        pred, target: (B, C, H, W).
+        valid: (B, 1, H, W) bool, broadcast over the C channels (so every channel of a valid
+            position counts once).
+
+    Returns:
+        Scalar; 0 (with gradient) when no element is valid.
+    """
+    mask = valid.expand_as(pred).to(pred.dtype)
+    return ((pred - target).square() * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def masked_latent_mse(pred: Tensor, target: Tensor, pixel_valid: Tensor, factor: int) -> Tensor:
+    """Stage-1 loss: :func:`masked_mse` on latents with :func:`latent_valid_mask`.
+
+    Args:
+        pred, target: (B, 4, h, w) latents.
+        pixel_valid: (B, 1, h * factor, w * factor) bool.
+        factor: VAE downsampling factor.
+    """
+    return masked_mse(pred, target, latent_valid_mask(pixel_valid, factor))
+
+
+def inverted_huber(error: Tensor, delta: float = 0.2) -> Tensor:
+    """Element-wise inverted Huber (berHu): ``delta |e|`` if ``|e| <= delta`` else
+    ``(e^2 + delta^2) / 2`` (continuous at ``|e| = delta``)."""
+    abs_e = error.abs()
+    return torch.where(abs_e <= delta, delta * abs_e, (error.square() + delta**2) / 2.0)
+
+
+def directional_gradients(x: Tensor) -> Tensor:
+    """Differences along x, y, 45 and 135 degrees on the (H-1) x (W-1) grid.
+
+    For ``x[..., i, j]`` (row i, column j):
+    ``dx = x[i, j+1] - x[i, j]``, ``dy = x[i+1, j] - x[i, j]``,
+    ``d45 = x[i, j+1] - x[i+1, j]`` (up-right diagonal), ``d135 = x[i+1, j+1] - x[i, j]``.
+
+    Args:
+        x: (B, C, H, W).
+
+    Returns:
+        (4, B, C, H-1, W-1).
+    """
+    a = x[..., :-1, :-1]
+    return torch.stack(
+        [
+            x[..., :-1, 1:] - a,
+            x[..., 1:, :-1] - a,
+            x[..., :-1, 1:] - x[..., 1:, :-1],
+            x[..., 1:, 1:] - a,
+        ]
+    )
+
+
+def gradient_loss(pred: Tensor, target: Tensor, valid: Tensor, delta: float = 0.2) -> Tensor:
+    """Weighted multi-directional gradient loss L_h (SPEC section 4).
+
+    Invalid pixels of both maps are zeroed, the four directional differences are taken, and the
+    inverted Huber of (prediction - GT) differences is averaged over all elements.
+
+    Args:
+        pred, target: (B, 1, H, W) normalised depth in [-1, 1].
+        valid: (B, 1, H, W) bool.
+        delta: inverted-Huber threshold.
+    """
+    mask = valid.to(pred.dtype)
+    error = directional_gradients(pred * mask) - directional_gradients(target * mask)
+    return inverted_huber(error, delta).mean()
+
+
+def feature_alignment_kl(unet_tokens: Tensor, encoder_tokens: Tensor) -> Tensor:
+    """Paper's L_fa: ``KL(softmax(enc) || softmax(unet))`` over the feature dimension,
+    averaged element-wise over B x N x D.
+
+    Args:
+        unet_tokens: (B, N, D) projected U-Net features.
+        encoder_tokens: (B, N, D) frozen encoder features.
+    """
+    log_p_unet = F.log_softmax(unet_tokens.float(), dim=-1)
+    log_p_enc = F.log_softmax(encoder_tokens.float(), dim=-1)
+    return (log_p_enc.exp() * (log_p_enc - log_p_unet)).mean()
+
+
+def feature_alignment_cosine(unet_tokens: Tensor, encoder_tokens: Tensor) -> Tensor:
+    """Ablation option: ``1 - cos(unet, enc)`` per token, averaged over B x N."""
+    return 1.0 - F.cosine_similarity(unet_tokens.float(), encoder_tokens.float(), dim=-1).mean()

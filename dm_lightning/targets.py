@@ -1,0 +1,116 @@
+"""Depth target representations (SPEC section 2, paper Table III).
+
+A target turns metric depth into the network's training signal in [-1, 1] and, for evaluation,
+maps values in its (un-normalised) space back to depth. The network is trained on the
+per-image quantile-normalised target, so at test time its output is only known up to scale
+and shift *in the target's space*; evaluation fits that scale and shift
+(:mod:`dm_lightning.metrics`) and then calls :meth:`DepthTarget.inverse`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class DepthTarget:
+    """Base class: a monotone per-pixel map of depth plus 2%/98% quantile normalisation.
+
+    Args:
+        lower_quantile, upper_quantile: quantiles of the valid target values mapped to -1 and +1.
+    """
+
+    name = "base"
+
+    def __init__(self, lower_quantile: float = 0.02, upper_quantile: float = 0.98) -> None:
+        if not 0.0 <= lower_quantile < upper_quantile <= 1.0:
+            raise ValueError(
+                f"need 0 <= lower_quantile < upper_quantile <= 1, got "
+                f"{lower_quantile}, {upper_quantile}"
+            )
+        self.lower_quantile = lower_quantile
+        self.upper_quantile = upper_quantile
+
+    def forward(self, depth: Tensor) -> Tensor:
+        """Un-normalised target of positive metric depth (same shape)."""
+        raise NotImplementedError
+
+    def inverse(self, value: Tensor) -> Tensor:
+        """Depth (metres) from un-normalised target values; callers clip the result."""
+        raise NotImplementedError
+
+    def normalize(self, depth: Tensor, valid: Tensor) -> Tensor:
+        """Per-image normalised target.
+
+        Args:
+            depth: (B, 1, H, W) metres.
+            valid: (B, 1, H, W) bool, True where depth is a valid measurement.
+
+        Returns:
+            (B, 1, H, W) float in [-1, 1]: ``clip(2 (v - lo) / (hi - lo) - 1, -1, 1)`` with ``lo``,
+            ``hi`` the quantiles of the valid values of each image; invalid pixels are -1.
+        """
+        out = torch.full_like(depth, -1.0)
+        safe = torch.where(valid, depth, torch.ones_like(depth))
+        value = self.forward(safe)
+        for i in range(depth.shape[0]):
+            v = value[i][valid[i]]
+            if v.numel() == 0:
+                continue
+            q = torch.quantile(
+                v.float(), torch.tensor([self.lower_quantile, self.upper_quantile], device=v.device)
+            )
+            lo, hi = q[0], q[1]
+            scale = torch.clamp(hi - lo, min=1e-6)
+            norm = torch.clamp(2.0 * (value[i] - lo) / scale - 1.0, -1.0, 1.0)
+            out[i] = torch.where(valid[i], norm, out[i])
+        return out
+
+
+class SqrtDisparity(DepthTarget):
+    """``sqrt(1 / depth)``: DepthMaster's default (best KITTI AbsRel in paper Table III)."""
+
+    name = "sqrt_disparity"
+
+    def forward(self, depth: Tensor) -> Tensor:
+        return torch.rsqrt(depth)
+
+    def inverse(self, value: Tensor) -> Tensor:
+        return 1.0 / value.square()
+
+
+class Disparity(DepthTarget):
+    """``1 / depth`` (Lotus, E2E-FT style)."""
+
+    name = "disparity"
+
+    def forward(self, depth: Tensor) -> Tensor:
+        return 1.0 / depth
+
+    def inverse(self, value: Tensor) -> Tensor:
+        return 1.0 / value
+
+
+class Depth(DepthTarget):
+    """Plain depth (Marigold style); note 1 = far for this target."""
+
+    name = "depth"
+
+    def forward(self, depth: Tensor) -> Tensor:
+        return depth
+
+    def inverse(self, value: Tensor) -> Tensor:
+        return value
+
+
+TARGETS: dict[str, type[DepthTarget]] = {cls.name: cls for cls in (SqrtDisparity, Disparity, Depth)}
+
+
+def get_target(name: str) -> DepthTarget:
+    """Target by config name: ``sqrt_disparity``, ``disparity`` or ``depth``."""
+    try:
+        return TARGETS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown depth target {name!r}; expected one of {sorted(TARGETS)}"
+        ) from None

@@ -1,0 +1,192 @@
+"""Shared LightningModule base: model loading, optimiser, schedule, validation, test, predict.
+
+Subclasses (:class:`Stage1`, :class:`Stage2`) build their extra parts in ``configure_models``
+and define ``training_step``; everything after training is common.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from dm_lightning.metrics import ALIGNMENT_SPACES, METRIC_NAMES, DepthMetrics
+from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
+from dm_lightning.targets import get_target
+from dm_lightning.training.schedule import warmup_exponential_decay
+
+# Frozen parts: rebuilt from the model folder at start-up, so checkpoints leave them out.
+FROZEN_PREFIXES = ("net.vae.", "encoder.")
+
+
+class DepthMasterTask(L.LightningModule):
+    """Base task.
+
+    Args:
+        model_path: diffusers-layout folder or hub id with ``vae/`` and ``unet/`` (SD-2 base
+            weights, the released DepthMaster model, or a dm_lightning export).
+        unet_path: optional U-Net folder replacing ``model_path/unet``.
+        target: depth target representation: ``sqrt_disparity`` | ``disparity`` | ``depth``.
+        eval_alignment: space of the per-image scale/shift fit at evaluation; default: the
+            target's own space.
+        lr: Adam learning rate.
+        warmup_steps, decay_steps, final_lr_ratio: the warm-up + exponential decay schedule,
+            in optimizer steps.
+        processing_res: long edge at which validation/test/predict run (None = native size).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        unet_path: str | None = None,
+        target: str = "sqrt_disparity",
+        eval_alignment: str | None = None,
+        lr: float = 3e-5,
+        warmup_steps: int = 100,
+        decay_steps: int = 25_000,
+        final_lr_ratio: float = 0.01,
+        processing_res: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder"])
+        self.target = get_target(target)
+        self.eval_alignment = eval_alignment or target
+        if self.eval_alignment not in ALIGNMENT_SPACES:
+            raise ValueError(f"eval_alignment {self.eval_alignment!r} not in {ALIGNMENT_SPACES}")
+        # Frozen modules are not in checkpoints; add them back before a strict load.
+        self.strict_loading = True
+        self.configure_models()
+        self.configure_metrics()
+
+    # ---- construction hooks -------------------------------------------------------------
+    def configure_models(self) -> None:
+        self.net: DepthMaster = load_depthmaster(self.hparams.model_path, self.hparams.unet_path)
+        self.net.vae.requires_grad_(False).eval()
+
+    def configure_metrics(self) -> None:
+        # One DepthMetrics per eval dataloader; filled in setup() once the split names are known.
+        self.eval_metrics = nn.ModuleDict()
+
+    def setup(self, stage: str) -> None:
+        # Built here, inside each (possibly spawned) process, and never shared across ranks.
+        self.eval_metrics = nn.ModuleDict(
+            {
+                _metric_key(s, name): DepthMetrics(space=self.eval_alignment)
+                for s in ("val", "test")
+                for name in self._eval_names(s)
+            }
+        ).to(self.device)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ---- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.trainable_parameters(), lr=hp.lr, weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_exponential_decay(
+                step, hp.warmup_steps, hp.decay_steps, hp.final_lr_ratio
+            ),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def train(self, mode: bool = True) -> DepthMasterTask:
+        super().train(mode)
+        self.net.vae.eval()  # frozen: no dropout / norm-statistics changes
+        return self
+
+    def guard_loss(self, loss: Tensor, parts: dict[str, Tensor]) -> Tensor | None:
+        """Log the loss terms; return None (skip the step) on a non-finite loss, which the
+        original stage-2 code was reported to hit, instead of poisoning the weights."""
+        for name, value in parts.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss")
+        if not torch.isfinite(loss):
+            self.nonfinite_steps = getattr(self, "nonfinite_steps", 0) + 1
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+            return None
+        return loss
+
+    # ---- batch helpers ------------------------------------------------------------------
+    @staticmethod
+    def rgb_signed(batch: dict[str, Any]) -> Tensor:
+        """uint8 RGB -> (B, 3, H, W) float in [-1, 1]."""
+        return batch["rgb"].float() / 127.5 - 1.0
+
+    def normalized_target(self, batch: dict[str, Any]) -> Tensor:
+        """(B, 1, H, W) target in [-1, 1] built on the fly from metric depth."""
+        return self.target.normalize(batch["depth"], batch["valid"])
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def _eval_names(self, stage: str) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None)
+        names = getattr(dm, "val_names" if stage == "val" else "test_names", None)
+        return list(names) if names else ["default"]
+
+    def _metrics_for(self, stage: str, index: int) -> tuple[str, DepthMetrics]:
+        name = self._eval_names(stage)[index]
+        return name, self.eval_metrics[_metric_key(stage, name)]
+
+    def _eval_step(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> None:
+        name, metric = self._metrics_for(stage, dataloader_idx)
+        pred = self.net.predict(batch["rgb"], self.hparams.processing_res)
+        metric.update(pred, batch["depth"], batch["valid"], batch["min_depth"], batch["max_depth"])
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        for i, name in enumerate(self._eval_names(stage)):
+            key = _metric_key(stage, name)
+            if key not in self.eval_metrics:
+                continue
+            values = self.eval_metrics[key].compute()
+            for metric_name in (*METRIC_NAMES, "num_images", "skipped_images"):
+                value = values[metric_name].float()
+                self.log(f"{stage}/{name}/{metric_name}", value, add_dataloader_idx=False)
+                if i == 0 and metric_name in ("abs_rel", "delta1"):
+                    # The first split drives checkpoint selection: val/abs_rel.
+                    self.log(
+                        f"{stage}/{metric_name}", value, prog_bar=True, add_dataloader_idx=False
+                    )
+            self.eval_metrics[key].reset()
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Relative depth (B, 1, H, W) in [0, 1] at input size, with the sample keys."""
+        depth = self.net.predict(batch["rgb"], self.hparams.processing_res)
+        return {"key": batch["key"], "depth": depth.cpu()}
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for k in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            del state[k]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        own = self.state_dict()
+        state = checkpoint["state_dict"]
+        for k, v in own.items():
+            if k.startswith(FROZEN_PREFIXES) and k not in state:
+                state[k] = v
+
+
+def _metric_key(stage: str, name: str) -> str:
+    # ModuleDict keys may not contain dots.
+    return f"{stage}__{name}".replace(".", "_")

@@ -1,0 +1,183 @@
+"""The dm-lightning CLI end to end on tiny data: fit stage 1, fit stage 2 from its export,
+test and predict, through the shipped configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from dm_lightning.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+def _fit(stage: str, data_config: Path, root: Path, model_path: Path, steps: int) -> tuple:
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "tiny" / f"{stage}.yaml"),
+            "--config",
+            str(data_config),
+            "--model.init_args.model_path",
+            str(model_path),
+            "--trainer.max_steps",
+            str(steps),
+            "--trainer.logger.init_args.save_dir",
+            str(root),
+        ]
+    )
+    return cli, Path(cli.trainer.log_dir)
+
+
+@pytest.fixture(scope="module")
+def stage_runs(tmp_path_factory, tiny_model, data_config):
+    root = tmp_path_factory.mktemp("runs")
+    cli1, dir1 = _fit("stage1", data_config, root, tiny_model, steps=4)
+    cli2, dir2 = _fit("stage2", data_config, root, dir1 / "export", steps=3)
+    return {"root": root, "cli1": cli1, "dir1": dir1, "cli2": cli2, "dir2": dir2}
+
+
+def test_stage1_fit_exports_diffusers_folder(stage_runs):
+    cli, run = stage_runs["cli1"], stage_runs["dir1"]
+    assert cli.trainer.global_step == 4
+    export = run / "export"
+    assert json.loads((run / "export.json").read_text())["export"] == str(export.resolve())
+    for rel in (
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "empty_prompt_embedding.safetensors",
+        "dm_lightning.json",
+    ):
+        assert (export / rel).is_file(), rel
+    with safe_open(str(export / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert not any(k.startswith("fftblock.") for k in f.keys())
+    # Metrics of both validation splits were logged, and the first drives val/abs_rel.
+    metrics = cli.trainer.callback_metrics
+    assert 0.0 < float(metrics["val/synthetic_indoor/abs_rel"]) < 10.0
+    assert float(metrics["val/abs_rel"]) == float(metrics["val/synthetic_indoor/abs_rel"])
+    assert float(metrics["val/synthetic_outdoor/num_images"]) == 8
+    assert "train/fa" in metrics and "train/latent_mse" in metrics
+    # TensorBoard event file and a checkpoint without the frozen VAE / encoder.
+    assert list(run.glob("events.out.tfevents.*"))
+    ckpt = next((run / "checkpoints").glob("last*.ckpt"))
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert any(k.startswith("net.unet.") for k in state)
+    assert any(k.startswith("alignment.projector.") for k in state)
+    assert not any(k.startswith(("net.vae.", "encoder.")) for k in state)
+
+
+def test_stage2_starts_from_stage1_export(stage_runs):
+    cli, run = stage_runs["cli2"], stage_runs["dir2"]
+    # A fresh optimizer and step counter, not stage 1's.
+    assert cli.trainer.global_step == 3
+    assert cli.model.hparams.model_path == str(stage_runs["dir1"] / "export")
+    with safe_open(str(run / "export" / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert {
+        "fftblock.norm.weight",
+        "fftblock.conv_f1.weight",
+        "fftblock.conv_f4.weight",
+        "fftblock.conv_s2.weight",
+        "fftblock.fuse.weight",
+    } <= keys
+    metrics = cli.trainer.callback_metrics
+    assert "train/pixel_mse" in metrics and "train/gradient" in metrics
+
+
+def test_test_and_predict_on_export(stage_runs, data_config, tmp_path):
+    export = stage_runs["dir2"] / "export"
+    cli = main(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "tiny" / "eval.yaml"),
+            "--config",
+            str(data_config),
+            "--model.init_args.model_path",
+            str(export),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ]
+    )
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["test/synthetic_indoor/num_images"]) == 8
+    assert float(metrics["test/synthetic_outdoor/num_images"]) == 8
+    assert 0.0 <= float(metrics["test/synthetic_outdoor/delta1"]) <= 1.0
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(images / "b.jpg")
+    out = tmp_path / "pred"
+    main(
+        [
+            "predict",
+            "--config",
+            str(CONFIGS / "tiny" / "eval.yaml"),
+            "--config",
+            str(data_config),
+            "--model.init_args.model_path",
+            str(export),
+            "--data.init_args.predict",
+            str(images),
+            "--trainer.callbacks+=dm_lightning.DepthPredictionWriter",
+            "--trainer.callbacks.output_dir",
+            str(out),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ]
+    )
+    a = np.asarray(Image.open(out / "a.png"))
+    b = np.asarray(Image.open(out / "b.png"))
+    assert a.shape == (50, 70) and a.dtype == np.uint16
+    assert b.shape == (64, 96)
+
+
+def _config_sets() -> list[list[Path]]:
+    data = CONFIGS / "data" / "synthetic.yaml"
+    model_free = CONFIGS / "tiny" / "eval.yaml"
+    sets = []
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        rel = path.relative_to(CONFIGS)
+        if rel.parts[0] == "data":
+            sets.append([model_free, path])
+        elif rel.parts[0] in ("encoders", "ablations"):
+            continue  # overlays, checked on top of the recipe in test_overlay_configs
+        else:
+            sets.append([path, data])
+    return sets
+
+
+@pytest.mark.parametrize(
+    "configs", _config_sets(), ids=lambda c: "+".join(str(p.relative_to(CONFIGS)) for p in c)
+)
+def test_shipped_configs_parse(configs, capsys):
+    args = ["fit"]
+    for c in configs:
+        args += ["--config", str(c)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: dm_lightning." in printed
+
+
+def test_console_script_and_module_help():
+    for cmd in (["dm-lightning", "--help"], [sys.executable, "-m", "dm_lightning", "--help"]):
+        exe = Path(sys.executable).parent / cmd[0] if cmd[0] == "dm-lightning" else cmd[0]
+        result = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+        assert "fit" in result.stdout and "predict" in result.stdout
