@@ -15,20 +15,11 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-ALIGNMENT_SPACES = ("sqrt_disparity", "disparity", "depth")
+from dm_lightning.targets import TARGETS, get_target
+
+ALIGNMENT_SPACES = tuple(TARGETS)  # sqrt_disparity, disparity, depth
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3")
-MIN_DISPARITY = 1e-3  # SPEC: aligned (square-root-squared) disparity clipped at >= 1e-3
 DEPTH_FLOOR = 1e-6
-
-
-def _to_space(depth: Tensor, space: str) -> Tensor:
-    if space == "sqrt_disparity":
-        return torch.rsqrt(depth)
-    if space == "disparity":
-        return 1.0 / depth
-    if space == "depth":
-        return depth
-    raise ValueError(f"unknown alignment space {space!r}; expected one of {ALIGNMENT_SPACES}")
 
 
 def align_prediction(
@@ -48,10 +39,11 @@ def align_prediction(
         (B, H, W) float64 aligned depth (not yet range-clipped); images without valid pixels
         get the plain prediction mapped through the space's inverse.
     """
+    target = get_target(space)
     p = pred.double()
     g_depth = gt.double()
     fit = valid & torch.isfinite(g_depth) & (g_depth > 0)
-    g = torch.where(fit, _to_space(torch.where(fit, g_depth, torch.ones_like(g_depth)), space), 0.0)
+    g = torch.where(fit, target.forward(torch.where(fit, g_depth, torch.ones_like(g_depth))), 0.0)
     m = fit.double()
     n = m.sum(dim=(-2, -1))
     sp = (m * p).sum(dim=(-2, -1))
@@ -66,12 +58,7 @@ def align_prediction(
     shift = torch.where(
         ok, (spp * sg - sp * spg) / safe_det, sg / n.clamp(min=1) - sp / n.clamp(min=1)
     )
-    aligned = scale[:, None, None] * p + shift[:, None, None]
-    if space == "sqrt_disparity":
-        return 1.0 / aligned.square().clamp(min=MIN_DISPARITY)
-    if space == "disparity":
-        return 1.0 / aligned.clamp(min=MIN_DISPARITY)
-    return aligned
+    return target.inverse(scale[:, None, None] * p + shift[:, None, None])
 
 
 def per_image_metrics(depth: Tensor, gt: Tensor, valid: Tensor) -> dict[str, Tensor]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+MIN_DISPARITY = 1e-3  # floor of aligned disparity at evaluation (SPEC section 6)
+
 
 class DepthTarget:
     """Base class: a monotone per-pixel map of depth plus 2%/98% quantile normalisation.
@@ -36,7 +38,12 @@ class DepthTarget:
         raise NotImplementedError
 
     def inverse(self, value: Tensor) -> Tensor:
-        """Depth (metres) from un-normalised target values; callers clip the result."""
+        """Depth (metres) from (aligned) un-normalised target values.
+
+        Evaluation feeds least-squares-aligned predictions here, which can leave the valid
+        range, so disparity-like targets clamp disparity at >= 1e-3 (SPEC section 6) before
+        inverting; callers clip the depth to the dataset range afterwards.
+        """
         raise NotImplementedError
 
     def normalize(self, depth: Tensor, valid: Tensor) -> Tensor:
@@ -76,7 +83,7 @@ class SqrtDisparity(DepthTarget):
         return torch.rsqrt(depth)
 
     def inverse(self, value: Tensor) -> Tensor:
-        return 1.0 / value.square()
+        return 1.0 / value.square().clamp(min=MIN_DISPARITY)
 
 
 class Disparity(DepthTarget):
@@ -88,7 +95,7 @@ class Disparity(DepthTarget):
         return 1.0 / depth
 
     def inverse(self, value: Tensor) -> Tensor:
-        return 1.0 / value
+        return 1.0 / value.clamp(min=MIN_DISPARITY)
 
 
 class Depth(DepthTarget):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from safetensors import safe_open
 
@@ -173,6 +174,41 @@ def test_shipped_configs_parse(configs, capsys):
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path: dm_lightning." in printed
+
+
+def _is_subset(overlay, printed) -> bool:
+    if isinstance(overlay, dict):
+        return isinstance(printed, dict) and all(
+            k in printed and _is_subset(v, printed[k]) for k, v in overlay.items()
+        )
+    return overlay == printed
+
+
+OVERLAYS = sorted((CONFIGS / "encoders").glob("*.yaml")) + sorted(
+    (CONFIGS / "ablations").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_overlay_configs_apply_on_the_recipe(overlay, capsys):
+    """Each ablation/encoder file is a flag on top of the reference recipe and takes effect."""
+    stage2 = overlay.name.startswith(("stage2_", "one_stage"))
+    recipe = CONFIGS / ("stage2.yaml" if stage2 else "stage1.yaml")
+    args = [
+        "fit",
+        "--config",
+        str(recipe),
+        "--config",
+        str(CONFIGS / "data" / "hypersim_vkitti.yaml"),
+    ]
+    with pytest.raises(SystemExit):
+        main([*args, "--config", str(overlay), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    wanted = yaml.safe_load(overlay.read_text())
+    assert _is_subset(wanted, printed), f"{overlay.name} did not apply: {printed['model']}"
+    assert printed["model"]["class_path"] == (
+        "dm_lightning.Stage2" if stage2 else "dm_lightning.Stage1"
+    )
 
 
 def test_console_script_and_module_help():
