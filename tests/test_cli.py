@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from safetensors import safe_open
@@ -62,6 +63,12 @@ def test_stage1_fit_exports_diffusers_folder(stage_runs):
         assert (export / rel).is_file(), rel
     with safe_open(str(export / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         assert not any(k.startswith("fftblock.") for k in f.keys())
+    # Plain diffusers loads the exported U-Net: the trained weights, not the initial ones.
+    from diffusers import UNet2DConditionModel
+
+    plain = UNet2DConditionModel.from_pretrained(export / "unet")
+    trained = cli.model.net.unet.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in plain.state_dict().items())
     # Metrics of both validation splits were logged, and the first drives val/abs_rel.
     metrics = cli.trainer.callback_metrics
     assert 0.0 < float(metrics["val/synthetic_indoor/abs_rel"]) < 10.0
@@ -71,8 +78,6 @@ def test_stage1_fit_exports_diffusers_folder(stage_runs):
     # TensorBoard event file and a checkpoint without the frozen VAE / encoder.
     assert list(run.glob("events.out.tfevents.*"))
     ckpt = next((run / "checkpoints").glob("last*.ckpt"))
-    import torch
-
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert any(k.startswith("net.unet.") for k in state)
     assert any(k.startswith("alignment.projector.") for k in state)
@@ -217,3 +222,40 @@ def test_console_script_and_module_help():
         result = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 0, result.stderr
         assert "fit" in result.stdout and "predict" in result.stdout
+
+
+def test_readme_custom_encoder_trains_through_the_cli(
+    tmp_path, tiny_model, data_config, monkeypatch
+):
+    """The README's worked example of a user encoder, run as written."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Your own alignment encoder", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    overlay = section.split("```yaml", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_encoders.py").write_text(code)
+    (tmp_path / "my_encoder.yaml").write_text(overlay)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "tiny" / "stage1.yaml"),
+            "--config",
+            str(data_config),
+            "--config",
+            str(tmp_path / "my_encoder.yaml"),
+            "--model.init_args.model_path",
+            str(tiny_model),
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ]
+    )
+    model = cli.model
+    assert type(model.encoder).__name__ == "ConvPatchEncoder"
+    assert model.alignment.projector[0].weight.shape == (48, 64)  # D=48 from the encoder
+    assert float(cli.trainer.callback_metrics["train/fa"]) > 0
+    assert not any(p.requires_grad for p in model.encoder.parameters())

@@ -199,7 +199,7 @@ class DepthDataModule(L.LightningDataModule):
             wds.WebDataset(
                 urls,
                 resampled=True,
-                shardshuffle=True,
+                shardshuffle=False,  # resampling already draws shards at random
                 nodesplitter=wds.split_by_node,
                 handler=wds.warn_and_continue,
                 empty_check=False,
