@@ -1,15 +1,15 @@
 """One LightningDataModule for both training stages: streamed shards, mixed per batch.
 
 Training: each source is an infinite, resampled shard stream with its own resolution and batch
-size; whole batches are mixed with :class:`webdataset.RandomMix`, so every micro-batch comes from
-a single source (SPEC section 5). An epoch is a fixed number of batches (``with_epoch``), which
-keeps ranks in step whatever the shard sizes.
-
-Validation/test: each named split is a finite stream, split over ranks and workers.
+size; whole batches are mixed by probability, so every micro-batch comes from a single source
+(SPEC section 5). An epoch is a fixed number of batches per rank, which keeps ranks in step
+whatever the shard sizes. Validation/test: each named split is read exactly once over ranks and
+workers. Seeding and splitting: :mod:`dm_lightning.data.streams`.
 
 Batches are dicts: ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 metres,
 ``valid`` (B, 1, H, W) bool, ``min_depth``/``max_depth`` (B,) float64 metres, ``source`` and
-``key`` (lists of str).
+``key`` (lists of str), ``skipped`` (int: corrupt samples skipped by the stream since its
+previous batch).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import glob
 import logging
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dm_lightning.data.schema import decode_sample
+from dm_lightning.data.schema import valid_mask
+from dm_lightning.data.shards import expand_shard_patterns
+from dm_lightning.data.streams import MixedSourceBatches, ShardSamples, SourceStream, StreamLoader
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,9 @@ class TrainSource:
 
 
 def expand_shards(pattern: str) -> list[str]:
-    """Shard files of a glob, brace pattern or single path, sorted.
-
-    Raises:
-        FileNotFoundError: naming the pattern, when it matches no existing file.
-    """
-    urls: list[str] = []
-    for part in wds.shardlists.expand_urls(pattern):
-        urls.extend(sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part])
-    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
-    if not urls or missing:
-        raise FileNotFoundError(
-            f"no shards for {pattern!r}" + (f" (missing: {missing[:3]})" if missing else "")
-        )
-    return urls
+    """Shard files of a glob, brace pattern or single path (see
+    :func:`~dm_lightning.data.shards.expand_shard_patterns`)."""
+    return expand_shard_patterns(pattern)
 
 
 def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +66,7 @@ def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
     depth = torch.from_numpy(sample["depth"]).unsqueeze(0)
     max_depth = math.inf if meta.get("max_depth") is None else float(meta["max_depth"])
     min_depth = float(meta["min_depth"])
-    valid = torch.isfinite(depth) & (depth > min_depth) & (depth < max_depth)
+    valid = torch.from_numpy(valid_mask(sample["depth"], meta)).unsqueeze(0)
     return {
         "rgb": torch.from_numpy(sample["rgb"]).permute(2, 0, 1).contiguous(),
         "depth": depth,
@@ -87,14 +76,6 @@ def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
         "source": meta["source"],
         "key": sample["key"],
     }
-
-
-def random_hflip(sample: dict[str, Any], p: float = 0.5) -> dict[str, Any]:
-    """Flip RGB, depth and mask together with probability ``p`` (the only augmentation)."""
-    if random.random() < p:
-        for k in ("rgb", "depth", "valid"):
-            sample[k] = sample[k].flip(-1)
-    return sample
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -113,17 +94,6 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("source", "key"):
         out[k] = [s[k] for s in samples]
     return out
-
-
-def _batched(samples, batch_size: int, partial: bool):
-    batch = []
-    for s in samples:
-        batch.append(s)
-        if len(batch) == batch_size:
-            yield collate(batch)
-            batch = []
-    if batch and partial:
-        yield collate(batch)
 
 
 class ImageFolder(Dataset):
@@ -158,6 +128,7 @@ class DepthDataModule(L.LightningDataModule):
         num_workers: data-loading processes per rank.
         shuffle_buffer: samples held for shuffling within each training source.
         hflip: probability of the horizontal flip augmentation.
+        seed: seed of shard choice, shuffling, mixing and flips (with rank, worker and epoch).
     """
 
     def __init__(
@@ -171,6 +142,7 @@ class DepthDataModule(L.LightningDataModule):
         num_workers: int = 2,
         shuffle_buffer: int = 200,
         hflip: float = 0.5,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.train_sources = list(train or [])
@@ -182,6 +154,7 @@ class DepthDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.shuffle_buffer = shuffle_buffer
         self.hflip = hflip
+        self.seed = seed
 
     # Names of the eval dataloaders, in dataloader_idx order; the LightningModule logs by them.
     @property
@@ -192,55 +165,36 @@ class DepthDataModule(L.LightningDataModule):
     def test_names(self) -> list[str]:
         return list(self.test_splits)
 
-    def _train_stream(self, source: TrainSource) -> wds.WebDataset:
-        urls = expand_shards(source.shards)
-        hflip = self.hflip
-        return (
-            wds.WebDataset(
-                urls,
-                resampled=True,
-                shardshuffle=False,  # resampling already draws shards at random
-                nodesplitter=wds.split_by_node,
-                handler=wds.warn_and_continue,
-                empty_check=False,
-            )
-            .shuffle(self.shuffle_buffer)
-            .map(decode_sample, handler=wds.warn_and_continue)
-            .map(sample_to_tensors)
-            .map(lambda s: random_hflip(s, hflip))
-            .compose(lambda it: _batched(it, source.batch_size, partial=False))
-        )
-
     def train_dataloader(self) -> DataLoader:
         if not self.train_sources:
             raise ValueError("DepthDataModule: no training sources configured (data.train)")
-        probs = [s.probability for s in self.train_sources]
-        if any(p < 0 for p in probs) or sum(probs) <= 0:
-            raise ValueError(
-                f"training source probabilities must be >= 0 with a positive sum: {probs}"
+        streams = [
+            SourceStream(
+                s.name,
+                expand_shards(s.shards),
+                s.batch_size,
+                sample_to_tensors,
+                collate,
+                self.shuffle_buffer,
+                self.hflip,
             )
-        streams = [self._train_stream(s) for s in self.train_sources]
-        mixed = wds.RandomMix(streams, probs=[p / sum(probs) for p in probs])
-        loader = wds.WebLoader(mixed, batch_size=None, num_workers=self.num_workers)
-        return loader.with_epoch(self.batches_per_epoch)
+            for s in self.train_sources
+        ]
+        dataset = MixedSourceBatches(
+            streams, [s.probability for s in self.train_sources], self.batches_per_epoch, self.seed
+        )
+        return StreamLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers else None,
+        )
 
     def _eval_loader(self, pattern: str) -> DataLoader:
         urls = expand_shards(pattern)
-        stream = (
-            wds.WebDataset(
-                urls,
-                shardshuffle=False,
-                nodesplitter=wds.split_by_node,
-                workersplitter=wds.split_by_worker,
-                handler=wds.warn_and_continue,
-                empty_check=False,
-            )
-            .map(decode_sample, handler=wds.warn_and_continue)
-            .map(sample_to_tensors)
-            .compose(lambda it: _batched(it, self.eval_batch_size, partial=True))
-        )
-        workers = min(self.num_workers, len(urls))
-        return wds.WebLoader(stream, batch_size=None, num_workers=workers)
+        dataset = ShardSamples(urls, self.eval_batch_size, sample_to_tensors, collate)
+        return StreamLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader(p) for p in self.val_splits.values()]

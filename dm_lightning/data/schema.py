@@ -155,6 +155,13 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return {"key": key, "rgb": rgb, "depth": depth, "meta": meta}
 
 
+def valid_mask(depth: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Valid pixels of a decoded sample: finite and inside the source's open range
+    ``(min_depth, max_depth)`` metres (``max_depth`` None = unbounded). (H, W) bool."""
+    max_depth = math.inf if meta.get("max_depth") is None else float(meta["max_depth"])
+    return np.isfinite(depth) & (depth > float(meta["min_depth"])) & (depth < max_depth)
+
+
 def _png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)

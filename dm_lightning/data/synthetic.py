@@ -28,20 +28,18 @@ and the shards written by :func:`write_split` / :func:`generate` follow
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-import tarfile
 import time
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from dm_lightning.data.schema import SCHEMA_KEYS, encode_sample
+from dm_lightning.data.schema import encode_sample
+from dm_lightning.data.shards import read_shard_keys, shard_names, update_index, write_shard
 
 SOURCES: dict[str, dict[str, Any]] = {
     # 1 mm units: 65.535 m fit in uint16, far beyond the 20 m range.
@@ -58,12 +56,13 @@ SPLIT_IDS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 MAX_SAMPLES_PER_SPLIT = 100_000
 """Seeds of different splits are ``MAX_SAMPLES_PER_SPLIT`` apart, so a split may not exceed it."""
 
+INDEX_FORMAT = "dm_lightning synthetic shards"
+"""The ``format`` field of the ``index.json`` written by :func:`generate`."""
+
 HIT_EPS = 1e-6
 """Smallest accepted ray parameter (metres), so a ray never re-hits the surface it starts on."""
 
 _TEXTURES = ("plain", "checker", "stripes", "windows")
-# A fixed tar member mtime makes shards byte-identical for identical seeds.
-_TAR_MTIME = 1_700_000_000.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,14 +679,6 @@ def sample_seed(base_seed: int, split: str, index: int) -> int:
     return base_seed * 1_000_003 + SPLIT_IDS[split] * MAX_SAMPLES_PER_SPLIT + index
 
 
-def shard_names(split: str, num_samples: int, samples_per_shard: int) -> list[str]:
-    """File names ``<split>-000000.tar``, ... of a split with ``num_samples`` samples."""
-    if samples_per_shard < 1:
-        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-    count = -(-num_samples // samples_per_shard)
-    return [f"{split}-{i:06d}.tar" for i in range(count)]
-
-
 def write_split(
     out_dir: str | os.PathLike,
     source: str,
@@ -744,7 +735,6 @@ def _write_split(
     progress: bool,
 ) -> tuple[list[str], int]:
     """:func:`write_split`, also returning the number of shards written now."""
-    import webdataset as wds
     from tqdm import tqdm
 
     if source not in SOURCES:
@@ -752,7 +742,6 @@ def _write_split(
     sample_seed(base_seed, split, 0)  # validates split and base_seed early
     if num_samples > MAX_SAMPLES_PER_SPLIT:
         raise ValueError(f"at most {MAX_SAMPLES_PER_SPLIT} samples per split, got {num_samples}")
-    cfg = SOURCES[source]
     folder = os.path.join(os.fspath(out_dir), source)
     os.makedirs(folder, exist_ok=True)
     names = shard_names(split, num_samples, samples_per_shard)
@@ -772,54 +761,40 @@ def _write_split(
                 shard * samples_per_shard, min((shard + 1) * samples_per_shard, num_samples)
             )
             keys = [f"{source}-{split}-{index:06d}" for index in indices]
-            if _shard_has_keys(path, keys):
+            if read_shard_keys(path) == set(keys):
                 bar.update(len(indices))
                 continue
-            tmp = _temporary_name(path)
-            try:
-                with open(tmp, "wb") as stream:
-                    with wds.TarWriter(stream, encoder=False, mtime=_TAR_MTIME) as writer:
-                        for index, key in zip(indices, keys):
-                            seed = sample_seed(base_seed, split, index)
-                            rgb, depth, meta = render_scene(source, seed, height, width)
-                            writer.write(
-                                encode_sample(
-                                    key,
-                                    rgb,
-                                    depth,
-                                    source=SOURCE_NAMES[source],
-                                    depth_scale=cfg["depth_scale"],
-                                    min_depth=cfg["min_depth"],
-                                    max_depth=cfg["max_depth"],
-                                    extra={"split": split, **meta},
-                                )
-                            )
-                            bar.update(1)
-                    stream.flush()
-                    os.fsync(stream.fileno())
-                os.replace(tmp, path)
-                written += 1
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-                raise
+            samples = _render_samples(source, split, indices, keys, base_seed, height, width, bar)
+            write_shard(path, samples)
+            written += 1
     return paths, written
 
 
-def _temporary_name(path: str) -> str:
-    return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-
-
-def _shard_has_keys(path: str, keys: list[str]) -> bool:
-    """Whether ``path`` is a readable tar holding exactly the schema members of ``keys``."""
-    if not os.path.exists(path):
-        return False
-    expected = {f"{key}.{member}" for key in keys for member in SCHEMA_KEYS}
-    try:
-        with tarfile.open(path) as tar:
-            return set(tar.getnames()) == expected
-    except (OSError, tarfile.TarError):
-        return False
+def _render_samples(
+    source: str,
+    split: str,
+    indices: Sequence[int],
+    keys: Sequence[str],
+    base_seed: int,
+    height: int | None,
+    width: int | None,
+    bar: Any,
+) -> Iterator[dict[str, Any]]:
+    """Encoded samples of one shard; advances the progress ``bar`` by one per sample."""
+    cfg = SOURCES[source]
+    for index, key in zip(indices, keys):
+        rgb, depth, meta = render_scene(source, sample_seed(base_seed, split, index), height, width)
+        yield encode_sample(
+            key,
+            rgb,
+            depth,
+            source=SOURCE_NAMES[source],
+            depth_scale=cfg["depth_scale"],
+            min_depth=cfg["min_depth"],
+            max_depth=cfg["max_depth"],
+            extra={"split": split, **meta},
+        )
+        bar.update(1)
 
 
 def generate(
@@ -895,29 +870,7 @@ def generate(
             "splits": splits,
         }
     index_path = os.path.join(out_dir, "index.json")
-    _write_index(index_path, index_entries)
+    update_index(index_path, lambda known: known.update(index_entries), INDEX_FORMAT)
     summary["index"] = index_path
     summary["seconds"] = time.perf_counter() - start
     return summary
-
-
-def _write_index(path: str, entries: dict[str, Any]) -> None:
-    merged: dict[str, Any] = {}
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                merged = dict(json.load(f).get("sources", {}))
-        except (OSError, ValueError, AttributeError):
-            merged = {}  # an unreadable index is rebuilt from what this run knows
-    merged.update(entries)
-    index = {"format": "dm_lightning synthetic shards", "sources": merged}
-    tmp = _temporary_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

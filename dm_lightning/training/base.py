@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torchmetrics import SumMetric
 
 from dm_lightning.metrics import ALIGNMENT_SPACES, METRIC_NAMES, DepthMetrics
 from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
@@ -71,13 +72,12 @@ class DepthMasterTask(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # Built here, inside each (possibly spawned) process, and never shared across ranks.
+        keys = [_metric_key(s, name) for s in ("val", "test") for name in self._eval_names(s)]
         self.eval_metrics = nn.ModuleDict(
-            {
-                _metric_key(s, name): DepthMetrics(space=self.eval_alignment)
-                for s in ("val", "test")
-                for name in self._eval_names(s)
-            }
+            {k: DepthMetrics(space=self.eval_alignment) for k in keys}
         ).to(self.device)
+        # Corrupt samples the data streams skipped, synchronised like the metrics.
+        self.eval_skipped = nn.ModuleDict({k: SumMetric() for k in keys}).to(self.device)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -113,6 +113,19 @@ class DepthMasterTask(L.LightningModule):
             return None
         return loss
 
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if isinstance(batch, dict) and "skipped" in batch:
+            # Ranks step in lockstep during training, so a synchronised sum is safe here.
+            self.log(
+                "train/skipped_samples",
+                float(batch["skipped"]),
+                reduce_fx="sum",
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+                batch_size=1,
+            )
+
     # ---- batch helpers ------------------------------------------------------------------
     @staticmethod
     def rgb_signed(batch: dict[str, Any]) -> Tensor:
@@ -129,12 +142,10 @@ class DepthMasterTask(L.LightningModule):
         names = getattr(dm, "val_names" if stage == "val" else "test_names", None)
         return list(names) if names else ["default"]
 
-    def _metrics_for(self, stage: str, index: int) -> tuple[str, DepthMetrics]:
-        name = self._eval_names(stage)[index]
-        return name, self.eval_metrics[_metric_key(stage, name)]
-
     def _eval_step(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> None:
-        name, metric = self._metrics_for(stage, dataloader_idx)
+        key = _metric_key(stage, self._eval_names(stage)[dataloader_idx])
+        metric = self.eval_metrics[key]
+        self.eval_skipped[key].update(float(batch.get("skipped", 0)))
         pred = self.net.predict(batch["rgb"], self.hparams.processing_res)
         metric.update(pred, batch["depth"], batch["valid"], batch["min_depth"], batch["max_depth"])
 
@@ -144,7 +155,9 @@ class DepthMasterTask(L.LightningModule):
             if key not in self.eval_metrics:
                 continue
             values = self.eval_metrics[key].compute()
-            for metric_name in (*METRIC_NAMES, "num_images", "skipped_images"):
+            values["skipped_samples"] = self.eval_skipped[key].compute()
+            self.eval_skipped[key].reset()
+            for metric_name in (*METRIC_NAMES, "num_images", "skipped_images", "skipped_samples"):
                 value = values[metric_name].float()
                 self.log(f"{stage}/{name}/{metric_name}", value, add_dataloader_idx=False)
                 if i == 0 and metric_name in ("abs_rel", "delta1"):

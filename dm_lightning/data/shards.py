@@ -1,0 +1,228 @@
+"""Writing, checking and reading shard files, shared by every shard writer.
+
+A shard is a plain (uncompressed) tar of samples in the :mod:`~dm_lightning.data.schema`
+format. The helpers here make writes safe to interrupt and to repeat:
+
+* :func:`write_shard` writes under a temporary name unique to the process and renames the file
+  when it is complete, so a final name never holds a truncated shard, and processes writing
+  the same shard at once cannot corrupt each other's file;
+* :func:`read_shard_keys` tells whether a shard on disk is complete (a readable tar whose
+  samples all have every schema member), so a rerun can skip it;
+* :func:`update_index` rewrites ``index.json`` atomically, under a lock on its folder.
+
+Members are named ``<key>.<member>`` (webdataset's convention), sorted within a sample, with
+USTAR headers, a fixed mtime, mode 0444 and owner "bigdata", so identical samples give
+byte-identical shards.
+
+This module avoids importing torch (which webdataset pulls in), so the converters and the
+inspection tool start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import json
+import os
+import tarfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from dm_lightning.data.schema import SCHEMA_KEYS
+
+TAR_MTIME = 1_700_000_000.0
+"""Member mtime of every shard, so that identical samples give byte-identical files."""
+
+
+def shard_names(split: str, num_samples: int, samples_per_shard: int) -> list[str]:
+    """File names ``<split>-000000.tar``, ... of a split with ``num_samples`` samples."""
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    count = -(-num_samples // samples_per_shard)
+    return [f"{split}-{i:06d}.tar" for i in range(count)]
+
+
+def temporary_name(path: str) -> str:
+    """``<path>.<pid>-<random>.tmp``: a sibling name no other process or call uses."""
+    return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+def read_shard_keys(path: str | os.PathLike) -> set[str] | None:
+    """Sample keys of a complete shard.
+
+    Returns:
+        The set of keys (empty for an empty tar) when ``path`` is a readable tar whose members
+        are exactly the :data:`~dm_lightning.data.schema.SCHEMA_KEYS` members of each key;
+        ``None`` when the file is missing, unreadable, or holds other or incomplete members.
+    """
+    if not os.path.exists(path):
+        return None
+    try:
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+    except (OSError, tarfile.TarError):
+        return None
+    members: dict[str, set[str]] = {}
+    for name in names:
+        key, _, member = name.partition(".")
+        members.setdefault(key, set()).add(member)
+    if any(found != set(SCHEMA_KEYS) for found in members.values()):
+        return None
+    if len(names) != len(members) * len(SCHEMA_KEYS):  # a member written twice
+        return None
+    return set(members)
+
+
+def write_shard(
+    path: str | os.PathLike, samples: Iterable[dict[str, Any]], mtime: float = TAR_MTIME
+) -> int:
+    """Write samples (dicts from :func:`~dm_lightning.data.schema.encode_sample`) as a tar.
+
+    The file is written to :func:`temporary_name` and renamed to ``path`` once complete and
+    synced. If ``samples`` raises (or the process is interrupted), the temporary file is removed
+    and ``path`` is left as it was. If ``samples`` yields nothing, no file is created (and an
+    existing ``path`` is left as it was).
+
+    Returns:
+        The number of samples written.
+    """
+    path = os.fspath(path)
+    tmp = temporary_name(path)
+    count = 0
+    try:
+        with open(tmp, "wb") as stream:
+            # USTAR: no per-member PAX headers (webdataset.TarWriter writes PAX for its float
+            # mtime); every webdataset and tar reader accepts both.
+            with tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+                for sample in samples:
+                    _add_sample(tar, sample, mtime)
+                    count += 1
+            stream.flush()
+            os.fsync(stream.fileno())
+        if count:
+            os.replace(tmp, path)
+        else:
+            os.remove(tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return count
+
+
+def _add_sample(tar: tarfile.TarFile, sample: dict[str, Any], mtime: float) -> None:
+    key = sample["__key__"]
+    for member in sorted(k for k in sample if not k.startswith("_")):
+        data = sample[member]
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"sample {key}: member {member} is {type(data).__name__}, not bytes")
+        info = tarfile.TarInfo(f"{key}.{member}")
+        info.size = len(data)
+        info.mtime = mtime
+        info.mode = 0o444
+        info.uname = info.gname = "bigdata"
+        tar.addfile(info, io.BytesIO(data))
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Raw samples of a shard, in file order: dicts of member -> bytes plus ``__key__`` and
+    ``__url__`` (the input of :func:`~dm_lightning.data.schema.decode_sample`)."""
+    path = os.fspath(path)
+    sample: dict[str, Any] = {}
+    with tarfile.open(path) as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, member = info.name.partition(".")
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            if not sample:
+                sample = {"__key__": key, "__url__": path}
+            sample[member] = tar.extractfile(info).read()
+    if sample:
+        yield sample
+
+
+def expand_shard_patterns(patterns: str | Sequence[str]) -> list[str]:
+    """Existing files of brace patterns (``train-{000000..000009}.tar``) and globs, in order
+    (each glob sorted), without duplicates.
+
+    Raises:
+        FileNotFoundError: naming the pattern that matches no existing file.
+    """
+    from braceexpand import braceexpand
+
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        matches = []
+        for part in braceexpand(pattern):
+            if glob.has_magic(part):
+                matches.extend(sorted(glob.glob(part)))
+            elif os.path.isfile(part):
+                matches.append(part)
+        if not matches:
+            raise FileNotFoundError(f"no shard files match {pattern!r}")
+        found.update(dict.fromkeys(matches))
+    return list(found)
+
+
+def update_index(
+    path: str | os.PathLike, update: Callable[[dict[str, Any]], None], label: str
+) -> dict[str, Any]:
+    """Read-modify-write ``index.json`` atomically.
+
+    ``update`` receives the ``sources`` mapping of the existing index (empty if there is no
+    index or it is unreadable) and changes it in place. The folder is locked meanwhile (where
+    ``fcntl`` exists), so writers of different sources into one folder keep each other's
+    entries.
+
+    Args:
+        path: the index file.
+        update: edits the ``sources`` mapping.
+        label: the index's ``format`` field.
+
+    Returns:
+        The index written: ``{"format": label, "sources": {...}}``.
+    """
+    path = os.fspath(path)
+    with _folder_lock(os.path.dirname(os.path.abspath(path))):
+        sources: dict[str, Any] = {}
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    sources = dict(json.load(f).get("sources", {}))
+            except (OSError, ValueError, AttributeError, TypeError):
+                sources = {}  # an unreadable index is rebuilt from what this writer knows
+        update(sources)
+        index = {"format": label, "sources": sources}
+        tmp = temporary_name(path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(index, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+    return index
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, concurrent writers may lose an entry
+        yield
+        return
+    # A lock on the folder itself leaves no lock file behind.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
