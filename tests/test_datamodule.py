@@ -158,3 +158,14 @@ def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(many_shards,
     # nothing twice; the corrupt sample and the truncation (read error + cut sample) counted.
     assert len(keys) == len(set(keys)) and len(keys) == 4
     assert skipped >= 3
+
+
+def test_epoch_length_planned_from_the_shard_index(many_shards, tmp_path):
+    # 16 samples per source; expected batch size 0.9*2 + 0.1*2 = 2 -> 32 / 2 = 16 batches.
+    dm = datamodule(many_shards, batches_per_epoch=None)
+    assert len(dm.train_dataloader()) == 16
+    lone = tmp_path / "lone-000000.tar"
+    lone.write_bytes((many_shards / "indoor" / "train-000000.tar").read_bytes())
+    dm = DepthDataModule(train=[TrainSource("x", str(lone))], num_workers=0)
+    with pytest.raises(ValueError, match="batches_per_epoch"):
+        dm.train_dataloader()

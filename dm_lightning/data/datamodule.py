@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dm_lightning.data.schema import valid_mask
-from dm_lightning.data.shards import expand_shard_patterns
+from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count
 from dm_lightning.data.streams import MixedSourceBatches, ShardSamples, SourceStream, StreamLoader
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ class DepthDataModule(L.LightningDataModule):
         val: validation splits, name -> shard pattern; the first one drives checkpoint selection.
         test: test splits, name -> shard pattern.
         predict: a folder or glob of images for ``predict`` (default: the test splits).
-        batches_per_epoch: training batches per epoch and rank.
+        batches_per_epoch: training batches per epoch and rank; None plans one pass over the
+            training samples counted in the shards' ``index.json``, shared by all ranks.
         eval_batch_size: batch size of validation and test streams.
         num_workers: data-loading processes per rank.
         shuffle_buffer: samples held for shuffling within each training source.
@@ -137,7 +138,7 @@ class DepthDataModule(L.LightningDataModule):
         val: dict[str, str] | None = None,
         test: dict[str, str] | None = None,
         predict: str | None = None,
-        batches_per_epoch: int = 1000,
+        batches_per_epoch: int | None = None,
         eval_batch_size: int = 4,
         num_workers: int = 2,
         shuffle_buffer: int = 200,
@@ -181,7 +182,10 @@ class DepthDataModule(L.LightningDataModule):
             for s in self.train_sources
         ]
         dataset = MixedSourceBatches(
-            streams, [s.probability for s in self.train_sources], self.batches_per_epoch, self.seed
+            streams,
+            [s.probability for s in self.train_sources],
+            self.planned_batches(streams),
+            self.seed,
         )
         return StreamLoader(
             dataset,
@@ -190,6 +194,26 @@ class DepthDataModule(L.LightningDataModule):
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
         )
+
+    def planned_batches(self, streams: list[SourceStream]) -> int:
+        """Batches per epoch and rank: the configured number, else one pass over the indexed
+        samples: ``ceil(samples / (expected batch size x world size))``."""
+        if self.batches_per_epoch is not None:
+            return self.batches_per_epoch
+        counts = [indexed_sample_count(s.urls) for s in streams]
+        missing = [s.name for s, c in zip(streams, counts) if c is None]
+        if missing:
+            raise ValueError(
+                f"data.batches_per_epoch is not set and sources {missing} have shards missing "
+                "from an index.json: set batches_per_epoch or regenerate the shards' index"
+            )
+        total = sum(p * s.batch_size for p, s in zip(self._probabilities(), streams))
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return max(1, math.ceil(sum(counts) / (total * world)))
+
+    def _probabilities(self) -> list[float]:
+        probs = [s.probability for s in self.train_sources]
+        return [p / sum(probs) for p in probs]
 
     def _eval_loader(self, pattern: str) -> DataLoader:
         urls = expand_shards(pattern)

@@ -170,6 +170,40 @@ def expand_shard_patterns(patterns: str | Sequence[str]) -> list[str]:
     return list(found)
 
 
+def indexed_sample_count(urls: Sequence[str]) -> int | None:
+    """Samples in ``urls`` according to the ``index.json`` written with them (looked up in
+    each shard's folder and its parent), or None if any shard is not in an index."""
+    total = 0
+    indexes: dict[str, dict[str, int]] = {}
+    for url in urls:
+        path = os.path.abspath(url)
+        count = None
+        for folder in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+            if folder not in indexes:
+                indexes[folder] = _shard_sizes(os.path.join(folder, "index.json"))
+            count = indexes[folder].get(os.path.relpath(path, folder))
+            if count is not None:
+                break
+        if count is None:
+            return None
+        total += count
+    return total
+
+
+def _shard_sizes(index_path: str) -> dict[str, int]:
+    """Relative shard path -> sample count of one ``index.json`` ({} if absent/unreadable)."""
+    try:
+        with open(index_path) as f:
+            sources = json.load(f).get("sources", {})
+    except (OSError, ValueError):
+        return {}
+    sizes: dict[str, int] = {}
+    for source in sources.values():
+        for split in source.get("splits", {}).values():
+            sizes.update(zip(split.get("shards", []), split.get("shard_sizes", [])))
+    return sizes
+
+
 def update_index(
     path: str | os.PathLike, update: Callable[[dict[str, Any]], None], label: str
 ) -> dict[str, Any]:
