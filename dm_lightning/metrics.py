@@ -11,6 +11,8 @@ mean over images.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -146,15 +148,14 @@ class DepthMetrics(Metric):
         self.add_state("num_images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("skipped_images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(
-        self,
-        pred: Tensor,
-        gt: Tensor,
-        valid: Tensor,
-        min_depth: Tensor | float,
-        max_depth: Tensor | float,
-    ) -> None:
-        values, has_valid = evaluate_batch(pred, gt, valid, min_depth, max_depth, self.space)
+    def update(self, *batch: Any) -> None:
+        """Add a batch: ``update(pred, gt, valid, min_depth, max_depth)`` (see
+        :func:`evaluate_batch`), or ``update(values, has_valid)`` with :func:`evaluate_batch`'s
+        output, for callers that also keep the per-image values and must not compute twice."""
+        if len(batch) == 2 and isinstance(batch[0], dict):
+            values, has_valid = batch
+        else:
+            values, has_valid = evaluate_batch(*batch, space=self.space)
         for name in METRIC_NAMES:
             setattr(self, name, getattr(self, name) + values[name][has_valid].sum())
         self.num_images += has_valid.sum()

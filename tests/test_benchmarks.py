@@ -262,8 +262,8 @@ def test_scannet(scannet, layout, caplog):
 def diode(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("diode") / "diode_val"
     depth = np.full((24, 32, 1), 5.0, np.float32)  # DIODE's (H, W, 1)
-    depth[0, 0:4] = 0.3  # clipped up to 0.6, still valid
-    depth[1, 0:4] = 500.0  # clipped down to 350, still valid
+    depth[0, 0:4] = 0.3  # below the range but masked valid: kept as is (only predictions clip)
+    depth[1, 0:4] = 500.0  # above the range, masked valid: kept as is
     depth[2, 0:4] = np.nan  # 4 invalid although the mask says valid
     depth[3, 0:4] = 0.0  # 4 invalid although the mask says valid
     mask = np.ones((24, 32), np.float32)
@@ -291,8 +291,8 @@ def test_diode(diode, layout):
     assert (indoor["min_depth"], indoor["max_depth"]) == (0.6, 350.0)
     depth, valid = indoor["depth"][0], indoor["valid"][0]
     assert valid.sum() == 24 * 32 - 4 - 4 - 128 == 632
-    assert depth[0, 0] == pytest.approx(0.6) and valid[0, 0]
-    assert depth[1, 0] == 350.0 and valid[1, 0]
+    assert depth[0, 0] == pytest.approx(0.3) and valid[0, 0]
+    assert depth[1, 0] == 500.0 and valid[1, 0]
     assert depth[2, 0] == 0 and not valid[2, 0] and depth[3, 0] == 0 and not valid[3, 0]
     assert depth[21, 5] == 5.0 and not valid[21, 5]
     assert outdoor["valid"].all() and torch.all(outdoor["depth"] == 2.0)

@@ -158,7 +158,7 @@ def _config_sets() -> list[list[Path]]:
     sets = []
     for path in sorted(CONFIGS.rglob("*.yaml")):
         rel = path.relative_to(CONFIGS)
-        if rel.parts[0] == "data":
+        if rel.parts[0] in ("data", "eval"):
             sets.append([model_free, path])
         elif rel.parts[0] in ("encoders", "ablations"):
             continue  # overlays, checked on top of the recipe in test_overlay_configs
@@ -259,3 +259,52 @@ def test_readme_custom_encoder_trains_through_the_cli(
     assert model.alignment.projector[0].weight.shape == (48, 64)  # D=48 from the encoder
     assert float(cli.trainer.callback_metrics["train/fa"]) > 0
     assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_two_process_ddp_fit_matches_single_process_validation(
+    tmp_path, tiny_model, data_config, monkeypatch
+):
+    """Stage 1 on 2 CPU processes (gloo, ddp_spawn): training runs on both ranks, validation
+    reads every sample once across ranks (rank 1 has no val shard: uneven), and the synchronised
+    metrics equal a single-process validation of the exported weights."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common = ["--config", str(data_config), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "tiny" / "stage1.yaml"),
+            *common,
+            "--model.init_args.model_path",
+            str(tiny_model),
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp_spawn",
+            "--trainer.max_steps",
+            "3",
+        ]
+    )
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert cli.trainer.world_size == 2
+    assert metrics["val/synthetic_indoor/num_images"] == 8
+    assert metrics["val/synthetic_outdoor/num_images"] == 8
+    # ddp_spawn ran the fit in child processes: find its record on disk.
+    (record,) = (tmp_path / "stage1").glob("version_*/export.json")
+    export = Path(json.loads(record.read_text())["export"])
+    single = main(
+        [
+            "validate",
+            "--config",
+            str(CONFIGS / "tiny" / "eval.yaml"),
+            *common,
+            "--model.init_args.model_path",
+            str(export),
+        ]
+    )
+    for name in ("synthetic_indoor", "synthetic_outdoor"):
+        for metric in ("abs_rel", "delta1", "rmse"):
+            key = f"val/{name}/{metric}"
+            assert float(single.trainer.callback_metrics[key]) == pytest.approx(
+                metrics[key], rel=1e-5
+            )

@@ -648,8 +648,9 @@ class DIODE(BenchmarkDataset):
 
     List line: ``<split>/scene_N/scan_N/<name>.png <...>/<name>_depth.npy
     <...>/<name>_depth_mask.npy``. Depth: float32 metres, (H, W) or (H, W, 1). Valid: the
-    provided mask and a finite depth > 0, **not** re-derived from the range; valid depths are
-    clipped to [0.6, 350] m (SPEC), so a valid pixel may equal min_depth or max_depth.
+    provided mask and a finite depth > 0, **not** re-derived from the range. The [0.6, 350] m
+    range clips predictions only (as the reference evaluation does); ground truth is not
+    clipped.
     """
 
     name = "diode"
@@ -661,12 +662,6 @@ class DIODE(BenchmarkDataset):
         "<name>_depth_mask.npy per the list"
     )
     depth_decoder = staticmethod(decode_npy)
-
-    def read_depth(self, entry: ListEntry) -> np.ndarray:
-        depth = super().read_depth(entry).astype(np.float32)
-        measured = np.isfinite(depth) & (depth > 0)
-        clipped = np.clip(depth, self.min_depth, self.max_depth)
-        return np.where(measured, clipped, depth)
 
     def valid_mask(self, entry: ListEntry, depth: np.ndarray) -> np.ndarray:
         rel = entry.extra[0]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
-from dm_lightning.metrics import ALIGNMENT_SPACES, METRIC_NAMES, DepthMetrics
+from dm_lightning.metrics import ALIGNMENT_SPACES, METRIC_NAMES, DepthMetrics, evaluate_batch
 from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
 from dm_lightning.targets import get_target
 from dm_lightning.training.schedule import warmup_exponential_decay
@@ -69,8 +69,14 @@ class DepthMasterTask(L.LightningModule):
     def configure_metrics(self) -> None:
         # One DepthMetrics per eval dataloader; filled in setup() once the split names are known.
         self.eval_metrics = nn.ModuleDict()
+        # Test split name -> [{"key": str, <metric>: float, ...}] of all ranks, sorted by key.
+        self.per_image_results: dict[str, list[dict[str, Any]]] = {}
 
     def setup(self, stage: str) -> None:
+        # Our buffers are constants (prompt embedding, encoder mean/std). Left to DDP, they are
+        # broadcast before every forward, a collective that hangs when ranks run different
+        # numbers of validation batches (exactly-once eval splits are uneven).
+        self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
         # Built here, inside each (possibly spawned) process, and never shared across ranks.
         keys = [_metric_key(s, name) for s in ("val", "test") for name in self._eval_names(s)]
         self.eval_metrics = nn.ModuleDict(
@@ -78,6 +84,7 @@ class DepthMasterTask(L.LightningModule):
         ).to(self.device)
         # Corrupt samples the data streams skipped, synchronised like the metrics.
         self.eval_skipped = nn.ModuleDict({k: SumMetric() for k in keys}).to(self.device)
+        self._per_image: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -146,8 +153,17 @@ class DepthMasterTask(L.LightningModule):
         key = _metric_key(stage, self._eval_names(stage)[dataloader_idx])
         metric = self.eval_metrics[key]
         self.eval_skipped[key].update(float(batch.get("skipped", 0)))
-        pred = self.net.predict(batch["rgb"], self.hparams.processing_res)
-        metric.update(pred, batch["depth"], batch["valid"], batch["min_depth"], batch["max_depth"])
+        # Benchmark batches carry their own resolution, one value per sample of one benchmark.
+        res = batch.get("processing_res", [self.hparams.processing_res])[0]
+        pred = self.net.predict(batch["rgb"], None if res is None else int(res))
+        gt_args = (batch["depth"], batch["valid"], batch["min_depth"], batch["max_depth"])
+        values, has_valid = evaluate_batch(pred, *gt_args, space=self.eval_alignment)
+        metric.update(values, has_valid)
+        if stage == "test":
+            # Images without a valid pixel are left out, as in the logged means.
+            for i in has_valid.nonzero()[:, 0].tolist():
+                row = {name: float(values[name][i]) for name in METRIC_NAMES}
+                self._per_image[key].append({"key": batch["key"][i], **row})
 
     def _eval_epoch_end(self, stage: str) -> None:
         for i, name in enumerate(self._eval_names(stage)):
@@ -166,6 +182,14 @@ class DepthMasterTask(L.LightningModule):
                         f"{stage}/{metric_name}", value, prog_bar=True, add_dataloader_idx=False
                     )
             self.eval_metrics[key].reset()
+            if stage == "test":
+                rows, self._per_image[key] = self._per_image[key], []
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    # Keys are strings: self.all_gather only takes tensors.
+                    parts: list[Any] = [None] * torch.distributed.get_world_size()
+                    torch.distributed.all_gather_object(parts, rows)
+                    rows = [row for part in parts for row in part]
+                self.per_image_results[name] = sorted(rows, key=lambda row: row["key"])
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0

@@ -19,8 +19,17 @@ EXPORT_RECORD = "export.json"
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run's log folder (``trainer.log_dir``), falling back to ``default_root_dir``."""
+    """The run's log folder (``trainer.log_dir``), falling back to ``default_root_dir``.
+
+    Under DDP ``trainer.log_dir`` is a collective: call it on every rank (callbacks resolve
+    their folders in ``setup``), never from rank 0 alone.
+    """
     return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def output_folder(trainer: L.Trainer, configured: str | None, default_name: str) -> Path:
+    """A callback's output folder: the configured one, else ``<run dir>/<default_name>``."""
+    return Path(configured) if configured else run_dir(trainer) / default_name
 
 
 class ExportDepthMaster(L.Callback):
@@ -42,13 +51,17 @@ class ExportDepthMaster(L.Callback):
         self.best = best
         self.exported: Path | None = None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.run_folder = run_dir(trainer)
+        self.target = output_folder(trainer, self.dirpath, "export")
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.best:
             path = getattr(trainer.checkpoint_callback, "best_model_path", "")
             if path:
                 state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
                 pl_module.load_state_dict({**pl_module.state_dict(), **state})
-        target = Path(self.dirpath) if self.dirpath else run_dir(trainer) / "export"
+        folder, target = self.run_folder, self.target
         if trainer.is_global_zero:
             pl_module.net.save_pretrained(
                 target,
@@ -59,8 +72,8 @@ class ExportDepthMaster(L.Callback):
                 },
             )
             record = {"export": str(target.resolve()), "global_step": trainer.global_step}
-            run_dir(trainer).mkdir(parents=True, exist_ok=True)
-            (run_dir(trainer) / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
             print(f"[dm_lightning] exported {type(pl_module).__name__} model to {target}")
         trainer.strategy.barrier()
         self.exported = target
@@ -80,6 +93,9 @@ class DepthPredictionWriter(BasePredictionWriter):
         self.output_dir = output_dir
         self.save_npy = save_npy
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.folder = output_folder(trainer, self.output_dir, "predictions")
+
     def write_on_batch_end(
         self,
         trainer: L.Trainer,
@@ -90,7 +106,7 @@ class DepthPredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        out = Path(self.output_dir) if self.output_dir else run_dir(trainer) / "predictions"
+        out = self.folder
         out.mkdir(parents=True, exist_ok=True)
         for key, depth in zip(prediction["key"], prediction["depth"]):
             values = depth[0].numpy().astype(np.float32)

@@ -1,0 +1,126 @@
+"""Evaluation report: per-image CSVs and a paper-style results table after ``test``."""
+
+from __future__ import annotations
+
+import csv
+
+import lightning as L
+
+from dm_lightning.metrics import METRIC_NAMES
+from dm_lightning.training.callbacks import output_folder
+
+PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
+    "DepthMaster (paper)": {
+        "kitti": (8.2, 93.7),
+        "nyu": (5.0, 97.2),
+        "eth3d": (5.3, 97.4),
+        "scannet": (5.5, 96.7),
+        "diode": (21.5, 77.6),
+    },
+    "Marigold (paper)": {
+        "kitti": (9.9, 91.6),
+        "nyu": (5.5, 96.4),
+        "eth3d": (6.5, 96.0),
+        "scannet": (6.4, 95.1),
+        "diode": (30.8, 77.3),
+    },
+    "Lotus (paper)": {
+        "kitti": (9.3, 92.8),
+        "nyu": (5.3, 96.7),
+        "eth3d": (6.8, 95.3),
+        "scannet": (6.0, 96.3),
+        "diode": (22.8, 73.8),
+    },
+}
+"""Published zero-shot results (SPEC section 6): method -> benchmark kind -> (AbsRel, delta1),
+both x100."""
+
+MISSING = "–"
+
+
+def results_table(
+    ours: dict[str, tuple[float, float] | None], kinds: dict[str, str], num_images: dict[str, int]
+) -> str:
+    """A markdown table: "this model" then the :data:`PAPER_RESULTS` rows.
+
+    Args:
+        ours: benchmark name -> (AbsRel, delta1) as fractions in [0, inf) and [0, 1], or None
+            (no image evaluated).
+        kinds: benchmark name -> benchmark kind (``nyu``, ... ; anything else has no paper
+            number).
+        num_images: benchmark name -> number of evaluated images, shown in the header.
+
+    Returns:
+        The table; cells are ``AbsRel / delta1`` x100 with one decimal, ``–`` where unknown.
+    """
+
+    def cell(value: tuple[float, float] | None, scale: float) -> str:
+        return MISSING if value is None else f"{value[0] * scale:.1f} / {value[1] * scale:.1f}"
+
+    names = list(ours)
+    lines = [
+        "| AbsRel / δ1 (x100) | " + " | ".join(f"{n} ({num_images[n]})" for n in names) + " |",
+        "|---" * (len(names) + 1) + "|",
+        "| this model | " + " | ".join(cell(ours[n], 100.0) for n in names) + " |",
+    ]
+    for method, numbers in PAPER_RESULTS.items():
+        cells = (cell(numbers.get(kinds[n]), 1.0) for n in names)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+class EvaluationReport(L.Callback):
+    """After ``test``, write per-image metrics and a results table next to the paper's.
+
+    Writes, on global rank 0, to ``output_dir``:
+
+    - ``per_image_<name>.csv`` per test split: ``key`` and the 8 metrics (fractions, not x100;
+      images without a valid pixel are left out, as in the logged means), sorted by key;
+    - ``results.md``: AbsRel and delta1 (x100) of this model per split, next to the published
+      DepthMaster, Marigold and Lotus numbers (SPEC section 6) for benchmarks that have them.
+
+    The table is also printed. Splits are matched to paper columns by their ``kind`` in a
+    :class:`~dm_lightning.data.evaluation.BenchmarkDataModule`, else by their name.
+
+    Args:
+        output_dir: report folder; default ``<trainer.log_dir>/evaluation``.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        self.output_dir = output_dir
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.folder = output_folder(trainer, self.output_dir, "evaluation")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        results = getattr(pl_module, "per_image_results", None)
+        if results is None:
+            raise TypeError(
+                f"EvaluationReport needs a DepthMasterTask (per_image_results); got "
+                f"{type(pl_module).__name__}"
+            )
+        out = self.folder
+        out.mkdir(parents=True, exist_ok=True)
+        for name, rows in results.items():
+            with open(out / f"per_image_{name}.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["key", *METRIC_NAMES])
+                writer.writeheader()
+                writer.writerows(rows)
+        metrics = trainer.callback_metrics
+        num_images = {n: int(metrics[f"test/{n}/num_images"]) for n in results}
+        ours = {
+            n: (float(metrics[f"test/{n}/abs_rel"]), float(metrics[f"test/{n}/delta1"]))
+            if num_images[n]
+            else None
+            for n in results
+        }
+        specs = getattr(trainer.datamodule, "benchmarks", {})
+        kinds = {n: specs[n].kind if n in specs else n for n in results}
+        table = results_table(ours, kinds, num_images)
+        model = pl_module.hparams.get("model_path", "")
+        (out / "results.md").write_text(
+            f"# Zero-shot evaluation\n\nModel: `{model}`. Columns: benchmark (images).\n\n{table}"
+        )
+        print(f"[dm_lightning] evaluation report in {out}\n{table}")
