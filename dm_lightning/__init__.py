@@ -1,7 +1,7 @@
 """dm_lightning: DepthMaster single-step diffusion depth estimation on PyTorch Lightning."""
 
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource
-from dm_lightning.data.evaluation import BenchmarkDataModule, BenchmarkSpec
+from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
+from dm_lightning.data.evaluation import BenchmarkSpec
 from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
 from dm_lightning.models.encoders import AlignmentEncoder, TimmEncoder
 from dm_lightning.models.feature_alignment import FeatureAlignment

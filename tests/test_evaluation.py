@@ -17,7 +17,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dm_lightning.cli import main
-from dm_lightning.data.evaluation import BenchmarkDataModule, BenchmarkSpec, RankShardSampler
+from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule
+from dm_lightning.data.evaluation import BenchmarkSpec, RankShardSampler
 from dm_lightning.metrics import METRIC_NAMES, evaluate_batch
 from dm_lightning.training.report import PAPER_RESULTS
 
@@ -170,3 +171,24 @@ def test_spec_processing_res_is_honoured(cli_run):
         (row,) = model.per_image_results[name]
         assert row == {"key": "tum", **{m: float(values[m][0]) for m in METRIC_NAMES}}
     assert model.per_image_results["tum64"] != model.per_image_results["tum32"]
+
+
+def test_fit_validation_mixes_shard_splits_and_benchmark_subsets(shards):
+    """DepthDataModule.val takes shard patterns and benchmark specs side by side."""
+    from dm_lightning.data.benchmarks import resolve_list_file
+
+    dm = DepthDataModule(
+        val={"synthetic": str(shards / "indoor" / "val-*.tar"), "tum": _tum_spec(48)},
+        eval_batch_size=4,
+        num_workers=0,
+    )
+    assert dm.val_names == ["synthetic", "tum"]
+    synthetic, tum = dm.val_dataloader()
+    assert sum(b["rgb"].shape[0] for b in synthetic) == 8
+    (batch,) = list(tum)
+    assert batch["processing_res"] == [48] and batch["source"] == ["tum"]
+    assert dm.processing_res("tum") == 48 and dm.processing_res("synthetic") is None
+    # Packaged 100-image subsets resolve by name.
+    for name in ("nyu_train_100", "kitti_val_100"):
+        lines = resolve_list_file(name, "nyu").read_text().split("\n")
+        assert len([line for line in lines if line.strip()]) == 100

@@ -542,18 +542,30 @@ class DepthPairDataset(Dataset):
         }
 
 
+def resolve_list_file(list_file: str | os.PathLike | None, default: str) -> Path:
+    """A list file path: as given if it exists, else a packaged list of that name."""
+    if list_file is None:
+        return EVAL_LIST_DIR / f"{default}.txt"
+    path = Path(list_file)
+    packaged = EVAL_LIST_DIR / f"{path.name.removesuffix('.txt')}.txt"
+    if not path.exists() and path.parent == Path(".") and packaged.is_file():
+        return packaged
+    return path
+
+
 class BenchmarkDataset(DepthPairDataset):
     """A benchmark of SPEC section 6 read through its reference list.
 
     Args:
         root: the benchmark's evaluation folder, or the tar of it.
-        list_file: reference list (default: the packaged ``splits/eval/<name>.txt``).
+        list_file: reference list: a file, or the name of a packaged list in ``splits/eval/``
+            (e.g. ``nyu_train_100``, ``kitti_val_100``); default ``splits/eval/<name>.txt``.
     """
 
     min_fields: int = 2
 
     def __init__(self, root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> None:
-        list_path = Path(list_file) if list_file is not None else EVAL_LIST_DIR / f"{self.name}.txt"
+        list_path = resolve_list_file(list_file, self.name)
         self.list_file = list_path
         super().__init__(root, read_list(list_path, self.min_fields))
 

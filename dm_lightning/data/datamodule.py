@@ -18,6 +18,7 @@ import glob
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dm_lightning.data.evaluation import BenchmarkSpec, RankShardSampler, build_dataset
 from dm_lightning.data.schema import valid_mask
 from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count
 from dm_lightning.data.streams import MixedSourceBatches, ShardSamples, SourceStream, StreamLoader
@@ -78,6 +80,14 @@ def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _eval_entries(entries: dict[str, Any] | None) -> dict[str, str | BenchmarkSpec]:
+    """Config values -> shard patterns (str) or :class:`BenchmarkSpec` (from a dict)."""
+    return {
+        name: BenchmarkSpec(**entry) if isinstance(entry, dict) else entry
+        for name, entry in (entries or {}).items()
+    }
+
+
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack same-size samples; raise naming the keys if resolutions differ."""
     shapes = {tuple(s["rgb"].shape) for s in samples}
@@ -94,6 +104,16 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("source", "key"):
         out[k] = [s[k] for s in samples]
     return out
+
+
+def collate_with_resolution(
+    samples: list[dict[str, Any]], processing_res: int | None
+) -> dict[str, Any]:
+    """:func:`collate` plus ``processing_res``: a list with ``processing_res`` (pixels, or None =
+    native) once per sample."""
+    batch = collate(samples)
+    batch["processing_res"] = [processing_res] * len(samples)
+    return batch
 
 
 class ImageFolder(Dataset):
@@ -120,8 +140,10 @@ class DepthDataModule(L.LightningDataModule):
 
     Args:
         train: training sources, mixed per batch by their ``probability``.
-        val: validation splits, name -> shard pattern; the first one drives checkpoint selection.
-        test: test splits, name -> shard pattern.
+        val: validation splits, name -> shard pattern or :class:`BenchmarkSpec` (e.g. a
+            100-image NYU or KITTI subset through ``list_file``); the first one drives
+            checkpoint selection.
+        test: test splits, name -> shard pattern or :class:`BenchmarkSpec`.
         predict: a folder or glob of images for ``predict`` (default: the test splits).
         batches_per_epoch: training batches per epoch and rank; None plans one pass over the
             training samples counted in the shards' ``index.json``, shared by all ranks.
@@ -135,8 +157,8 @@ class DepthDataModule(L.LightningDataModule):
     def __init__(
         self,
         train: list[TrainSource] | None = None,
-        val: dict[str, str] | None = None,
-        test: dict[str, str] | None = None,
+        val: dict[str, str | BenchmarkSpec] | None = None,
+        test: dict[str, str | BenchmarkSpec] | None = None,
         predict: str | None = None,
         batches_per_epoch: int | None = None,
         eval_batch_size: int = 4,
@@ -147,8 +169,10 @@ class DepthDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.train_sources = list(train or [])
-        self.val_splits = dict(val or {})
-        self.test_splits = dict(test or {})
+        self.val_splits = _eval_entries(val)
+        self.test_splits = _eval_entries(test)
+        # An exactly-once split smaller than the world leaves a rank without batches.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         self.predict_path = predict
         self.batches_per_epoch = batches_per_epoch
         self.eval_batch_size = eval_batch_size
@@ -156,6 +180,7 @@ class DepthDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.hflip = hflip
         self.seed = seed
+        self.datasets: dict[str, Dataset] = {}  # benchmark readers, built on first use
 
     # Names of the eval dataloaders, in dataloader_idx order; the LightningModule logs by them.
     @property
@@ -215,16 +240,47 @@ class DepthDataModule(L.LightningDataModule):
         probs = [s.probability for s in self.train_sources]
         return [p / sum(probs) for p in probs]
 
-    def _eval_loader(self, pattern: str) -> DataLoader:
-        urls = expand_shards(pattern)
+    def _eval_loader(self, name: str, entry: str | BenchmarkSpec) -> DataLoader:
+        if isinstance(entry, BenchmarkSpec):
+            return self._benchmark_loader(name, entry)
+        urls = expand_shards(entry)
         dataset = ShardSamples(urls, self.eval_batch_size, sample_to_tensors, collate)
         return StreamLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
 
+    def _benchmark(self, name: str, spec: BenchmarkSpec) -> Dataset:
+        if name not in self.datasets:
+            self.datasets[name] = build_dataset(name, spec)
+        return self.datasets[name]
+
+    def processing_res(self, name: str) -> int | None:
+        """Long edge (pixels) eval set ``name`` runs at: its spec's, else its reader's default;
+        None = native size (shard splits: the model's own setting)."""
+        spec = {**self.val_splits, **self.test_splits}[name]
+        if not isinstance(spec, BenchmarkSpec):
+            return None
+        if spec.processing_res is not None:
+            return spec.processing_res
+        return self._benchmark(name, spec).processing_res
+
+    def _benchmark_loader(self, name: str, spec: BenchmarkSpec) -> DataLoader:
+        dataset = self._benchmark(name, spec)
+        res = self.processing_res(name)
+        world, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            sampler=RankShardSampler(dataset, world, rank),
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_with_resolution, processing_res=res),
+        )
+
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader(p) for p in self.val_splits.values()]
+        return [self._eval_loader(n, e) for n, e in self.val_splits.items()]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader(p) for p in self.test_splits.values()]
+        return [self._eval_loader(n, e) for n, e in self.test_splits.items()]
 
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
         if self.predict_path is None:
@@ -239,3 +295,39 @@ class DepthDataModule(L.LightningDataModule):
                 "key": [items[0]["key"]],
             },
         )
+
+
+class BenchmarkDataModule(DepthDataModule):
+    """Evaluation-only shorthand: the same named :class:`BenchmarkSpec` sets for ``test`` and
+    ``validate``, one dataloader each, in config order (``test/<name>/<metric>``); ``predict``
+    runs over their images.
+
+    Args:
+        benchmarks: name -> :class:`BenchmarkSpec` (or a dict of its fields).
+        batch_size: samples per batch; frames of one benchmark may differ in size (ETH3D,
+            DIODE, user folders), and a batch needs one size, hence 1 by default.
+        num_workers: data-loading processes per benchmark and rank.
+
+    Raises:
+        ValueError: ``benchmarks`` is empty or ``batch_size`` < 1.
+    """
+
+    def __init__(
+        self,
+        benchmarks: dict[str, BenchmarkSpec],
+        batch_size: int = 1,
+        num_workers: int = 2,
+    ) -> None:
+        if not benchmarks:
+            raise ValueError("BenchmarkDataModule: data.benchmarks is empty; name at least one")
+        if batch_size < 1:
+            raise ValueError(f"BenchmarkDataModule: batch_size must be >= 1, got {batch_size}")
+        super().__init__(
+            val=benchmarks, test=benchmarks, eval_batch_size=batch_size, num_workers=num_workers
+        )
+        self.benchmarks = self.test_splits
+
+    def setup(self, stage: str) -> None:
+        # Build the readers up front so a wrong root fails before any model work.
+        for name, spec in self.benchmarks.items():
+            self._benchmark(name, spec)

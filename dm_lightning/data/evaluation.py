@@ -1,10 +1,11 @@
-"""Test/validate data on the zero-shot benchmarks (SPEC section 6) and on users' RGB-D folders.
+"""Evaluation sets on the zero-shot benchmarks (SPEC section 6) and on users' RGB-D folders.
 
-:class:`BenchmarkDataModule` reads each named benchmark with the map-style readers of
-:mod:`dm_lightning.data.benchmarks` and gives one dataloader per benchmark, in config order, so
-:class:`~dm_lightning.training.base.DepthMasterTask` logs ``test/<name>/<metric>``. Batches are
-those of :func:`~dm_lightning.data.datamodule.collate` plus ``processing_res``: a list of
-``int | None`` (long edge the network runs at, None = native size), one per sample.
+A :class:`BenchmarkSpec` names a reader of :mod:`dm_lightning.data.benchmarks`; the
+:class:`~dm_lightning.data.datamodule.DepthDataModule` accepts specs next to shard patterns in
+``val`` and ``test`` (so validation during ``fit`` can run on e.g. NYU or KITTI subsets), and
+:class:`~dm_lightning.data.datamodule.BenchmarkDataModule` is the test-only shorthand. Their
+batches carry ``processing_res``: a list of ``int | None`` (long edge the network runs at,
+None = native size), one per sample.
 
 Every sample is evaluated exactly once over DDP ranks: :class:`RankShardSampler` gives rank r
 the indices ``r, r + world, r + 2 world, ...`` without the padding of torch's
@@ -16,13 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from dm_lightning.data.benchmarks import BENCHMARKS, DepthPairDataset, RGBDFolder, get_benchmark
-from dm_lightning.data.datamodule import DepthDataModule, collate
 
 RGBD_FOLDER = "rgbd_folder"
 
@@ -103,93 +102,3 @@ class RankShardSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return len(self.indices())
-
-
-def collate_with_resolution(
-    samples: list[dict[str, Any]], processing_res: int | None
-) -> dict[str, Any]:
-    """:func:`~dm_lightning.data.datamodule.collate` plus ``processing_res``: a list with
-    ``processing_res`` (pixels, or None = native) once per sample."""
-    batch = collate(samples)
-    batch["processing_res"] = [processing_res] * len(samples)
-    return batch
-
-
-class BenchmarkDataModule(DepthDataModule):
-    """Benchmarks and RGB-D folders for ``test`` and ``validate``, one dataloader per entry.
-
-    A :class:`~dm_lightning.data.datamodule.DepthDataModule` without training sources (the CLI
-    accepts its subclasses as ``data``); ``predict`` runs over the benchmarks' images. Readers
-    are built in :meth:`setup`, so configs parse without the data present.
-
-    Args:
-        benchmarks: name -> :class:`BenchmarkSpec` (or a dict of its fields); the names label
-            the logs (``test/<name>/abs_rel``) and keep their order.
-        batch_size: samples per batch; frames of one benchmark may differ in size (ETH3D,
-            DIODE, user folders), and a batch needs one size, hence 1 by default.
-        num_workers: data-loading processes per benchmark and rank.
-
-    Raises:
-        ValueError: ``benchmarks`` is empty or ``batch_size`` < 1.
-    """
-
-    def __init__(
-        self,
-        benchmarks: dict[str, BenchmarkSpec],
-        batch_size: int = 1,
-        num_workers: int = 2,
-    ) -> None:
-        super().__init__(eval_batch_size=batch_size, num_workers=num_workers)
-        if not benchmarks:
-            raise ValueError("BenchmarkDataModule: data.benchmarks is empty; name at least one")
-        if batch_size < 1:
-            raise ValueError(f"BenchmarkDataModule: batch_size must be >= 1, got {batch_size}")
-        self.benchmarks = {
-            name: BenchmarkSpec(**spec) if isinstance(spec, dict) else spec
-            for name, spec in benchmarks.items()
-        }
-        self.datasets: dict[str, DepthPairDataset] = {}
-        # A benchmark with fewer frames than ranks leaves some ranks without a batch: Lightning
-        # raises on a zero-length eval dataloader in a multi-device run unless this is set.
-        self.allow_zero_length_dataloader_with_multiple_devices = True
-
-    # Names of the eval dataloaders, in dataloader_idx order; the LightningModule logs by them.
-    @property
-    def val_names(self) -> list[str]:
-        return list(self.benchmarks)
-
-    @property
-    def test_names(self) -> list[str]:
-        return list(self.benchmarks)
-
-    def setup(self, stage: str) -> None:
-        if not self.datasets:
-            self.datasets = {name: build_dataset(name, s) for name, s in self.benchmarks.items()}
-
-    def processing_res(self, name: str) -> int | None:
-        """Long edge (pixels) benchmark ``name`` runs at: the spec's, else its reader's
-        (None = native size)."""
-        spec = self.benchmarks[name]
-        if spec.processing_res is not None:
-            return spec.processing_res
-        self.setup("test")
-        return self.datasets[name].processing_res
-
-    def _benchmark_loader(self, name: str) -> DataLoader:
-        self.setup("test")
-        dataset = self.datasets[name]
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        return DataLoader(
-            dataset,
-            batch_size=self.eval_batch_size,
-            sampler=RankShardSampler(dataset, world, rank),
-            num_workers=self.num_workers,
-            collate_fn=partial(collate_with_resolution, processing_res=self.processing_res(name)),
-        )
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return [self._benchmark_loader(name) for name in self.benchmarks]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._benchmark_loader(name) for name in self.benchmarks]

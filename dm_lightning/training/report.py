@@ -80,7 +80,7 @@ class EvaluationReport(L.Callback):
       DepthMaster, Marigold and Lotus numbers (SPEC section 6) for benchmarks that have them.
 
     The table is also printed. Splits are matched to paper columns by their ``kind`` in a
-    :class:`~dm_lightning.data.evaluation.BenchmarkDataModule`, else by their name.
+    :class:`~dm_lightning.data.datamodule.BenchmarkDataModule`, else by their name.
 
     Args:
         output_dir: report folder; default ``<trainer.log_dir>/evaluation``.
