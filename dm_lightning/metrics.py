@@ -167,3 +167,61 @@ class DepthMetrics(Metric):
         out["num_images"] = self.num_images
         out["skipped_images"] = self.skipped_images
         return out
+
+
+class _OneDepthMetric(DepthMetrics):
+    """One of :class:`DepthMetrics`' values; use DepthMetrics itself for several (one
+    alignment per image serves all eight)."""
+
+    metric_name = ""
+
+    def compute(self) -> Tensor:
+        return super().compute()[self.metric_name]
+
+
+class AbsRel(_OneDepthMetric):
+    """Mean over images of ``mean(|d - g| / g)``."""
+
+    metric_name = "abs_rel"
+
+
+class SqRel(_OneDepthMetric):
+    """Mean over images of ``mean((d - g)^2 / g)``."""
+
+    metric_name = "sq_rel"
+
+
+class RMSE(_OneDepthMetric):
+    """Mean over images of ``sqrt(mean((d - g)^2))``, metres."""
+
+    metric_name = "rmse"
+
+
+class RMSELog(_OneDepthMetric):
+    """Mean over images of ``sqrt(mean((ln d - ln g)^2))``."""
+
+    metric_name = "rmse_log"
+
+
+class Log10(_OneDepthMetric):
+    """Mean over images of ``mean(|log10 d - log10 g|)``."""
+
+    metric_name = "log10"
+
+
+class Delta1(_OneDepthMetric):
+    """Mean over images of the fraction with ``max(d/g, g/d) < 1.25``."""
+
+    metric_name = "delta1"
+
+
+class Delta2(_OneDepthMetric):
+    """Mean over images of the fraction with ``max(d/g, g/d) < 1.25^2``."""
+
+    metric_name = "delta2"
+
+
+class Delta3(_OneDepthMetric):
+    """Mean over images of the fraction with ``max(d/g, g/d) < 1.25^3``."""
+
+    metric_name = "delta3"

@@ -446,3 +446,20 @@ def test_depth_metrics_ddp_two_gloo_processes_match_single_process(tmp_path, mon
         assert set(got) == set(expected)
         for key, value in expected.items():
             assert got[key] == pytest.approx(value, rel=0, abs=1e-12), (rank, key)
+
+
+def test_single_metric_classes_match_the_collection():
+    from dm_lightning import metrics as m
+
+    gen = torch.Generator().manual_seed(5)
+    gt = torch.rand(3, 12, 10, generator=gen, dtype=torch.float64) * 5 + 0.5
+    pred = torch.rand(3, 12, 10, generator=gen, dtype=torch.float64)
+    valid = torch.rand(3, 12, 10, generator=gen) > 0.3
+    full = m.DepthMetrics()
+    full.update(pred, gt, valid, 1e-3, 10.0)
+    expected = full.compute()
+    classes = (m.AbsRel, m.SqRel, m.RMSE, m.RMSELog, m.Log10, m.Delta1, m.Delta2, m.Delta3)
+    for cls in classes:
+        one = cls()
+        one.update(pred, gt, valid, 1e-3, 10.0)
+        assert float(one.compute()) == float(expected[cls.metric_name]), cls.__name__
