@@ -11,6 +11,7 @@ mean over images.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -46,12 +47,12 @@ def align_prediction(
     g_depth = gt.double()
     fit = valid & torch.isfinite(g_depth) & (g_depth > 0)
     g = torch.where(fit, target.forward(torch.where(fit, g_depth, torch.ones_like(g_depth))), 0.0)
-    m = fit.double()
-    n = m.sum(dim=(-2, -1))
-    sp = (m * p).sum(dim=(-2, -1))
-    spp = (m * p * p).sum(dim=(-2, -1))
-    sg = (m * g).sum(dim=(-2, -1))
-    spg = (m * p * g).sum(dim=(-2, -1))
+    pm = torch.where(fit, p, 0.0)  # g is already 0 outside the fit mask
+    n = fit.sum(dim=(-2, -1)).double()
+    sp = pm.sum(dim=(-2, -1))
+    spp = pm.square().sum(dim=(-2, -1))
+    sg = g.sum(dim=(-2, -1))
+    spg = (pm * g).sum(dim=(-2, -1))
     det = n * spp - sp * sp
     ok = det.abs() > 1e-12
     safe_det = torch.where(ok, det, torch.ones_like(det))
@@ -74,24 +75,32 @@ def per_image_metrics(depth: Tensor, gt: Tensor, valid: Tensor) -> dict[str, Ten
     Returns:
         name -> (B,) float64; delta thresholds are strict (``max(d/g, g/d) < 1.25^k``).
     """
-    m = valid.double()
-    n = m.sum(dim=(-2, -1)).clamp(min=1)
+    n = valid.sum(dim=(-2, -1)).clamp(min=1).double()
+    # Invalid pixels get d = g = 1: they add exactly 0 to every error sum below, so only the
+    # delta counts need the mask (and no per-metric multiplication by it is needed).
     d = torch.where(valid, depth.double(), 1.0)
     g = torch.where(valid, gt.double(), 1.0)
+    diff = d - g
+    sq = diff.square()
+    log_diff = d.log() - g.log()
+    r = d / g
+    ratio = torch.maximum(r, 1.0 / r)
 
     def mean(x: Tensor) -> Tensor:
-        return (x * m).sum(dim=(-2, -1)) / n
+        return x.sum(dim=(-2, -1)) / n
 
-    ratio = torch.maximum(d / g, g / d)
+    def fraction_below(threshold: float) -> Tensor:
+        return ((ratio < threshold) & valid).sum(dim=(-2, -1)) / n
+
     return {
-        "abs_rel": mean((d - g).abs() / g),
-        "sq_rel": mean((d - g).square() / g),
-        "rmse": mean((d - g).square()).sqrt(),
-        "rmse_log": mean((d.log() - g.log()).square()).sqrt(),
-        "log10": mean((d.log10() - g.log10()).abs()),
-        "delta1": mean((ratio < 1.25).double()),
-        "delta2": mean((ratio < 1.25**2).double()),
-        "delta3": mean((ratio < 1.25**3).double()),
+        "abs_rel": mean(diff.abs() / g),
+        "sq_rel": mean(sq / g),
+        "rmse": mean(sq).sqrt(),
+        "rmse_log": mean(log_diff.square()).sqrt(),
+        "log10": mean(log_diff.abs()) / math.log(10.0),
+        "delta1": fraction_below(1.25),
+        "delta2": fraction_below(1.25**2),
+        "delta3": fraction_below(1.25**3),
     }
 
 
