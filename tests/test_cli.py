@@ -308,3 +308,17 @@ def test_two_process_ddp_fit_matches_single_process_validation(
             assert float(single.trainer.callback_metrics[key]) == pytest.approx(
                 metrics[key], rel=1e-5
             )
+
+
+def test_nonfinite_loss_contributes_zero_gradients(tiny_model):
+    """A NaN loss becomes an exact zero reaching every trainable parameter (DDP-safe), and is
+    counted."""
+    from dm_lightning import Stage2
+
+    task = Stage2(str(tiny_model))
+    loss = task.guard_loss(torch.tensor(float("nan")), {})
+    assert float(loss) == 0.0
+    loss.backward()
+    grads = [p.grad for p in task.trainable_parameters()]
+    assert all(g is not None and not g.any() for g in grads)
+    assert task.nonfinite_steps == 1

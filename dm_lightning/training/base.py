@@ -109,16 +109,23 @@ class DepthMasterTask(L.LightningModule):
         self.net.vae.eval()  # frozen: no dropout / norm-statistics changes
         return self
 
-    def guard_loss(self, loss: Tensor, parts: dict[str, Tensor]) -> Tensor | None:
-        """Log the loss terms; return None (skip the step) on a non-finite loss, which the
-        original stage-2 code was reported to hit, instead of poisoning the weights."""
+    def guard_loss(self, loss: Tensor, parts: dict[str, Tensor]) -> Tensor:
+        """Log the loss terms and guard against a non-finite loss (reported on the original
+        stage-2 code).
+
+        A non-finite loss is replaced by an exact zero that still reaches every trainable
+        parameter, so this rank contributes zero gradients: the weights are not poisoned, and
+        under DDP every rank still runs backward and the gradient all-reduce (skipping the step
+        on one rank only, e.g. by returning None, would hang the others).
+        """
         for name, value in parts.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss")
-        if not torch.isfinite(loss):
-            self.nonfinite_steps = getattr(self, "nonfinite_steps", 0) + 1
-            self.log("train/nonfinite_steps", float(self.nonfinite_steps))
-            return None
-        return loss
+        finite = bool(torch.isfinite(loss))
+        self.nonfinite_steps = getattr(self, "nonfinite_steps", 0) + (not finite)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        if finite:
+            return loss
+        return sum(p.sum() for p in self.trainable_parameters()) * 0.0
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if isinstance(batch, dict) and "skipped" in batch:

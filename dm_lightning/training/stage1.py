@@ -52,7 +52,7 @@ class Stage1(DepthMasterTask):
             self.tap.channels, self.encoder.embed_dim, loss=self.hparams.fa_loss
         )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         rgb = self.rgb_signed(batch)
         with torch.no_grad():
             z_rgb = self.net.encode(rgb)

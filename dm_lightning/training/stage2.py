@@ -45,7 +45,7 @@ class Stage2(DepthMasterTask):
         if self.hparams.fourier and not has_fourier_enhancement(self.net.unet):
             attach_fourier_enhancement(self.net.unet)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         with torch.no_grad():
             z_rgb = self.net.encode(self.rgb_signed(batch))
             target = self.normalized_target(batch)
