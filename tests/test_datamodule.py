@@ -88,6 +88,9 @@ def test_seeded_streams_are_reproducible_and_epochs_differ(many_shards):
 
 def _rank_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    # This child was spawned; its DataLoader workers should fork (as on a normal Linux run)
+    # rather than spawn, which would re-import this test module in every worker.
+    mp.set_start_method("fork", force=True)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
