@@ -60,7 +60,7 @@ def prepare(work: Path, source: str, height: int, width: int, count: int) -> tup
 def bare_decode(folder: Path) -> int:
     n = 0
     for rgb in sorted(folder.glob("*_rgb.png")):
-        np.asarray(Image.open(rgb).convert("RGB"))
+        np.asarray(Image.open(rgb))
         np.asarray(Image.open(str(rgb).replace("_rgb.png", "_depth.png")))
         n += 1
     return n

@@ -70,7 +70,8 @@ def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
     min_depth = float(meta["min_depth"])
     valid = torch.from_numpy(valid_mask(sample["depth"], meta)).unsqueeze(0)
     return {
-        "rgb": torch.from_numpy(sample["rgb"]).permute(2, 0, 1).contiguous(),
+        # A (3, H, W) view of the HWC array: collate's stack makes the one copy.
+        "rgb": torch.from_numpy(sample["rgb"]).permute(2, 0, 1),
         "depth": depth,
         "valid": valid,
         "min_depth": min_depth,

@@ -140,7 +140,9 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
         rgb_bytes = sample.get("rgb.png", sample.get("rgb.jpg"))
         if rgb_bytes is None:
             raise KeyError("rgb.png")
-        rgb = np.array(Image.open(io.BytesIO(rgb_bytes)).convert("RGB"))  # writable copy
+        image = Image.open(io.BytesIO(rgb_bytes))
+        # np.array makes the one writable copy; convert() would add another for RGB images.
+        rgb = np.array(image if image.mode == "RGB" else image.convert("RGB"))
         depth_img = Image.open(io.BytesIO(sample["depth.png"]))
         units = np.asarray(depth_img)
         if units.dtype not in (np.uint16, np.int32, np.uint8) or units.ndim != 2:
