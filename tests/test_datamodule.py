@@ -172,3 +172,10 @@ def test_epoch_length_planned_from_the_shard_index(many_shards, tmp_path):
     dm = DepthDataModule(train=[TrainSource("x", str(lone))], num_workers=0)
     with pytest.raises(ValueError, match="batches_per_epoch"):
         dm.train_dataloader()
+
+
+def test_resumed_run_does_not_replay_the_epoch(many_shards):
+    fresh = keys_of(datamodule(many_shards, seed=7).train_dataloader())
+    resumed = datamodule(many_shards, seed=7).train_dataloader()
+    resumed.dataset.resumed_at = 500  # what train_dataloader sets from trainer.global_step
+    assert keys_of(resumed) != fresh

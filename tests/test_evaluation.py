@@ -76,7 +76,7 @@ def test_spec_resolution_defaults_and_errors(tmp_path):
     )
     assert dm.test_names == dm.val_names == ["diode", "diode_256", "tum"]
     assert [dm.processing_res(n) for n in dm.test_names] == [640, 256, None]
-    assert dm.datasets["tum"][0]["source"] == "tum"  # an rgbd_folder is named by its key
+    assert dm.eval_dataset("tum")[0]["source"] == "tum"  # an rgbd_folder is named by its key
     with pytest.raises(ValueError, match=r"benchmarks.x.kind: unknown kind 'nyuv2'.*rgbd_folder"):
         BenchmarkDataModule({"x": BenchmarkSpec("nyuv2", str(tmp_path))}).setup("test")
     with pytest.raises(ValueError, match="benchmarks.t: list_file='l.txt' is not used"):
@@ -162,7 +162,7 @@ def test_spec_processing_res_is_honoured(cli_run):
     dm = BenchmarkDataModule({"tum64": _tum_spec(64), "tum32": _tum_spec(32)}, num_workers=0)
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(model, dm)
     assert next(iter(dm.test_dataloader()[1]))["processing_res"] == [32]
-    sample = dm.datasets["tum32"][0]
+    sample = dm.eval_dataset("tum32")[0]
     batch = {k: sample[k][None] for k in ("rgb", "depth", "valid")}
     for name, res in (("tum64", 64), ("tum32", 32)):
         with torch.no_grad():
@@ -187,7 +187,7 @@ def test_fit_validation_mixes_shard_splits_and_benchmark_subsets(shards):
     assert sum(b["rgb"].shape[0] for b in synthetic) == 8
     (batch,) = list(tum)
     assert batch["processing_res"] == [48] and batch["source"] == ["tum"]
-    assert dm.processing_res("tum") == 48 and dm.processing_res("synthetic") is None
+    assert dm.processing_res("tum", "val") == 48 and dm.processing_res("synthetic", "val") is None
     # Packaged 100-image subsets resolve by name.
     for name in ("nyu_train_100", "kitti_val_100"):
         lines = resolve_list_file(name, "nyu").read_text().split("\n")

@@ -279,3 +279,26 @@ def test_feature_alignment_projector_sizes_and_grid_resize():
     assert fa.projector[0].weight.grad is not None
     with pytest.raises(ValueError, match="alignment loss"):
         FeatureAlignment(64, 32, loss="l2")
+
+
+def test_fe_block_stays_fp32_through_module_casts():
+    block = FourierEnhancement(C).to(torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in block.parameters())
+    out = block(torch.randn(1, C, 4, 4, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_predict_clips_before_resizing(tiny):
+    """Overshoot beyond [-1, 1] must not leak into neighbours when resizing back."""
+    image = torch.randint(0, 256, (1, 3, 40, 56), dtype=torch.uint8)
+    x = image.float() / 255.0
+    with torch.no_grad():
+        small = F.interpolate(
+            x, size=(24, 32), mode="bilinear", align_corners=False, antialias=True
+        )
+        raw = tiny(small * 2 - 1).clamp(-1, 1)
+        expected = (
+            F.interpolate(raw, size=(40, 56), mode="bilinear", align_corners=False, antialias=True)
+            + 1
+        ) / 2
+    torch.testing.assert_close(tiny.predict(image, processing_res=32), expected)

@@ -213,6 +213,10 @@ class DepthDataModule(L.LightningDataModule):
             self.planned_batches(streams),
             self.seed,
         )
+        if self.trainer is not None:
+            # Continue from the restored trainer state (--ckpt_path), not from epoch 0.
+            dataset.epoch = self.trainer.current_epoch
+            dataset.resumed_at = self.trainer.global_step
         return StreamLoader(
             dataset,
             batch_size=None,
@@ -241,31 +245,40 @@ class DepthDataModule(L.LightningDataModule):
         probs = [s.probability for s in self.train_sources]
         return [p / sum(probs) for p in probs]
 
-    def _eval_loader(self, name: str, entry: str | BenchmarkSpec) -> DataLoader:
+    def _eval_loader(self, stage: str, name: str, entry: str | BenchmarkSpec) -> DataLoader:
         if isinstance(entry, BenchmarkSpec):
-            return self._benchmark_loader(name, entry)
+            return self._benchmark_loader(stage, name, entry)
         urls = expand_shards(entry)
         dataset = ShardSamples(urls, self.eval_batch_size, sample_to_tensors, collate)
         return StreamLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
 
     def _benchmark(self, name: str, spec: BenchmarkSpec) -> Dataset:
-        if name not in self.datasets:
-            self.datasets[name] = build_dataset(name, spec)
-        return self.datasets[name]
+        # Keyed by the spec too: a val and a test entry may share a name with other lists.
+        key = f"{name}:{spec!r}"
+        if key not in self.datasets:
+            self.datasets[key] = build_dataset(name, spec)
+        return self.datasets[key]
 
-    def processing_res(self, name: str) -> int | None:
-        """Long edge (pixels) eval set ``name`` runs at: its spec's, else its reader's default;
-        None = native size (shard splits: the model's own setting)."""
-        spec = {**self.val_splits, **self.test_splits}[name]
+    def eval_dataset(self, name: str, stage: str = "test") -> Dataset:
+        """The reader of benchmark entry ``name`` of ``stage`` ("val" or "test")."""
+        spec = (self.val_splits if stage == "val" else self.test_splits)[name]
+        if not isinstance(spec, BenchmarkSpec):
+            raise TypeError(f"{stage} split {name!r} is a shard pattern, not a benchmark spec")
+        return self._benchmark(name, spec)
+
+    def processing_res(self, name: str, stage: str = "test") -> int | None:
+        """Long edge (pixels) eval set ``name`` of ``stage`` ("val" or "test") runs at: its
+        spec's, else its reader's default; None = native size (shard splits: the model's)."""
+        spec = (self.val_splits if stage == "val" else self.test_splits)[name]
         if not isinstance(spec, BenchmarkSpec):
             return None
         if spec.processing_res is not None:
             return spec.processing_res
         return self._benchmark(name, spec).processing_res
 
-    def _benchmark_loader(self, name: str, spec: BenchmarkSpec) -> DataLoader:
+    def _benchmark_loader(self, stage: str, name: str, spec: BenchmarkSpec) -> DataLoader:
         dataset = self._benchmark(name, spec)
-        res = self.processing_res(name)
+        res = self.processing_res(name, stage)
         world, rank = (
             (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         )
@@ -278,10 +291,10 @@ class DepthDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader(n, e) for n, e in self.val_splits.items()]
+        return [self._eval_loader("val", n, e) for n, e in self.val_splits.items()]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader(n, e) for n, e in self.test_splits.items()]
+        return [self._eval_loader("test", n, e) for n, e in self.test_splits.items()]
 
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
         if self.predict_path is None:

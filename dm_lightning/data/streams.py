@@ -215,6 +215,9 @@ class MixedSourceBatches(RankAware):
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
         self.epoch = 0
+        # Optimizer steps already taken when this run started (a resumed run): folded into the
+        # seed, so a resumed epoch does not replay the batches its first part already drew.
+        self.resumed_at = 0
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -222,7 +225,7 @@ class MixedSourceBatches(RankAware):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, workers = self.reader()
         count = self.batches_per_epoch // workers + int(worker < self.batches_per_epoch % workers)
-        rng = random.Random(stream_seed(self.seed, self.epoch, rank, worker))
+        rng = random.Random(stream_seed(self.seed, self.epoch, rank, worker, self.resumed_at))
         streams = [
             s.batches(
                 random.Random(rng.getrandbits(63)), s.shards_for(rank, world, worker, workers)

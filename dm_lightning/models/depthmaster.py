@@ -102,12 +102,16 @@ class DepthMaster(nn.Module):
         if size != (h, w):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         param = next(self.unet.parameters())
-        raw = self(x.to(param.device, param.dtype) * 2.0 - 1.0).float()
+        latent = self.denoise(self.encode(x.to(param.device, param.dtype) * 2.0 - 1.0))
+        # Decode in fp32 even under bf16 autocast: bf16's step (~0.004) on [-1, 1] would move
+        # aligned depth by over 1% at far range.
+        with torch.autocast(device_type=latent.device.type, enabled=False):
+            raw = self.decode(latent.float()).clamp(-1.0, 1.0)  # clip before resizing (SPEC)
         if size != (h, w):
             raw = F.interpolate(
                 raw, size=(h, w), mode="bilinear", align_corners=False, antialias=True
             )
-        return (raw.clamp(-1.0, 1.0) + 1.0) / 2.0
+        return (raw + 1.0) / 2.0
 
     def working_size(self, height: int, width: int, processing_res: int | None) -> tuple[int, int]:
         """Network input size: long edge scaled to ``processing_res``, rounded to multiples of

@@ -34,6 +34,12 @@ class FourierEnhancement(nn.Module):
         self.conv_s2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.fuse = nn.Conv2d(2 * channels, channels, 1)
 
+    def _apply(self, fn, recurse: bool = True):
+        # Keep the block's parameters fp32 through any cast (e.g. Lightning's bf16-true), since
+        # it computes in fp32; device moves still apply.
+        super()._apply(fn, recurse)
+        return super()._apply(lambda t: t.float() if t.is_floating_point() else t, recurse)
+
     def forward(self, feature: Tensor) -> Tensor:
         dtype = feature.dtype
         # torch.fft has no bf16 kernels and fp16 FFTs lose the phase: always compute in fp32.

@@ -65,6 +65,8 @@ class DepthMasterTask(L.LightningModule):
     def configure_models(self) -> None:
         self.net: DepthMaster = load_depthmaster(self.hparams.model_path, self.hparams.unet_path)
         self.net.vae.requires_grad_(False).eval()
+        # from_pretrained leaves modules in eval mode and Lightning keeps module modes as found.
+        self.net.unet.train()
 
     def configure_metrics(self) -> None:
         # One DepthMetrics per eval dataloader; filled in setup() once the split names are known.
@@ -151,6 +153,12 @@ class DepthMasterTask(L.LightningModule):
         return self.target.normalize(batch["depth"], batch["valid"])
 
     # ---- evaluation ---------------------------------------------------------------------
+    def batch_processing_res(self, batch: dict[str, Any]) -> int | None:
+        """Long edge to run a batch at: benchmark batches carry their own (one value per
+        sample of one benchmark), others use ``processing_res`` (None = native size)."""
+        res = batch.get("processing_res", [self.hparams.processing_res])[0]
+        return None if res is None else int(res)
+
     def _eval_names(self, stage: str) -> list[str]:
         dm = getattr(self.trainer, "datamodule", None)
         names = getattr(dm, "val_names" if stage == "val" else "test_names", None)
@@ -160,9 +168,7 @@ class DepthMasterTask(L.LightningModule):
         key = _metric_key(stage, self._eval_names(stage)[dataloader_idx])
         metric = self.eval_metrics[key]
         self.eval_skipped[key].update(float(batch.get("skipped", 0)))
-        # Benchmark batches carry their own resolution, one value per sample of one benchmark.
-        res = batch.get("processing_res", [self.hparams.processing_res])[0]
-        pred = self.net.predict(batch["rgb"], None if res is None else int(res))
+        pred = self.net.predict(batch["rgb"], self.batch_processing_res(batch))
         gt_args = (batch["depth"], batch["valid"], batch["min_depth"], batch["max_depth"])
         values, has_valid = evaluate_batch(pred, *gt_args, space=self.eval_alignment)
         metric.update(values, has_valid)
@@ -214,7 +220,7 @@ class DepthMasterTask(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Relative depth (B, 1, H, W) in [0, 1] at input size, with the sample keys."""
-        depth = self.net.predict(batch["rgb"], self.hparams.processing_res)
+        depth = self.net.predict(batch["rgb"], self.batch_processing_res(batch))
         return {"key": batch["key"], "depth": depth.cpu()}
 
     # ---- checkpoints --------------------------------------------------------------------
