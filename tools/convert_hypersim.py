@@ -8,16 +8,14 @@ Example (from the repository root, with the package installed)::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from dm_lightning.data.convert import (
     HYPERSIM_LAYOUTS,
     add_conversion_arguments,
-    check_conversion_arguments,
     convert_hypersim,
-    summary_lines,
+    run_conversion,
 )
 
 DESCRIPTION = """\
@@ -67,21 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), convert, print a summary; 0 on success."""
     args = build_parser().parse_args(argv)
-    check_conversion_arguments(args)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    summary = convert_hypersim(
-        args.inputs,
-        args.out,
-        split=args.split,
-        split_list=args.split_list,
-        layout=args.layout,
-        limit=args.limit,
-        per_shard=args.per_shard,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
+    summary = run_conversion(args, convert_hypersim, layout=args.layout)
     print(f"layout: {summary['layout']}")
-    print("\n".join(summary_lines(summary)))
     return 0
 
 

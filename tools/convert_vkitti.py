@@ -8,15 +8,13 @@ Example (from the repository root, with the package installed)::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from dm_lightning.data.convert import (
     add_conversion_arguments,
-    check_conversion_arguments,
     convert_vkitti,
-    summary_lines,
+    run_conversion,
 )
 
 DESCRIPTION = """\
@@ -55,20 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), convert, print a summary; 0 on success."""
-    args = build_parser().parse_args(argv)
-    check_conversion_arguments(args)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    summary = convert_vkitti(
-        args.inputs,
-        args.out,
-        split=args.split,
-        split_list=args.split_list,
-        limit=args.limit,
-        per_shard=args.per_shard,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
-    print("\n".join(summary_lines(summary)))
+    run_conversion(build_parser().parse_args(argv), convert_vkitti)
     return 0
 
 

@@ -888,3 +888,25 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"skipped frames (missing or unreadable input): {summary['skipped_frames']}",
         f"index: {summary['index']}  ({summary['seconds']:.1f} s)",
     ]
+
+
+def run_conversion(
+    args: argparse.Namespace, convert: Callable[..., dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """The converter CLIs' shared body: check ``args``, convert with ``convert(...)`` (plus
+    ``extra`` keyword arguments), print the summary; returns it."""
+    check_conversion_arguments(args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    summary = convert(
+        args.inputs,
+        args.out,
+        split=args.split,
+        split_list=args.split_list,
+        limit=args.limit,
+        per_shard=args.per_shard,
+        workers=args.workers,
+        progress=not args.quiet,
+        **extra,
+    )
+    print("\n".join(summary_lines(summary)))
+    return summary
