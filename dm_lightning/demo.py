@@ -20,8 +20,6 @@ from pathlib import Path
 
 from dm_lightning.cli import main as cli_main
 
-STAGES = ("untrained", "stage 1", "stage 2")
-
 
 def ensure_data(shards: Path, seed: int) -> None:
     if (shards / "index.json").is_file():

@@ -56,12 +56,6 @@ class TrainSource:
     batch_size: int = 2
 
 
-def expand_shards(pattern: str) -> list[str]:
-    """Shard files of a glob, brace pattern or single path (see
-    :func:`~dm_lightning.data.shards.expand_shard_patterns`)."""
-    return expand_shard_patterns(pattern)
-
-
 def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
     """Decoded schema sample -> tensors with the valid mask of the source's range."""
     meta = sample["meta"]
@@ -198,7 +192,7 @@ class DepthDataModule(L.LightningDataModule):
         streams = [
             SourceStream(
                 s.name,
-                expand_shards(s.shards),
+                expand_shard_patterns(s.shards),
                 s.batch_size,
                 sample_to_tensors,
                 collate,
@@ -208,11 +202,10 @@ class DepthDataModule(L.LightningDataModule):
             for s in self.train_sources
         ]
         dataset = MixedSourceBatches(
-            streams,
-            [s.probability for s in self.train_sources],
-            self.planned_batches(streams),
-            self.seed,
+            streams, [s.probability for s in self.train_sources], self.batches_per_epoch, self.seed
         )
+        if dataset.batches_per_epoch is None:
+            dataset.batches_per_epoch = self.planned_batches(dataset)
         if self.trainer is not None:
             # Continue from the restored trainer state (--ckpt_path), not from epoch 0.
             dataset.epoch = self.trainer.current_epoch
@@ -225,11 +218,10 @@ class DepthDataModule(L.LightningDataModule):
             prefetch_factor=4 if self.num_workers else None,
         )
 
-    def planned_batches(self, streams: list[SourceStream]) -> int:
-        """Batches per epoch and rank: the configured number, else one pass over the indexed
-        samples: ``ceil(samples / (expected batch size x world size))``."""
-        if self.batches_per_epoch is not None:
-            return self.batches_per_epoch
+    def planned_batches(self, dataset: MixedSourceBatches) -> int:
+        """Batches per epoch and rank for one pass over the samples counted in the shards'
+        ``index.json``: ``ceil(samples / (expected batch size x world size))``."""
+        streams = dataset.sources
         counts = [indexed_sample_count(s.urls) for s in streams]
         missing = [s.name for s, c in zip(streams, counts) if c is None]
         if missing:
@@ -237,18 +229,14 @@ class DepthDataModule(L.LightningDataModule):
                 f"data.batches_per_epoch is not set and sources {missing} have shards missing "
                 "from an index.json: set batches_per_epoch or regenerate the shards' index"
             )
-        total = sum(p * s.batch_size for p, s in zip(self._probabilities(), streams))
+        total = sum(p * s.batch_size for p, s in zip(dataset.probabilities, streams))
         world = self.trainer.world_size if self.trainer is not None else 1
         return max(1, math.ceil(sum(counts) / (total * world)))
-
-    def _probabilities(self) -> list[float]:
-        probs = [s.probability for s in self.train_sources]
-        return [p / sum(probs) for p in probs]
 
     def _eval_loader(self, stage: str, name: str, entry: str | BenchmarkSpec) -> DataLoader:
         if isinstance(entry, BenchmarkSpec):
             return self._benchmark_loader(stage, name, entry)
-        urls = expand_shards(entry)
+        urls = expand_shard_patterns(entry)
         dataset = ShardSamples(urls, self.eval_batch_size, sample_to_tensors, collate)
         return StreamLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
 

@@ -193,14 +193,14 @@ class SourceStream:
 
 class MixedSourceBatches(RankAware):
     """Batches mixed per batch from several :class:`SourceStream`, ``batches_per_epoch`` per
-    rank and epoch, reproducible from ``seed``; set ``epoch`` before each epoch
-    (:class:`StreamLoader` does)."""
+    rank and epoch (None: the caller sets it before iterating), reproducible from ``seed``;
+    set ``epoch`` before each epoch (:class:`StreamLoader` does)."""
 
     def __init__(
         self,
         sources: list[SourceStream],
         probabilities: list[float],
-        batches_per_epoch: int,
+        batches_per_epoch: int | None,
         seed: int,
     ) -> None:
         if len(sources) != len(probabilities):
