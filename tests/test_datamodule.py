@@ -179,3 +179,24 @@ def test_resumed_run_does_not_replay_the_epoch(many_shards):
     resumed = datamodule(many_shards, seed=7).train_dataloader()
     resumed.dataset.resumed_at = 500  # what train_dataloader sets from trainer.global_step
     assert keys_of(resumed) != fresh
+
+
+def test_piped_shards_read_like_local_files(many_shards):
+    from dm_lightning.data.shards import iter_shard
+    from dm_lightning.data.streams import SkipCounter, shard_samples
+
+    path = str(sorted((many_shards / "indoor").glob("val-*.tar"))[0])
+    counter = SkipCounter()
+    local = list(shard_samples(path, counter))
+    piped = list(shard_samples(f"pipe:cat {path}", counter))
+    reference = list(iter_shard(path))
+    assert counter.total == 0 and len(local) == len(reference) > 0
+    for a, b, ref in zip(local, piped, reference):
+        assert a["__key__"] == b["__key__"] == ref["__key__"]
+        assert a["rgb.png"] == b["rgb.png"] == ref["rgb.png"]
+        assert a["depth.png"] == b["depth.png"] and a["json"] == b["json"]
+    assert piped[0]["__url__"] == f"pipe:cat {path}"
+    missing = SkipCounter()
+    with pytest.warns(UserWarning, match="cannot open shard .*nothing.tar"):
+        assert list(shard_samples(str(many_shards / "nothing.tar"), missing)) == []
+    assert missing.total == 1

@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dm_lightning.data.evaluation import BenchmarkSpec, RankShardSampler, build_dataset
+from dm_lightning.data.packing import pack_training_batch
 from dm_lightning.data.schema import valid_mask
 from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count
 from dm_lightning.data.streams import MixedSourceBatches, ShardSamples, SourceStream, StreamLoader
@@ -144,7 +145,8 @@ class DepthDataModule(L.LightningDataModule):
             training samples counted in the shards' ``index.json``, shared by all ranks.
         eval_batch_size: batch size of validation and test streams.
         num_workers: data-loading processes per rank.
-        shuffle_buffer: samples held for shuffling within each training source.
+        shuffle_buffer: raw (still compressed) samples held for shuffling within each training
+            source.
         hflip: probability of the horizontal flip augmentation.
         seed: seed of shard choice, shuffling, mixing and flips (with rank, worker and epoch).
     """
@@ -194,8 +196,7 @@ class DepthDataModule(L.LightningDataModule):
                 s.name,
                 expand_shard_patterns(s.shards),
                 s.batch_size,
-                sample_to_tensors,
-                collate,
+                pack_training_batch,
                 self.shuffle_buffer,
                 self.hflip,
             )

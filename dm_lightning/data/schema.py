@@ -123,12 +123,20 @@ def encode_sample(
     }
 
 
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+def decode_sample(sample: dict[str, Any], depth_as_units: bool = False) -> dict[str, Any]:
     """Decode a raw webdataset sample (bytes per member) written by :func:`encode_sample`.
+
+    Args:
+        sample: raw sample, bytes per member plus ``__key__`` / ``__url__``.
+        depth_as_units: return the read-only decoded arrays as they come out of the PNG
+            decoder (``rgb`` and ``depth_units``, the integer PNG values) instead of a writable
+            RGB copy and float metres; the training stream's batch packing
+            (:mod:`dm_lightning.data.packing`) converts them in its one copy.
 
     Returns:
         dict with ``key`` (str), ``rgb`` ((H, W, 3) uint8), ``depth`` ((H, W) float32 metres,
-        0 = invalid), ``meta`` (the JSON dict; ``max_depth`` None means unbounded).
+        0 = invalid) or, with ``depth_as_units``, ``depth_units`` ((H, W) integer units),
+        ``meta`` (the JSON dict; ``max_depth`` None means unbounded).
 
     Raises:
         CorruptSampleError: naming the shard (``__url__``) and key.
@@ -141,19 +149,25 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
         if rgb_bytes is None:
             raise KeyError("rgb.png")
         image = Image.open(io.BytesIO(rgb_bytes))
-        # np.array makes the one writable copy; convert() would add another for RGB images.
-        rgb = np.array(image if image.mode == "RGB" else image.convert("RGB"))
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        # np.array makes the one writable copy; np.asarray wraps the decoder's bytes.
+        rgb = np.asarray(image) if depth_as_units else np.array(image)
         depth_img = Image.open(io.BytesIO(sample["depth.png"]))
         units = np.asarray(depth_img)
         if units.dtype not in (np.uint16, np.int32, np.uint8) or units.ndim != 2:
             raise ValueError(f"depth.png must be single-channel 16-bit, got mode {depth_img.mode}")
-        depth = units.astype(np.float32) * np.float32(meta["depth_scale"])
+        scale = float(meta["depth_scale"])
+        if not scale > 0:
+            raise ValueError(f"depth_scale must be > 0 metres per unit, got {scale!r}")
+        depth = None if depth_as_units else units.astype(np.float32) * np.float32(scale)
     except KeyError as err:
         raise CorruptSampleError(f"{where}: missing member or JSON field {err}") from err
     except Exception as err:  # PIL/JSON errors on truncated or corrupt bytes
         raise CorruptSampleError(f"{where}: cannot decode ({type(err).__name__}: {err})") from err
-    if depth.shape != rgb.shape[:2]:
-        raise CorruptSampleError(f"{where}: depth {depth.shape} and rgb {rgb.shape[:2]} differ")
+    if units.shape != rgb.shape[:2]:
+        raise CorruptSampleError(f"{where}: depth {units.shape} and rgb {rgb.shape[:2]} differ")
+    if depth_as_units:
+        return {"key": key, "rgb": rgb, "depth_units": units, "meta": meta}
     return {"key": key, "rgb": rgb, "depth": depth, "meta": meta}
 
 

@@ -1,9 +1,10 @@
 """Shard streams with explicit seeding and rank/worker splitting.
 
-webdataset does the tar reading and sample grouping; this module decides which shards each
-rank and worker reads and seeds every random choice, because webdataset's defaults seed from
-the process id and the clock (not reproducible) and resample all shards on every rank (ranks
-then see the same samples).
+Shards are plain tar files: local ones are read with random access, anything else (``pipe:``
+commands, URLs) through webdataset's ``gopen`` as a stream. This module decides which shards
+each rank and worker reads and seeds every random choice, because webdataset's pipeline
+defaults seed from the process id and the clock (not reproducible) and resample all shards on
+every rank (ranks then see the same samples).
 
 Training (:class:`MixedSourceBatches`): each rank (and, when there are enough shards, each
 worker) resamples shards from its own disjoint subset, so ranks see disjoint samples; whole
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tarfile
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,7 +34,6 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from dm_lightning.data.schema import decode_sample
 
@@ -67,17 +68,51 @@ def stream_seed(*parts: int) -> int:
 
 
 def shard_samples(url: str, counter: SkipCounter) -> Iterator[dict[str, Any]]:
-    """Raw samples (bytes per member) of one shard; the file is closed when done."""
+    """Raw samples of one shard: member -> bytes, plus ``__key__`` and ``__url__``; the file is
+    closed when done.
+
+    A local file is read with random access: tarfile then reads each member with one call,
+    about 3x faster at 1 MB samples than webdataset's stream reader, whose 10 kB reads and
+    per-member bookkeeping cost about 0.6 ms per sample. Other URLs (``pipe:...``, ``http``)
+    are opened with webdataset's ``gopen`` and read as a stream. Members are grouped into
+    samples by their key (the name up to the first dot). A read error (e.g. a truncated
+    shard) is counted and ends the shard; the sample being read when it happened is passed on
+    with the members read so far, so decoding rejects and counts it, naming its key.
+    """
+    stream = None
     try:
-        stream = gopen(url)
+        if os.path.isfile(url):
+            tar = tarfile.open(url, mode="r:*")
+        else:
+            stream = gopen(url)
+            tar = tarfile.open(fileobj=stream, mode="r|*", bufsize=1 << 20)
     except Exception as err:
+        if stream is not None:
+            stream.close()
         counter.handle(RuntimeError(f"cannot open shard {url}: {err}"))
         return
+    sample: dict[str, Any] = {}
     try:
-        files = tar_file_expander([{"url": url, "stream": stream}], handler=counter.handle)
-        yield from group_by_keys(files, handler=counter.handle)
+        with tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, _, member = os.path.basename(info.name).partition(".")
+                key = f"{os.path.dirname(info.name)}/{key}".lstrip("/")
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                if not sample:
+                    sample = {"__key__": key, "__url__": url}
+                sample[member] = tar.extractfile(info).read()
+                tar.members = []  # a stream would otherwise keep every header
+    except Exception as err:
+        counter.handle(RuntimeError(f"read error in shard {url}: {type(err).__name__}: {err}"))
     finally:
-        stream.close()
+        if stream is not None:
+            stream.close()
+    if sample:
+        yield sample
 
 
 def decoded(samples: Iterator[dict[str, Any]], counter: SkipCounter) -> Iterator[dict[str, Any]]:
@@ -118,13 +153,16 @@ def assign(items: list[Any], index: int, count: int) -> list[Any]:
 class SourceStream:
     """Endless, shuffled, batched samples of one training source.
 
+    The shuffle buffer holds raw (still PNG-compressed) samples, which are decoded only when
+    drawn: a few hundred samples then cost about 1 MB each instead of 2 MB decoded.
+
     Args:
         name: source name (logs).
         urls: its shard files.
         batch_size: samples per batch.
-        to_tensors: decoded sample -> tensor sample (with ``valid``).
-        collate: list of tensor samples -> batch dict.
-        shuffle_buffer: samples held for shuffling.
+        pack: (decoded samples with ``depth_as_units``, flip per sample) -> batch dict, e.g.
+            :func:`~dm_lightning.data.packing.pack_training_batch`.
+        shuffle_buffer: raw samples held for shuffling.
         hflip: probability of flipping RGB, depth and mask together.
     """
 
@@ -133,8 +171,7 @@ class SourceStream:
         name: str,
         urls: list[str],
         batch_size: int,
-        to_tensors: Callable[[dict], dict],
-        collate: Callable[[list[dict]], dict],
+        pack: Callable[[list[dict], list[bool]], dict],
         shuffle_buffer: int = 200,
         hflip: float = 0.5,
     ) -> None:
@@ -143,8 +180,7 @@ class SourceStream:
         self.name = name
         self.urls = list(urls)
         self.batch_size = batch_size
-        self.to_tensors = to_tensors
-        self.collate = collate
+        self.pack = pack
         self.shuffle_buffer = shuffle_buffer
         self.hflip = hflip
 
@@ -164,31 +200,35 @@ class SourceStream:
         counter = SkipCounter()
         buffer: list[dict[str, Any]] = []
         batch: list[dict[str, Any]] = []
+        flips: list[bool] = []
         while True:
             produced = 0
-            for sample in decoded(shard_samples(rng.choice(shards), counter), counter):
-                produced += 1
-                buffer.append(sample)
+            for raw in shard_samples(rng.choice(shards), counter):
+                buffer.append(raw)
                 if len(buffer) < self.shuffle_buffer:
                     continue
-                batch.append(self._prepare(buffer.pop(rng.randrange(len(buffer))), rng))
+                drawn = buffer.pop(rng.randrange(len(buffer)))
+                # Drawn whether or not the sample decodes, so a corrupt sample does not shift
+                # the random stream of the samples after it.
+                flip = rng.random() < self.hflip
+                try:
+                    sample = decode_sample(drawn, depth_as_units=True)
+                except Exception as err:
+                    counter.handle(err)
+                    continue
+                produced += 1
+                batch.append(sample)
+                flips.append(flip)
                 if len(batch) == self.batch_size:
-                    out = self.collate(batch)
+                    out = self.pack(batch, flips)
                     out["skipped"] = counter.take()
                     yield out
-                    batch = []
+                    batch, flips = [], []
             if produced == 0 and counter.total > 10 * len(shards) + 100:
                 raise RuntimeError(
                     f"source {self.name!r}: {counter.total} corrupt samples/shards and nothing "
                     f"readable in {shards[:3]}..."
                 )
-
-    def _prepare(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        out = self.to_tensors(sample)
-        if rng.random() < self.hflip:
-            for k in ("rgb", "depth", "valid"):
-                out[k] = out[k].flip(-1)
-        return out
 
 
 class MixedSourceBatches(RankAware):

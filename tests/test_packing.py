@@ -1,0 +1,99 @@
+"""Training batch packing: one pass per raster, same values as the plain per-sample path."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from dm_lightning.data.packing import batch_buffer, pack_training_batch
+from dm_lightning.data.schema import decode_sample, encode_sample, valid_mask
+
+
+def raw_sample(key: str, seed: int, max_depth: float, h: int = 12, w: int = 20) -> dict:
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    depth = rng.uniform(0.5, 90.0, (h, w))
+    depth[0, :5] = 0.0  # not measured
+    raw = encode_sample(
+        key, rgb, depth, source="vkitti", depth_scale=0.01, min_depth=1e-5, max_depth=max_depth
+    )
+    raw["__url__"] = "memory.tar"
+    return raw
+
+
+def reference_batch(raws: list[dict], flips: list[bool]) -> dict:
+    """The straightforward path: float metres, mask, flip and stack, sample by sample."""
+    rgbs, depths, valids = [], [], []
+    for raw, flip in zip(raws, flips):
+        s = decode_sample(raw)
+        rgb, depth, valid = s["rgb"], s["depth"], valid_mask(s["depth"], s["meta"])
+        if flip:
+            rgb, depth, valid = rgb[:, ::-1], depth[:, ::-1], valid[:, ::-1]
+        rgbs.append(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        depths.append(depth[None].copy())
+        valids.append(valid[None].copy())
+    return {"rgb": np.stack(rgbs), "depth": np.stack(depths), "valid": np.stack(valids)}
+
+
+def test_packed_batch_equals_the_per_sample_path():
+    raws = [raw_sample("a", 0, 80.0), raw_sample("b", 1, math.inf), raw_sample("c", 2, 80.0)]
+    flips = [True, False, True]
+    batch = pack_training_batch([decode_sample(r, depth_as_units=True) for r in raws], flips)
+    ref = reference_batch(raws, flips)
+    assert batch["rgb"].shape == (3, 3, 12, 20) and batch["rgb"].dtype == torch.uint8
+    # channels-last strides: the (B, 3, H, W) view of one (B, H, W, 3) buffer, no transpose copy
+    assert batch["rgb"].is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(batch["rgb"].numpy(), ref["rgb"])
+    np.testing.assert_array_equal(batch["depth"].numpy(), ref["depth"])
+    np.testing.assert_array_equal(batch["valid"].numpy(), ref["valid"])
+    # the unbounded source keeps its depths above 80 m; the bounded ones do not
+    assert batch["valid"][1].sum() > batch["valid"][0].sum()
+    assert not batch["valid"][[0, 2], :, 0, 15:].any()  # flipped zeros land on the right
+    assert not batch["valid"][1, :, 0, :5].any()  # unflipped zeros stay on the left
+    assert batch["max_depth"].tolist() == [80.0, math.inf, 80.0]
+    assert batch["min_depth"].dtype == torch.float64
+    assert batch["key"] == ["a", "b", "c"] and batch["source"] == ["vkitti"] * 3
+
+
+def test_units_decoding_keeps_the_png_values():
+    raw = raw_sample("a", 3, 80.0)
+    units = decode_sample(raw, depth_as_units=True)
+    metres = decode_sample(raw)
+    assert units["depth_units"].dtype == np.uint16
+    np.testing.assert_array_equal(
+        units["depth_units"].astype(np.float32) * np.float32(0.01), metres["depth"]
+    )
+    np.testing.assert_array_equal(units["rgb"], metres["rgb"])
+
+
+def test_mixed_resolutions_are_refused_naming_the_keys():
+    samples = [
+        decode_sample(raw_sample("small", 0, 80.0), depth_as_units=True),
+        decode_sample(raw_sample("large", 1, 80.0, h=16), depth_as_units=True),
+    ]
+    with pytest.raises(ValueError, match=r"differ in size.*small.*large"):
+        pack_training_batch(samples, [False, False])
+
+
+class _PackInWorker(IterableDataset):
+    def __iter__(self):
+        batch = pack_training_batch(
+            [
+                decode_sample(raw_sample(k, i, 80.0), depth_as_units=True)
+                for i, k in enumerate("xy")
+            ],
+            [False, True],
+        )
+        batch["shared_in_worker"] = [batch[k].is_shared() for k in ("rgb", "depth", "valid")]
+        yield batch
+
+
+def test_worker_batches_are_built_in_shared_memory():
+    assert not batch_buffer((2, 3), torch.float32).is_shared()  # main process: plain memory
+    (batch,) = DataLoader(_PackInWorker(), batch_size=None, num_workers=1)
+    assert batch["shared_in_worker"] == [True, True, True]
+    assert batch["rgb"].shape == (2, 3, 12, 20)
