@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -23,6 +24,54 @@ from dm_lightning.targets import TARGETS, get_target
 ALIGNMENT_SPACES = tuple(TARGETS)  # sqrt_disparity, disparity, depth
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3")
 DEPTH_FLOOR = 1e-6
+
+
+def fit_scale_shift(pred: Tensor, target_value: Tensor) -> tuple[Tensor | float, Tensor | float]:
+    """Least-squares ``scale, shift`` minimising ``sum((scale p + shift - g)^2)``.
+
+    Args:
+        pred: (N,) float64 predictions of the fitted pixels.
+        target_value: (N,) float64 ground truth in the alignment space, same pixels.
+
+    Returns:
+        (scale, shift), 0-d tensors. A degenerate system (constant prediction, one pixel)
+        keeps scale 1 and shifts by the mean difference, i.e. maps a constant prediction to
+        the mean target value; no pixel at all gives (1, 0).
+    """
+    n = pred.numel()
+    sp, sg = pred.sum(), target_value.sum()
+    spp, spg = torch.dot(pred, pred), torch.dot(pred, target_value)
+    det = n * spp - sp * sp
+    ok = det.abs() > 1e-12
+    safe_det = torch.where(ok, det, torch.ones_like(det))
+    scale = torch.where(ok, (n * spg - sp * sg) / safe_det, torch.ones_like(det))
+    shift = torch.where(ok, (spp * sg - sp * spg) / safe_det, (sg - sp) / max(n, 1))
+    return scale, shift
+
+
+def _fit_pixels(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
+    """The pixels of 1-D valid ``pred`` / ``gt`` (float64) with finite, positive ground truth:
+    all of them for any sane reader, so the copy is skipped then."""
+    low, high = torch.aminmax(gt) if gt.numel() else (gt.new_ones(()), gt.new_ones(()))
+    if bool(low > 0) and bool(high < math.inf):  # NaN fails both comparisons too
+        return pred, gt
+    fit = torch.isfinite(gt) & (gt > 0)
+    return pred[fit], gt[fit]
+
+
+def _valid_index(valid: Tensor) -> Tensor:
+    """Flat indices of the True pixels of one (H, W) mask."""
+    flat = valid.reshape(-1)
+    if flat.device.type == "cpu":
+        # torch's CPU nonzero takes ~2 ms on a 480x640 mask, numpy's ~0.3 ms.
+        return torch.from_numpy(np.flatnonzero(flat.numpy()))
+    return flat.nonzero().squeeze(1)
+
+
+def _valid_pixels(image: Tensor, index: Tensor) -> Tensor:
+    """1-D float64 copy of the pixels of one (H, W) image at flat ``index`` (index_select
+    is one pass, and several times faster than boolean indexing on the CPU)."""
+    return image.reshape(-1).index_select(0, index).double()
 
 
 def align_prediction(
@@ -43,25 +92,42 @@ def align_prediction(
         get the plain prediction mapped through the space's inverse.
     """
     target = get_target(space)
-    p = pred.double()
-    g_depth = gt.double()
-    fit = valid & torch.isfinite(g_depth) & (g_depth > 0)
-    g = torch.where(fit, target.forward(torch.where(fit, g_depth, torch.ones_like(g_depth))), 0.0)
-    pm = torch.where(fit, p, 0.0)  # g is already 0 outside the fit mask
-    n = fit.sum(dim=(-2, -1)).double()
-    sp = pm.sum(dim=(-2, -1))
-    spp = pm.square().sum(dim=(-2, -1))
-    sg = g.sum(dim=(-2, -1))
-    spg = (pm * g).sum(dim=(-2, -1))
-    det = n * spp - sp * sp
-    ok = det.abs() > 1e-12
-    safe_det = torch.where(ok, det, torch.ones_like(det))
-    scale = torch.where(ok, (n * spg - sp * sg) / safe_det, torch.ones_like(det))
-    # A constant prediction leaves only the shift: the mean of the target.
-    shift = torch.where(
-        ok, (spp * sg - sp * spg) / safe_det, sg / n.clamp(min=1) - sp / n.clamp(min=1)
-    )
-    return target.inverse(scale[:, None, None] * p + shift[:, None, None])
+    out = torch.empty(pred.shape, dtype=torch.float64, device=pred.device)
+    for i in range(pred.shape[0]):
+        index = _valid_index(valid[i])
+        p, g = _fit_pixels(_valid_pixels(pred[i], index), _valid_pixels(gt[i], index))
+        scale, shift = fit_scale_shift(p, target.forward(g))
+        out[i] = target.inverse(scale * pred[i].double() + shift)
+    return out
+
+
+def _metrics_of_pixels(depth: Tensor, gt: Tensor) -> list[Tensor]:
+    """The 8 metrics (in METRIC_NAMES order) of 1-D float64 predicted / GT depth of the valid
+    pixels of one image; all 0 for no pixel. Sums are dot products and counts (single passes
+    without temporaries), which is where the speed over the straightforward form comes from."""
+    n = depth.numel()
+    if n == 0:
+        return [depth.new_zeros(())] * len(METRIC_NAMES)
+    diff = depth - gt
+    rel = diff / gt
+    ratio = depth / gt
+    log_ratio = torch.log(ratio)
+    ratio = torch.maximum(ratio, gt / depth)
+    return [
+        rel.abs().sum() / n,  # abs_rel
+        torch.dot(diff, rel) / n,  # sq_rel: (d - g)^2 / g
+        (torch.dot(diff, diff) / n).sqrt(),  # rmse
+        (torch.dot(log_ratio, log_ratio) / n).sqrt(),  # rmse_log
+        log_ratio.abs().sum() / (n * math.log(10.0)),  # log10
+        *(torch.count_nonzero(ratio < 1.25**k).double() / n for k in (1, 2, 3)),
+    ]
+
+
+def _stack_rows(rows: list[list[Tensor]], like: Tensor) -> dict[str, Tensor]:
+    if not rows:
+        return {name: like.new_zeros((0,), dtype=torch.float64) for name in METRIC_NAMES}
+    columns = torch.stack([torch.stack(row) for row in rows]).T
+    return dict(zip(METRIC_NAMES, columns))
 
 
 def per_image_metrics(depth: Tensor, gt: Tensor, valid: Tensor) -> dict[str, Tensor]:
@@ -73,35 +139,14 @@ def per_image_metrics(depth: Tensor, gt: Tensor, valid: Tensor) -> dict[str, Ten
         valid: (B, H, W) bool.
 
     Returns:
-        name -> (B,) float64; delta thresholds are strict (``max(d/g, g/d) < 1.25^k``).
+        name -> (B,) float64; delta thresholds are strict (``max(d/g, g/d) < 1.25^k``); images
+        without a valid pixel get 0.
     """
-    n = valid.sum(dim=(-2, -1)).clamp(min=1).double()
-    # Invalid pixels get d = g = 1: they add exactly 0 to every error sum below, so only the
-    # delta counts need the mask (and no per-metric multiplication by it is needed).
-    d = torch.where(valid, depth.double(), 1.0)
-    g = torch.where(valid, gt.double(), 1.0)
-    diff = d - g
-    sq = diff.square()
-    log_diff = d.log() - g.log()
-    r = d / g
-    ratio = torch.maximum(r, 1.0 / r)
-
-    def mean(x: Tensor) -> Tensor:
-        return x.sum(dim=(-2, -1)) / n
-
-    def fraction_below(threshold: float) -> Tensor:
-        return ((ratio < threshold) & valid).sum(dim=(-2, -1)) / n
-
-    return {
-        "abs_rel": mean(diff.abs() / g),
-        "sq_rel": mean(sq / g),
-        "rmse": mean(sq).sqrt(),
-        "rmse_log": mean(log_diff.square()).sqrt(),
-        "log10": mean(log_diff.abs()) / math.log(10.0),
-        "delta1": fraction_below(1.25),
-        "delta2": fraction_below(1.25**2),
-        "delta3": fraction_below(1.25**3),
-    }
+    rows = []
+    for i in range(depth.shape[0]):
+        index = _valid_index(valid[i])
+        rows.append(_metrics_of_pixels(_valid_pixels(depth[i], index), _valid_pixels(gt[i], index)))
+    return _stack_rows(rows, depth)
 
 
 def evaluate_batch(
@@ -113,6 +158,10 @@ def evaluate_batch(
     space: str = "sqrt_disparity",
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Align, clip and score a batch.
+
+    Works image by image on the valid pixels only (gathered once): the fit, the inverse, the
+    clips and the metrics are then a few passes over 1-D float64 vectors, with no masked
+    full-image temporaries.
 
     Args:
         pred: (B, 1, H, W) or (B, H, W) relative prediction.
@@ -126,12 +175,22 @@ def evaluate_batch(
     """
     if pred.ndim == 4:
         pred, gt, valid = pred[:, 0], gt[:, 0], valid[:, 0]
-    aligned = align_prediction(pred, gt, valid, space)
-    lo = torch.as_tensor(min_depth, dtype=torch.float64, device=aligned.device).reshape(-1, 1, 1)
-    hi = torch.as_tensor(max_depth, dtype=torch.float64, device=aligned.device).reshape(-1, 1, 1)
-    depth = torch.minimum(torch.maximum(aligned, lo), hi).clamp(min=DEPTH_FLOOR)
-    has_valid = valid.flatten(1).any(dim=1)
-    return per_image_metrics(depth, gt, valid), has_valid
+    target = get_target(space)
+    b = pred.shape[0]
+    lo = torch.as_tensor(min_depth, dtype=torch.float64, device=pred.device).expand(b)
+    hi = torch.as_tensor(max_depth, dtype=torch.float64, device=pred.device).expand(b)
+    rows, counts = [], []
+    for i in range(b):
+        index = _valid_index(valid[i])
+        counts.append(index.numel())
+        p, g = _valid_pixels(pred[i], index), _valid_pixels(gt[i], index)
+        p_fit, g_fit = _fit_pixels(p, g)
+        scale, shift = fit_scale_shift(p_fit, target.forward(g_fit))
+        depth = target.inverse(scale * p + shift)
+        depth = depth.clamp(min=lo[i], max=hi[i]).clamp_(min=DEPTH_FLOOR)
+        rows.append(_metrics_of_pixels(depth, g))
+    has_valid = torch.tensor(counts, device=pred.device) > 0
+    return _stack_rows(rows, pred), has_valid
 
 
 class DepthMetrics(Metric):
