@@ -67,12 +67,19 @@ def test_batches_come_from_one_source_at_the_configured_rate(many_shards):
 
 
 def test_outdoor_batch_shapes_and_flip_consistency(many_shards):
-    loader = datamodule(many_shards, hflip=1.0).train_dataloader()
+    dm = datamodule(many_shards, hflip=1.0)
     seen = set()
-    for batch in loader:
+    for packed in dm.train_dataloader():
+        assert packed["flip"].all()
+        # what the Trainer does on the device after the transfer
+        batch = dm.on_after_batch_transfer(packed, 0)
         seen.add(tuple(batch["rgb"].shape[-2:]))
         # depth 0 (sky) is never valid, whatever the flip did
         assert not bool((batch["valid"] & (batch["depth"] <= 0)).any())
+        # RGB, depth and mask are all mirrored copies of the packed rasters
+        assert torch.equal(batch["rgb"], packed["rgb"].permute(0, 3, 1, 2).flip(-1))
+        units = packed["depth_units"].to(torch.int32) & 0xFFFF
+        assert torch.equal(batch["depth"] > 0, (units > 0).flip(-1))
     assert (96, 128) in seen
 
 

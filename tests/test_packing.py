@@ -1,4 +1,5 @@
-"""Training batch packing: one pass per raster, same values as the plain per-sample path."""
+"""Training batches: memory copies in the workers, finished on the device, same values as the
+plain per-sample path."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from dm_lightning.data.packing import batch_buffer, pack_training_batch
+from dm_lightning.data.packing import batch_buffer, finish_training_batch, pack_training_batch
 from dm_lightning.data.schema import decode_sample, encode_sample, valid_mask
 
 
@@ -39,14 +40,18 @@ def reference_batch(raws: list[dict], flips: list[bool]) -> dict:
     return {"rgb": np.stack(rgbs), "depth": np.stack(depths), "valid": np.stack(valids)}
 
 
-def test_packed_batch_equals_the_per_sample_path():
+def test_finished_batch_equals_the_per_sample_path():
     raws = [raw_sample("a", 0, 80.0), raw_sample("b", 1, math.inf), raw_sample("c", 2, 80.0)]
     flips = [True, False, True]
-    batch = pack_training_batch([decode_sample(r, depth_as_units=True) for r in raws], flips)
+    packed = pack_training_batch([decode_sample(r, depth_as_units=True) for r in raws], flips)
+    # the worker's part is copies only: raw rasters, flip decisions and per-sample scalars
+    assert packed["rgb"].shape == (3, 12, 20, 3) and packed["depth_units"].dtype == torch.int16
+    assert packed["flip"].tolist() == flips
+    batch = finish_training_batch(packed)
+    assert finish_training_batch(batch) is batch  # finished batches pass through
+    assert not set(batch) & {"depth_units", "depth_scale", "flip"}
     ref = reference_batch(raws, flips)
     assert batch["rgb"].shape == (3, 3, 12, 20) and batch["rgb"].dtype == torch.uint8
-    # channels-last strides: the (B, 3, H, W) view of one (B, H, W, 3) buffer, no transpose copy
-    assert batch["rgb"].is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(batch["rgb"].numpy(), ref["rgb"])
     np.testing.assert_array_equal(batch["depth"].numpy(), ref["depth"])
     np.testing.assert_array_equal(batch["valid"].numpy(), ref["valid"])
@@ -57,6 +62,19 @@ def test_packed_batch_equals_the_per_sample_path():
     assert batch["max_depth"].tolist() == [80.0, math.inf, 80.0]
     assert batch["min_depth"].dtype == torch.float64
     assert batch["key"] == ["a", "b", "c"] and batch["source"] == ["vkitti"] * 3
+
+
+def test_units_above_32767_survive_the_int16_transport():
+    rgb = np.zeros((2, 3, 3), dtype=np.uint8)
+    depth = np.array([[1.0, 400.0, 655.35], [0.01, 327.68, 0.0]])  # units 100 .. 65535
+    raw = encode_sample(
+        "k", rgb, depth, source="s", depth_scale=0.01, min_depth=1e-5, max_depth=math.inf
+    )
+    batch = finish_training_batch(pack_training_batch([decode_sample(raw, True)], [False]))
+    np.testing.assert_array_equal(
+        batch["depth"][0, 0].numpy(), (np.round(depth / 0.01) * np.float32(0.01)).astype(np.float32)
+    )
+    assert batch["valid"][0, 0].tolist() == [[True, True, True], [True, True, False]]
 
 
 def test_units_decoding_keeps_the_png_values():
@@ -88,12 +106,12 @@ class _PackInWorker(IterableDataset):
             ],
             [False, True],
         )
-        batch["shared_in_worker"] = [batch[k].is_shared() for k in ("rgb", "depth", "valid")]
+        batch["shared_in_worker"] = [batch[k].is_shared() for k in ("rgb", "depth_units")]
         yield batch
 
 
 def test_worker_batches_are_built_in_shared_memory():
     assert not batch_buffer((2, 3), torch.float32).is_shared()  # main process: plain memory
     (batch,) = DataLoader(_PackInWorker(), batch_size=None, num_workers=1)
-    assert batch["shared_in_worker"] == [True, True, True]
-    assert batch["rgb"].shape == (2, 3, 12, 20)
+    assert batch["shared_in_worker"] == [True, True]
+    assert finish_training_batch(batch)["rgb"].shape == (2, 3, 12, 20)

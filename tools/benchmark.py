@@ -16,10 +16,10 @@ into --work, and measures samples/s in one process (= per data-loading worker):
   Hypersim config asks for; torch's default_collate;
 - lean folder loader (+targets): the same files through dm_lightning's own tensor conversion,
   mask, flip, collate and square-root-disparity target on the CPU (a fair, tuned folder loader);
-- shards (+targets): dm_lightning's training stream plus the target built on the CPU;
-- shards: the training stream as dm_lightning's workers run it (tar read, PNG decode, one
-  packing pass per raster: uint16 -> metres, valid mask, flip, stacking); the target is built
-  by the LightningModule on the training device.
+- shards (+finish, targets): dm_lightning's training stream, then what runs on the training
+  device (metres, valid mask, flip, normalised target) run on the CPU instead;
+- shards: the training stream as dm_lightning's workers run it (tar read, PNG decode, copies
+  into the batch); metres, mask, flip and target are built on the training device.
 ``eval`` times dm_lightning's batched float64 evaluation against two per-image paths on the
 same predictions and checks all agree to 1e-6: the published evaluation script's steps
 (numpy least squares on the masked pixels, then one torch function per metric) and a lean
@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 from dm_lightning.data.datamodule import collate, sample_to_tensors
-from dm_lightning.data.packing import pack_training_batch
+from dm_lightning.data.packing import finish_training_batch, pack_training_batch
 from dm_lightning.data.schema import encode_sample
 from dm_lightning.data.shards import iter_shard, write_shard
 from dm_lightning.data.streams import SourceStream
@@ -197,6 +197,7 @@ def shard_stream(shards: Path, batch_size: int, count: int, with_target: bool) -
     while n < count:
         b = next(batches)
         if with_target:
+            b = finish_training_batch(b)
             target.normalize(b["depth"], b["valid"])
         n += b["rgb"].shape[0]
     return n
@@ -217,7 +218,7 @@ def run_data(args: argparse.Namespace) -> None:
         "bare PNG decode",
         "reference loader",
         "lean folder loader (+targets)",
-        "shards (+targets)",
+        "shards (+finish, targets)",
         "shards",
         "shards / bare",
         "shards / reference",

@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dm_lightning.data.evaluation import BenchmarkSpec, RankShardSampler, build_dataset
-from dm_lightning.data.packing import pack_training_batch
+from dm_lightning.data.packing import finish_training_batch, pack_training_batch
 from dm_lightning.data.schema import valid_mask
 from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count
 from dm_lightning.data.streams import MixedSourceBatches, ShardSamples, SourceStream, StreamLoader
@@ -218,6 +218,12 @@ class DepthDataModule(L.LightningDataModule):
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Finish packed training batches on the training device (metres, valid mask, flip:
+        :func:`~dm_lightning.data.packing.finish_training_batch`); other batches pass through.
+        A LightningModule that overrides this hook replaces it and must call that itself."""
+        return finish_training_batch(batch) if isinstance(batch, dict) else batch
 
     def planned_batches(self, dataset: MixedSourceBatches) -> int:
         """Batches per epoch and rank for one pass over the samples counted in the shards'

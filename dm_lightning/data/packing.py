@@ -1,26 +1,22 @@
-"""Training batches written straight from decoded PNG arrays into one buffer per raster.
+"""Training batches: stacked raw in the data-loading workers, finished on the training device.
 
 PNG decoding is the one cost a data-loading worker cannot avoid (about 14 ms per 480x640
-sample here). Everything else it does is packed into a single pass per raster and sample,
-written directly into the batch tensors:
+sample here). So a worker does nothing else but copy the decoded arrays into the batch
+(:func:`pack_training_batch`): RGB as (B, H, W, 3) uint8 and the uint16 PNG depth units, plus
+the per-sample depth scale, range and flip decision. Inside a worker the batch tensors are
+allocated in shared memory, as torch's ``default_collate`` does, so handing them to the main
+process copies nothing, and the batch is 1.5 MB per 480x640 sample instead of 2.4 MB.
 
-- RGB: the decoded (H, W, 3) array is copied (flipped if drawn) into a (B, H, W, 3) uint8
-  buffer; the batch holds its (B, 3, H, W) channels-last view, so no transposing copy is made
-  on the CPU (the model's first ``.float()`` on the device keeps or fixes the layout for free).
-- depth: uint16 PNG units are scaled to float32 metres on the way into the (B, 1, H, W) buffer.
-- valid: ``min_depth < depth < max_depth`` of the source, compared in float32 as
-  :func:`~dm_lightning.data.schema.valid_mask` does, into a (B, 1, H, W) bool buffer.
-
-Inside a DataLoader worker the buffers are allocated in shared memory, as torch's
-``default_collate`` does, so handing the batch to the main process copies nothing.
-Normalised training targets are not built here: the LightningModule builds them on the
-training device.
+:func:`finish_training_batch` then runs on the training device (``DepthDataModule``'s
+``on_after_batch_transfer`` hook): metres from units, the valid mask of the source's range,
+and the horizontal flip of RGB, depth and mask together. The LightningModule receives the
+same ``rgb`` / ``depth`` / ``valid`` batch as from the evaluation loaders and builds its
+normalised targets there too.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,28 +36,25 @@ def batch_buffer(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
     return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
 
 
-def _read_only_tensor(array: np.ndarray) -> Tensor:
-    """A tensor view of a (possibly read-only) array that is only read from; torch warns about
-    read-only arrays because writes through the view would be undefined."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
+# Keys of a packed batch that finish_training_batch replaces.
+RAW_KEYS = ("depth_units", "depth_scale", "flip")
 
 
 def pack_training_batch(samples: list[dict[str, Any]], flips: Sequence[bool]) -> dict[str, Any]:
-    """Stack decoded samples into a training batch, flipping the drawn ones.
+    """Stack decoded samples into a raw training batch (memory copies only).
 
     Args:
         samples: from :func:`~dm_lightning.data.schema.decode_sample` with
             ``depth_as_units=True``: ``rgb`` (H, W, 3) uint8, ``depth_units`` (H, W) integer
-            PNG units, ``meta`` (with ``depth_scale`` metres per unit, ``min_depth``,
-            ``max_depth``), ``key``; all of one resolution.
-        flips: per sample, whether to flip RGB, depth and mask left-right together.
+            PNG units in [0, 65535], ``meta`` (with ``depth_scale`` metres per unit,
+            ``min_depth``, ``max_depth``), ``key``; all of one resolution.
+        flips: per sample, whether :func:`finish_training_batch` flips it left-right.
 
     Returns:
-        ``rgb`` (B, 3, H, W) uint8 (channels-last strides), ``depth`` (B, 1, H, W) float32
-        metres (0 where not measured), ``valid`` (B, 1, H, W) bool, ``min_depth`` /
-        ``max_depth`` (B,) float64 metres (inf = unbounded), ``source`` and ``key`` lists.
+        ``rgb`` (B, H, W, 3) uint8; ``depth_units`` (B, 1, H, W) int16 holding the uint16 units'
+        bits (int16 because torch's uint16 support is partial on accelerators);
+        ``depth_scale`` (B,) float32 metres per unit; ``flip`` (B,) bool; ``min_depth`` /
+        ``max_depth`` (B,) float64 metres (inf = unbounded); ``source`` and ``key`` lists.
 
     Raises:
         ValueError: samples differ in resolution (naming their keys).
@@ -76,35 +69,47 @@ def pack_training_batch(samples: list[dict[str, Any]], flips: Sequence[bool]) ->
     height, width = shape[:2]
     b = len(samples)
     rgb = batch_buffer((b, height, width, 3), torch.uint8)
-    depth = batch_buffer((b, 1, height, width), torch.float32)
-    valid = batch_buffer((b, 1, height, width), torch.bool)
-    rgb_np, depth_np, valid_np = rgb.numpy(), depth.numpy(), valid.numpy()
-    lows, highs = [], []
-    for i, (sample, flip) in enumerate(zip(samples, flips)):
-        meta = sample["meta"]
-        image, units = sample["rgb"], sample["depth_units"]
-        if flip:
-            # torch's flip kernel is ~10x numpy's strided copy of 3-byte pixels.
-            rgb[i].copy_(_read_only_tensor(image).flip(1))
-            units = units[:, ::-1]
-        else:
-            np.copyto(rgb_np[i], image)
-        d = depth_np[i, 0]
-        np.multiply(units, np.float32(meta["depth_scale"]), out=d)
-        low = float(meta["min_depth"])
-        high = math.inf if meta.get("max_depth") is None else float(meta["max_depth"])
-        # Python floats compare in float32 against the float32 depth (NEP 50), exactly as
-        # schema.valid_mask does; depth from integer units is always finite.
-        np.greater(d, low, out=valid_np[i, 0])
-        valid_np[i, 0] &= d < high
-        lows.append(low)
-        highs.append(high)
+    units = batch_buffer((b, 1, height, width), torch.int16)
+    rgb_np, units_np = rgb.numpy(), units.numpy().view(np.uint16)
+    for i, sample in enumerate(samples):
+        np.copyto(rgb_np[i], sample["rgb"])
+        np.copyto(units_np[i, 0], sample["depth_units"], casting="unsafe")
+    metas = [s["meta"] for s in samples]
     return {
-        "rgb": rgb.permute(0, 3, 1, 2),
-        "depth": depth,
-        "valid": valid,
-        "min_depth": torch.tensor(lows, dtype=torch.float64),
-        "max_depth": torch.tensor(highs, dtype=torch.float64),
-        "source": [s["meta"]["source"] for s in samples],
+        "rgb": rgb,
+        "depth_units": units,
+        "depth_scale": torch.tensor([float(m["depth_scale"]) for m in metas], dtype=torch.float32),
+        "flip": torch.tensor([bool(f) for f in flips], dtype=torch.bool),
+        "min_depth": torch.tensor([float(m["min_depth"]) for m in metas], dtype=torch.float64),
+        "max_depth": torch.tensor(
+            [math.inf if m.get("max_depth") is None else float(m["max_depth"]) for m in metas],
+            dtype=torch.float64,
+        ),
+        "source": [m["source"] for m in metas],
         "key": [s["key"] for s in samples],
     }
+
+
+def finish_training_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """Turn a packed batch into the model's batch, on whatever device it is on.
+
+    Returns a new dict with ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 metres
+    (``units x depth_scale`` in float32; 0 where not measured), ``valid`` (B, 1, H, W) bool
+    (``min_depth < depth < max_depth``, compared in float32 exactly as
+    :func:`~dm_lightning.data.schema.valid_mask` does) with the flipped samples' RGB, depth
+    and mask mirrored together, and the other keys unchanged. A batch without
+    ``depth_units`` (already finished, or from an evaluation loader) is returned as it is.
+    """
+    if "depth_units" not in batch:
+        return batch
+    out = {k: v for k, v in batch.items() if k not in RAW_KEYS}
+    flip = batch["flip"].view(-1, 1, 1, 1)
+    rgb = batch["rgb"].permute(0, 3, 1, 2)
+    units = batch["depth_units"].to(torch.int32) & 0xFFFF  # int16 bits -> uint16 values
+    depth = units.to(torch.float32) * batch["depth_scale"].to(torch.float32).view(-1, 1, 1, 1)
+    low = batch["min_depth"].to(torch.float32).view(-1, 1, 1, 1)
+    high = batch["max_depth"].to(torch.float32).view(-1, 1, 1, 1)
+    out["rgb"] = torch.where(flip, rgb.flip(-1), rgb)
+    out["depth"] = torch.where(flip, depth.flip(-1), depth)
+    out["valid"] = (out["depth"] > low) & (out["depth"] < high)
+    return out
