@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import socket
 import tarfile
 from collections import Counter
@@ -207,3 +208,44 @@ def test_piped_shards_read_like_local_files(many_shards):
     with pytest.warns(UserWarning, match="cannot open shard .*nothing.tar"):
         assert list(shard_samples(str(many_shards / "nothing.tar"), missing)) == []
     assert missing.total == 1
+
+
+def test_shard_member_names_follow_webdataset(tmp_path):
+    from dm_lightning.data.streams import SkipCounter, shard_samples
+
+    path = tmp_path / "names.tar"
+    members = [
+        ("._a.rgb.png", b"apple-double"),  # macOS metadata: no key before the first dot
+        ("noext", b"x"),  # no extension: not a sample member
+        ("dir/a.rgb.png", b"1"),
+        ("dir/a.JSON", b"2"),  # extensions are lower-cased
+        ("dir/a.json", b"3"),  # duplicate after lower-casing: counted, first one kept
+        ("dir/b.depth.png", b"4"),
+    ]
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    counter = SkipCounter()
+    with pytest.warns(UserWarning, match=r"sample dir/a: duplicate member 'json'"):
+        samples = list(shard_samples(str(path), counter))
+    assert [s["__key__"] for s in samples] == ["dir/a", "dir/b"]
+    assert samples[0]["rgb.png"] == b"1" and samples[0]["json"] == b"2"
+    assert samples[1]["depth.png"] == b"4"
+    assert counter.total == 1
+
+
+def test_a_source_with_nothing_decodable_fails_loudly(tmp_path):
+    from dm_lightning.data.packing import pack_training_batch
+    from dm_lightning.data.streams import SourceStream
+
+    path = tmp_path / "junk-000000.tar"
+    with tarfile.open(path, "w") as tar:
+        for i in range(4):
+            info = tarfile.TarInfo(f"k{i}.rgb.png")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+    stream = SourceStream("junk", [str(path)], 2, pack_training_batch, shuffle_buffer=2)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="nothing readable"):
+        next(stream.batches(random.Random(0), stream.urls))

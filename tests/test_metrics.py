@@ -463,3 +463,18 @@ def test_single_metric_classes_match_the_collection():
         one = cls()
         one.update(pred, gt, valid, 1e-3, 10.0)
         assert float(one.compute()) == float(expected[cls.metric_name]), cls.__name__
+
+
+def test_mismatched_shapes_are_refused_and_column_ranges_accepted():
+    rng = np.random.default_rng(9)
+    pred, gt, valid = make_batch(rng, [0.9, 0.8])
+    with pytest.raises(ValueError, match=r"share one .*\(2, 12, 16\), \(2, 6, 16\)"):
+        evaluate_batch(t(pred), t(gt[:, :6]), t(valid[:, :6]), 1e-3, 80.0)
+    with pytest.raises(ValueError, match="share one"):
+        per_image_metrics(t(pred).double(), t(gt), t(valid[:1]))
+    # (B, 1, H, W) prediction with (B, H, W) GT pairs the same pixels; (B, 1) ranges broadcast
+    ranges = torch.tensor([[1e-3], [1e-3]], dtype=torch.float64)
+    a, _ = evaluate_batch(t(pred[:, None]), t(gt), t(valid), ranges, ranges * 0 + 80.0)
+    ref = np_evaluate(pred, gt, valid, 1e-3, 80.0, "sqrt_disparity")
+    for i in range(2):
+        assert_metrics_close({k: v[i] for k, v in a.items()}, ref[i])

@@ -22,8 +22,8 @@ into --work, and measures samples/s in one process (= per data-loading worker):
   into the batch); metres, mask, flip and target are built on the training device.
 ``eval`` times dm_lightning's batched float64 evaluation against two per-image paths on the
 same predictions and checks all agree to 1e-6: the published evaluation script's steps
-(numpy least squares on the masked pixels, then one torch function per metric) and a lean
-numpy implementation.
+(numpy least squares on the masked pixels, then one torch function per metric, in float32 as
+the script runs on float32 predictions) and a lean float64 numpy implementation.
 """
 
 from __future__ import annotations
@@ -135,10 +135,12 @@ def reference_item(folder: Path, key: str, low: float, high: float, resize: bool
     for name in ("raw", "filled"):
         d = item[f"depth_{name}_linear"]
         item[f"valid_mask_{name}"] = torch.logical_and(d > low, d < high).bool().clone()
-        disparity = torch.zeros_like(d)
-        positive = d > 0
-        disparity[positive] = 1.0 / d[positive]
-        item[f"depth_{name}_linear"] = torch.sqrt(disparity).clone()
+    # Only the raw depth becomes square-root disparity: Hypersim and VKITTI have no separate
+    # filled depth, whose copy stays linear (and is normalised all the same).
+    disparity = torch.zeros_like(raw)
+    positive = raw > 0
+    disparity[positive] = 1.0 / raw[positive]
+    item["depth_raw_linear"] = torch.sqrt(disparity.clone()).clone()
     if random.random() < 0.5:
         item = {k: v.flip(-1) for k, v in item.items()}
     for name in ("raw", "filled"):
@@ -222,6 +224,7 @@ def run_data(args: argparse.Namespace) -> None:
         "shards",
         "shards / bare",
         "shards / reference",
+        "like for like",
     ]
     print("| data | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
@@ -240,8 +243,12 @@ def run_data(args: argparse.Namespace) -> None:
         for _ in range(args.repeats):
             for i, (fn, *fn_args) in enumerate(paths):
                 rates[i] = max(rates[i], timed(fn, *fn_args))
-        bare, reference, ours = rates[0], rates[1], rates[4]
-        cells = [f"{r:.1f}" for r in rates] + [f"{ours / bare:.2f}x", f"{ours / reference:.1f}x"]
+        bare, reference, finished, ours = rates[0], rates[1], rates[3], rates[4]
+        cells = [f"{r:.1f}" for r in rates] + [
+            f"{ours / bare:.2f}x",
+            f"{ours / reference:.1f}x",
+            f"{finished / reference:.1f}x",
+        ]
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
@@ -289,7 +296,9 @@ def published_path(
     disparity[positive] = 1.0 / gt[positive]
     sqrt_disparity = np.sqrt(disparity)
     fit = valid & (sqrt_disparity > 0) & positive & (pred > 0)
-    a = np.concatenate([pred[fit].reshape(-1, 1), np.ones((int(fit.sum()), 1))], axis=-1)
+    pred_fit = pred[fit].reshape(-1, 1)
+    # float32 like the script's: its design matrix is [p, ones_like(p)] of float32 predictions
+    a = np.concatenate([pred_fit, np.ones_like(pred_fit)], axis=-1)
     (scale,), (shift,) = np.linalg.lstsq(a, sqrt_disparity[fit].reshape(-1, 1), rcond=None)[0]
     aligned = np.clip((pred * scale + shift) ** 2, 1e-3, None)
     depth = np.zeros_like(aligned)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import tarfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,9 +36,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
-from dm_lightning.data.schema import decode_sample
+from dm_lightning.data.schema import CorruptSampleError, decode_sample
 
 log = logging.getLogger(__name__)
+_MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 
 
 class SkipCounter:
@@ -95,17 +97,28 @@ def shard_samples(url: str, counter: SkipCounter) -> Iterator[dict[str, Any]]:
     try:
         with tar:
             for info in tar:
-                if not info.isfile():
+                tar.members = []  # a stream would otherwise keep every header
+                # webdataset's naming: key = path up to the first dot of the file name,
+                # member = the rest, lower-cased; names without either (e.g. macOS "._x")
+                # are not samples.
+                match = _MEMBER_NAME.match(info.name)
+                if not info.isfile() or match is None:
                     continue
-                key, _, member = os.path.basename(info.name).partition(".")
-                key = f"{os.path.dirname(info.name)}/{key}".lstrip("/")
+                key, member = match.group(1), match.group(2).lower()
                 if sample and sample["__key__"] != key:
                     yield sample
                     sample = {}
                 if not sample:
                     sample = {"__key__": key, "__url__": url}
+                if member in sample:
+                    counter.handle(
+                        CorruptSampleError(
+                            f"shard {url}, sample {key}: duplicate member {member!r}, "
+                            "the first one is kept"
+                        )
+                    )
+                    continue
                 sample[member] = tar.extractfile(info).read()
-                tar.members = []  # a stream would otherwise keep every header
     except Exception as err:
         counter.handle(RuntimeError(f"read error in shard {url}: {type(err).__name__}: {err}"))
     finally:
@@ -201,8 +214,8 @@ class SourceStream:
         buffer: list[dict[str, Any]] = []
         batch: list[dict[str, Any]] = []
         flips: list[bool] = []
+        decoded = 0  # samples decoded so far: a source that never yields one fails loudly
         while True:
-            produced = 0
             for raw in shard_samples(rng.choice(shards), counter):
                 buffer.append(raw)
                 if len(buffer) < self.shuffle_buffer:
@@ -216,7 +229,7 @@ class SourceStream:
                 except Exception as err:
                     counter.handle(err)
                     continue
-                produced += 1
+                decoded += 1
                 batch.append(sample)
                 flips.append(flip)
                 if len(batch) == self.batch_size:
@@ -224,7 +237,7 @@ class SourceStream:
                     out["skipped"] = counter.take()
                     yield out
                     batch, flips = [], []
-            if produced == 0 and counter.total > 10 * len(shards) + 100:
+            if decoded == 0 and counter.total > 10 * len(shards) + 100:
                 raise RuntimeError(
                     f"source {self.name!r}: {counter.total} corrupt samples/shards and nothing "
                     f"readable in {shards[:3]}..."
