@@ -115,7 +115,8 @@ def align_prediction(
 def _metrics_of_pixels(depth: Tensor, gt: Tensor) -> list[Tensor]:
     """The 8 metrics (in METRIC_NAMES order) of 1-D float64 predicted / GT depth of the valid
     pixels of one image; all 0 for no pixel. Sums are dot products and counts (single passes
-    without temporaries), which is where the speed over the straightforward form comes from."""
+    without temporaries), which is where the speed over the straightforward form comes from.
+    ``max(d/g, g/d) < t`` is counted as ``1/t < d/g < t``, the same strict condition."""
     n = depth.numel()
     if n == 0:
         return [depth.new_zeros(())] * len(METRIC_NAMES)
@@ -123,25 +124,23 @@ def _metrics_of_pixels(depth: Tensor, gt: Tensor) -> list[Tensor]:
     rel = diff / gt
     ratio = depth / gt
     log_ratio = torch.log(ratio)
-    ratio = torch.maximum(ratio, gt / depth)
     return [
         rel.abs().sum() / n,  # abs_rel
         torch.dot(diff, rel) / n,  # sq_rel: (d - g)^2 / g
         (torch.dot(diff, diff) / n).sqrt(),  # rmse
         (torch.dot(log_ratio, log_ratio) / n).sqrt(),  # rmse_log
         log_ratio.abs().sum() / (n * math.log(10.0)),  # log10
-        *(_count_below(ratio, 1.25**k) / n for k in (1, 2, 3)),
+        *(_count_between(ratio, 1.0 / 1.25**k, 1.25**k) / n for k in (1, 2, 3)),
     ]
 
 
-def _count_below(values: Tensor, threshold: float) -> Tensor:
-    """Number of ``values < threshold`` (strict), as a float64 0-d tensor."""
+def _count_between(values: Tensor, low: float, high: float) -> Tensor:
+    """Number of ``low < values < high`` (strict), as a float64 0-d tensor."""
     if values.device.type == "cpu":
         # torch's CPU comparison kernels are ~6x slower than numpy's on float64 vectors.
-        return torch.tensor(
-            float(np.count_nonzero(values.numpy() < threshold)), dtype=torch.float64
-        )
-    return torch.count_nonzero(values < threshold).double()
+        v = values.numpy()
+        return torch.tensor(float(np.count_nonzero((v > low) & (v < high))), dtype=torch.float64)
+    return torch.count_nonzero((values > low) & (values < high)).double()
 
 
 def _stack_rows(rows: list[list[Tensor]], like: Tensor) -> dict[str, Tensor]:
@@ -209,7 +208,7 @@ def evaluate_batch(
         p, g = _valid_pixels(pred[i], index), _valid_pixels(gt[i], index)
         p_fit, g_fit = _fit_pixels(p, g)
         scale, shift = fit_scale_shift(p_fit, target.forward(g_fit))
-        depth = target.inverse(scale * p + shift)
+        depth = target.inverse(torch.addcmul(shift, p, scale))
         depth = depth.clamp(min=lo[i], max=hi[i]).clamp_(min=DEPTH_FLOOR)
         rows.append(_metrics_of_pixels(depth, g))
     has_valid = torch.tensor(counts, device=pred.device) > 0
