@@ -26,7 +26,7 @@ METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "del
 DEPTH_FLOOR = 1e-6
 
 
-def fit_scale_shift(pred: Tensor, target_value: Tensor) -> tuple[Tensor | float, Tensor | float]:
+def fit_scale_shift(pred: Tensor, target_value: Tensor) -> tuple[float, float]:
     """Least-squares ``scale, shift`` minimising ``sum((scale p + shift - g)^2)``.
 
     Args:
@@ -34,19 +34,20 @@ def fit_scale_shift(pred: Tensor, target_value: Tensor) -> tuple[Tensor | float,
         target_value: (N,) float64 ground truth in the alignment space, same pixels.
 
     Returns:
-        (scale, shift), 0-d tensors. A degenerate system (constant prediction, one pixel)
-        keeps scale 1 and shifts by the mean difference, i.e. maps a constant prediction to
-        the mean target value; no pixel at all gives (1, 0).
+        (scale, shift) as Python floats (one device sync for the four sums). A degenerate
+        system (constant prediction, one pixel) keeps scale 1 and shifts by the mean
+        difference, i.e. maps a constant prediction to the mean target value; no pixel at all
+        gives (1, 0).
     """
     n = pred.numel()
-    sp, sg = pred.sum(), target_value.sum()
-    spp, spg = torch.dot(pred, pred), torch.dot(pred, target_value)
+    sums = torch.stack(
+        [pred.sum(), target_value.sum(), torch.dot(pred, pred), torch.dot(pred, target_value)]
+    )
+    sp, sg, spp, spg = sums.tolist()
     det = n * spp - sp * sp
-    ok = det.abs() > 1e-12
-    safe_det = torch.where(ok, det, torch.ones_like(det))
-    scale = torch.where(ok, (n * spg - sp * sg) / safe_det, torch.ones_like(det))
-    shift = torch.where(ok, (spp * sg - sp * spg) / safe_det, (sg - sp) / max(n, 1))
-    return scale, shift
+    if abs(det) > 1e-12:
+        return (n * spg - sp * sg) / det, (spp * sg - sp * spg) / det
+    return 1.0, (sg - sp) / max(n, 1)
 
 
 def _fit_pixels(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
@@ -112,42 +113,50 @@ def align_prediction(
     return out
 
 
-def _metrics_of_pixels(depth: Tensor, gt: Tensor) -> list[Tensor]:
-    """The 8 metrics (in METRIC_NAMES order) of 1-D float64 predicted / GT depth of the valid
-    pixels of one image; all 0 for no pixel. Sums are dot products and counts (single passes
-    without temporaries), which is where the speed over the straightforward form comes from.
-    ``max(d/g, g/d) < t`` is counted as ``1/t < d/g < t``, the same strict condition."""
+def _metrics_of_pixels(depth: Tensor, gt: Tensor) -> Tensor:
+    """The 8 metrics (in METRIC_NAMES order, a (8,) float64 tensor) of 1-D float64 predicted /
+    GT depth of the valid pixels of one image; all 0 for no pixel. Sums are dot products and
+    counts (single passes without temporaries), which is where the speed over the
+    straightforward form comes from. ``max(d/g, g/d) < t`` is counted as ``1/t < d/g < t``,
+    the same strict condition."""
     n = depth.numel()
     if n == 0:
-        return [depth.new_zeros(())] * len(METRIC_NAMES)
+        return depth.new_zeros(len(METRIC_NAMES))
     diff = depth - gt
     rel = diff / gt
     ratio = depth / gt
     log_ratio = torch.log(ratio)
-    return [
-        rel.abs().sum() / n,  # abs_rel
-        torch.dot(diff, rel) / n,  # sq_rel: (d - g)^2 / g
-        (torch.dot(diff, diff) / n).sqrt(),  # rmse
-        (torch.dot(log_ratio, log_ratio) / n).sqrt(),  # rmse_log
-        log_ratio.abs().sum() / (n * math.log(10.0)),  # log10
-        *(_count_between(ratio, 1.0 / 1.25**k, 1.25**k) / n for k in (1, 2, 3)),
-    ]
+    sums = torch.stack(
+        [
+            rel.abs().sum(),  # abs_rel
+            torch.dot(diff, rel),  # sq_rel: (d - g)^2 / g
+            torch.dot(diff, diff),  # rmse^2
+            torch.dot(log_ratio, log_ratio),  # rmse_log^2
+            log_ratio.abs().sum() / math.log(10.0),  # log10
+        ]
+    )
+    out = torch.cat([sums, _counts_within(ratio)]) / n
+    out[2:4] = out[2:4].sqrt()
+    return out
 
 
-def _count_between(values: Tensor, low: float, high: float) -> Tensor:
-    """Number of ``low < values < high`` (strict), as a float64 0-d tensor."""
-    if values.device.type == "cpu":
+def _counts_within(ratio: Tensor) -> Tensor:
+    """(3,) float64 numbers of ``1/1.25^k < ratio < 1.25^k`` for k = 1, 2, 3."""
+    bounds = [(1.0 / 1.25**k, 1.25**k) for k in (1, 2, 3)]
+    if ratio.device.type == "cpu":
         # torch's CPU comparison kernels are ~6x slower than numpy's on float64 vectors.
-        v = values.numpy()
-        return torch.tensor(float(np.count_nonzero((v > low) & (v < high))), dtype=torch.float64)
-    return torch.count_nonzero((values > low) & (values < high)).double()
+        r = ratio.numpy()
+        counts = [np.count_nonzero((r > low) & (r < high)) for low, high in bounds]
+        return torch.tensor(counts, dtype=torch.float64)
+    return torch.stack(
+        [torch.count_nonzero((ratio > low) & (ratio < high)) for low, high in bounds]
+    ).double()
 
 
-def _stack_rows(rows: list[list[Tensor]], like: Tensor) -> dict[str, Tensor]:
+def _stack_rows(rows: list[Tensor], like: Tensor) -> dict[str, Tensor]:
     if not rows:
         return {name: like.new_zeros((0,), dtype=torch.float64) for name in METRIC_NAMES}
-    columns = torch.stack([torch.stack(row) for row in rows]).T
-    return dict(zip(METRIC_NAMES, columns))
+    return dict(zip(METRIC_NAMES, torch.stack(rows).T))
 
 
 def per_image_metrics(depth: Tensor, gt: Tensor, valid: Tensor) -> dict[str, Tensor]:
@@ -208,7 +217,7 @@ def evaluate_batch(
         p, g = _valid_pixels(pred[i], index), _valid_pixels(gt[i], index)
         p_fit, g_fit = _fit_pixels(p, g)
         scale, shift = fit_scale_shift(p_fit, target.forward(g_fit))
-        depth = target.inverse(torch.addcmul(shift, p, scale))
+        depth = target.inverse(p.mul(scale).add_(shift))
         depth = depth.clamp(min=lo[i], max=hi[i]).clamp_(min=DEPTH_FLOOR)
         rows.append(_metrics_of_pixels(depth, g))
     has_valid = torch.tensor(counts, device=pred.device) > 0
