@@ -302,3 +302,18 @@ def test_predict_clips_before_resizing(tiny):
             + 1
         ) / 2
     torch.testing.assert_close(tiny.predict(image, processing_res=32), expected)
+
+
+def test_tiny_model_vae_pretraining_reads_the_training_stream(shards, tmp_path):
+    from dm_lightning.models.tiny import build_tiny_model_folder, vae_batches
+
+    pattern = str(shards / "indoor" / "train-*.tar")
+    batch = next(vae_batches([pattern], batch_size=2, crop=32))
+    # RGB crops and normalised sqrt-disparity crops, stacked, all in [-1, 1]
+    assert batch.shape == (4, 3, 32, 32)
+    assert batch.min() >= -1.0 and batch.max() <= 1.0
+    assert torch.equal(batch[2:, 0], batch[2:, 1])  # depth maps are grey
+    path = build_tiny_model_folder(tmp_path / "tiny", seed=0, vae_shards=[pattern], vae_steps=2)
+    trained = load_depthmaster(path).vae.state_dict()
+    fresh = make_tiny_depthmaster(0).vae.state_dict()
+    assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)

@@ -113,7 +113,8 @@ def vae_batches(patterns: list[str], batch_size: int, crop: int = 64) -> Iterato
     ]
     dm = DepthDataModule(train=sources, batches_per_epoch=10**9, num_workers=0, shuffle_buffer=64)
     target = SqrtDisparity()
-    for batch in dm.train_dataloader():
+    for packed in dm.train_dataloader():
+        batch = dm.on_after_batch_transfer(packed, 0)  # what the Trainer does after transfer
         rgb = batch["rgb"].float() / 127.5 - 1.0
         depth = target.normalize(batch["depth"], batch["valid"]).expand(-1, 3, -1, -1)
         h, w = rgb.shape[-2:]
