@@ -11,9 +11,10 @@ into --work, and measures samples/s in one process (= per data-loading worker):
 - reference loader: one dataset item = open RGB PNG + depth PNG from the folder, then the
   training item of the published DepthMaster code (a Marigold descendant), step by step:
   RGB as int64, normalised in float64 and kept as ``rgb_int`` and ``rgb_norm``; depth kept raw
-  and "filled" with a valid mask each; square-root disparity; 2%/98% quantile normalisation of
-  both depths; every raster flipped with p = 0.5; the nearest-exact resize to 480x640 that its
-  Hypersim config asks for; torch's default_collate;
+  and "filled" (a copy: these sets have no filled depth) with a valid mask each; square-root
+  disparity of the raw one; 2%/98% quantile normalisation of both; every raster flipped with
+  p = 0.5; the nearest-exact resize to 480x640 that its Hypersim config asks for; torch's
+  default_collate;
 - lean folder loader (+targets): the same files through dm_lightning's own tensor conversion,
   mask, flip, collate and square-root-disparity target on the CPU (a fair, tuned folder loader);
 - shards (+finish, targets): dm_lightning's training stream, then what runs on the training
