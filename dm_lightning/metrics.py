@@ -44,8 +44,10 @@ def fit_scale_shift(pred: Tensor, target_value: Tensor) -> tuple[float, float]:
         [pred.sum(), target_value.sum(), torch.dot(pred, pred), torch.dot(pred, target_value)]
     )
     sp, sg, spp, spg = sums.tolist()
+    # det = n * sum((p - mean p)^2) >= 0; relative to n * sum(p^2) it is rounding noise
+    # (~n * 1e-16) for a constant prediction, which must not be solved as if it were signal.
     det = n * spp - sp * sp
-    if abs(det) > 1e-12:
+    if det > 1e-9 * n * spp:
         return (n * spg - sp * sg) / det, (spp * sg - sp * spg) / det
     return 1.0, (sg - sp) / max(n, 1)
 
@@ -72,7 +74,8 @@ def _valid_index(valid: Tensor) -> Tensor:
 def _valid_pixels(image: Tensor, index: Tensor) -> Tensor:
     """1-D float64 copy of the pixels of one (H, W) image at flat ``index`` (index_select
     is one pass, and several times faster than boolean indexing on the CPU)."""
-    return image.reshape(-1).index_select(0, index).double()
+    # Metrics are not differentiable; detaching also lets the CPU path use numpy views.
+    return image.detach().reshape(-1).index_select(0, index).double()
 
 
 def _check_shapes(pred: Tensor, gt: Tensor, valid: Tensor) -> None:
@@ -194,7 +197,9 @@ def evaluate_batch(
     Args:
         pred: (B, 1, H, W) or (B, H, W) relative prediction.
         gt: same shape, metres.
-        valid: same shape, bool (range, crop and dataset masks already applied).
+        valid: same shape, bool (range, crop and dataset masks already applied). Valid
+            pixels are fitted only where the GT is finite and > 0, but all are scored: a
+            valid pixel with GT 0 or inf makes its image's metrics inf/NaN.
         min_depth, max_depth: dataset range, scalars or (B,) tensors (inf allowed).
         space: alignment space, see :func:`align_prediction`.
 

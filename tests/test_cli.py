@@ -322,3 +322,25 @@ def test_nonfinite_loss_contributes_zero_gradients(tiny_model):
     grads = [p.grad for p in task.trainable_parameters()]
     assert all(g is not None and not g.any() for g in grads)
     assert task.nonfinite_steps == 1
+
+
+def test_stage2_trains_on_a_loader_passed_without_the_datamodule(tiny_model, shards, tmp_path):
+    # trainer.fit(model, train_dataloaders=...) skips the DataModule's on_after_batch_transfer;
+    # the training step finishes the packed batches itself.
+    import lightning as L
+
+    from dm_lightning import Stage2
+    from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+
+    source = TrainSource("indoor", str(shards / "indoor" / "train-*.tar"), batch_size=2)
+    loader = DepthDataModule(
+        train=[source], batches_per_epoch=2, num_workers=0, shuffle_buffer=2
+    ).train_dataloader()
+    model = Stage2(str(tiny_model), fourier=False)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, train_dataloaders=loader)
+    assert trainer.global_step == 2
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])

@@ -478,3 +478,23 @@ def test_mismatched_shapes_are_refused_and_column_ranges_accepted():
     ref = np_evaluate(pred, gt, valid, 1e-3, 80.0, "sqrt_disparity")
     for i in range(2):
         assert_metrics_close({k: v[i] for k, v in a.items()}, ref[i])
+
+
+def test_constant_prediction_with_rounding_noise_maps_to_the_mean_target():
+    # 0.1 is not exact in binary: det = n sum(p^2) - (sum p)^2 is rounding noise, not signal
+    gt = np.exp(np.random.default_rng(10).uniform(0.0, 2.0, (1, 25, 40)))
+    pred = np.full(gt.shape, 0.1)
+    valid = np.ones(gt.shape, dtype=bool)
+    aligned = align_prediction(t(pred), t(gt), t(valid), "sqrt_disparity").numpy()
+    expected = 1.0 / np.mean(1.0 / np.sqrt(gt)) ** 2
+    np.testing.assert_allclose(aligned, expected, rtol=1e-12)
+
+
+def test_metrics_of_predictions_that_need_gradients():
+    rng = np.random.default_rng(11)
+    pred, gt, valid = make_batch(rng, [0.9, 0.7])
+    p = t(pred).requires_grad_()
+    values, _ = evaluate_batch(p, t(gt), t(valid), 1e-3, 80.0)
+    ref = np_evaluate(pred, gt, valid, 1e-3, 80.0, "sqrt_disparity")
+    for i in range(2):
+        assert_metrics_close({k: v[i] for k, v in values.items()}, ref[i])

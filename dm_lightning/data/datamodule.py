@@ -222,7 +222,7 @@ class DepthDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Finish packed training batches on the training device (metres, valid mask, flip:
         :func:`~dm_lightning.data.packing.finish_training_batch`); other batches pass through.
-        A LightningModule that overrides this hook replaces it and must call that itself."""
+        (If a LightningModule overrides this hook too, Lightning runs this one and warns.)"""
         return finish_training_batch(batch) if isinstance(batch, dict) else batch
 
     def planned_batches(self, dataset: MixedSourceBatches) -> int:

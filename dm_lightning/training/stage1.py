@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.losses import masked_latent_mse
 from dm_lightning.models.encoders import AlignmentEncoder
 from dm_lightning.models.feature_alignment import FeatureAlignment
@@ -53,6 +54,7 @@ class Stage1(DepthMasterTask):
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        batch = finish_training_batch(batch)  # no-op when the DataModule's hook did it
         rgb = self.rgb_signed(batch)
         with torch.no_grad():
             z_rgb = self.net.encode(rgb)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.losses import gradient_loss, masked_mse
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement, has_fourier_enhancement
 from dm_lightning.training.base import DepthMasterTask
@@ -46,6 +47,7 @@ class Stage2(DepthMasterTask):
             attach_fourier_enhancement(self.net.unet)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        batch = finish_training_batch(batch)  # no-op when the DataModule's hook did it
         with torch.no_grad():
             z_rgb = self.net.encode(self.rgb_signed(batch))
             target = self.normalized_target(batch)
