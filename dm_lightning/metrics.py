@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from dm_lightning.targets import TARGETS, get_target
+from dm_lightning.targets import TARGETS, DepthTarget, get_target
 
 ALIGNMENT_SPACES = tuple(TARGETS)  # sqrt_disparity, disparity, depth
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3")
@@ -88,6 +88,17 @@ def _check_shapes(pred: Tensor, gt: Tensor, valid: Tensor) -> None:
         )
 
 
+def _fit_image(
+    pred: Tensor, gt: Tensor, valid: Tensor, target: DepthTarget
+) -> tuple[Tensor, Tensor, float, float]:
+    """One (H, W) image: its valid pixels as 1-D float64 prediction and GT, and the scale and
+    shift fitted in ``target``'s space on those of them with finite GT > 0."""
+    index = _valid_index(valid)
+    p, g = _valid_pixels(pred, index), _valid_pixels(gt, index)
+    p_fit, g_fit = _fit_pixels(p, g)
+    return p, g, *fit_scale_shift(p_fit, target.forward(g_fit))
+
+
 def align_prediction(
     pred: Tensor, gt: Tensor, valid: Tensor, space: str = "sqrt_disparity"
 ) -> Tensor:
@@ -109,9 +120,7 @@ def align_prediction(
     target = get_target(space)
     out = torch.empty(pred.shape, dtype=torch.float64, device=pred.device)
     for i in range(pred.shape[0]):
-        index = _valid_index(valid[i])
-        p, g = _fit_pixels(_valid_pixels(pred[i], index), _valid_pixels(gt[i], index))
-        scale, shift = fit_scale_shift(p, target.forward(g))
+        _, _, scale, shift = _fit_image(pred[i], gt[i], valid[i], target)
         out[i] = target.inverse(scale * pred[i].double() + shift)
     return out
 
@@ -215,11 +224,8 @@ def evaluate_batch(
     hi = torch.as_tensor(max_depth, dtype=torch.float64).reshape(-1).expand(b).tolist()
     rows, counts = [], []
     for i in range(b):
-        index = _valid_index(valid[i])
-        counts.append(index.numel())
-        p, g = _valid_pixels(pred[i], index), _valid_pixels(gt[i], index)
-        p_fit, g_fit = _fit_pixels(p, g)
-        scale, shift = fit_scale_shift(p_fit, target.forward(g_fit))
+        p, g, scale, shift = _fit_image(pred[i], gt[i], valid[i], target)
+        counts.append(p.numel())
         depth = target.inverse(p.mul(scale).add_(shift))
         if hi[i] >= DEPTH_FLOOR:  # then one clamp equals range clip + floor, as SPEC orders them
             depth = depth.clamp_(min=max(lo[i], DEPTH_FLOOR), max=hi[i])

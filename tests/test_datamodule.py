@@ -191,12 +191,12 @@ def test_resumed_run_does_not_replay_the_epoch(many_shards):
 
 def test_piped_shards_read_like_local_files(many_shards):
     from dm_lightning.data.shards import iter_shard
-    from dm_lightning.data.streams import SkipCounter, shard_samples
+    from dm_lightning.data.streams import SkipCounter
 
     path = str(sorted((many_shards / "indoor").glob("val-*.tar"))[0])
     counter = SkipCounter()
-    local = list(shard_samples(path, counter))
-    piped = list(shard_samples(f"pipe:cat {path}", counter))
+    local = list(iter_shard(path, counter.handle))
+    piped = list(iter_shard(f"pipe:cat {path}", counter.handle))
     reference = list(iter_shard(path))
     assert counter.total == 0 and len(local) == len(reference) > 0
     for a, b, ref in zip(local, piped, reference):
@@ -206,12 +206,13 @@ def test_piped_shards_read_like_local_files(many_shards):
     assert piped[0]["__url__"] == f"pipe:cat {path}"
     missing = SkipCounter()
     with pytest.warns(UserWarning, match="cannot open shard .*nothing.tar"):
-        assert list(shard_samples(str(many_shards / "nothing.tar"), missing)) == []
+        assert list(iter_shard(str(many_shards / "nothing.tar"), missing.handle)) == []
     assert missing.total == 1
 
 
 def test_shard_member_names_follow_webdataset(tmp_path):
-    from dm_lightning.data.streams import SkipCounter, shard_samples
+    from dm_lightning.data.shards import iter_shard
+    from dm_lightning.data.streams import SkipCounter
 
     path = tmp_path / "names.tar"
     members = [
@@ -229,7 +230,7 @@ def test_shard_member_names_follow_webdataset(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     counter = SkipCounter()
     with pytest.warns(UserWarning, match=r"sample dir/a: duplicate member 'json'"):
-        samples = list(shard_samples(str(path), counter))
+        samples = list(iter_shard(str(path), counter.handle))
     assert [s["__key__"] for s in samples] == ["dir/a", "dir/b"]
     assert samples[0]["rgb.png"] == b"1" and samples[0]["json"] == b"2"
     assert samples[1]["depth.png"] == b"4"

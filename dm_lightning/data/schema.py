@@ -159,7 +159,6 @@ def decode_sample(sample: dict[str, Any], depth_as_units: bool = False) -> dict[
         scale = float(meta["depth_scale"])
         if not scale > 0:
             raise ValueError(f"depth_scale must be > 0 metres per unit, got {scale!r}")
-        depth = None if depth_as_units else units.astype(np.float32) * np.float32(scale)
     except KeyError as err:
         raise CorruptSampleError(f"{where}: missing member or JSON field {err}") from err
     except Exception as err:  # PIL/JSON errors on truncated or corrupt bytes
@@ -168,6 +167,7 @@ def decode_sample(sample: dict[str, Any], depth_as_units: bool = False) -> dict[
         raise CorruptSampleError(f"{where}: depth {units.shape} and rgb {rgb.shape[:2]} differ")
     if depth_as_units:
         return {"key": key, "rgb": rgb, "depth_units": units, "meta": meta}
+    depth = units.astype(np.float32) * np.float32(scale)
     return {"key": key, "rgb": rgb, "depth": depth, "meta": meta}
 
 
