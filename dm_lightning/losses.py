@@ -59,23 +59,30 @@ def inverted_huber(error: Tensor, delta: float = 0.2) -> Tensor:
 def directional_gradients(x: Tensor) -> Tensor:
     """Differences along x, y, 45 and 135 degrees on the (H-1) x (W-1) grid.
 
-    For ``x[..., i, j]`` (row i, column j):
-    ``dx = x[i, j+1] - x[i, j]``, ``dy = x[i+1, j] - x[i, j]``,
-    ``d45 = x[i, j+1] - x[i+1, j]`` (up-right diagonal), ``d135 = x[i+1, j+1] - x[i, j]``.
+    Every difference lives in one 2x2 cell and is anchored at the cell's bottom-right pixel
+    ``x[..., 1:, 1:]``, as the released code takes them (the anchor decides which rows and
+    columns each direction sees, so it changes the loss value):
+    ``dx = x[..., 1:, 1:] - x[..., 1:, :-1]``, ``dy = x[..., 1:, 1:] - x[..., :-1, 1:]``,
+    ``d45 = x[..., 1:, 1:] - x[..., :-1, :-1]``, ``d135 = x[..., 1:, :-1] - x[..., :-1, 1:]``.
+    For output pixel (i, j), i.e. the cell with rows i, i+1 and columns j, j+1:
+    ``dx = x[i+1, j+1] - x[i+1, j]``, ``dy = x[i+1, j+1] - x[i, j+1]``,
+    ``d45 = x[i+1, j+1] - x[i, j]``, ``d135 = x[i+1, j] - x[i, j+1]``.
+    (Signs are immaterial to :func:`gradient_loss`, which applies the symmetric inverted Huber
+    to prediction-minus-GT differences.)
 
     Args:
         x: (B, C, H, W).
 
     Returns:
-        (4, B, C, H-1, W-1).
+        (4, B, C, H-1, W-1), in the order dx, dy, d45, d135.
     """
-    a = x[..., :-1, :-1]
+    anchor = x[..., 1:, 1:]  # bottom-right pixel of each 2x2 cell, as the released code
     return torch.stack(
         [
-            x[..., :-1, 1:] - a,
-            x[..., 1:, :-1] - a,
-            x[..., :-1, 1:] - x[..., 1:, :-1],
-            x[..., 1:, 1:] - a,
+            anchor - x[..., 1:, :-1],
+            anchor - x[..., :-1, 1:],
+            anchor - x[..., :-1, :-1],
+            x[..., 1:, :-1] - x[..., :-1, 1:],
         ]
     )
 
@@ -83,8 +90,9 @@ def directional_gradients(x: Tensor) -> Tensor:
 def gradient_loss(pred: Tensor, target: Tensor, valid: Tensor, delta: float = 0.2) -> Tensor:
     """Weighted multi-directional gradient loss L_h (SPEC section 4).
 
-    Invalid pixels of both maps are zeroed, the four directional differences are taken, and the
-    inverted Huber of (prediction - GT) differences is averaged over all elements.
+    Invalid pixels of both maps are zeroed, the four directional differences of
+    :func:`directional_gradients` are taken, and the inverted Huber of (prediction - GT)
+    differences is averaged over all elements.
 
     Args:
         pred, target: (B, 1, H, W) normalised depth in [-1, 1].

@@ -68,16 +68,17 @@ def np_masked_mse(pred, target, valid):
 
 
 def np_directional(x):
-    """x: (..., H, W) -> dict of the four (..., H-1, W-1) differences (SPEC 4 / docstring)."""
+    """x: (..., H, W) -> dict of the four (..., H-1, W-1) differences (SPEC 4 / docstring),
+    each anchored at the bottom-right pixel (i+1, j+1) of its 2x2 cell, as the released code."""
     x = x.astype(np.float64)
     h, w = x.shape[-2:]
     out = {k: np.zeros(x.shape[:-2] + (h - 1, w - 1)) for k in ("dx", "dy", "d45", "d135")}
     for i in range(h - 1):
         for j in range(w - 1):
-            out["dx"][..., i, j] = x[..., i, j + 1] - x[..., i, j]
-            out["dy"][..., i, j] = x[..., i + 1, j] - x[..., i, j]
-            out["d45"][..., i, j] = x[..., i, j + 1] - x[..., i + 1, j]
-            out["d135"][..., i, j] = x[..., i + 1, j + 1] - x[..., i, j]
+            out["dx"][..., i, j] = x[..., i + 1, j + 1] - x[..., i + 1, j]
+            out["dy"][..., i, j] = x[..., i + 1, j + 1] - x[..., i, j + 1]
+            out["d45"][..., i, j] = x[..., i + 1, j + 1] - x[..., i, j]
+            out["d135"][..., i, j] = x[..., i + 1, j] - x[..., i, j + 1]
     return out
 
 
@@ -326,16 +327,32 @@ def test_directional_gradients_hand_written_3x3():
     x = torch.tensor([[1.0, 4.0, 9.0], [2.0, 8.0, 3.0], [7.0, 5.0, 6.0]]).reshape(1, 1, 3, 3)
     out = directional_gradients(x)
     assert out.shape == (4, 1, 1, 2, 2)
-    # dx = x[i, j+1] - x[i, j]
-    dx = [[3.0, 5.0], [6.0, -5.0]]
-    # dy = x[i+1, j] - x[i, j]
-    dy = [[1.0, 4.0], [5.0, -3.0]]
-    # d45 = x[i, j+1] - x[i+1, j]  (up-right diagonal)
-    d45 = [[2.0, 1.0], [1.0, -2.0]]
-    # d135 = x[i+1, j+1] - x[i, j]
-    d135 = [[7.0, -1.0], [3.0, -2.0]]
+    # Bottom-right anchor, as the released code. A top-left anchor (x[i, j+1] - x[i, j] and
+    # x[i+1, j] - x[i, j]) would give dx [[3, 5], [6, -5]] and dy [[1, 4], [5, -3]] here.
+    # dx = x[i+1, j+1] - x[i+1, j]  (rows 1 and 2)
+    dx = [[6.0, -5.0], [-2.0, 1.0]]
+    # dy = x[i+1, j+1] - x[i, j+1]  (columns 1 and 2)
+    dy = [[4.0, -6.0], [-3.0, 3.0]]
+    # d45 = x[i+1, j+1] - x[i, j]
+    d45 = [[7.0, -1.0], [3.0, -2.0]]
+    # d135 = x[i+1, j] - x[i, j+1]
+    d135 = [[-2.0, -1.0], [-1.0, 2.0]]
     for k, expected in enumerate([dx, dy, d45, d135]):
         np.testing.assert_array_equal(out[k, 0, 0].numpy(), np.array(expected))
+
+
+def test_gradient_loss_hand_values_bottom_right_anchor():
+    # One pixel of 0.1 on a 3x3 zero map, GT zero, all valid: 4 x 2 x 2 = 16 differences.
+    # The bottom-right pixel is the anchor of its cell, so dx, dy and d45 all see it (d135 does
+    # not): 3 differences of 0.1, berHu 0.2 * 0.1 = 0.02 each. The top-left pixel is seen only
+    # by d45. (A top-left anchor gives the reverse: 1 and 3 differences.)
+    target = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    valid = torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    for corner, hits in (((2, 2), 3), ((0, 0), 1)):
+        pred = target.clone()
+        pred[0, 0, corner[0], corner[1]] = 0.1
+        out = gradient_loss(pred, target, valid).item()
+        assert out == pytest.approx(hits * 0.02 / 16, rel=1e-12), corner
 
 
 def test_directional_gradients_random_matches_numpy():
