@@ -4,9 +4,11 @@ Functional core (pure tensor math, float64) plus a thin torchmetrics ``Metric`` 
 sums and an image count with ``dist_reduce_fx="sum"``, so N ranks give the one-process result.
 
 Order of operations per image, exactly as SPEC.md states: least-squares scale and shift of the
-prediction to the ground truth in the alignment space (on valid pixels), back to depth, clip to
-the dataset range and to >= 1e-6, then metrics on valid pixels; the reported value is the plain
-mean over images.
+prediction to the ground truth in the alignment space, fitted on the valid pixels with finite
+GT > 0 and, in the sqrt-disparity and disparity spaces, prediction > 0 (as the released
+evaluation; see ``DepthTarget.fit_needs_positive_prediction``); back to depth, clip to the
+dataset range and to >= 1e-6, then metrics on all valid pixels; the reported value is the
+plain mean over images.
 """
 
 from __future__ import annotations
@@ -52,13 +54,21 @@ def fit_scale_shift(pred: Tensor, target_value: Tensor) -> tuple[float, float]:
     return 1.0, (sg - sp) / max(n, 1)
 
 
-def _fit_pixels(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
-    """The pixels of 1-D valid ``pred`` / ``gt`` (float64) with finite, positive ground truth:
-    all of them for any sane reader, so the copy is skipped then."""
-    low, high = torch.aminmax(gt) if gt.numel() else (gt.new_ones(()), gt.new_ones(()))
-    if bool(low > 0) and bool(high < math.inf):  # NaN fails both comparisons too
+def _fit_pixels(pred: Tensor, gt: Tensor, require_positive_pred: bool) -> tuple[Tensor, Tensor]:
+    """The pixels of 1-D valid ``pred`` / ``gt`` (float64) to fit on: finite, positive ground
+    truth and, if ``require_positive_pred`` (the disparity spaces, as the released
+    evaluation), prediction > 0. Usually that is all of them, and the copy is skipped then."""
+    if gt.numel() == 0:
+        return pred, gt
+    low, high = torch.aminmax(gt)
+    every = (low > 0) & (high < math.inf)  # NaN fails both comparisons too
+    if require_positive_pred:
+        every &= pred.amin() > 0  # amin propagates NaN, which fails too
+    if bool(every):  # one device sync
         return pred, gt
     fit = torch.isfinite(gt) & (gt > 0)
+    if require_positive_pred:
+        fit &= pred > 0
     return pred[fit], gt[fit]
 
 
@@ -91,11 +101,12 @@ def _check_shapes(pred: Tensor, gt: Tensor, valid: Tensor) -> None:
 def _fit_image(
     pred: Tensor, gt: Tensor, valid: Tensor, target: DepthTarget
 ) -> tuple[Tensor, Tensor, float, float]:
-    """One (H, W) image: its valid pixels as 1-D float64 prediction and GT, and the scale and
-    shift fitted in ``target``'s space on those of them with finite GT > 0."""
+    """One (H, W) image: its valid pixels as 1-D float64 prediction and GT (all of them, for
+    the metrics), and the scale and shift fitted in ``target``'s space on those of them with
+    finite GT > 0 and, if ``target.fit_needs_positive_prediction``, prediction > 0."""
     index = _valid_index(valid)
     p, g = _valid_pixels(pred, index), _valid_pixels(gt, index)
-    p_fit, g_fit = _fit_pixels(p, g)
+    p_fit, g_fit = _fit_pixels(p, g, target.fit_needs_positive_prediction)
     return p, g, *fit_scale_shift(p_fit, target.forward(g_fit))
 
 
@@ -110,11 +121,13 @@ def align_prediction(
         valid: (B, H, W) bool, valid ground-truth pixels.
         space: ``sqrt_disparity`` (DepthMaster: fit ``s p + t ~ sqrt(1/d)``, depth =
             ``1 / max((s p + t)^2, 1e-3)``), ``disparity`` (fit to ``1/d``, depth =
-            ``1 / max(s p + t, 1e-3)``) or ``depth`` (fit to ``d``).
+            ``1 / max(s p + t, 1e-3)``) or ``depth`` (fit to ``d``). The fit uses the valid
+            pixels with finite GT > 0; in the two disparity spaces also only those with
+            ``p > 0``, as the released evaluation (the depth-space fit keeps them).
 
     Returns:
-        (B, H, W) float64 aligned depth (not yet range-clipped); images without valid pixels
-        get the plain prediction mapped through the space's inverse.
+        (B, H, W) float64 aligned depth of every pixel (not yet range-clipped); images
+        without a pixel to fit get the plain prediction mapped through the space's inverse.
     """
     _check_shapes(pred, gt, valid)
     target = get_target(space)
@@ -207,8 +220,9 @@ def evaluate_batch(
         pred: (B, 1, H, W) or (B, H, W) relative prediction.
         gt: same shape, metres.
         valid: same shape, bool (range, crop and dataset masks already applied). Valid
-            pixels are fitted only where the GT is finite and > 0, but all are scored: a
-            valid pixel with GT 0 or inf makes its image's metrics inf/NaN.
+            pixels are fitted only where the GT is finite and > 0 (and, in the sqrt-disparity
+            and disparity spaces, the prediction > 0, as the released evaluation), but all
+            are scored: a valid pixel with GT 0 or inf makes its image's metrics inf/NaN.
         min_depth, max_depth: dataset range, scalars or (B,) tensors (inf allowed).
         space: alignment space, see :func:`align_prediction`.
 

@@ -23,6 +23,12 @@ class DepthTarget:
     """
 
     name = "base"
+    #: Whether evaluation fits the per-image scale and shift only on pixels whose prediction is
+    #: > 0 (on top of valid, finite GT > 0), to reproduce the released DepthMaster evaluation:
+    #: its disparity-space fits drop pixels with prediction <= 0 (in practice the exact zeros,
+    #: the clip floor of the [0, 1] output), its depth-space fit has no such term. Only the fit
+    #: is affected: metrics are computed on all valid pixels either way.
+    fit_needs_positive_prediction = False
 
     def __init__(self, lower_quantile: float = 0.02, upper_quantile: float = 0.98) -> None:
         if not 0.0 <= lower_quantile < upper_quantile <= 1.0:
@@ -78,6 +84,7 @@ class SqrtDisparity(DepthTarget):
     """``sqrt(1 / depth)``: DepthMaster's default (best KITTI AbsRel in paper Table III)."""
 
     name = "sqrt_disparity"
+    fit_needs_positive_prediction = True  # as the released evaluation
 
     def forward(self, depth: Tensor) -> Tensor:
         return torch.rsqrt(depth)
@@ -90,6 +97,7 @@ class Disparity(DepthTarget):
     """``1 / depth`` (Lotus, E2E-FT style)."""
 
     name = "disparity"
+    fit_needs_positive_prediction = True  # as the released evaluation
 
     def forward(self, depth: Tensor) -> Tensor:
         return 1.0 / depth

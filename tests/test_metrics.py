@@ -43,11 +43,14 @@ def np_to_space(d, space):
 
 def np_align_image(p, gt, valid, space):
     """SPEC 6: least squares of s p + t to the GT in ``space`` on valid pixels with finite
-    g > 0, then back to depth (sqrt-disparity: 1 / max(a^2, 1e-3); disparity: 1 / max(a, 1e-3))."""
+    g > 0 and, in the two disparity spaces, p > 0 (as the released evaluation), then back to
+    depth (sqrt-disparity: 1 / max(a^2, 1e-3); disparity: 1 / max(a, 1e-3))."""
     p = p.astype(np.float64)
     gt = gt.astype(np.float64)
     with np.errstate(invalid="ignore"):
         fit = valid & np.isfinite(gt) & (gt > 0)
+    if space != "depth":
+        fit &= p > 0
     a_mat = np.stack([p[fit], np.ones(fit.sum())], axis=1)
     (s, t), *_ = np.linalg.lstsq(a_mat, np_to_space(gt[fit], space), rcond=None)
     a = s * p + t
@@ -76,7 +79,8 @@ def np_metrics(d, g):
 
 
 def np_evaluate(pred, gt, valid, min_depth, max_depth, space):
-    """Per image: align, clip to [min, max], floor 1e-6, metrics on valid. None if no valid."""
+    """Per image: align, clip to [min, max], floor 1e-6, metrics on all valid pixels (also
+    those left out of the fit). None if no valid."""
     b = pred.shape[0]
     lo = np.broadcast_to(np.asarray(min_depth, dtype=np.float64), (b,))
     hi = np.broadcast_to(np.asarray(max_depth, dtype=np.float64), (b,))
@@ -98,7 +102,8 @@ def np_mean_over_images(per_image):
 
 def make_batch(rng, fractions, shape=(12, 16)):
     """GT depth log-uniform in [0.5, 20] m; a noisy relative prediction roughly in [0, 1]
-    (1 = near); random valid masks with the given per-image fractions; garbage GT outside."""
+    (1 = near; a few far pixels are <= 0, which the disparity-space fits leave out); random
+    valid masks with the given per-image fractions; garbage GT outside."""
     b = len(fractions)
     gt = np.exp(rng.uniform(np.log(0.5), np.log(20.0), (b,) + shape))
     s = 1.0 / np.sqrt(gt)
@@ -171,6 +176,67 @@ def test_align_prediction_disparity_floor(space):
         # a = -0.9, ~0, 0.02 -> 1/1e-3; a = 0.05 -> 20
         expected = [1000.0, 1000.0, 50.0, 20.0]
     np.testing.assert_allclose(out[3:], expected, rtol=1e-9)
+
+
+# Four pixels with p > 0 whose target value is exactly 2 p + 0.5, and two with p = 0 (GT 1 m,
+# off that line); all six valid. One invalid pixel with p = 0 and GT 0 takes no part.
+ZERO_PRED_P = np.array([[[0.2, 0.4, 0.6, 0.8, 0.0, 0.0, 0.0]]])
+ZERO_PRED_VALID = np.array([[[True] * 6 + [False]]])
+
+
+def zero_pred_gt(space):
+    line = 2.0 * ZERO_PRED_P[0, 0, :4] + 0.5
+    on_line = {"sqrt_disparity": 1.0 / line**2, "disparity": 1.0 / line, "depth": line}[space]
+    return np.concatenate([on_line, [1.0, 1.0, 0.0]])[None, None]
+
+
+@pytest.mark.parametrize("space", ["sqrt_disparity", "disparity"])
+def test_disparity_space_fit_ignores_zero_predictions_but_metrics_use_them(space):
+    gt = zero_pred_gt(space)
+    # fitted on the four p > 0 pixels only: s = 2, t = 0.5 exactly, so they are recovered and
+    # the p = 0 pixels get value 0.5: depth 1 / 0.5^2 = 4 (sqrt-disparity) or 1 / 0.5 = 2
+    zero_depth = {"sqrt_disparity": 4.0, "disparity": 2.0}[space]
+    aligned = align_prediction(t(ZERO_PRED_P), t(gt), t(ZERO_PRED_VALID), space).numpy()[0, 0]
+    np.testing.assert_allclose(aligned[:4], gt[0, 0, :4], rtol=1e-12)
+    np.testing.assert_allclose(aligned[4:], zero_depth, rtol=1e-12)
+    np.testing.assert_allclose(
+        aligned, np_align_image(ZERO_PRED_P[0], gt[0], ZERO_PRED_VALID[0], space)[0], rtol=1e-12
+    )
+    # metrics on all six valid pixels: four exact, two with |d - 1| / 1 = zero_depth - 1
+    values, has_valid = evaluate_batch(t(ZERO_PRED_P), t(gt), t(ZERO_PRED_VALID), 1e-3, 80.0, space)
+    assert has_valid.tolist() == [True]
+    assert values["abs_rel"][0].item() == pytest.approx(2 * (zero_depth - 1.0) / 6, rel=1e-12)
+    assert values["delta1"][0].item() == pytest.approx(4 / 6, rel=1e-12)
+    rmse = np.sqrt(2 * (zero_depth - 1.0) ** 2 / 6)
+    assert values["rmse"][0].item() == pytest.approx(rmse, rel=1e-12)
+    ref = np_evaluate(ZERO_PRED_P, gt, ZERO_PRED_VALID, 1e-3, 80.0, space)[0]
+    assert_metrics_close({k: v[0] for k, v in values.items()}, ref)
+    # fitting the zeros too (the old rule) would not recover the four pixels on the line
+    (s_all, t_all), *_ = np.linalg.lstsq(
+        np.stack([ZERO_PRED_P[0, 0, :6], np.ones(6)], 1),
+        np_to_space(gt[0, 0, :6], space),
+        rcond=None,
+    )
+    assert abs(s_all - 2.0) > 0.1 and abs(t_all - 0.5) > 0.1
+
+
+def test_depth_space_fit_keeps_zero_predictions():
+    gt = zero_pred_gt("depth")
+    # all six valid pixels fitted: n = 6, sum p = 2, sum g = 8, sum p^2 = 1.2, sum p g = 3.4,
+    # det = 6 * 1.2 - 2^2 = 3.2: s = (6 * 3.4 - 2 * 8) / 3.2 = 1.375,
+    # t = (1.2 * 8 - 2 * 3.4) / 3.2 = 0.875 (without the zeros it would be s = 2, t = 0.5)
+    expected = 1.375 * ZERO_PRED_P[0, 0] + 0.875
+    aligned = align_prediction(t(ZERO_PRED_P), t(gt), t(ZERO_PRED_VALID), "depth").numpy()[0, 0]
+    np.testing.assert_allclose(aligned, expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        aligned, np_align_image(ZERO_PRED_P[0], gt[0], ZERO_PRED_VALID[0], "depth")[0], rtol=1e-12
+    )
+    values, _ = evaluate_batch(t(ZERO_PRED_P), t(gt), t(ZERO_PRED_VALID), 1e-3, 80.0, "depth")
+    g = gt[0, 0, :6]
+    abs_rel = np.mean(np.abs(expected[:6] - g) / g)
+    assert values["abs_rel"][0].item() == pytest.approx(abs_rel, rel=1e-12)
+    ref = np_evaluate(ZERO_PRED_P, gt, ZERO_PRED_VALID, 1e-3, 80.0, "depth")[0]
+    assert_metrics_close({k: v[0] for k, v in values.items()}, ref)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -256,8 +256,10 @@ def run_data(args: argparse.Namespace) -> None:
 def numpy_reference(
     pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, lo: float, hi: float
 ) -> dict:
-    """Per-image protocol in numpy: sqrt-disparity least squares, back to depth, clip, metrics."""
-    m = valid & np.isfinite(gt) & (gt > 0)
+    """Per-image protocol in numpy: sqrt-disparity least squares on valid pixels with finite
+    GT > 0 and prediction > 0 (as the released evaluation), back to depth, clip, metrics on
+    all valid pixels."""
+    m = valid & np.isfinite(gt) & (gt > 0) & (pred > 0)
     p, g = pred[m].astype(np.float64), 1.0 / np.sqrt(gt[m].astype(np.float64))
     a = np.stack([p, np.ones_like(p)], axis=1)
     s, t = np.linalg.lstsq(a, g, rcond=None)[0]
@@ -290,8 +292,8 @@ def published_path(
     numpy sqrt-disparity of the GT with masked division, least squares with ``np.linalg.lstsq``
     on the masked pixels, squared and clipped disparity back to depth with masked division,
     range and 1e-6 clips; then one torch function per metric on the full image with the mask,
-    each ``.item()``-ed. (The script also drops pixels with prediction <= 0 from the fit; the
-    predictions here are > 0, so that makes no difference.)"""
+    each ``.item()``-ed. Like the script (and dm_lightning), the fit drops pixels with
+    prediction <= 0; the predictions here are clipped at 0 but in practice all > 0."""
     disparity = np.zeros_like(gt)
     positive = gt > 0
     disparity[positive] = 1.0 / gt[positive]
