@@ -250,3 +250,79 @@ def test_a_source_with_nothing_decodable_fails_loudly(tmp_path):
     stream = SourceStream("junk", [str(path)], 2, pack_training_batch, shuffle_buffer=2)
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="nothing readable"):
         next(stream.batches(random.Random(0), stream.urls))
+
+
+def _raw(meta_changes: dict | None = None, drop: str | None = None, depth=None) -> dict:
+    """One encoded 4x5 sample, its JSON edited: ``meta_changes`` set, ``drop`` removed."""
+    import numpy as np
+
+    from dm_lightning.data.schema import encode_sample
+
+    rgb = np.zeros((4, 5, 3), dtype=np.uint8)
+    depth = np.full((4, 5), 2.0) if depth is None else depth
+    raw = encode_sample(
+        "k0", rgb, depth, source="s", depth_scale=0.01, min_depth=0.1, max_depth=80.0
+    )
+    meta = json.loads(raw["json"])
+    meta.update(meta_changes or {})
+    if drop:
+        del meta[drop]
+    raw["json"] = json.dumps(meta).encode()
+    raw["__url__"] = "x/train-000000.tar"
+    return raw
+
+
+@pytest.mark.parametrize(
+    "changes, drop, message",
+    [
+        ({}, "min_depth", r"missing JSON field 'min_depth'"),
+        ({"min_depth": 5.0, "max_depth": 2.0}, None, r"min_depth = 5.0 >= max_depth = 2.0"),
+        ({"depth_scale": 0}, None, r"'depth_scale' = 0, expected a finite number > 0"),
+        ({"depth_scale": float("nan")}, None, r"'depth_scale' = nan"),
+        ({"min_depth": -1}, None, r"'min_depth' = -1, expected a finite number >= 0"),
+        ({"max_depth": "far"}, None, r"'max_depth' = 'far'"),
+        ({"source": ""}, None, r"'source' = '', expected a non-empty string"),
+        ({"height": 3}, None, r"PNGs are 4x5 but the JSON says height x width = 3x5"),
+        ({"schema_version": 2}, None, r"schema_version 2, but this dm_lightning reads .* 1"),
+    ],
+)
+def test_every_schema_field_is_checked_on_read(changes, drop, message):
+    from dm_lightning.data.schema import CorruptSampleError, decode_sample
+
+    with pytest.raises(
+        CorruptSampleError, match=r"shard x/train-000000.tar, sample k0: .*" + message
+    ):
+        decode_sample(_raw(changes, drop))
+
+
+def test_schema_version_is_written_and_optional_on_read():
+    from dm_lightning.data.schema import SCHEMA_VERSION, decode_sample, encode_sample
+
+    raw = _raw()
+    assert json.loads(raw["json"])["schema_version"] == SCHEMA_VERSION == 1
+    older = _raw(drop="schema_version")  # shards written before the field existed
+    assert decode_sample(older)["meta"]["schema_version"] == 1
+    assert decode_sample(_raw({"max_depth": None}))["meta"]["max_depth"] is None
+    import numpy as np
+
+    with pytest.raises(ValueError, match="would overwrite schema fields"):
+        encode_sample(
+            "k",
+            np.zeros((1, 1, 3), np.uint8),
+            np.ones((1, 1)),
+            source="s",
+            depth_scale=1.0,
+            min_depth=0.0,
+            max_depth=9.0,
+            extra={"schema_version": 2},
+        )
+    with pytest.raises(ValueError, match="min_depth = 9.0 >= max_depth = 1.0"):
+        encode_sample(
+            "k",
+            np.zeros((1, 1, 3), np.uint8),
+            np.ones((1, 1)),
+            source="s",
+            depth_scale=1.0,
+            min_depth=9.0,
+            max_depth=1.0,
+        )
