@@ -8,12 +8,14 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 
+from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster, load_unet
 from dm_lightning.models.encoders import TimmEncoder
 from dm_lightning.models.feature_alignment import FeatureAlignment
 from dm_lightning.models.fourier import FourierEnhancement
 from dm_lightning.models.tiny import TINY_UNET_CONFIG, make_tiny_depthmaster
 from dm_lightning.models.unet_hooks import FeatureTap, attach_fourier_enhancement
+from dm_lightning.targets import get_target
 
 C = 16
 
@@ -193,7 +195,7 @@ def test_released_layout_unet_folder_loads_strictly(tmp_path):
         {k: v.contiguous() for k, v in state.items()},
         str(folder / "diffusion_pytorch_model.safetensors"),
     )
-    with pytest.raises(RuntimeError, match="extra"):
+    with pytest.raises(ConfigError, match=r"unexpected 1 keys \['fftblock.extra.weight'\]"):
         load_unet(folder)
 
 
@@ -209,12 +211,12 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_missing_model_parts_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model folder not found"):
+    with pytest.raises(MissingPathError, match="model folder .*nope not found"):
         load_depthmaster(str(tmp_path / "nope"))
     model = make_tiny_depthmaster(0)
     model.save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "empty_prompt_embedding.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="text_encoder"):
+    with pytest.raises(MissingPathError, match="text_encoder"):
         load_depthmaster(str(tmp_path / "m"), cache_dir=tmp_path / "cache")
 
 
@@ -261,10 +263,44 @@ def test_encoder_weights_load_from_timm_and_depth_anything_layouts(tmp_path):
         enc = tiny_encoder(weights=str(tmp_path / file))
         torch.testing.assert_close(enc(x)[0], expected)
     torch.save({"blocks.0.norm1.weight": torch.ones(32)}, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ConfigError, match="partial.pth do not fit .*missing"):
         tiny_encoder(weights=str(tmp_path / "partial.pth"))
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(MissingPathError, match=f"encoder weights file not found: {tmp_path}"):
         tiny_encoder(weights=str(tmp_path / "none.pth"))
+    torch.save(state | {"blocks.0.norm1.weight": torch.ones(7)}, tmp_path / "wide.pth")
+    with pytest.raises(ConfigError, match=r"blocks.0.norm1.weight: file \(7,\) vs model \(32,\)"):
+        tiny_encoder(weights=str(tmp_path / "wide.pth"))
+
+
+def test_unknown_encoder_and_target_names_list_what_exists():
+    with pytest.raises(ConfigError, match="'vit_lrge_patch14_dinov2'.*vit_large_patch14_dinov2"):
+        TimmEncoder("vit_lrge_patch14_dinov2")
+    with pytest.raises(ConfigError, match="does not accept encoder model_kwargs"):
+        TimmEncoder("vit_small_patch14_dinov2", model_kwargs=dict(depth=1, bogus_option=1))
+    with pytest.raises(ConfigError, match="'sqrt_depth'; expected one of depth, disparity, sqrt"):
+        get_target("sqrt_depth")
+
+
+def test_encoder_width_that_does_not_fit_the_projector_names_both_widths():
+    # Declared embed_dim 32, but a Swin's tokens are 8x wider at the last stage.
+    with pytest.raises(
+        ConfigError, match="embed_dim=32 but the timm model returns tokens of width 256"
+    ):
+        TimmEncoder(
+            "swin_tiny_patch4_window7_224",
+            model_kwargs=dict(
+                embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), img_size=56
+            ),
+        )
+    # A projector built for one width, an encoder returning another (a custom encoder whose
+    # embed_dim does not match its tokens).
+    fa = FeatureAlignment(64, 48)
+    with pytest.raises(ConfigError, match="tokens of width 32.*embed_dim=48"):
+        fa(torch.randn(1, 64, 4, 4), torch.randn(1, 16, 32), (4, 4))
+    with pytest.raises(ConfigError, match="feature has 16 channels.*built for 64"):
+        fa(torch.randn(1, 16, 4, 4), torch.randn(1, 16, 48), (4, 4))
+    with pytest.raises(ConfigError, match="do not fill its grid 4 x 5"):
+        fa(torch.randn(1, 64, 4, 4), torch.randn(1, 16, 48), (4, 5))
 
 
 def test_feature_alignment_projector_sizes_and_grid_resize():

@@ -14,6 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dm_lightning.errors import ConfigError, MissingPathError
+from dm_lightning.models.state_dicts import describe_keys, load_state_dict_file
+
+# timm names that are resolved by timm itself (hub or local folders), not its model registry.
+TIMM_SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+
 
 class AlignmentEncoder(nn.Module):
     """Interface of a Feature Alignment encoder.
@@ -64,6 +70,12 @@ class TimmEncoder(AlignmentEncoder):
             patch grid at latent/2 for SD-2's /8 VAE).
         signed_input: reproduce the original code, which applied the encoder's mean/std to the
             image in [-1, 1] instead of [0, 1].
+
+    Raises:
+        ConfigError: ``model_name`` is not a timm model (close names are suggested), timm
+            rejects ``model_kwargs``, the model is not a ViT with patch tokens, or
+            ``model_kwargs["embed_dim"]`` is not the width of the tokens the model returns.
+        MissingPathError: ``weights`` does not exist (checked before the model is built).
     """
 
     def __init__(
@@ -77,16 +89,40 @@ class TimmEncoder(AlignmentEncoder):
         super().__init__()
         import timm
 
+        check_timm_model_name(model_name)
+        if weights is not None and not Path(weights).expanduser().is_file():
+            raise MissingPathError(
+                f"encoder weights file not found: {weights} (encoder.init_args.weights of "
+                f"{model_name})"
+            )
         kwargs = {"dynamic_img_size": True, "num_classes": 0, **(model_kwargs or {})}
-        self.model = timm.create_model(model_name, pretrained=False, **kwargs)
+        try:
+            self.model = timm.create_model(model_name, pretrained=False, **kwargs)
+        except TypeError as err:  # an argument the model class does not take
+            raise ConfigError(
+                f"timm model {model_name} does not accept encoder model_kwargs "
+                f"{model_kwargs}: {err}"
+            ) from err
+        if not hasattr(self.model, "patch_embed"):
+            raise ConfigError(
+                f"timm model {model_name} ({type(self.model).__name__}) has no patch_embed: "
+                "TimmEncoder needs a ViT that returns patch tokens"
+            )
+        width = int(getattr(self.model, "num_features", self.model.embed_dim))
+        declared = (model_kwargs or {}).get("embed_dim")
+        if declared is not None and int(declared) != width:
+            raise ConfigError(
+                f"encoder {model_name}: model_kwargs.embed_dim={declared} but the timm model "
+                f"returns tokens of width {width}; the projector is sized from the token width"
+            )
         if weights is not None:
-            load_encoder_weights(self.model, weights)
+            load_encoder_weights(self.model, Path(weights).expanduser())
         cfg = self.model.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
         patch = self.model.patch_embed.patch_size
         self.patch_size = (int(patch[0]), int(patch[1]))
-        self.embed_dim = int(self.model.embed_dim)
+        self.embed_dim = width
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 1))
         self.input_scale = input_scale
         self.signed_input = signed_input
@@ -110,6 +146,23 @@ class TimmEncoder(AlignmentEncoder):
         return tokens, grid
 
 
+def check_timm_model_name(model_name: str) -> None:
+    """Raise :class:`ConfigError` naming ``model_name`` (with close timm names) unless timm
+    knows it; ``hf-hub:`` and ``local-dir:`` names are left to timm."""
+    import difflib
+
+    import timm
+
+    if model_name.startswith(TIMM_SOURCE_PREFIXES) or timm.is_model(model_name):
+        return
+    close = difflib.get_close_matches(model_name.split(".")[0], timm.list_models(), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models('vit_*')"
+    raise ConfigError(
+        f"unknown timm encoder model_name {model_name!r}: {hint} (TimmEncoder takes timm "
+        "ViT names such as vit_large_patch14_dinov2)"
+    )
+
+
 def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local encoder checkpoint into a timm ViT, whatever its key layout.
 
@@ -118,18 +171,14 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
     Meta's DINOv2 layout is converted by timm's own checkpoint filter.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: weights for the model's parameters are missing or have other shapes.
+        MissingPathError: the file does not exist.
+        ConfigError: weights for the model's parameters are missing or have other shapes, or
+            the file is not a plain state dict (pickled objects are refused, not run).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"encoder weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingPathError(f"encoder weights file not found: {path}")
+    state = load_state_dict_file(path, "encoder weights")
     for key in ("model", "state_dict"):
         if isinstance(state.get(key), dict):
             state = state[key]
@@ -142,10 +191,21 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
     )
     if filter_fn is not None:
         state = filter_fn(state, model)
+    own = model.state_dict()
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if shapes:
+        raise ConfigError(
+            f"encoder weights {path} do not fit {type(model).__name__} (check model_name and "
+            f"model_kwargs): {len(shapes)} shapes differ {shapes[:10]}"
+        )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("head")]
     if missing:
-        raise ValueError(
-            f"encoder weights {path} do not fit {type(model).__name__}: missing {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''} (unexpected: {result.unexpected_keys[:8]})"
+        raise ConfigError(
+            f"encoder weights {path} do not fit {type(model).__name__}: "
+            f"{describe_keys(missing, result.unexpected_keys)}"
         )

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dm_lightning.errors import ConfigError
+
 
 class FourierEnhancement(nn.Module):
     """Frequency + spatial refinement of the U-Net mid-block feature.
@@ -24,7 +26,7 @@ class FourierEnhancement(nn.Module):
     def __init__(self, channels: int = 1280, groups: int = 8) -> None:
         super().__init__()
         if channels % groups:
-            raise ValueError(f"FE channels {channels} not divisible by GroupNorm groups {groups}")
+            raise ConfigError(f"FE channels {channels} not divisible by GroupNorm groups {groups}")
         self.norm = nn.GroupNorm(groups, channels)
         self.conv_f1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv_f2 = nn.Conv2d(channels, channels, 3, padding=1)

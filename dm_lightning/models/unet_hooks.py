@@ -13,6 +13,7 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from dm_lightning.errors import ConfigError
 from dm_lightning.models.fourier import FourierEnhancement
 
 TAP_LOCATIONS = ("mid", "down1", "down2", "down3", "down4")
@@ -27,7 +28,7 @@ def tap_module(unet: UNet2DConditionModel, location: str) -> nn.Module:
         index = int(location[4:]) - 1
         if 0 <= index < len(unet.down_blocks):
             return unet.down_blocks[index]
-    raise ValueError(
+    raise ConfigError(
         f"unknown feature tap location {location!r}; expected 'mid' or 'down1'.."
         f"'down{len(unet.down_blocks)}'"
     )
