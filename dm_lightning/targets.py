@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dm_lightning.errors import ConfigError
+
 MIN_DISPARITY = 1e-3  # floor of aligned disparity at evaluation (SPEC section 6)
 
 
@@ -126,6 +128,6 @@ def get_target(name: str) -> DepthTarget:
     try:
         return TARGETS[name]()
     except KeyError:
-        raise ValueError(
-            f"unknown depth target {name!r}; expected one of {sorted(TARGETS)}"
+        raise ConfigError(
+            f"unknown depth target {name!r}; expected one of {', '.join(sorted(TARGETS))}"
         ) from None
