@@ -8,7 +8,11 @@ from dm_lightning.models.feature_alignment import FeatureAlignment
 from dm_lightning.models.fourier import FourierEnhancement
 from dm_lightning.targets import Depth, Disparity, SqrtDisparity
 from dm_lightning.training.base import DepthMasterTask
-from dm_lightning.training.callbacks import DepthPredictionWriter, ExportDepthMaster
+from dm_lightning.training.callbacks import (
+    DepthPredictionWriter,
+    ExportDepthMaster,
+    ResumableCheckpoint,
+)
 from dm_lightning.training.report import EvaluationReport
 from dm_lightning.training.stage1 import Stage1
 from dm_lightning.training.stage2 import Stage2
@@ -27,6 +31,7 @@ __all__ = [
     "ExportDepthMaster",
     "FeatureAlignment",
     "FourierEnhancement",
+    "ResumableCheckpoint",
     "SqrtDisparity",
     "Stage1",
     "Stage2",

@@ -1,3 +1,5 @@
+import sys
+
 from dm_lightning.cli import main
 
-main()
+sys.exit(main())

@@ -1,16 +1,48 @@
-"""The ``dm-lightning`` command: one LightningCLI for fit, validate, test and predict."""
+"""The ``dm-lightning`` command: one LightningCLI for fit, validate, test and predict.
+
+Exit status: 0 on success; 2 for a start-up error a user can fix (the message alone is printed,
+see :mod:`dm_lightning.errors`); 1 when a guard stopped the run or anything else failed;
+128 + signal number (143 for SIGTERM) when a signal stopped ``fit`` after saving a resumable
+checkpoint (resume with ``--ckpt_path last``).
+"""
 
 from __future__ import annotations
 
+import signal
+import sys
+
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dm_lightning.data.datamodule import DepthDataModule
+from dm_lightning.errors import DMLightningError, clear_last_error, last_error
 from dm_lightning.training.base import DepthMasterTask
+from dm_lightning.training.checkpoints import check_checkpoint_stage
+from dm_lightning.training.run_folder import pin_run_folder
 
 
-def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
-    """Run the CLI (``args=None`` reads ``sys.argv``); returns the CLI object for callers."""
-    return LightningCLI(
+class DepthMasterCLI(LightningCLI):
+    """LightningCLI that resumes ``fit`` in the run folder of its checkpoint
+    (:mod:`dm_lightning.training.run_folder`) and refuses another stage's checkpoint."""
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning's own step here replaces the model config by the checkpoint's
+        # hyper-parameters, so ours must come first: resolve "last" and pin the run folder,
+        # then refuse another stage's checkpoint before any class is built.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            config = self.config[subcommand]
+            if subcommand == "fit":
+                pin_run_folder(config)
+            model = config.get("model")
+            check_checkpoint_stage(config.get("ckpt_path"), getattr(model, "class_path", None))
+        super()._parse_ckpt_path()
+
+
+def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
+    """Build (and with ``run``, execute) the CLI; returns it, for tests and notebooks.
+    Errors propagate; :func:`main` turns them into messages and exit codes."""
+    return DepthMasterCLI(
         model_class=DepthMasterTask,
         datamodule_class=DepthDataModule,
         subclass_mode_model=True,
@@ -23,5 +55,55 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     )
 
 
+def user_error(error: BaseException) -> DMLightningError | None:
+    """The :class:`DMLightningError` behind ``error``: in its chain, or buried as text in a
+    jsonargparse instantiation error (then recovered from :func:`last_error`)."""
+    texts = []
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, DMLightningError):
+            return seen
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    last = last_error()
+    if last is not None and any(str(last) in text for text in texts):
+        return last
+    return None
+
+
+def user_message(error: DMLightningError) -> str:
+    """The message of ``error``; for one re-raised from a DataLoader worker, only the
+    original message, without the worker's traceback text torch puts in front of it."""
+    text = str(error)
+    marker = f"{type(error).__module__}.{type(error).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.strip()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``dm-lightning`` and ``python -m dm_lightning``; returns the exit
+    status (see the module docstring)."""
+    clear_last_error()
+    try:
+        run_cli(args)
+    except SIGTERMException:
+        # Lightning raises this at a batch boundary after SIGTERM (or SIGUSR1, which
+        # ResumableCheckpoint forwards); the checkpoint was written by then.
+        print(
+            "dm-lightning: stopped by a signal; resume with the same command plus "
+            "--ckpt_path last",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGTERM
+    except Exception as err:
+        found = user_error(err)
+        if found is None:
+            raise
+        print(f"dm-lightning: error: {user_message(found)}", file=sys.stderr)
+        return found.exit_code
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,7 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
-from dm_lightning.cli import main as cli_main
+from dm_lightning.cli import run_cli as cli_main
 
 
 def ensure_data(shards: Path, seed: int) -> None:

@@ -13,9 +13,16 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
+from dm_lightning.errors import ConfigError, DataError, TrainingStopped
 from dm_lightning.metrics import ALIGNMENT_SPACES, METRIC_NAMES, DepthMetrics, evaluate_batch
 from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
 from dm_lightning.targets import get_target
+from dm_lightning.training.checkpoints import (
+    CHECKPOINT_RECORD,
+    checkpoint_stage,
+    resumable_checkpoint_path,
+    stage_mismatch_message,
+)
 from dm_lightning.training.schedule import warmup_exponential_decay
 
 # Frozen parts: rebuilt from the model folder at start-up, so checkpoints leave them out.
@@ -24,6 +31,9 @@ FROZEN_PREFIXES = ("net.vae.", "encoder.")
 
 class DepthMasterTask(L.LightningModule):
     """Base task.
+
+    ``stage_name`` is recorded in every checkpoint; ``--ckpt_path`` only resumes a task of
+    the same ``stage_name`` (subclasses of a stage inherit it).
 
     Args:
         model_path: diffusers-layout folder or hub id with ``vae/`` and ``unet/`` (SD-2 base
@@ -36,7 +46,12 @@ class DepthMasterTask(L.LightningModule):
         warmup_steps, decay_steps, final_lr_ratio: the warm-up + exponential decay schedule,
             in optimizer steps.
         processing_res: long edge at which validation/test/predict run (None = native size).
+        max_nonfinite_steps: consecutive optimizer steps with a non-finite loss or gradient
+            (each skipped without changing the weights) after which the run saves a
+            checkpoint and stops; None never stops.
     """
+
+    stage_name = "DepthMasterTask"
 
     def __init__(
         self,
@@ -49,13 +64,26 @@ class DepthMasterTask(L.LightningModule):
         decay_steps: int = 25_000,
         final_lr_ratio: float = 0.01,
         processing_res: int | None = None,
+        max_nonfinite_steps: int | None = 20,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder"])
         self.target = get_target(target)
         self.eval_alignment = eval_alignment or target
         if self.eval_alignment not in ALIGNMENT_SPACES:
-            raise ValueError(f"eval_alignment {self.eval_alignment!r} not in {ALIGNMENT_SPACES}")
+            raise ConfigError(
+                f"model.init_args.eval_alignment: unknown space {self.eval_alignment!r}; "
+                f"expected one of {', '.join(ALIGNMENT_SPACES)}"
+            )
+        if max_nonfinite_steps is not None and max_nonfinite_steps < 1:
+            raise ConfigError(
+                f"model.init_args.max_nonfinite_steps must be >= 1 or null, got "
+                f"{max_nonfinite_steps}"
+            )
+        # Skipped optimizer steps (all, and in a row now); kept in checkpoints.
+        self.nonfinite_steps = 0
+        self.nonfinite_consecutive = 0
+        self._loss_parts: dict[str, Tensor] = {}
         # Frozen modules are not in checkpoints; add them back before a strict load.
         self.strict_loading = True
         self.configure_models()
@@ -88,6 +116,18 @@ class DepthMasterTask(L.LightningModule):
         self.eval_skipped = nn.ModuleDict({k: SumMetric() for k in keys}).to(self.device)
         self._per_image: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
 
+    def on_fit_start(self) -> None:
+        # Fail before the first step when a training source cannot pass the VAE cleanly.
+        sizes = getattr(self.trainer.datamodule, "train_resolutions", None)
+        factor = self.net.latent_factor
+        for name, (height, width) in (sizes() if callable(sizes) else {}).items():
+            if height % factor or width % factor:
+                raise ConfigError(
+                    f"data.train[{name}]: samples are {height}x{width} pixels, not a multiple "
+                    f"of the VAE factor {factor}; crop or resize the shards to multiples of "
+                    f"{factor} (e.g. {height // factor * factor}x{width // factor * factor})"
+                )
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -112,22 +152,57 @@ class DepthMasterTask(L.LightningModule):
         return self
 
     def guard_loss(self, loss: Tensor, parts: dict[str, Tensor]) -> Tensor:
-        """Log the loss terms and guard against a non-finite loss (reported on the original
-        stage-2 code).
+        """Log the loss terms and keep them for the non-finite guard's message.
 
-        A non-finite loss is replaced by an exact zero that still reaches every trainable
-        parameter, so this rank contributes zero gradients: the weights are not poisoned, and
-        under DDP every rank still runs backward and the gradient all-reduce (skipping the step
-        on one rank only, e.g. by returning None, would hang the others).
+        Nothing is checked here, so the step never waits on the host: a non-finite loss
+        gives non-finite gradients, which :meth:`on_before_optimizer_step` finds once per
+        optimizer step (after DDP's all-reduce, so every rank takes the same decision).
         """
         for name, value in parts.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss")
-        finite = bool(torch.isfinite(loss))
-        self.nonfinite_steps = getattr(self, "nonfinite_steps", 0) + (not finite)
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
-        if finite:
-            return loss
-        return sum(p.sum() for p in self.trainable_parameters()) * 0.0
+        self._loss_parts = {name: value.detach() for name, value in parts.items()}
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The non-finite guard (SPEC: NaN losses were reported on the original stage 2).
+
+        A non-finite gradient norm skips the step without moving anything: every gradient is
+        set to None, which ``torch.optim.Adam`` treats as "no gradient", so neither the
+        weights nor the moments nor Adam's step count change. The step still counts as an
+        optimizer step for Lightning (schedule and ``max_steps``) and is counted in
+        ``train/nonfinite_steps``. After ``max_nonfinite_steps`` consecutive bad steps the
+        run saves a checkpoint and stops (:meth:`on_train_batch_end`).
+        """
+        params = [p for p in self.trainable_parameters() if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        if bool(torch.isfinite(norm)):  # one host sync per optimizer step
+            self.nonfinite_consecutive = 0
+        else:
+            for p in params:
+                p.grad = None
+            self.nonfinite_steps += 1
+            self.nonfinite_consecutive += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        limit = self.hparams.max_nonfinite_steps
+        if limit is None or self.nonfinite_consecutive < limit:
+            return
+        # Every rank saw the same all-reduced gradients, so all stop here together and the
+        # (collective) checkpoint save is safe. The weights are those of the last good step.
+        path = resumable_checkpoint_path(self.trainer)
+        self.trainer.save_checkpoint(path)
+        terms = ", ".join(f"{k}={float(v):.6g}" for k, v in self._loss_parts.items())
+        raise TrainingStopped(
+            f"{self.nonfinite_consecutive} consecutive optimizer steps with a non-finite loss "
+            f"or gradient (max_nonfinite_steps={limit}), the last at step "
+            f"{self.trainer.global_step} (loss terms of its last micro-batch: {terms}); no "
+            f"weight was changed by them. Checkpoint saved to {path}: fix the cause (learning "
+            "rate, data, precision), then resume with --ckpt_path last"
+        )
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if isinstance(batch, dict) and "skipped" in batch:
@@ -168,6 +243,8 @@ class DepthMasterTask(L.LightningModule):
         key = _metric_key(stage, self._eval_names(stage)[dataloader_idx])
         metric = self.eval_metrics[key]
         self.eval_skipped[key].update(float(batch.get("skipped", 0)))
+        if len(batch["key"]) == 0:
+            return  # a stream's report of samples it skipped before any batch
         pred = self.net.predict(batch["rgb"], self.batch_processing_res(batch))
         gt_args = (batch["depth"], batch["valid"], batch["min_depth"], batch["max_depth"])
         values, has_valid = evaluate_batch(pred, *gt_args, space=self.eval_alignment)
@@ -186,6 +263,15 @@ class DepthMasterTask(L.LightningModule):
             values = self.eval_metrics[key].compute()
             values["skipped_samples"] = self.eval_skipped[key].compute()
             self.eval_skipped[key].reset()
+            if int(values["num_images"]) == 0:
+                # compute() synchronised the counts, so every rank raises together. A mean
+                # over no image would be logged as 0.0: better no number than a wrong one.
+                raise DataError(
+                    f"{stage} split {name!r}: no image was evaluated "
+                    f"({int(values['skipped_samples'])} samples could not be read, "
+                    f"{int(values['skipped_images'])} had no valid depth pixel); check its "
+                    "shards or root and the warnings above"
+                )
             for metric_name in (*METRIC_NAMES, "num_images", "skipped_images", "skipped_samples"):
                 value = values[metric_name].float()
                 self.log(f"{stage}/{name}/{metric_name}", value, add_dataloader_idx=False)
@@ -228,10 +314,21 @@ class DepthMasterTask(L.LightningModule):
         state = checkpoint["state_dict"]
         for k in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
             del state[k]
+        checkpoint[CHECKPOINT_RECORD] = {
+            "stage": self.stage_name,
+            "nonfinite_steps": self.nonfinite_steps,
+            "nonfinite_consecutive": self.nonfinite_consecutive,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        own = self.state_dict()
+        record = checkpoint.get(CHECKPOINT_RECORD, {})
         state = checkpoint["state_dict"]
+        stage = checkpoint_stage(checkpoint)
+        if stage not in ("unknown", self.stage_name):
+            raise ConfigError(stage_mismatch_message(stage, self.stage_name))
+        self.nonfinite_steps = int(record.get("nonfinite_steps", 0))
+        self.nonfinite_consecutive = int(record.get("nonfinite_consecutive", 0))
+        own = self.state_dict()
         for k, v in own.items():
             if k.startswith(FROZEN_PREFIXES) and k not in state:
                 state[k] = v

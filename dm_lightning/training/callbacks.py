@@ -1,30 +1,29 @@
-"""Callbacks: stage hand-off export and prediction writing."""
+"""Callbacks: stage hand-off export, resumable checkpoints on signals and crashes, and
+prediction writing."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import signal
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
+
+from dm_lightning.training.checkpoints import load_checkpoint_safely, resumable_checkpoint_path
+from dm_lightning.training.run_folder import run_dir
 
 log = logging.getLogger(__name__)
 
 EXPORT_RECORD = "export.json"
-
-
-def run_dir(trainer: L.Trainer) -> Path:
-    """The run's log folder (``trainer.log_dir``), falling back to ``default_root_dir``.
-
-    Under DDP ``trainer.log_dir`` is a collective: call it on every rank (callbacks resolve
-    their folders in ``setup``), never from rank 0 alone.
-    """
-    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 def output_folder(trainer: L.Trainer, configured: str | None, default_name: str) -> Path:
@@ -59,24 +58,110 @@ class ExportDepthMaster(L.Callback):
         if self.best:
             path = getattr(trainer.checkpoint_callback, "best_model_path", "")
             if path:
-                state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+                state = load_checkpoint_safely(path)["state_dict"]
                 pl_module.load_state_dict({**pl_module.state_dict(), **state})
         folder, target = self.run_folder, self.target
         if trainer.is_global_zero:
-            pl_module.net.save_pretrained(
-                target,
-                metadata={
-                    "stage": type(pl_module).__name__,
-                    "target": pl_module.hparams.get("target"),
-                    "global_step": trainer.global_step,
-                },
-            )
+            metadata = {
+                "stage": type(pl_module).__name__,
+                "target": pl_module.hparams.get("target"),
+                "global_step": trainer.global_step,
+            }
+            replace_folder(target, lambda tmp: pl_module.net.save_pretrained(tmp, metadata))
             record = {"export": str(target.resolve()), "global_step": trainer.global_step}
             folder.mkdir(parents=True, exist_ok=True)
             (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
             print(f"[dm_lightning] exported {type(pl_module).__name__} model to {target}")
         trainer.strategy.barrier()
         self.exported = target
+
+
+def replace_folder(target: Path, write: Any) -> None:
+    """Write a folder atomically: ``write(tmp)`` fills a sibling temporary folder, which then
+    replaces ``target`` by rename. A kill at any moment leaves either the previous complete
+    folder or the new one at ``target`` (plus, at worst, a ``.tmp-*`` / ``.old-*`` sibling),
+    never a half-written model that loads."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.with_name(f"{target.name}.tmp-{tag}")
+    old = target.with_name(f"{target.name}.old-{tag}")
+    try:
+        write(tmp)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+
+
+class ResumableCheckpoint(L.Callback):
+    """Nothing lost when a ``fit`` is stopped: a resumable ``last.ckpt`` on pre-emption and
+    on a crash.
+
+    * SIGTERM (what SLURM and most schedulers send before killing a job): Lightning stops at
+      the next batch boundary on every rank; this callback then saves ``last.ckpt`` in the
+      folder of the ``ModelCheckpoint`` that keeps one (``<run>/checkpoints/``), and the
+      command exits with status 143.
+    * SIGUSR1 (SLURM's ``--signal=USR1@<seconds>`` before the time limit): handled as SIGTERM,
+      unless Lightning's SLURM auto-requeue owns it (a job under SLURM), which saves
+      ``hpc_ckpt_<n>.ckpt`` in the run folder and requeues the job; the requeued job resumes
+      from it by itself.
+    * Any other exception or Ctrl-C during ``fit`` on a single process: ``last.ckpt`` of the
+      weights after the last completed step. (On several ranks a crash is not collective, so
+      the periodic ``last.ckpt`` of ``ModelCheckpoint(every_n_train_steps=N)`` covers it.)
+
+    A stop before the first optimizer step saves nothing. Resume with ``--ckpt_path last``:
+    the run continues in the same folder.
+    """
+
+    def __init__(self) -> None:
+        self._previous_usr1: Any = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        env = trainer._accelerator_connector.cluster_environment
+        slurm_owns_usr1 = isinstance(env, SLURMEnvironment) and env.auto_requeue
+        if not slurm_owns_usr1 and hasattr(signal, "SIGUSR1"):
+            try:
+                self._previous_usr1 = signal.signal(signal.SIGUSR1, _forward_to_sigterm)
+            except ValueError:  # not the main thread: leave signals alone
+                self._previous_usr1 = None
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+            self._previous_usr1 = None
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        from dm_lightning.errors import TrainingStopped
+
+        fn = getattr(trainer.state.fn, "value", trainer.state.fn)
+        if fn != "fit" or trainer.global_step == 0 or isinstance(exception, TrainingStopped):
+            return  # nothing trained yet, or the guard saved already
+        collective = isinstance(exception, SIGTERMException)
+        if not collective and trainer.world_size > 1:
+            return
+        path = resumable_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            why = "stopped by a signal" if collective else f"{type(exception).__name__}"
+            print(
+                f"[dm_lightning] {why} at step {trainer.global_step}: resumable checkpoint "
+                f"saved to {path} (resume with --ckpt_path last)",
+                file=sys.stderr,
+            )
+
+
+def _forward_to_sigterm(signum: int, frame: Any) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class DepthPredictionWriter(BasePredictionWriter):

@@ -28,6 +28,8 @@ class Stage1(DepthMasterTask):
         **kwargs: see :class:`~dm_lightning.training.base.DepthMasterTask`.
     """
 
+    stage_name = "Stage1"
+
     def __init__(
         self,
         model_path: str,
@@ -85,3 +87,9 @@ class Stage1(DepthMasterTask):
         super().test_step(batch, batch_idx, dataloader_idx)
         if self.tap is not None:
             self.tap.pop()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = super().predict_step(batch, batch_idx, dataloader_idx)
+        if self.tap is not None:
+            self.tap.pop()
+        return out

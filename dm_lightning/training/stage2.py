@@ -30,6 +30,8 @@ class Stage2(DepthMasterTask):
             3e-6 here.
     """
 
+    stage_name = "Stage2"
+
     def __init__(
         self,
         model_path: str,

@@ -1,0 +1,114 @@
+"""Where a run lives, and how a resumed run finds its way back there.
+
+A run folder is the logger's ``<save_dir>/<name>/<version>`` (``trainer.log_dir``): TensorBoard
+events, ``checkpoints/``, ``export/`` and ``export.json`` sit together in it. Resuming must
+continue in the same folder, not open ``version_<n+1>``, so the CLI pins the logger's version
+before the trainer is built:
+
+* ``--ckpt_path last``: the newest run folder under ``<save_dir>/<name>`` that holds
+  ``checkpoints/last.ckpt``; the path and the version are both set from it.
+* ``--ckpt_path <run>/checkpoints/<file>.ckpt``: the version of that run folder, when it sits
+  under this config's ``<save_dir>/<name>``; a checkpoint from anywhere else starts a new
+  folder.
+* Under SLURM (a requeued job reruns the same command with the same job id), the version is
+  ``slurm-<job id>`` and ``trainer.default_root_dir`` is that folder, where Lightning's
+  requeue handler writes ``hpc_ckpt_<n>.ckpt`` and looks for it on restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dm_lightning.errors import MissingPathError
+from dm_lightning.training.checkpoints import LAST_CHECKPOINT
+
+if TYPE_CHECKING:
+    import lightning as L
+
+
+
+def logger_init_args(trainer_config: Any) -> Any | None:
+    """The ``init_args`` namespace of a single configured logger with ``save_dir``/``name``
+    (TensorBoardLogger, CSVLogger), else None."""
+    logger = getattr(trainer_config, "logger", None)
+    if isinstance(logger, list):
+        logger = logger[0] if len(logger) == 1 else None
+    args = getattr(logger, "init_args", None)
+    if args is None or getattr(args, "save_dir", None) is None:
+        return None
+    return args
+
+
+def experiment_folder(args: Any) -> Path:
+    """``<save_dir>/<name>`` of a logger's init args."""
+    return Path(args.save_dir) / (args.name or "")
+
+
+def _version_order(folder: Path) -> tuple[int, float]:
+    match = re.fullmatch(r"version_(\d+)", folder.name)
+    return (int(match.group(1)) if match else -1, folder.stat().st_mtime)
+
+
+def latest_resumable(experiment: Path) -> Path | None:
+    """``<run>/checkpoints/last.ckpt`` of the newest run under ``experiment`` (highest
+    ``version_<n>``, then newest), or None."""
+    runs = [p.parent.parent for p in experiment.glob(f"*/checkpoints/{LAST_CHECKPOINT}")]
+    if not runs:
+        return None
+    return max(runs, key=_version_order) / "checkpoints" / LAST_CHECKPOINT
+
+
+def slurm_job_id() -> str | None:
+    """The job id SLURM keeps across requeues (array jobs: ``<job>_<task>``), or None."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array is not None and "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def pin_run_folder(config: Any) -> None:
+    """Resolve ``ckpt_path`` and pin the logger version of a ``fit`` config in place (see the
+    module docstring).
+
+    Raises:
+        MissingPathError: ``--ckpt_path last`` with no ``last.ckpt`` under the experiment
+            folder, or an explicit checkpoint that does not exist.
+    """
+    args = logger_init_args(config.trainer)
+    ckpt = config.ckpt_path
+    if ckpt == "last":
+        if args is None:
+            return  # no logger folder of ours to search: Lightning's own rule applies
+        experiment = experiment_folder(args)
+        found = latest_resumable(experiment)
+        if found is None:
+            raise MissingPathError(
+                f"--ckpt_path last: no run under {experiment}/ has checkpoints/{LAST_CHECKPOINT}; "
+                "start without --ckpt_path, or give a checkpoint file"
+            )
+        config.ckpt_path = ckpt = str(found)
+    if ckpt is not None and ckpt not in ("hpc", "best", "registry"):
+        path = Path(ckpt)
+        if not path.is_file():
+            raise MissingPathError(f"--ckpt_path {ckpt}: no such checkpoint file")
+        run = path.resolve().parent.parent
+        if args is not None and path.parent.name == "checkpoints":
+            if run.parent == experiment_folder(args).resolve():
+                args.version = run.name
+        return
+    job = slurm_job_id()
+    if job is not None and args is not None and getattr(args, "version", None) is None:
+        args.version = f"slurm-{job}"
+        config.trainer.default_root_dir = str(experiment_folder(args) / args.version)
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run's log folder (``trainer.log_dir``), falling back to ``default_root_dir``.
+
+    Under DDP ``trainer.log_dir`` is a collective: call it on every rank (callbacks resolve
+    their folders in ``setup``), never from rank 0 alone.
+    """
+    return Path(trainer.log_dir or trainer.default_root_dir)

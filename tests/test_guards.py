@@ -1,0 +1,107 @@
+"""The non-finite guard: a bad step moves nothing (weights, Adam moments, Adam's step count),
+is counted, and too many in a row save a checkpoint and stop the run with the loss terms."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+
+from dm_lightning import Stage2
+from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+from dm_lightning.errors import TrainingStopped
+from dm_lightning.training.checkpoints import CHECKPOINT_RECORD, load_checkpoint_safely
+
+
+class PoisonedStage2(Stage2):
+    """Stage 2 whose target is NaN at the optimizer steps in ``poisoned`` (so the pixel loss,
+    the loss and every gradient of that step are NaN)."""
+
+    poisoned: set[int] = set()
+
+    def normalized_target(self, batch):
+        target = super().normalized_target(batch)
+        if self.trainer.global_step in self.poisoned:
+            target = target * float("nan")
+        return target
+
+
+class Snapshots(L.Callback):
+    """Weights and Adam state after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.after: list[dict] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        optimizer = trainer.optimizers[0]
+        self.after.append(
+            {
+                "weights": {n: p.detach().clone() for n, p in pl_module.named_parameters()
+                            if p.requires_grad},
+                "adam": copy.deepcopy(optimizer.state_dict()["state"]),
+                "nonfinite": pl_module.nonfinite_steps,
+            }
+        )  # fmt: skip
+
+
+def _fit(model, shards, root, steps, callbacks=()):
+    source = TrainSource("indoor", str(shards / "indoor" / "train-*.tar"), batch_size=2)
+    data = DepthDataModule(train=[source], batches_per_epoch=8, num_workers=0, shuffle_buffer=2)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=root, callbacks=list(callbacks),
+        enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    return trainer
+
+
+def test_nonfinite_step_moves_nothing_and_is_counted(tiny_model, shards, tmp_path):
+    model = PoisonedStage2(str(tiny_model), fourier=False, lr=1e-3, warmup_steps=1)
+    model.poisoned = {1}
+    snaps = Snapshots()
+    trainer = _fit(model, shards, tmp_path, steps=3, callbacks=[snaps])
+    assert trainer.global_step == 3
+    first, skipped, third = snaps.after
+    # The poisoned step changed no weight and no Adam moment, and Adam did not count it.
+    for name, value in first["weights"].items():
+        assert torch.equal(value, skipped["weights"][name]), name
+    for index, state in first["adam"].items():
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[key], skipped["adam"][index][key]), (index, key)
+    assert float(first["adam"][0]["step"]) == 1.0
+    # The next step trains again, and the counter kept the one bad step.
+    assert any(not torch.equal(v, third["weights"][n]) for n, v in skipped["weights"].items())
+    assert float(third["adam"][0]["step"]) == 2.0
+    assert [s["nonfinite"] for s in snaps.after] == [0, 1, 1]
+    assert model.nonfinite_consecutive == 0
+    assert float(trainer.callback_metrics["train/nonfinite_steps"]) == 1.0
+
+
+def test_consecutive_nonfinite_steps_save_and_stop(tiny_model, shards, tmp_path):
+    model = PoisonedStage2(str(tiny_model), fourier=False, max_nonfinite_steps=3)
+    model.poisoned = set(range(100))
+    with pytest.raises(TrainingStopped) as info:
+        _fit(model, shards, tmp_path, steps=10)
+    message = str(info.value)
+    assert "3 consecutive optimizer steps" in message
+    assert "the last at step 3" in message
+    assert "pixel_mse=nan" in message and "loss=nan" in message and "gradient=" in message
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    assert str(path) in message
+    checkpoint = load_checkpoint_safely(path)
+    assert checkpoint["global_step"] == 3
+    assert checkpoint[CHECKPOINT_RECORD] == {
+        "stage": "Stage2", "nonfinite_steps": 3, "nonfinite_consecutive": 3,
+    }  # fmt: skip
+    # The counters come back with the checkpoint.
+    fresh = PoisonedStage2(str(tiny_model), fourier=False)
+    fresh.on_load_checkpoint(checkpoint)
+    assert (fresh.nonfinite_steps, fresh.nonfinite_consecutive) == (3, 3)
+
+
+def test_max_nonfinite_steps_must_be_positive(tiny_model):
+    with pytest.raises(ValueError, match="max_nonfinite_steps must be >= 1 or null, got 0"):
+        Stage2(str(tiny_model), max_nonfinite_steps=0)
