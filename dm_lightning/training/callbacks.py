@@ -9,15 +9,18 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from dm_lightning.errors import ConfigError
 from dm_lightning.training.checkpoints import load_checkpoint_safely, resumable_checkpoint_path
 from dm_lightning.training.run_folder import run_dir
 
@@ -168,34 +171,111 @@ class DepthPredictionWriter(BasePredictionWriter):
     """Write each prediction as a 16-bit PNG (value / 65535 = relative depth in [0, 1],
     1 = near for the default target) and, optionally, a float32 ``.npy``.
 
+    Files are ``<output_dir>/<key>.png``: a key with folders (an
+    :class:`~dm_lightning.data.datamodule.ImageFolder` key is the input's relative path) writes
+    into the same sub-folders. Only samples with a depth map are written; unreadable inputs,
+    listed by the batch's ``skipped_files`` (see :class:`ImageFolder` for the batch contract),
+    are warned about once each and counted. At the end of ``predict``:
+    ``wrote N depth maps to <folder>, skipped M unreadable files`` (summed over ranks).
+
     Args:
         output_dir: folder for the files; default ``<run dir>/predictions``.
         save_npy: also write ``<key>.npy`` with the float values.
+
+    Raises:
+        ConfigError: in ``setup``, before any batch runs: the output folder cannot be created or
+            written; later, a key that would write outside it, or keys that do not match the
+            depth maps.
     """
 
     def __init__(self, output_dir: str | None = None, save_npy: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.save_npy = save_npy
+        self.written = 0
+        self.skipped = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         self.folder = output_folder(trainer, self.output_dir, "predictions")
+        if stage == "predict":
+            check_writable_folder(self.folder, "prediction output folder")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.written = 0
+        self.skipped = 0
 
     def write_on_batch_end(
         self,
         trainer: L.Trainer,
         pl_module: L.LightningModule,
-        prediction: dict[str, Any],
+        prediction: dict[str, Any] | None,
         batch_indices: Any,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
+        skipped = batch.get("skipped_files") if isinstance(batch, dict) else None
+        if skipped is None and isinstance(prediction, dict):
+            skipped = prediction.get("skipped_files")
+        for path, reason in skipped or []:
+            log.warning("skipped unreadable image %s: %s", path, reason)
+            self.skipped += 1
+        keys = list((prediction or {}).get("key") or [])
+        depth = (prediction or {}).get("depth")
+        if depth is None or not keys:
+            return
+        if len(keys) != len(depth):
+            raise ConfigError(
+                f"predict_step returned {len(keys)} keys but {len(depth)} depth maps "
+                f"(keys {keys[:4]}); it must return the keys of the readable samples only"
+            )
         out = self.folder
-        out.mkdir(parents=True, exist_ok=True)
-        for key, depth in zip(prediction["key"], prediction["depth"]):
-            values = depth[0].numpy().astype(np.float32)
+        for key, values in zip(keys, depth):
+            target = prediction_file(out, key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            values = values[0].detach().float().cpu().numpy()
             units = np.round(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
-            Image.fromarray(units).save(out / f"{key}.png")
+            Image.fromarray(units).save(target.with_name(target.name + ".png"))
             if self.save_npy:
-                np.save(out / f"{key}.npy", values)
+                np.save(target.with_name(target.name + ".npy"), values)
+            self.written += 1
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        counts = torch.tensor([self.written, self.skipped], device=pl_module.device)
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        written, skipped = (int(c) for c in counts.tolist())
+        if trainer.is_global_zero:
+            print(
+                f"[dm_lightning] wrote {written} depth maps to {self.folder}, skipped {skipped} "
+                "unreadable files"
+            )
+
+
+def prediction_file(folder: Path, key: str) -> Path:
+    """``folder / key`` (suffix still to add), refusing keys that would leave ``folder``."""
+    rel = Path(key)
+    if not key or rel.is_absolute() or ".." in rel.parts:
+        raise ConfigError(
+            f"prediction key {key!r} would write outside {folder}: keys must be relative paths "
+            "without '..'"
+        )
+    return folder / rel
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` and write and remove a probe file in it, or raise :class:`ConfigError`
+    naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"{what} {folder} cannot be created: {err.strerror or err}"
+            + (" (a file of that name exists)" if folder.is_file() else "")
+        ) from err
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dm_lightning_probe_"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{what} {folder} is not writable: {err.strerror or err}") from err
