@@ -91,8 +91,7 @@ def main(args: list[str] | None = None) -> int:
         # Lightning raises this at a batch boundary after SIGTERM (or SIGUSR1, which
         # ResumableCheckpoint forwards); the checkpoint was written by then.
         print(
-            "dm-lightning: stopped by a signal; resume with the same command plus "
-            "--ckpt_path last",
+            "dm-lightning: stopped by a signal; resume with the same command plus --ckpt_path last",
             file=sys.stderr,
         )
         return 128 + signal.SIGTERM

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     import lightning as L
 
 
-
 def logger_init_args(trainer_config: Any) -> Any | None:
     """The ``init_args`` namespace of a single configured logger with ``save_dir``/``name``
     (TensorBoardLogger, CSVLogger), else None."""

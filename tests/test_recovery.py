@@ -1,0 +1,197 @@
+"""What a user meets through the installed ``dm-lightning`` script: exit codes, pre-emption
+(SIGTERM), a hard kill (SIGKILL) and a SLURM requeue (SIGUSR1) mid-fit, each resumed with one
+command to the same final step in the same run folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dm_lightning.training.checkpoints import load_checkpoint_safely
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+SCRIPT = Path(sys.executable).parent / "dm-lightning"
+FINAL_STEP = 24
+
+
+@pytest.fixture(scope="module")
+def fit_config(tmp_path_factory, data_config) -> Path:
+    """configs/tiny/stage1.yaml with last.ckpt every 2 steps and no validation during fit."""
+    cfg = yaml.safe_load((CONFIGS / "tiny" / "stage1.yaml").read_text())
+    trainer = cfg["trainer"]
+    trainer.update(max_steps=FINAL_STEP, check_val_every_n_epoch=1000, enable_progress_bar=False)
+    for callback in trainer["callbacks"]:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            args = callback["init_args"]
+            if args.get("save_last"):
+                args["every_n_train_steps"] = 2
+    path = tmp_path_factory.mktemp("recovery") / "stage1.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _command(fit_config, data_config, tiny_model, root, *extra) -> list[str]:
+    return [
+        str(SCRIPT), "fit", "--config", str(fit_config), "--config", str(data_config),
+        "--model.init_args.model_path", str(tiny_model),
+        "--trainer.logger.init_args.save_dir", str(root), *extra,
+    ]  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **extra}
+
+
+def _run(command, env=None, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env or _env(), cwd=REPO
+    )
+
+
+def _interrupt_after_checkpoint(command, checkpoint: Path, signum: int, env=None):
+    """Start a fit, wait for its first periodic ``checkpoint``, send ``signum``; returns the
+    finished process and its output."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env or _env(), cwd=REPO,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not checkpoint.is_file():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no periodic checkpoint within 180 s"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    return process, output
+
+
+@pytest.fixture(scope="module")
+def short_fit(fit_config, data_config, tiny_model, tmp_path_factory):
+    """A 2-step stage-1 fit through the installed script: (root, completed process)."""
+    root = tmp_path_factory.mktemp("short")
+    done = _run(_command(fit_config, data_config, tiny_model, root, "--trainer.max_steps=2"))
+    return root, done
+
+
+def test_fit_then_python_m_exit_zero(short_fit, data_config, tmp_path):
+    root, done = short_fit
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LightningCLI object" not in done.stdout + done.stderr
+    export = root / "stage1" / "version_0" / "export"
+    assert (export / "unet" / "config.json").is_file()
+    # No temporary or previous export folder left beside it.
+    assert sorted(p.name for p in export.parent.iterdir() if p.name.startswith("export")) == [
+        "export", "export.json",
+    ]  # fmt: skip
+    tested = _run(
+        [sys.executable, "-m", "dm_lightning", "test", "--config",
+         str(CONFIGS / "tiny" / "eval.yaml"), "--config", str(data_config),
+         "--model.init_args.model_path", str(export),
+         "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    )  # fmt: skip
+    assert tested.returncode == 0, tested.stderr[-3000:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_interrupted_fit_resumes_in_the_same_run_folder(
+    signum, fit_config, data_config, tiny_model, tmp_path
+):
+    run = tmp_path / "stage1" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    command = _command(fit_config, data_config, tiny_model, tmp_path)
+    process, output = _interrupt_after_checkpoint(command, last, signum)
+    if signum == signal.SIGTERM:
+        # A clean stop at the next batch boundary: checkpoint saved, status 128 + 15.
+        assert process.returncode == 143, output[-3000:]
+        assert "resumable checkpoint saved to" in output and "Traceback" not in output
+    else:
+        assert process.returncode == -signal.SIGKILL
+    stopped_at = load_checkpoint_safely(last)["global_step"]
+    assert 2 <= stopped_at < FINAL_STEP
+    assert not (run / "export").exists()  # interrupted runs do not export
+
+    resumed = _run([*command, "--ckpt_path", "last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "stage1").iterdir()) == ["version_0"]
+    final = load_checkpoint_safely(last)
+    assert final["global_step"] == FINAL_STEP
+    # Schedule position and optimizer came back: Adam counted every step, the LR scheduler
+    # sits at the final step.
+    assert final["lr_schedulers"][0]["last_epoch"] == FINAL_STEP
+    assert float(final["optimizer_states"][0]["state"][0]["step"]) == FINAL_STEP
+    assert (run / "export" / "unet" / "config.json").is_file()
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # both parts log here
+
+
+def test_slurm_requeue_resumes_from_the_hpc_checkpoint(
+    fit_config, data_config, tiny_model, tmp_path
+):
+    """Under SLURM, SIGUSR1 is Lightning's: it saves hpc_ckpt_<n>.ckpt in the run folder
+    (slurm-<job id>) and calls ``scontrol requeue <job id>``; the requeued job (same command,
+    same job id) resumes from it by itself."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    env = _env(
+        PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_NTASKS="1",
+        SLURM_JOB_NAME="depthmaster", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0",
+    )  # fmt: skip
+    run = tmp_path / "stage1" / "slurm-4242"
+    command = _command(fit_config, data_config, tiny_model, tmp_path)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO
+    )
+    deadline = time.monotonic() + 180
+    while not (run / "checkpoints" / "last.ckpt").is_file():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGUSR1)
+    while not calls.is_file():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.kill()  # what SLURM does to a requeued job
+    process.communicate(timeout=60)
+    assert calls.read_text().split() == ["requeue", "4242"]
+    (hpc,) = run.glob("hpc_ckpt_*.ckpt")
+    assert 2 <= load_checkpoint_safely(hpc)["global_step"] < FINAL_STEP
+
+    requeued = _run(command, env=env)
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in requeued.stdout + requeued.stderr
+    assert sorted(p.name for p in (tmp_path / "stage1").iterdir()) == ["slurm-4242"]
+    assert load_checkpoint_safely(run / "checkpoints" / "last.ckpt")["global_step"] == FINAL_STEP
+
+
+def test_user_errors_are_one_line_with_status_2(short_fit, data_config, tiny_model, tmp_path):
+    stage2 = [
+        str(SCRIPT), "fit", "--config", str(CONFIGS / "tiny" / "stage2.yaml"),
+        "--config", str(data_config), "--model.init_args.model_path", str(tiny_model),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ]  # fmt: skip
+    missing = _run([*stage2[:-4], "--model.init_args.model_path", str(tmp_path / "nope")])
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr and "Namespace(" not in missing.stderr
+    (line,) = [x for x in missing.stderr.splitlines() if x.startswith("dm-lightning: error:")]
+    assert str(tmp_path / "nope") in line and "not found" in line
+
+    # A stage-1 checkpoint given to stage 2: refused before anything is built, with the way.
+    ckpt = short_fit[0] / "stage1" / "version_0" / "checkpoints" / "last.ckpt"
+    wrong = _run([*stage2, "--ckpt_path", str(ckpt)])
+    assert wrong.returncode == 2
+    assert "Traceback" not in wrong.stderr
+    assert f"{ckpt} is a Stage1 checkpoint, but this run is Stage2" in wrong.stderr
+    assert "--model.init_args.model_path <stage-1 run>/export" in wrong.stderr
