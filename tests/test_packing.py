@@ -10,7 +10,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from dm_lightning.data.packing import batch_buffer, finish_training_batch, pack_training_batch
+from dm_lightning.data.packing import (
+    batch_buffer,
+    finish_training_batch,
+    has_valid_depth,
+    pack_training_batch,
+    valid_unit_range,
+)
 from dm_lightning.data.schema import decode_sample, encode_sample, valid_mask
 
 
@@ -115,3 +121,29 @@ def test_worker_batches_are_built_in_shared_memory():
     (batch,) = DataLoader(_PackInWorker(), batch_size=None, num_workers=1)
     assert batch["shared_in_worker"] == [True, True]
     assert finish_training_batch(batch)["rgb"].shape == (2, 3, 12, 20)
+
+
+@pytest.mark.parametrize(
+    "scale, low, high",
+    [
+        (1e-3, 1e-3, 20.0),
+        (2e-3, 1e-5, 80.0),
+        (0.01, 1e-5, math.inf),
+        (0.1, 0.35, 0.7),
+        (1e-3, 70.0, 80.0),
+    ],
+)
+def test_valid_unit_range_is_exactly_the_finished_mask(scale, low, high):
+    # Every uint16 unit through the device path: the worker's cheap test must agree with it.
+    units = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    sample = {"rgb": np.zeros((256, 256, 3), np.uint8), "depth_units": units, "key": "k"}
+    meta = {"source": "s", "depth_scale": scale, "min_depth": low}
+    meta["max_depth"] = None if math.isinf(high) else high
+    valid = finish_training_batch(pack_training_batch([{**sample, "meta": meta}], [False]))["valid"]
+    first, last = valid_unit_range(scale, low, high)
+    expected = (units >= first) & (units <= last)
+    np.testing.assert_array_equal(valid[0, 0].numpy(), expected)
+    for u in (first - 1, first, last, last + 1):  # a sample holding one unit value
+        one = np.full((2, 2), np.clip(u, 0, 65535), dtype=np.uint16)
+        assert has_valid_depth(one, meta) == bool(expected.flat[np.clip(u, 0, 65535)])
+    assert not has_valid_depth(np.zeros((4, 4), np.uint16), meta)  # an all-zero depth PNG

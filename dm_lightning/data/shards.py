@@ -28,12 +28,38 @@ import os
 import re
 import tarfile
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from dm_lightning.data.schema import SCHEMA_KEYS, CorruptSampleError
+from dm_lightning.errors import MissingPathError
+
+try:
+    from lzma import LZMAError
+except ImportError:  # Python built without lzma: tarfile cannot open .xz shards either
+    LZMAError = OSError
 
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
+
+READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, LZMAError, ValueError)
+"""What opening or reading a (possibly compressed, truncated or vanished) tar raises; anything
+else is a programming error and propagates."""
+
+
+class ShardReadError(RuntimeError):
+    """A shard that cannot be opened, or a read error that ends it early.
+
+    Attributes:
+        shard: the shard's path or URL.
+        missing: the shard is a local path that does not exist (deleted, or never there).
+    """
+
+    def __init__(self, message: str, shard: str | None = None, missing: bool = False) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.missing = missing
+
 
 TAR_MTIME = 1_700_000_000.0
 """Member mtime of every shard, so that identical samples give byte-identical files."""
@@ -142,12 +168,17 @@ def iter_shard(
     webdataset names them: key = the path up to the first dot of the file name, member = the
     rest, lower-cased; names without either (e.g. macOS ``._x`` files) are not samples.
 
+    An empty tar yields nothing and reports nothing: the streams decide what an empty shard
+    means for them.
+
     Args:
         url: a shard path or a webdataset URL.
         on_error: called with the error instead of raising it. An unopenable shard or a
-            read error (e.g. truncation) ends the shard; the sample being read then is passed
-            on with the members read so far, so decoding rejects it, naming its key. A
-            duplicate member is reported and the first one kept.
+            read error (e.g. truncation) ends the shard (:class:`ShardReadError`, with
+            ``missing`` set for a local file that does not exist); the sample being read then
+            is passed on with the members read so far, so decoding rejects it, naming its key.
+            A duplicate member is reported (:class:`CorruptSampleError`) and the first one kept.
+            Only :data:`READ_ERRORS` are handled; any other exception propagates.
     """
     url = os.fspath(url)
 
@@ -165,10 +196,13 @@ def iter_shard(
 
             stream = gopen(url)
             tar = tarfile.open(fileobj=stream, mode="r|*", bufsize=1 << 20)
-    except Exception as err:
+    except READ_ERRORS as err:
         if stream is not None:
-            stream.close()
-        report(RuntimeError(f"cannot open shard {url}: {err}"))
+            with contextlib.suppress(*READ_ERRORS):
+                stream.close()
+        missing = isinstance(err, FileNotFoundError)
+        what = "no such file" if missing else f"{type(err).__name__}: {err}"
+        report(ShardReadError(f"cannot open shard {url}: {what}", url, missing=missing))
         return
     sample: dict[str, Any] = {}
     try:
@@ -188,15 +222,17 @@ def iter_shard(
                     report(
                         CorruptSampleError(
                             f"shard {url}, sample {key}: duplicate member {member!r}, "
-                            "the first one is kept"
+                            "the first one is kept",
+                            url,
+                            key,
                         )
                     )
                     continue
                 sample[member] = tar.extractfile(info).read()
-    except Exception as err:
-        if on_error is None:  # (report() only raises when there is no handler)
+    except READ_ERRORS as err:
+        if on_error is None:
             raise
-        on_error(RuntimeError(f"read error in shard {url}: {type(err).__name__}: {err}"))
+        on_error(ShardReadError(f"read error in shard {url}: {type(err).__name__}: {err}", url))
     finally:
         if stream is not None:
             stream.close()
@@ -204,12 +240,18 @@ def iter_shard(
         yield sample
 
 
-def expand_shard_patterns(patterns: str | Sequence[str]) -> list[str]:
+def expand_shard_patterns(patterns: str | Sequence[str], key: str = "shards") -> list[str]:
     """Existing files of brace patterns (``train-{000000..000009}.tar``) and globs, in order
     (each glob sorted), without duplicates.
 
+    Args:
+        patterns: one pattern or several.
+        key: the config key the patterns come from, named in the error (e.g.
+            ``data.train[hypersim].shards``).
+
     Raises:
-        FileNotFoundError: naming the pattern that matches no existing file.
+        MissingPathError: (a ``FileNotFoundError``) naming the key and the pattern that
+            matches no existing file.
     """
     from braceexpand import braceexpand
 
@@ -223,7 +265,7 @@ def expand_shard_patterns(patterns: str | Sequence[str]) -> list[str]:
             elif os.path.isfile(part):
                 matches.append(part)
         if not matches:
-            raise FileNotFoundError(f"no shard files match {pattern!r}")
+            raise MissingPathError(f"{key}: no shard files match {pattern!r}")
         found.update(dict.fromkeys(matches))
     return list(found)
 
