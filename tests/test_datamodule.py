@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import json
 import os
 import random
+import signal
 import socket
 import tarfile
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import torch.multiprocessing as mp
 
 from dm_lightning.data.datamodule import DepthDataModule, TrainSource
 from dm_lightning.data.synthetic import generate
+from dm_lightning.errors import ConfigError, DataError, MissingPathError
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +194,7 @@ def test_resumed_run_does_not_replay_the_epoch(many_shards):
     assert keys_of(resumed) != fresh
 
 
-def test_piped_shards_read_like_local_files(many_shards):
+def test_piped_shards_read_like_local_files(many_shards, tmp_path):
     from dm_lightning.data.shards import iter_shard
     from dm_lightning.data.streams import SkipCounter
 
@@ -204,10 +209,15 @@ def test_piped_shards_read_like_local_files(many_shards):
         assert a["rgb.png"] == b["rgb.png"] == ref["rgb.png"]
         assert a["depth.png"] == b["depth.png"] and a["json"] == b["json"]
     assert piped[0]["__url__"] == f"pipe:cat {path}"
-    missing = SkipCounter()
-    with pytest.warns(UserWarning, match="cannot open shard .*nothing.tar"):
-        assert list(iter_shard(str(many_shards / "nothing.tar"), missing.handle)) == []
-    assert missing.total == 1
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(b"not a tar file" * 100)
+    unreadable = SkipCounter()
+    with pytest.warns(UserWarning, match="cannot open shard .*garbage.tar: ReadError"):
+        assert list(iter_shard(str(garbage), unreadable.handle)) == []
+    assert unreadable.total == 1 and unreadable.by_shard[str(garbage)] == 1
+    # A shard that does not exist (the listed shards existed at start) is an error, not a skip.
+    with pytest.raises(DataError, match="shard .*nothing.tar does not exist any more"):
+        list(iter_shard(str(many_shards / "nothing.tar"), SkipCounter().handle))
 
 
 def test_shard_member_names_follow_webdataset(tmp_path):
@@ -248,7 +258,7 @@ def test_a_source_with_nothing_decodable_fails_loudly(tmp_path):
             info.size = 3
             tar.addfile(info, io.BytesIO(b"bad"))
     stream = SourceStream("junk", [str(path)], 2, pack_training_batch, shuffle_buffer=2)
-    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="nothing readable"):
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="nothing readable"):
         next(stream.batches(random.Random(0), stream.urls))
 
 
@@ -326,3 +336,249 @@ def test_schema_version_is_written_and_optional_on_read():
             min_depth=9.0,
             max_depth=1.0,
         )
+
+
+class Hung(BaseException):
+    """Raised by :func:`deadline`; a BaseException, so no data error handler can swallow it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float = 20.0):
+    """Fail (instead of hanging the suite) when the block runs longer than ``seconds``."""
+
+    def fire(signum, frame):
+        raise Hung(f"still running after {seconds} s: the stream hangs")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _write_tar(path: Path, raws: list[dict]) -> Path:
+    """A shard of raw samples (member -> bytes), written as the shard writer names them."""
+    with tarfile.open(path, "w") as tar:
+        for raw in raws:
+            for member, data in raw.items():
+                if member.startswith("__"):
+                    continue
+                info = tarfile.TarInfo(f"{raw['__key__']}.{member}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _stream(urls, batch_size=2, **kw):
+    from dm_lightning.data.packing import pack_training_batch
+    from dm_lightning.data.streams import SourceStream
+
+    args = dict(shuffle_buffer=2)
+    args.update(kw)
+    return SourceStream("src", [str(u) for u in urls], batch_size, pack_training_batch, **args)
+
+
+def _train_shards(root: Path, tmp_path: Path) -> list[Path]:
+    """Copies of the indoor training shards (4 shards of 4 samples)."""
+    copies = []
+    for shard in sorted((root / "indoor").glob("train-*.tar")):
+        copies.append(tmp_path / shard.name)
+        copies[-1].write_bytes(shard.read_bytes())
+    return copies
+
+
+def _bad_samples(key_prefix: str, count: int, zero_depth: bool = True) -> list[dict]:
+    """Samples that fail on read: min_depth above max_depth, alternating (``zero_depth``) with
+    an all-zero depth PNG (which only a training stream skips)."""
+    import numpy as np
+
+    raws = []
+    for i in range(count):
+        if i % 2 or not zero_depth:
+            raw = _raw({"min_depth": 5.0, "max_depth": 2.0})
+        else:
+            raw = _raw(depth=np.zeros((4, 5)))  # every pixel "not measured"
+        raw["__key__"] = f"{key_prefix}{i}"
+        raws.append(raw)
+    return raws
+
+
+def test_batch_sizes_below_one_are_config_errors(many_shards):
+    from dm_lightning.data.streams import ShardSamples
+
+    pattern = str(many_shards / "indoor" / "train-*.tar")
+    with pytest.raises(ConfigError, match=r"data.train\[indoor\].batch_size .*>= 1, got 0"):
+        TrainSource("indoor", pattern, batch_size=0)
+    with pytest.raises(ConfigError, match=r"training source 'src': batch_size .* got -1"):
+        _stream([pattern], batch_size=-1)
+    with pytest.raises(ConfigError, match=r"data.eval_batch_size must be .*>= 1, got 0"):
+        datamodule(many_shards, eval_batch_size=0)
+    with pytest.raises(ConfigError, match=r"data.val\[x\]: eval batch size .* got 0"):
+        ShardSamples([pattern], 0, dict, list, "data.val[x]")
+    with pytest.raises(ConfigError, match=r"data.batches_per_epoch .* got 0"):
+        datamodule(many_shards, batches_per_epoch=0)
+    with pytest.raises(ConfigError, match=r"data.max_bad_fraction .*\[0, 1\].* got 1.5"):
+        datamodule(many_shards, max_bad_fraction=1.5)
+
+
+@pytest.mark.parametrize(
+    "probabilities, message",
+    [
+        ((float("nan"), 0.1), r"data.train\[indoor\].probability must be a finite number >= 0"),
+        ((0.5, -0.1), r"data.train\[outdoor\].probability .* got -0.1"),
+        ((0.0, 0.0), r"data.train: the probabilities .* sum to 0.0"),
+    ],
+)
+def test_mixing_probabilities_are_checked_at_construction(many_shards, probabilities, message):
+    with pytest.raises(ConfigError, match=message):
+        train = [
+            TrainSource(name, str(many_shards / name / "train-*.tar"), probability=p)
+            for name, p in zip(("indoor", "outdoor"), probabilities)
+        ]
+        DepthDataModule(train=train)
+
+
+def test_an_empty_shard_is_a_data_error_not_a_hang(tmp_path):
+    empty = _write_tar(tmp_path / "train-000000.tar", [])
+    stream = _stream([empty])
+    with deadline(), pytest.warns(UserWarning, match="holds no sample"):
+        with pytest.raises(DataError, match=r"source 'src': nothing readable .*train-000000.tar"):
+            next(stream.batches(random.Random(0), stream.urls))
+    # The same through the DataModule: its start-up check already refuses the source.
+    dm = DepthDataModule(train=[TrainSource("src", str(empty))], batches_per_epoch=2)
+    with deadline(), pytest.raises(DataError, match=r"data.train\[src\]: no sample .*empty tar"):
+        dm.setup("fit")
+    with deadline(), pytest.warns(UserWarning), pytest.raises(DataError, match="nothing readable"):
+        next(
+            iter(
+                DepthDataModule(
+                    train=[TrainSource("src", str(empty))], batches_per_epoch=2, num_workers=0
+                ).train_dataloader()
+            )
+        )
+
+
+def test_a_pass_with_only_bad_samples_is_a_data_error(tmp_path):
+    shards = [_write_tar(tmp_path / f"bad-{i}.tar", _bad_samples(f"b{i}k", 4)) for i in range(3)]
+    # max_bad_fraction=1 leaves the pass rule alone to stop it; every shard was read.
+    stream = _stream(shards, max_bad_fraction=1.0, shuffle_buffer=3)
+    with deadline(), pytest.warns(UserWarning):
+        with pytest.raises(DataError, match="nothing readable") as err:
+            next(stream.batches(random.Random(0), stream.urls))
+    message = str(err.value)
+    assert all(str(s) in message for s in shards)
+    assert "no valid depth pixel" in message or "min_depth = 5.0 >= max_depth = 2.0" in message
+
+
+def test_vanished_shards_are_a_data_error(many_shards, tmp_path):
+    shards = _train_shards(many_shards, tmp_path)
+    stream = _stream(shards)
+    batches = stream.batches(random.Random(0), stream.urls)
+    next(batches)
+    for shard in shards:
+        shard.unlink()
+    with deadline(), pytest.raises(DataError, match=r"shard .*train-00000\d.tar does not exist"):
+        for _ in range(100):
+            next(batches)
+
+
+def test_one_unreadable_shard_among_good_ones_is_skipped_warned_once_and_counted(
+    many_shards, tmp_path
+):
+    shards = _train_shards(many_shards, tmp_path)
+    garbage = tmp_path / "train-000009.tar"
+    garbage.write_bytes(b"\x00garbage" * 64)
+    stream = _stream([*shards, garbage])
+    with deadline(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(itertools.islice(stream.batches(random.Random(0), stream.urls), 60))
+    about_garbage = [w for w in caught if "train-000009.tar" in str(w.message)]
+    assert len(about_garbage) == 1  # read many times, warned once
+    assert "counted silently" in str(about_garbage[0].message)
+    assert sum(b["skipped"] for b in batches) >= 2  # every read of it counted
+    assert all(len(b["key"]) == 2 for b in batches)
+
+
+def test_bad_samples_are_skipped_warned_once_per_shard_and_counted(many_shards, tmp_path):
+    shards = _train_shards(many_shards, tmp_path)
+    mixed = _write_tar(tmp_path / "mixed.tar", _bad_samples("bad", 4))
+    stream = _stream([*shards, mixed], max_bad_fraction=1.0)
+    with deadline(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(itertools.islice(stream.batches(random.Random(1), stream.urls), 60))
+    about_mixed = [str(w.message) for w in caught if "mixed.tar" in str(w.message)]
+    assert len(about_mixed) == 1 and "further bad samples in this shard" in about_mixed[0]
+    keys = {k for b in batches for k in b["key"]}
+    assert not any(k.startswith("bad") for k in keys)
+    assert sum(b["skipped"] for b in batches) >= 8  # 4 per read of mixed.tar, read >= twice
+
+
+def test_too_many_bad_samples_stop_the_stream(many_shards, tmp_path):
+    shards = _train_shards(many_shards, tmp_path)[:1]
+    bad = [_write_tar(tmp_path / f"bad-{i}.tar", _bad_samples(f"b{i}k", 4)) for i in range(2)]
+    stream = _stream([*shards, *bad], max_bad_fraction=0.2, min_checked=10)
+    with deadline(), pytest.warns(UserWarning):
+        with pytest.raises(DataError, match=r"source 'src': \d+ of \d+ samples skipped") as err:
+            for _ in itertools.islice(stream.batches(random.Random(0), stream.urls), 200):
+                pass
+    message = str(err.value)
+    assert "max_bad_fraction = 0.2" in message and "bad-" in message
+    assert "instead of training on garbage" in message
+
+
+def test_a_mostly_good_source_trains_under_the_default_fraction(many_shards, tmp_path):
+    shards = _train_shards(many_shards, tmp_path)
+    _corrupt_copy(shards[0], shards[0].with_suffix(".tmp"))
+    shards[0].with_suffix(".tmp").replace(shards[0])  # 1 corrupt sample in 16
+    stream = _stream(shards, min_checked=10)
+    with deadline(), pytest.warns(UserWarning, match="further bad samples"):
+        batches = list(itertools.islice(stream.batches(random.Random(0), stream.urls), 100))
+    assert sum(b["skipped"] for b in batches) > 0
+
+
+def test_an_eval_reader_with_only_skips_yields_one_empty_batch(many_shards, tmp_path):
+    split = tmp_path / "split"
+    split.mkdir()
+    _write_tar(split / "val-000000.tar", _bad_samples("b", 3, zero_depth=False))
+    dm = datamodule(many_shards, val={"x": str(split / "val-*.tar")})
+    with deadline(), pytest.warns(UserWarning, match=r"data.val\[x\]: skipped bad data"):
+        (batch,) = list(dm.val_dataloader()[0])
+    assert batch["skipped"] == 3
+    assert batch["rgb"].shape == (0, 3, 1, 1) and batch["rgb"].dtype == torch.uint8
+    assert batch["depth"].shape == (0, 1, 1, 1) and batch["depth"].dtype == torch.float32
+    assert batch["valid"].shape == (0, 1, 1, 1) and batch["valid"].dtype == torch.bool
+    assert batch["min_depth"].shape == batch["max_depth"].shape == (0,)
+    assert batch["max_depth"].dtype == torch.float64
+    assert batch["source"] == [] and batch["key"] == []
+    # An empty tar in an eval split is a counted skip too.
+    (split / "val-000000.tar").unlink()
+    _write_tar(split / "val-000000.tar", [])
+    with pytest.warns(UserWarning, match="holds no sample"):
+        (batch,) = list(dm.val_dataloader()[0])
+    assert batch["skipped"] == 1 and batch["key"] == []
+
+
+def test_setup_checks_paths_and_schema_version_and_reads_resolutions(many_shards, tmp_path):
+    dm = datamodule(many_shards)
+    dm.setup("fit")
+    assert dm.train_resolutions() == {"indoor": (96, 128), "outdoor": (64, 208)}
+    missing = datamodule(many_shards, val={"nyu": str(tmp_path / "nope-*.tar")})
+    with pytest.raises(MissingPathError, match=r"data.val\[nyu\]: no shard files match '.*nope"):
+        missing.setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"data.train\[x\].shards: no shard files match"):
+        DepthDataModule(train=[TrainSource("x", str(tmp_path / "x/*.tar"))]).setup("fit")
+    newer = _raw({"schema_version": 2})
+    _write_tar(tmp_path / "v2-000000.tar", [newer])
+    dm = DepthDataModule(train=[TrainSource("v2", str(tmp_path / "v2-000000.tar"))])
+    with pytest.raises(
+        DataError,
+        match=r"data.train\[v2\]: shard .*v2-000000.tar, sample k0: "
+        r"schema_version 2, but this dm_lightning reads schema version 1",
+    ):
+        dm.setup("fit")
+    dm = datamodule(many_shards, test={"v2": str(tmp_path / "v2-000000.tar")})
+    dm.setup("fit")  # the test splits are not part of fit
+    with pytest.raises(DataError, match=r"data.test\[v2\]: .*schema_version 2"):
+        dm.setup("test")

@@ -10,10 +10,25 @@ Batches are dicts: ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 me
 ``valid`` (B, 1, H, W) bool, ``min_depth``/``max_depth`` (B,) float64 metres, ``source`` and
 ``key`` (lists of str), ``skipped`` (int: corrupt samples skipped by the stream since its
 previous batch).
+
+**Empty eval batches.** A validation/test reader (a rank's worker) whose shards held no
+readable sample but whose skips must still be reported yields one batch of zero samples
+(:func:`empty_batch`): ``rgb`` (0, 3, 1, 1) uint8, ``depth`` (0, 1, 1, 1) float32, ``valid``
+(0, 1, 1, 1) bool, ``min_depth``/``max_depth`` (0,) float64, ``source`` and ``key`` ``[]``, and
+``skipped`` > 0. A consumer counts its skips and evaluates nothing. Training batches are never
+empty.
+
+**Checks.** Config values are checked when the DataModule is built (batch sizes >= 1, mixing
+probabilities finite >= 0 with a positive sum, ``max_bad_fraction`` in [0, 1]), and
+:meth:`DepthDataModule.setup` checks, before any step, that every shard pattern matches files
+and that the first sample of each training source and shard eval split has this
+dm_lightning's schema version. While streaming, bad samples are skipped and counted (see
+:mod:`dm_lightning.data.streams` for what stops a run instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import math
@@ -30,14 +45,36 @@ from torch.utils.data import DataLoader, Dataset
 
 from dm_lightning.data.evaluation import BenchmarkSpec, RankShardSampler, build_dataset
 from dm_lightning.data.packing import finish_training_batch, pack_training_batch
-from dm_lightning.data.schema import valid_mask
-from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count
-from dm_lightning.data.streams import MixedSourceBatches, ShardSamples, SourceStream, StreamLoader
-from dm_lightning.errors import ConfigError, MissingPathError
+from dm_lightning.data.schema import (
+    CorruptSampleError,
+    SchemaVersionError,
+    decode_meta,
+    valid_mask,
+)
+from dm_lightning.data.shards import (
+    ShardReadError,
+    expand_shard_patterns,
+    indexed_sample_count,
+    iter_shard,
+)
+from dm_lightning.data.streams import (
+    DEFAULT_MAX_BAD_FRACTION,
+    MixedSourceBatches,
+    ShardSamples,
+    SourceStream,
+    StreamLoader,
+    check_bad_fraction,
+    check_batch_size,
+    check_probabilities,
+)
+from dm_lightning.errors import ConfigError, DataError, MissingPathError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+
+FIRST_SAMPLE_SHARDS = 4
+"""Shards :meth:`DepthDataModule.setup` looks through for a source's first readable sample."""
 
 
 @dataclass
@@ -48,14 +85,23 @@ class TrainSource:
         name: label used in logs (e.g. "hypersim").
         shards: shard list: a brace pattern (``data/hypersim/train-{000000..000099}.tar``), a glob
             (``data/hypersim/train-*.tar``) or a single file.
-        probability: share of batches drawn from this source (normalised over sources).
-        batch_size: micro-batch size for this source.
+        probability: share of batches drawn from this source (normalised over sources);
+            finite, >= 0.
+        batch_size: micro-batch size for this source (>= 1).
+
+    Raises:
+        ConfigError: ``batch_size`` < 1 or ``probability`` not a finite number >= 0.
     """
 
     name: str
     shards: str
     probability: float = 1.0
     batch_size: int = 2
+
+    def __post_init__(self) -> None:
+        check_batch_size(self.batch_size, f"data.train[{self.name}].batch_size")
+        # (a positive sum over the sources is DepthDataModule's check)
+        check_probabilities([self.name], [self.probability], allow_zero_sum=True)
 
 
 def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
@@ -85,8 +131,24 @@ def _eval_entries(entries: dict[str, Any] | None) -> dict[str, str | BenchmarkSp
     }
 
 
+def empty_batch() -> dict[str, Any]:
+    """The eval batch of zero samples (see the module docstring), without ``skipped``."""
+    return {
+        "rgb": torch.zeros((0, 3, 1, 1), dtype=torch.uint8),
+        "depth": torch.zeros((0, 1, 1, 1), dtype=torch.float32),
+        "valid": torch.zeros((0, 1, 1, 1), dtype=torch.bool),
+        "min_depth": torch.zeros(0, dtype=torch.float64),
+        "max_depth": torch.zeros(0, dtype=torch.float64),
+        "source": [],
+        "key": [],
+    }
+
+
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack same-size samples; raise naming the keys if resolutions differ."""
+    """Stack same-size samples (no sample: :func:`empty_batch`); raise naming the keys if
+    resolutions differ."""
+    if not samples:
+        return empty_batch()
     shapes = {tuple(s["rgb"].shape) for s in samples}
     if len(shapes) != 1:
         raise ValueError(
@@ -239,6 +301,17 @@ class DepthDataModule(L.LightningDataModule):
             source.
         hflip: probability of the horizontal flip augmentation.
         seed: seed of shard choice, shuffling, mixing and flips (with rank, worker and epoch).
+        max_bad_fraction: a training stream (one per source, rank and worker) stops with a
+            :class:`~dm_lightning.errors.DataError` when it has skipped more than this share
+            of its samples (``skipped / (skipped + decoded)``, judged after 100 samples and
+            20 shard reads, or all of a reader's shards if fewer), naming the shards with the
+            most skips. The default 0.1 lets a few truncated or corrupt shards be skipped but
+            stops a source whose data is broken throughout (wrong depth scale or range, a
+            converter bug); 1 never stops.
+
+    Raises:
+        ConfigError: a batch size < 1, ``batches_per_epoch`` < 1, mixing probabilities that
+            are not finite >= 0 with a positive sum, or ``max_bad_fraction`` outside [0, 1].
     """
 
     def __init__(
@@ -253,9 +326,18 @@ class DepthDataModule(L.LightningDataModule):
         shuffle_buffer: int = 200,
         hflip: float = 0.5,
         seed: int = 0,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         super().__init__()
         self.train_sources = list(train or [])
+        if self.train_sources:
+            check_probabilities(
+                [s.name for s in self.train_sources], [s.probability for s in self.train_sources]
+            )
+        check_batch_size(eval_batch_size, "data.eval_batch_size")
+        if batches_per_epoch is not None:
+            check_batch_size(batches_per_epoch, "data.batches_per_epoch")
+        check_bad_fraction(max_bad_fraction, "data.max_bad_fraction")
         self.val_splits = _eval_entries(val)
         self.test_splits = _eval_entries(test)
         # An exactly-once split smaller than the world leaves a rank without batches.
@@ -267,7 +349,9 @@ class DepthDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.hflip = hflip
         self.seed = seed
+        self.max_bad_fraction = max_bad_fraction
         self.datasets: dict[str, Dataset] = {}  # benchmark readers, built on first use
+        self._first_metas: dict[tuple[str, str], dict[str, Any]] = {}
 
     # Names of the eval dataloaders, in dataloader_idx order; the LightningModule logs by them.
     @property
@@ -278,17 +362,97 @@ class DepthDataModule(L.LightningDataModule):
     def test_names(self) -> list[str]:
         return list(self.test_splits)
 
+    def setup(self, stage: str) -> None:
+        """Start-up checks, before any step of ``stage`` ("fit", "validate", "test",
+        "predict"): every shard pattern of the stage (for "fit": training sources and
+        validation splits) matches files, and the first sample of each training source and
+        shard eval split has a readable JSON of this dm_lightning's schema version (one
+        sample read per source or split; :meth:`train_resolutions` reuses them).
+
+        Raises:
+            ConfigError: "fit" without training sources.
+            MissingPathError: a pattern matches no file (naming its ``data.*`` key).
+            DataError: shards of another schema version, or no readable sample in a source's
+                first shards.
+        """
+        if stage == "fit":
+            if not self.train_sources:
+                raise ConfigError("DepthDataModule: no training sources configured (data.train)")
+            self.train_resolutions()
+        eval_stage = {"fit": "val", "validate": "val", "test": "test"}.get(stage)
+        if stage == "predict" and self.predict_path is None:
+            eval_stage = "test"
+        if eval_stage is None:
+            return
+        for name, entry in (self.val_splits if eval_stage == "val" else self.test_splits).items():
+            if not isinstance(entry, BenchmarkSpec):
+                key = f"data.{eval_stage}[{name}]"
+                self._first_meta(key, expand_shard_patterns(entry, key))
+
+    def train_resolutions(self) -> dict[str, tuple[int, int]]:
+        """Source name -> (height, width) in pixels of each training source, read from the
+        JSON of its first readable sample (cached: one sample read per source, at
+        :meth:`setup` or on the first call). A source's samples all share one resolution (a
+        batch needs one size), so the model can check it against its VAE factor before
+        training.
+
+        Raises:
+            MissingPathError, DataError: as :meth:`setup`.
+        """
+        sizes = {}
+        for source in self.train_sources:
+            meta = self._first_meta(f"data.train[{source.name}]", self._source_urls(source))
+            sizes[source.name] = (int(meta["height"]), int(meta["width"]))
+        return sizes
+
+    def _source_urls(self, source: TrainSource) -> list[str]:
+        return expand_shard_patterns(source.shards, f"data.train[{source.name}].shards")
+
+    def _first_meta(self, key: str, urls: list[str]) -> dict[str, Any]:
+        """The checked JSON of the first sample with a readable one among the first
+        :data:`FIRST_SAMPLE_SHARDS` shards of ``urls`` (cached)."""
+        if (key, urls[0]) in self._first_metas:
+            return self._first_metas[key, urls[0]]
+        problems: list[str] = []
+        for url in urls[:FIRST_SAMPLE_SHARDS]:
+            read = 0
+            try:
+                with contextlib.closing(iter_shard(url)) as samples:
+                    for raw in samples:
+                        read += 1
+                        try:
+                            meta = decode_meta(raw)
+                        except SchemaVersionError as err:
+                            raise DataError(f"{key}: {err}") from err
+                        except CorruptSampleError as err:
+                            problems.append(str(err))
+                            continue
+                        self._first_metas[key, urls[0]] = meta
+                        return meta
+            except (ShardReadError, CorruptSampleError) as err:  # unreadable; duplicate member
+                problems.append(str(err))
+                continue
+            if read == 0:
+                problems.append(f"shard {url} holds no sample (an empty tar)")
+        looked = urls[:FIRST_SAMPLE_SHARDS]
+        raise DataError(
+            f"{key}: no sample with a readable JSON in its first {len(looked)} shard(s) "
+            f"{looked}: {'; '.join(problems[:3])}. Expected shards written by this "
+            "dm_lightning's converters (tools/inspect_shards.py shows what they hold)"
+        )
+
     def train_dataloader(self) -> DataLoader:
         if not self.train_sources:
-            raise ValueError("DepthDataModule: no training sources configured (data.train)")
+            raise ConfigError("DepthDataModule: no training sources configured (data.train)")
         streams = [
             SourceStream(
                 s.name,
-                expand_shard_patterns(s.shards),
+                self._source_urls(s),
                 s.batch_size,
                 pack_training_batch,
                 self.shuffle_buffer,
                 self.hflip,
+                self.max_bad_fraction,
             )
             for s in self.train_sources
         ]
@@ -333,8 +497,9 @@ class DepthDataModule(L.LightningDataModule):
     def _eval_loader(self, stage: str, name: str, entry: str | BenchmarkSpec) -> DataLoader:
         if isinstance(entry, BenchmarkSpec):
             return self._benchmark_loader(stage, name, entry)
-        urls = expand_shard_patterns(entry)
-        dataset = ShardSamples(urls, self.eval_batch_size, sample_to_tensors, collate)
+        key = f"data.{stage}[{name}]"
+        urls = expand_shard_patterns(entry, key)
+        dataset = ShardSamples(urls, self.eval_batch_size, sample_to_tensors, collate, key)
         return StreamLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
 
     def _benchmark(self, name: str, spec: BenchmarkSpec) -> Dataset:
@@ -406,7 +571,7 @@ class BenchmarkDataModule(DepthDataModule):
         num_workers: data-loading processes per benchmark and rank.
 
     Raises:
-        ValueError: ``benchmarks`` is empty or ``batch_size`` < 1.
+        ConfigError: (a ``ValueError``) ``benchmarks`` is empty or ``batch_size`` < 1.
     """
 
     def __init__(
@@ -416,9 +581,8 @@ class BenchmarkDataModule(DepthDataModule):
         num_workers: int = 2,
     ) -> None:
         if not benchmarks:
-            raise ValueError("BenchmarkDataModule: data.benchmarks is empty; name at least one")
-        if batch_size < 1:
-            raise ValueError(f"BenchmarkDataModule: batch_size must be >= 1, got {batch_size}")
+            raise ConfigError("BenchmarkDataModule: data.benchmarks is empty; name at least one")
+        check_batch_size(batch_size, "BenchmarkDataModule: data.batch_size")
         super().__init__(
             val=benchmarks, test=benchmarks, eval_batch_size=batch_size, num_workers=num_workers
         )
