@@ -38,6 +38,13 @@ class DepthMasterCLI(LightningCLI):
             check_checkpoint_stage(config.get("ckpt_path"), getattr(model, "class_path", None))
         super()._parse_ckpt_path()
 
+    def before_instantiate_classes(self) -> None:
+        # Our checkpoints hold tensors and plain containers only: load them that way, so a
+        # --ckpt_path never unpickles code (Lightning's default would be weights_only=False).
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        if config is not None and "weights_only" in config and config.weights_only is None:
+            config.weights_only = True
+
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
     """Build (and with ``run``, execute) the CLI; returns it, for tests and notebooks.

@@ -102,7 +102,7 @@ def test_stage2_starts_from_stage1_export(stage_runs):
     assert "train/pixel_mse" in metrics and "train/gradient" in metrics
 
 
-def test_test_and_predict_on_export(stage_runs, data_config, tmp_path):
+def test_test_and_predict_on_export(stage_runs, data_config, tmp_path, capsys):
     export = stage_runs["dir2"] / "export"
     cli = main(
         [
@@ -127,6 +127,9 @@ def test_test_and_predict_on_export(stage_runs, data_config, tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / "a.png")
     Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(images / "b.jpg")
+    (images / "sub").mkdir()
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / "sub" / "d.png")
+    (images / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # unreadable: skipped
     out = tmp_path / "pred"
     main(
         [
@@ -150,6 +153,10 @@ def test_test_and_predict_on_export(stage_runs, data_config, tmp_path):
     b = np.asarray(Image.open(out / "b.png"))
     assert a.shape == (50, 70) and a.dtype == np.uint16
     assert b.shape == (64, 96)
+    assert np.asarray(Image.open(out / "sub" / "d.png")).shape == (40, 40)
+    assert not (out / "c.png").exists()
+    printed = capsys.readouterr().out
+    assert f"wrote 3 depth maps to {out}, skipped 1 unreadable files" in printed
 
 
 def _config_sets() -> list[list[Path]]:

@@ -113,10 +113,13 @@ def cli_run(tmp_path_factory, tiny_model):
 
 
 def _numpy_metrics(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
-    """AbsRel and delta1 per SPEC: sqrt-disparity least squares on valid pixels (gt > 0)."""
+    """AbsRel and delta1 per SPEC: sqrt-disparity least squares on valid pixels (gt > 0) with
+    prediction > 0, metrics on all valid pixels."""
     valid = gt > 0
     p, g = pred[valid].astype(np.float64), gt[valid].astype(np.float64)
-    (s, t), *_ = np.linalg.lstsq(np.stack([p, np.ones_like(p)], 1), np.sqrt(1 / g), rcond=None)
+    f = p > 0
+    design = np.stack([p[f], np.ones_like(p[f])], 1)
+    (s, t), *_ = np.linalg.lstsq(design, np.sqrt(1 / g[f]), rcond=None)
     depth = np.maximum(1 / np.maximum((s * p + t) ** 2, 1e-3), 1e-6)
     return float(np.mean(np.abs(depth - g) / g)), float(
         np.mean(np.maximum(depth / g, g / depth) < 1.25)

@@ -305,9 +305,14 @@ class DepthMasterTask(L.LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Relative depth (B, 1, H, W) in [0, 1] at input size, with the sample keys."""
+        """Relative depth (B, 1, H, W) in [0, 1] at input size, with the sample keys; unreadable
+        files of an image-folder batch (``skipped_files``) are passed on to the writer, and a
+        batch of only unreadable files runs nothing (``depth`` None)."""
+        skipped = batch.get("skipped_files", [])
+        if batch["rgb"] is None:
+            return {"key": [], "depth": None, "skipped_files": skipped}
         depth = self.net.predict(batch["rgb"], self.batch_processing_res(batch))
-        return {"key": batch["key"], "depth": depth.cpu()}
+        return {"key": batch["key"], "depth": depth.cpu(), "skipped_files": skipped}
 
     # ---- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

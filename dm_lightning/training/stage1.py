@@ -90,6 +90,6 @@ class Stage1(DepthMasterTask):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = super().predict_step(batch, batch_idx, dataloader_idx)
-        if self.tap is not None:
+        if self.tap is not None and out["depth"] is not None:
             self.tap.pop()
         return out
