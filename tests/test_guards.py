@@ -105,3 +105,47 @@ def test_consecutive_nonfinite_steps_save_and_stop(tiny_model, shards, tmp_path)
 def test_max_nonfinite_steps_must_be_positive(tiny_model):
     with pytest.raises(ValueError, match="max_nonfinite_steps must be >= 1 or null, got 0"):
         Stage2(str(tiny_model), max_nonfinite_steps=0)
+
+
+def test_export_folder_is_replaced_atomically(tmp_path):
+    from dm_lightning.training.callbacks import replace_folder
+
+    target = tmp_path / "export"
+
+    def write(folder, text):
+        folder.mkdir()
+        (folder / "a.txt").write_text(text)
+
+    replace_folder(target, lambda tmp: write(tmp, "first"))
+    assert (target / "a.txt").read_text() == "first"
+
+    def crash(tmp):
+        write(tmp, "half")
+        raise KeyboardInterrupt  # a kill in the middle of writing
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_folder(target, crash)
+    # The complete previous export is still there, and nothing half-written beside it.
+    assert (target / "a.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+    replace_folder(target, lambda tmp: write(tmp, "second"))
+    assert (target / "a.txt").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_unwritable_export_folder_fails_at_setup(tiny_model, shards, tmp_path):
+    from dm_lightning import ExportDepthMaster
+    from dm_lightning.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    model = Stage2(str(tiny_model), fourier=False)
+    source = TrainSource("indoor", str(shards / "indoor" / "train-*.tar"), batch_size=2)
+    data = DepthDataModule(train=[source], batches_per_epoch=2, num_workers=0, shuffle_buffer=2)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, callbacks=[ExportDepthMaster(str(blocker / "export"))],
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=f"export folder's parent {blocker} cannot be created"):
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 0

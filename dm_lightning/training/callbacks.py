@@ -56,6 +56,8 @@ class ExportDepthMaster(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.run_folder = run_dir(trainer)
         self.target = output_folder(trainer, self.dirpath, "export")
+        if stage == "fit":  # fail now, not after a day of training
+            check_writable_folder(self.target.parent, "export folder's parent")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.best:

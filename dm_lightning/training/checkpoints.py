@@ -63,7 +63,7 @@ def task_stage(class_path: str) -> str:
     or cannot be imported)."""
     module, _, name = class_path.rpartition(".")
     try:
-        return str(getattr(getattr(importlib.import_module(module), name), "stage_name"))
+        return str(getattr(importlib.import_module(module), name).stage_name)
     except (ImportError, AttributeError, ValueError):
         return name
 

@@ -7,7 +7,7 @@ import csv
 import lightning as L
 
 from dm_lightning.metrics import METRIC_NAMES
-from dm_lightning.training.callbacks import output_folder
+from dm_lightning.training.callbacks import check_writable_folder, output_folder
 
 PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
     "DepthMaster (paper)": {
@@ -91,6 +91,8 @@ class EvaluationReport(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.folder = output_folder(trainer, self.output_dir, "evaluation")
+        if stage == "test":
+            check_writable_folder(self.folder, "evaluation report folder")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
