@@ -183,7 +183,7 @@ def test_epoch_length_planned_from_the_shard_index(many_shards, tmp_path):
     lone = tmp_path / "lone-000000.tar"
     lone.write_bytes((many_shards / "indoor" / "train-000000.tar").read_bytes())
     dm = DepthDataModule(train=[TrainSource("x", str(lone))], num_workers=0)
-    with pytest.raises(ValueError, match="batches_per_epoch"):
+    with pytest.raises(ConfigError, match="batches_per_epoch"):
         dm.train_dataloader()
 
 

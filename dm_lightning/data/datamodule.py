@@ -486,7 +486,7 @@ class DepthDataModule(L.LightningDataModule):
         counts = [indexed_sample_count(s.urls) for s in streams]
         missing = [s.name for s, c in zip(streams, counts) if c is None]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batches_per_epoch is not set and sources {missing} have shards missing "
                 "from an index.json: set batches_per_epoch or regenerate the shards' index"
             )
