@@ -149,3 +149,65 @@ def test_unwritable_export_folder_fails_at_setup(tiny_model, shards, tmp_path):
     with pytest.raises(ConfigError, match=f"export folder's parent {blocker} cannot be created"):
         trainer.fit(model, datamodule=data)
     assert trainer.global_step == 0
+
+
+def test_training_resolution_must_fit_the_vae_factor(tiny_model, tmp_path):
+    import numpy as np
+
+    from dm_lightning.data.schema import encode_sample
+    from dm_lightning.data.shards import write_shard
+    from dm_lightning.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    samples = [
+        encode_sample(
+            f"odd{i}",
+            rng.integers(0, 255, (60, 68, 3), dtype=np.uint8),
+            rng.uniform(1.0, 5.0, (60, 68)),
+            source="odd",
+            depth_scale=0.001,
+            min_depth=0.1,
+            max_depth=10.0,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    write_shard(tmp_path / "odd-000000.tar", samples)
+    source = TrainSource("odd", str(tmp_path / "odd-*.tar"), batch_size=2)
+    data = DepthDataModule(train=[source], batches_per_epoch=2, num_workers=0, shuffle_buffer=1)
+    model = Stage2(str(tiny_model), fourier=False)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data.train\[odd\]: samples are 60x68 pixels, not a "):
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 0
+
+
+def test_worker_errors_print_their_own_message_only():
+    from torch._utils import ExceptionWrapper
+
+    from dm_lightning.cli import user_error, user_message
+    from dm_lightning.errors import DataError
+
+    try:
+        raise DataError("source 'x': shard a.tar does not exist any more")
+    except DataError:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as info:
+        wrapper.reraise()
+    assert "Original Traceback" in str(info.value)
+    found = user_error(info.value)
+    assert user_message(found) == "source 'x': shard a.tar does not exist any more"
+
+
+def test_stream_loader_keeps_its_data_position(shards):
+    source = TrainSource("indoor", str(shards / "indoor" / "train-*.tar"), batch_size=2)
+    data = DepthDataModule(train=[source], batches_per_epoch=2, num_workers=0, shuffle_buffer=2)
+    loader = data.train_dataloader()
+    for _ in range(3):  # three epochs
+        keys = [batch["key"] for batch in loader]
+    assert loader.state_dict() == {"epoch": 2, "seed": 0}
+    fresh = data.train_dataloader()
+    fresh.load_state_dict(loader.state_dict())
+    assert [batch["key"] for batch in fresh] == keys  # epoch 2 again, same draws

@@ -44,7 +44,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dm_lightning.data.evaluation import BenchmarkSpec, RankShardSampler, build_dataset
-from dm_lightning.data.packing import finish_training_batch, pack_training_batch
+from dm_lightning.data.packing import finish_training_batch, pack_training_batch, same_size
 from dm_lightning.data.schema import (
     CorruptSampleError,
     SchemaVersionError,
@@ -149,12 +149,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     resolutions differ."""
     if not samples:
         return empty_batch()
-    shapes = {tuple(s["rgb"].shape) for s in samples}
-    if len(shapes) != 1:
-        raise ValueError(
-            f"samples of one batch differ in size {sorted(shapes)} "
-            f"(keys {[s['key'] for s in samples]}): give each resolution its own source"
-        )
+    same_size([s["rgb"].shape for s in samples], [s["key"] for s in samples])
     out: dict[str, Any] = {
         k: torch.stack([s[k] for s in samples]) for k in ("rgb", "depth", "valid")
     }
@@ -270,12 +265,8 @@ def collate_predict(samples: list[dict[str, Any]]) -> dict[str, Any]:
     stacked (one size per batch), the unreadable ones as ``skipped_files``. Module-level so
     that spawned workers can pickle it."""
     readable = [s for s in samples if s["rgb"] is not None]
-    shapes = {tuple(s["rgb"].shape) for s in readable}
-    if len(shapes) > 1:
-        raise ConfigError(
-            f"predict images of one batch differ in size {sorted(shapes)} "
-            f"({[s['key'] for s in readable]}): use batch size 1"
-        )
+    if readable:
+        same_size([s["rgb"].shape for s in readable], [s["key"] for s in readable], "use batch 1")
     return {
         "rgb": torch.stack([s["rgb"] for s in readable]) if readable else None,
         "key": [s["key"] for s in readable],

@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
+from dm_lightning.errors import ConfigError
+
 
 def batch_buffer(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
     """An uninitialised tensor, in shared memory when called in a DataLoader worker (the
@@ -65,6 +67,24 @@ def has_valid_depth(units: np.ndarray, meta: dict[str, Any]) -> bool:
 RAW_KEYS = ("depth_units", "depth_scale", "flip")
 
 
+def same_size(
+    shapes: Sequence[tuple[int, ...]],
+    keys: Sequence[str],
+    hint: str = "give each resolution its own source",
+) -> tuple[int, ...]:
+    """The one shape of the samples of a batch (the one rule for every batch builder).
+
+    Raises:
+        ConfigError: the shapes differ, naming them, the keys and ``hint``.
+    """
+    found = {tuple(shape) for shape in shapes}
+    if len(found) != 1:
+        raise ConfigError(
+            f"samples of one batch differ in size {sorted(found)} (keys {list(keys)}): {hint}"
+        )
+    return found.pop()
+
+
 def pack_training_batch(samples: list[dict[str, Any]], flips: Sequence[bool]) -> dict[str, Any]:
     """Stack decoded samples into a raw training batch (memory copies only).
 
@@ -82,15 +102,9 @@ def pack_training_batch(samples: list[dict[str, Any]], flips: Sequence[bool]) ->
         ``max_depth`` (B,) float64 metres (inf = unbounded); ``source`` and ``key`` lists.
 
     Raises:
-        ValueError: samples differ in resolution (naming their keys).
+        ConfigError: samples differ in resolution (naming their keys).
     """
-    shapes = {s["rgb"].shape for s in samples}
-    if len(shapes) != 1:
-        raise ValueError(
-            f"samples of one batch differ in size {sorted(shapes)} "
-            f"(keys {[s['key'] for s in samples]}): give each resolution its own source"
-        )
-    (shape,) = shapes
+    shape = same_size([s["rgb"].shape for s in samples], [s["key"] for s in samples])
     height, width = shape[:2]
     b = len(samples)
     rgb = batch_buffer((b, height, width, 3), torch.uint8)

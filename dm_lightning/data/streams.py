@@ -460,7 +460,32 @@ def check_probabilities(
 class StreamLoader(DataLoader):
     """DataLoader for the streams: before workers start on each pass, it records the process's
     rank in the dataset and advances a training stream's ``epoch``, so each epoch draws new
-    (but reproducible) shards and orders."""
+    (but reproducible) shards and orders.
+
+    Its data position is part of Lightning's checkpoint (``state_dict`` /
+    ``load_state_dict``, which also tells Lightning the loader resumes): the training
+    stream's epoch, seed and the optimizer steps of earlier run parts. A resumed epoch
+    continues with batches drawn from a seed that folds in the resume step (see
+    :class:`MixedSourceBatches`), so it neither replays the batches its first part already
+    trained on nor runs longer than planned (Lightning ends it at its batch count).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        if not hasattr(self.dataset, "epoch"):
+            return {}
+        return {"epoch": self.dataset.epoch, "seed": self.dataset.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "epoch" not in state or not hasattr(self.dataset, "epoch"):
+            return
+        if state["seed"] != self.dataset.seed:
+            warnings.warn(
+                f"resuming with data.seed={self.dataset.seed}, the checkpoint was trained with "
+                f"seed {state['seed']}: the stream continues with the new seed",
+                stacklevel=2,
+            )
+        self.dataset.epoch = int(state["epoch"])
+        self._started = False  # the restored epoch is the next one iterated
 
     def __iter__(self):
         if isinstance(self.dataset, RankAware):
