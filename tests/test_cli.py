@@ -78,7 +78,7 @@ def test_stage1_fit_exports_diffusers_folder(stage_runs):
     # TensorBoard event file and a checkpoint without the frozen VAE / encoder.
     assert list(run.glob("events.out.tfevents.*"))
     ckpt = next((run / "checkpoints").glob("last*.ckpt"))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.startswith("net.unet.") for k in state)
     assert any(k.startswith("alignment.projector.") for k in state)
     assert not any(k.startswith(("net.vae.", "encoder.")) for k in state)

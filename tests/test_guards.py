@@ -211,3 +211,70 @@ def test_stream_loader_keeps_its_data_position(shards):
     fresh = data.train_dataloader()
     fresh.load_state_dict(loader.state_dict())
     assert [batch["key"] for batch in fresh] == keys  # epoch 2 again, same draws
+
+
+def test_eval_split_without_a_readable_sample_fails(tiny_model, shards, tmp_path):
+    """Five samples whose PNGs are corrupt: counted, then an error, never abs_rel 0.0 over 0
+    images."""
+    import numpy as np
+
+    from dm_lightning import DepthMasterTask
+    from dm_lightning.data.schema import encode_sample
+    from dm_lightning.data.shards import write_shard
+    from dm_lightning.errors import DataError
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(5):
+        sample = encode_sample(
+            f"bad{i}", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+            rng.uniform(1.0, 5.0, (16, 16)), source="broken", depth_scale=0.001,
+            min_depth=0.1, max_depth=10.0,
+        )  # fmt: skip
+        sample["rgb.png"] = b"\x89PNG\r\n\x1a\n not an image"
+        samples.append(sample)
+    path = tmp_path / "test-000000.tar"
+    write_shard(path, samples)
+    data = DepthDataModule(
+        test={"broken": str(path), "good": str(shards / "indoor" / "test-*.tar")}, num_workers=0
+    )
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(DataError) as info, pytest.warns(UserWarning, match="bad0"):
+        trainer.test(DepthMasterTask(str(tiny_model)), datamodule=data)
+    assert str(info.value).startswith(
+        "test split 'broken': no image was evaluated (5 samples could not be read, 0 had no "
+        "valid depth pixel)"
+    )
+
+
+CLI_ERRORS = {
+    "target": (
+        ["--model.init_args.target", "sqrt_disp"],
+        "unknown depth target 'sqrt_disp'; expected one of depth, disparity",
+    ),
+    "eval_alignment": (
+        ["--model.init_args.eval_alignment", "dept"],
+        "model.init_args.eval_alignment: unknown space 'dept'",
+    ),
+    "shards": (
+        ["--data.init_args.test", "{nope: /nonexistent/test-*.tar}"],
+        "no shard files match '/nonexistent/test-*.tar'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_ERRORS))
+def test_startup_errors_are_one_short_line(case, tiny_model, data_config, tmp_path, capsys):
+    from dm_lightning.cli import main
+
+    extra, expected = CLI_ERRORS[case]
+    args = [
+        "test", "--config", "configs/tiny/eval.yaml", "--config", str(data_config),
+        "--model.init_args.model_path", str(tiny_model),
+        "--trainer.logger.init_args.save_dir", str(tmp_path), *extra,
+    ]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("dm-lightning: error:")]
+    assert expected in line, err
+    assert "Traceback" not in err and "Namespace(" not in err and "Union subtypes" not in err
