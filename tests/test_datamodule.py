@@ -313,29 +313,26 @@ def test_schema_version_is_written_and_optional_on_read():
     older = _raw(drop="schema_version")  # shards written before the field existed
     assert decode_sample(older)["meta"]["schema_version"] == 1
     assert decode_sample(_raw({"max_depth": None}))["meta"]["max_depth"] is None
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"min_depth": 0.0, "max_depth": 9.0, "extra": {"schema_version": 2}},
+         "would overwrite schema fields"),
+        ({"min_depth": 9.0, "max_depth": 1.0}, "min_depth = 9.0 >= max_depth = 1.0"),
+    ],
+)  # fmt: skip
+def test_encode_sample_refuses_bad_fields(fields, message):
     import numpy as np
 
-    with pytest.raises(ValueError, match="would overwrite schema fields"):
+    from dm_lightning.data.schema import encode_sample
+
+    with pytest.raises(ValueError, match=message):
         encode_sample(
-            "k",
-            np.zeros((1, 1, 3), np.uint8),
-            np.ones((1, 1)),
-            source="s",
-            depth_scale=1.0,
-            min_depth=0.0,
-            max_depth=9.0,
-            extra={"schema_version": 2},
-        )
-    with pytest.raises(ValueError, match="min_depth = 9.0 >= max_depth = 1.0"):
-        encode_sample(
-            "k",
-            np.zeros((1, 1, 3), np.uint8),
-            np.ones((1, 1)),
-            source="s",
-            depth_scale=1.0,
-            min_depth=9.0,
-            max_depth=1.0,
-        )
+            "k", np.zeros((1, 1, 3), np.uint8), np.ones((1, 1)), source="s", depth_scale=1.0,
+            **fields,
+        )  # fmt: skip
 
 
 class Hung(BaseException):
