@@ -306,7 +306,7 @@ def test_every_schema_field_is_checked_on_read(changes, drop, message):
 
 
 def test_schema_version_is_written_and_optional_on_read():
-    from dm_lightning.data.schema import SCHEMA_VERSION, decode_sample, encode_sample
+    from dm_lightning.data.schema import SCHEMA_VERSION, decode_sample
 
     raw = _raw()
     assert json.loads(raw["json"])["schema_version"] == SCHEMA_VERSION == 1
