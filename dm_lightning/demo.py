@@ -35,7 +35,7 @@ def ensure_model(model: Path, shards: Path, seed: int, vae_steps: int) -> None:
     if (model / "unet" / "config.json").is_file():
         print(f"[demo] using tiny model folder {model}")
         return
-    from dm_lightning.models.tiny import build_tiny_model_folder
+    from dm_lightning.tiny_model import build_tiny_model_folder
 
     patterns = [str(shards / src / "train-*.tar") for src in ("indoor", "outdoor")]
     build_tiny_model_folder(model, seed, patterns, vae_steps)

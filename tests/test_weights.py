@@ -13,7 +13,7 @@ import torch
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, load_depthmaster
 from dm_lightning.models.encoders import TimmEncoder
-from dm_lightning.models.tiny import make_tiny_depthmaster
+from dm_lightning.tiny_model import make_tiny_depthmaster
 
 
 def write_sd2_layout(folder):

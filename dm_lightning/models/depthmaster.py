@@ -29,6 +29,11 @@ METADATA_FILE = "dm_lightning.json"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
+def signed_rgb(rgb: Tensor) -> Tensor:
+    """uint8 RGB (B, 3, H, W) in [0, 255] -> float in [-1, 1], the network's input range."""
+    return rgb.float() / 127.5 - 1.0
+
+
 class DepthMaster(nn.Module):
     """Single-step diffusion depth estimator.
 

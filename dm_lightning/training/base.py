@@ -15,7 +15,7 @@ from torchmetrics import SumMetric
 
 from dm_lightning.errors import ConfigError, DataError, TrainingStopped
 from dm_lightning.metrics import ALIGNMENT_SPACES, METRIC_NAMES, DepthMetrics, evaluate_batch
-from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
+from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster, signed_rgb
 from dm_lightning.targets import get_target
 from dm_lightning.training.checkpoints import (
     CHECKPOINT_RECORD,
@@ -221,7 +221,7 @@ class DepthMasterTask(L.LightningModule):
     @staticmethod
     def rgb_signed(batch: dict[str, Any]) -> Tensor:
         """uint8 RGB -> (B, 3, H, W) float in [-1, 1]."""
-        return batch["rgb"].float() / 127.5 - 1.0
+        return signed_rgb(batch["rgb"])
 
     def normalized_target(self, batch: dict[str, Any]) -> Tensor:
         """(B, 1, H, W) target in [-1, 1] built on the fly from metric depth."""

@@ -1,4 +1,4 @@
-"""Tiny SD-2-layout models for CPU tests and the demo.
+"""Tiny SD-2-layout models for CPU tests and the demo (a test helper, not part of the model).
 
 Real SD-2 weights cannot be used on a 2-core CPU machine, so tests and the demo run on a tiny
 random-initialised VAE and U-Net with the same architecture families, saved as a diffusers
@@ -22,7 +22,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor
 
 from dm_lightning.data.datamodule import DepthDataModule, TrainSource
-from dm_lightning.models.depthmaster import DepthMaster
+from dm_lightning.data.packing import finish_training_batch
+from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
 from dm_lightning.targets import SqrtDisparity
 
 # 4 blocks: downsampling factor 8, like SD-2 (a 2-block VAE downsamples by 2 only).
@@ -114,8 +115,8 @@ def vae_batches(patterns: list[str], batch_size: int, crop: int = 64) -> Iterato
     dm = DepthDataModule(train=sources, batches_per_epoch=10**9, num_workers=0, shuffle_buffer=64)
     target = SqrtDisparity()
     for packed in dm.train_dataloader():
-        batch = dm.on_after_batch_transfer(packed, 0)  # what the Trainer does after transfer
-        rgb = batch["rgb"].float() / 127.5 - 1.0
+        batch = finish_training_batch(packed)  # what the task does after transfer
+        rgb = signed_rgb(batch["rgb"])
         depth = target.normalize(batch["depth"], batch["valid"]).expand(-1, 3, -1, -1)
         h, w = rgb.shape[-2:]
         top = int(torch.randint(0, h - crop + 1, ()))
