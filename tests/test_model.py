@@ -13,9 +13,9 @@ from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster, load_
 from dm_lightning.models.encoders import TimmEncoder
 from dm_lightning.models.feature_alignment import FeatureAlignment
 from dm_lightning.models.fourier import FourierEnhancement
-from dm_lightning.tiny_model import TINY_UNET_CONFIG, make_tiny_depthmaster
 from dm_lightning.models.unet_hooks import FeatureTap, attach_fourier_enhancement
 from dm_lightning.targets import get_target
+from dm_lightning.tiny_model import TINY_UNET_CONFIG, make_tiny_depthmaster
 
 C = 16
 
