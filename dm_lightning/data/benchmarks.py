@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import re
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,147 +46,20 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dm_lightning.data.crops import (
+    NYU_EIGEN_CROP,
+    kitti_benchmark_crop,
+    kitti_eigen_mask,
+    resize_rgb,
+)
+from dm_lightning.data.store import FileStore
+
 log = logging.getLogger(__name__)
 
 EVAL_LIST_DIR = Path(__file__).resolve().parent / "splits" / "eval"
 
 DepthDecoder = Callable[[bytes], np.ndarray]
 """File bytes -> (H, W) float32 metres; 0 or non-finite = no measurement."""
-
-
-# --------------------------------------------------------------------------------------------
-# Storage: a folder or a tar archive of it
-
-
-class FileStore:
-    """Read-only access to the files of a dataset root: a folder or a tar archive of it.
-
-    The archive is opened lazily, once per process: DataLoader workers each open their own
-    handle (a handle inherited over ``fork`` would share one file offset between processes).
-
-    Args:
-        root: folder, or tar file (any compression ``tarfile`` reads; plain tar is fastest).
-        layout: description of the expected layout, quoted in errors.
-
-    Raises:
-        FileNotFoundError: ``root`` does not exist.
-        ValueError: ``root`` is a file but not a tar archive.
-    """
-
-    def __init__(self, root: str | os.PathLike, layout: str = "") -> None:
-        # Set first: __del__ runs even when a check below raises.
-        self._tar: tarfile.TarFile | None = None
-        self.root = Path(root).expanduser()
-        self.layout = layout
-        if not self.root.exists():
-            raise FileNotFoundError(
-                f"dataset root {self.root} does not exist; expected a folder or a .tar of it"
-                + (f" holding {layout}" if layout else "")
-            )
-        self.is_tar = self.root.is_file()
-        if self.is_tar and not tarfile.is_tarfile(self.root):
-            raise ValueError(f"dataset root {self.root} is a file but not a tar archive")
-        self._members: dict[str, tarfile.TarInfo] = {}
-        self._prefix = ""
-        self._pid: int | None = None
-
-    def _archive(self) -> tarfile.TarFile:
-        if self._tar is None or self._pid != os.getpid():
-            # A handle inherited over fork shares its offset with the parent: drop this copy.
-            self.close()
-            self._tar = tarfile.open(self.root)
-            self._pid = os.getpid()
-            self._members = {
-                _normalise_member(m.name): m for m in self._tar.getmembers() if m.isfile()
-            }
-            # `tar -C parent -cf x.tar root` puts every file under one folder: look through it.
-            tops = {name.split("/", 1)[0] for name in self._members}
-            only_nested = all("/" in name for name in self._members)
-            self._prefix = f"{tops.pop()}/" if len(tops) == 1 and only_nested else ""
-        return self._tar
-
-    def _missing(self, rel: str) -> FileNotFoundError:
-        where = (
-            f"{rel!r} not found in archive {self.root}"
-            if self.is_tar
-            else f"{self.root / rel} not found"
-        )
-        return FileNotFoundError(
-            where + (f"; expected layout: {self.layout}" if self.layout else "")
-        )
-
-    def exists(self, rel: str) -> bool:
-        """Whether ``rel`` (a path relative to the root, ``/``-separated) is a file."""
-        if not self.is_tar:
-            return (self.root / rel).is_file()
-        self._archive()
-        return rel in self._members or self._prefix + rel in self._members
-
-    def read(self, rel: str) -> bytes:
-        """The bytes of ``rel``.
-
-        Raises:
-            FileNotFoundError: naming the missing path (and the archive) and the layout.
-        """
-        if not self.is_tar:
-            path = self.root / rel
-            if not path.is_file():
-                raise self._missing(rel)
-            return path.read_bytes()
-        tar = self._archive()
-        member = self._members.get(rel) or self._members.get(self._prefix + rel)
-        if member is None:
-            raise self._missing(rel)
-        handle = tar.extractfile(member)
-        if handle is None:
-            raise self._missing(rel)
-        return handle.read()
-
-    @property
-    def prefix(self) -> str:
-        """``"<folder>/"`` if every archive member lies in one top-level folder, else ``""``.
-
-        Paths are looked up as given first, then under this folder, so both ``tar -C root .``
-        and ``tar -C parent root`` archives of a root work.
-        """
-        if not self.is_tar:
-            return ""
-        self._archive()
-        return self._prefix
-
-    def names(self) -> list[str]:
-        """All file paths relative to the root (archive members as stored, without ``./``)."""
-        if not self.is_tar:
-            return sorted(
-                p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()
-            )
-        self._archive()
-        return sorted(self._members)
-
-    def describe(self, rel: str) -> str:
-        """``rel`` as a user finds it: the file path, or ``archive.tar:rel``."""
-        return f"{self.root}:{rel}" if self.is_tar else str(self.root / rel)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Open archives do not pickle; each process reopens its own.
-        state = self.__dict__.copy()
-        state.update(_tar=None, _members={}, _pid=None)
-        return state
-
-    def close(self) -> None:
-        """Close the archive handle, if any (reopened on the next read)."""
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def _normalise_member(name: str) -> str:
-    while name.startswith("./"):
-        name = name[2:]
-    return name.lstrip("/")
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,50 +246,6 @@ DEPTH_DECODERS: dict[str, DepthDecoder] = {
     "redwood": decode_redwood,
 }
 """Ready-made decoders of real sensor encodings, by name (``RGBDFolder(decode="tum")``)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Crops
-
-
-KB_CROP_HEIGHT, KB_CROP_WIDTH = 352, 1216
-NYU_EIGEN_CROP = (slice(45, 471), slice(41, 601))
-# Marigold/DepthMaster (from BTS) crop fractions, i.e. 123/370, 338/370, 44/1224 and 1180/1224
-# of the original Eigen crop; int() truncates: rows 117:321, cols 43:1172 of a 352x1216 KB crop.
-KITTI_EIGEN_FRACTIONS = (0.3324324, 0.91351351, 0.0359477, 0.96405229)
-
-
-def kitti_benchmark_crop(image: np.ndarray) -> np.ndarray:
-    """The KITTI benchmark (KB) crop of an (H, W, ...) array: the bottom 352 rows, the middle
-    1216 columns (top = H - 352, left = (W - 1216) // 2).
-
-    Raises:
-        ValueError: the image is smaller than 352 x 1216.
-    """
-    height, width = image.shape[:2]
-    if height < KB_CROP_HEIGHT or width < KB_CROP_WIDTH:
-        raise ValueError(
-            f"KITTI image of {height}x{width} is smaller than the {KB_CROP_HEIGHT}x"
-            f"{KB_CROP_WIDTH} benchmark crop"
-        )
-    top, left = height - KB_CROP_HEIGHT, (width - KB_CROP_WIDTH) // 2
-    return image[top : top + KB_CROP_HEIGHT, left : left + KB_CROP_WIDTH]
-
-
-def kitti_eigen_mask(height: int, width: int) -> np.ndarray:
-    """(H, W) bool Eigen evaluation crop of a (KB-cropped) KITTI frame, Marigold's rounding:
-    rows int(0.3324324 H):int(0.91351351 H), cols int(0.0359477 W):int(0.96405229 W)."""
-    top, bottom, left, right = KITTI_EIGEN_FRACTIONS
-    mask = np.zeros((height, width), dtype=bool)
-    mask[int(top * height) : int(bottom * height), int(left * width) : int(right * width)] = True
-    return mask
-
-
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 -> (h, w, 3) uint8 for ``size = (h, w)``, bilinear (antialiased when
-    shrinking: PIL widens the filter support by the scale)."""
-    height, width = size
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
 # --------------------------------------------------------------------------------------------
