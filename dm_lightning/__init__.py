@@ -1,21 +1,38 @@
-"""dm_lightning: DepthMaster single-step diffusion depth estimation on PyTorch Lightning."""
+"""dm_lightning: DepthMaster single-step diffusion depth estimation on PyTorch Lightning.
 
-from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
-from dm_lightning.data.evaluation import BenchmarkSpec
-from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
-from dm_lightning.models.encoders import AlignmentEncoder, TimmEncoder
-from dm_lightning.models.feature_alignment import FeatureAlignment
-from dm_lightning.models.fourier import FourierEnhancement
-from dm_lightning.targets import Depth, Disparity, SqrtDisparity
-from dm_lightning.training.base import DepthMasterTask
-from dm_lightning.training.callbacks import (
-    DepthPredictionWriter,
-    ExportDepthMaster,
-    ResumableCheckpoint,
-)
-from dm_lightning.training.report import EvaluationReport
-from dm_lightning.training.stage1 import Stage1
-from dm_lightning.training.stage2 import Stage2
+The public names below are imported lazily (PEP 562), on first attribute access: importing a
+submodule such as ``dm_lightning.data.shards`` or ``dm_lightning.data.schema`` (shard tools,
+converters) does not import torch's training stack or Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public name -> module that defines it.
+_EXPORTS = {
+    "AlignmentEncoder": "dm_lightning.models.encoders",
+    "BenchmarkDataModule": "dm_lightning.data.datamodule",
+    "BenchmarkSpec": "dm_lightning.data.evaluation",
+    "Depth": "dm_lightning.targets",
+    "DepthDataModule": "dm_lightning.data.datamodule",
+    "DepthMaster": "dm_lightning.models.depthmaster",
+    "DepthMasterTask": "dm_lightning.training.base",
+    "DepthPredictionWriter": "dm_lightning.training.callbacks",
+    "Disparity": "dm_lightning.targets",
+    "EvaluationReport": "dm_lightning.training.report",
+    "ExportDepthMaster": "dm_lightning.training.callbacks",
+    "FeatureAlignment": "dm_lightning.models.feature_alignment",
+    "FourierEnhancement": "dm_lightning.models.fourier",
+    "ResumableCheckpoint": "dm_lightning.training.callbacks",
+    "SqrtDisparity": "dm_lightning.targets",
+    "Stage1": "dm_lightning.training.stage1",
+    "Stage2": "dm_lightning.training.stage2",
+    "TimmEncoder": "dm_lightning.models.encoders",
+    "TrainSource": "dm_lightning.data.datamodule",
+    "load_depthmaster": "dm_lightning.models.depthmaster",
+}
 
 __all__ = [
     "AlignmentEncoder",
@@ -39,3 +56,35 @@ __all__ = [
     "TrainSource",
     "load_depthmaster",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dm_lightning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
+    from dm_lightning.data.evaluation import BenchmarkSpec
+    from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
+    from dm_lightning.models.encoders import AlignmentEncoder, TimmEncoder
+    from dm_lightning.models.feature_alignment import FeatureAlignment
+    from dm_lightning.models.fourier import FourierEnhancement
+    from dm_lightning.targets import Depth, Disparity, SqrtDisparity
+    from dm_lightning.training.base import DepthMasterTask
+    from dm_lightning.training.callbacks import (
+        DepthPredictionWriter,
+        ExportDepthMaster,
+        ResumableCheckpoint,
+    )
+    from dm_lightning.training.report import EvaluationReport
+    from dm_lightning.training.stage1 import Stage1
+    from dm_lightning.training.stage2 import Stage2
