@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dm_lightning.data import convert
-from dm_lightning.data.convert import (
-    VKITTI,
-    convert_hypersim,
-    convert_vkitti,
+from dm_lightning.data.crops import kitti_benchmark_crop
+from dm_lightning.data.schema import decode_sample
+from dm_lightning.data.shards import iter_shard, read_shard_keys
+from dm_lightning.data.sources import frames
+from dm_lightning.data.sources.hypersim import convert_hypersim
+from dm_lightning.data.sources.raster import (
     distance_to_planar_depth,
-    kitti_benchmark_crop,
     nearest_exact_indices,
     tone_map,
 )
-from dm_lightning.data.schema import decode_sample
-from dm_lightning.data.shards import iter_shard, read_shard_keys
+from dm_lightning.data.sources.spec import VKITTI
+from dm_lightning.data.sources.vkitti import convert_vkitti
 from dm_lightning.data.splits import load_split, read_split_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -401,7 +401,7 @@ def test_vkitti_unreadable_input_is_skipped(vkitti, tmp_path: Path, caplog) -> N
 
 def test_interrupted_conversion_resumes(vkitti, tmp_path: Path, monkeypatch) -> None:
     root, split_list = vkitti
-    real = convert.encode_sample
+    real = frames.encode_sample
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -410,7 +410,7 @@ def test_interrupted_conversion_resumes(vkitti, tmp_path: Path, monkeypatch) -> 
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(convert, "encode_sample", flaky)
+    monkeypatch.setattr(frames, "encode_sample", flaky)
     folder = tmp_path / "vkitti"
     with pytest.raises(RuntimeError, match="simulated crash"):
         convert_vkitti(root, tmp_path, split_list=split_list, per_shard=2, progress=False)
@@ -428,7 +428,7 @@ def test_interrupted_conversion_resumes(vkitti, tmp_path: Path, monkeypatch) -> 
         return real(*args, **kwargs)
 
     calls["n"] = 0
-    monkeypatch.setattr(convert, "encode_sample", counting)
+    monkeypatch.setattr(frames, "encode_sample", counting)
     summary = convert_vkitti(root, tmp_path, split_list=split_list, per_shard=2, progress=False)
     assert (summary["written"], summary["skipped"], summary["samples"]) == (2, 1, 5)
     assert calls["n"] == 3  # only the frames of shards 1 and 2 were converted

@@ -11,12 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dm_lightning.data.convert import (
-    HYPERSIM_LAYOUTS,
-    add_conversion_arguments,
-    convert_hypersim,
-    run_conversion,
-)
+from dm_lightning.data.sources.cli import converter_parser, run_conversion
+from dm_lightning.data.sources.hypersim import HYPERSIM_LAYOUTS, convert_hypersim
 
 DESCRIPTION = """\
 Convert Hypersim frames into webdataset tar shards in the dm_lightning sample schema
@@ -47,12 +43,9 @@ same command skips complete shards, so an interrupted run can simply be repeated
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog="convert_hypersim.py",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = converter_parser(
+        "convert_hypersim.py", DESCRIPTION, "hypersim", default_list="hypersim_<split>_filtered"
     )
-    add_conversion_arguments(parser, "hypersim", default_list="hypersim_<split>_filtered")
     parser.add_argument(
         "--layout",
         choices=HYPERSIM_LAYOUTS,

@@ -11,11 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dm_lightning.data.convert import (
-    add_conversion_arguments,
-    convert_vkitti,
-    run_conversion,
-)
+from dm_lightning.data.sources.cli import converter_parser, run_conversion
+from dm_lightning.data.sources.vkitti import convert_vkitti
 
 DESCRIPTION = """\
 Convert Virtual KITTI 2 frames into webdataset tar shards in the dm_lightning sample schema
@@ -42,13 +39,9 @@ same command skips complete shards, so an interrupted run can simply be repeated
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog="convert_vkitti.py",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return converter_parser(
+        "convert_vkitti.py", DESCRIPTION, "vkitti", default_list="vkitti_<split>"
     )
-    add_conversion_arguments(parser, "vkitti", default_list="vkitti_<split>")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,200 @@
+"""From a split list to shards: the frames of a training set and their conversion.
+
+A :class:`Frame` is one sample to convert: its key, its input files by role and its extra
+JSON fields; the per-dataset modules (:mod:`~dm_lightning.data.sources.hypersim`,
+:mod:`~dm_lightning.data.sources.vkitti`) turn split-list entries (:func:`read_entries`) into
+frames. :func:`convert_frames` locates every input file, hands the frames to the shard engine
+(:func:`~dm_lightning.data.sources.engine.write_shards`) with the dataset's loader, and
+records the split in ``index.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from dm_lightning.data.schema import encode_sample
+from dm_lightning.data.sources.engine import (
+    DEFAULT_PER_SHARD,
+    check_unique_keys,
+    record_split,
+    write_shards,
+)
+from dm_lightning.data.sources.inputs import Loader, Location, read_input, resolve_inputs
+from dm_lightning.data.sources.spec import SourceSpec
+from dm_lightning.data.splits import SplitEntry, available_splits, load_split, read_split_file
+
+INDEX_FORMAT = "dm_lightning shards"
+"""The ``format`` field of the ``index.json`` the converters write."""
+
+PathsLike = str | os.PathLike | Sequence[str | os.PathLike]
+"""One input path or several."""
+
+
+@dataclass
+class Frame:
+    """One sample to convert: its key, its input files by role (paths relative to the dataset
+    root) and the extra JSON fields of the sample."""
+
+    key: str
+    files: dict[str, str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_entries(split_list: str | os.PathLike | None, default: str) -> list[SplitEntry]:
+    """Entries of a list file (plain or .gz), of a shipped list by name, or of ``default``
+    (a shipped list name) when ``split_list`` is None."""
+    if split_list is None:
+        return load_split(default)
+    if os.path.isfile(split_list):
+        return read_split_file(split_list)
+    name = os.fspath(split_list)
+    if name in available_splits():
+        return load_split(name)
+    raise FileNotFoundError(
+        f"split list {name!r} is neither a file nor a shipped list "
+        f"({', '.join(available_splits())})"
+    )
+
+
+def match_entry(pattern: re.Pattern[str], entry: SplitEntry, expected: str) -> re.Match[str]:
+    """The match of ``pattern`` in an entry's RGB path (``ValueError`` quoting ``expected``
+    when there is none)."""
+    match = pattern.search(entry.rgb)
+    if match is None:
+        raise ValueError(f"split list entry {entry.rgb!r}: expected an RGB path like {expected}")
+    return match
+
+
+class _Located(NamedTuple):
+    """A frame and where its input files are (only the ones found), the engine's item."""
+
+    frame: Frame
+    locations: dict[str, Location]
+
+    @property
+    def key(self) -> str:
+        return self.frame.key
+
+
+@dataclass(frozen=True)
+class _FrameMaker:
+    """Reads and encodes one located frame (picklable, for the engine's worker processes)."""
+
+    loader: Loader
+    spec: SourceSpec
+    split: str
+
+    def __call__(self, item: _Located) -> dict[str, Any]:
+        frame = item.frame
+        blobs = {role: read_input(item.locations[name]) for role, name in frame.files.items()}
+        rgb, depth = self.loader(blobs)
+        return encode_sample(
+            frame.key,
+            rgb,
+            depth,
+            source=self.spec.label,
+            depth_scale=self.spec.depth_scale,
+            min_depth=self.spec.min_depth,
+            max_depth=self.spec.max_depth,
+            extra={"split": self.split, **frame.extra},
+        )
+
+
+def convert_frames(
+    frames: Sequence[Frame],
+    inputs: PathsLike,
+    out_dir: str | os.PathLike,
+    spec: SourceSpec,
+    loader: Loader,
+    split: str = "train",
+    per_shard: int = DEFAULT_PER_SHARD,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Convert frames into shards ``out_dir/<spec.name>/<split>-NNNNNN.tar`` and index them.
+
+    Shard ``i`` is planned to hold ``frames[i * per_shard : (i + 1) * per_shard]``, minus the
+    frames with a missing input file (logged). A shard whose file already holds exactly those
+    keys is skipped; others are converted, one worker process per shard, and written atomically
+    (an interrupted run leaves no shard under a final name). Frames with an unreadable input are
+    logged and left out; their shard is therefore redone on a rerun. A shard left with no
+    sample is not written (:func:`~dm_lightning.data.sources.engine.write_shards`).
+
+    ``out_dir/index.json`` then gets (other sources and splits are kept)
+    ``sources[<spec.name>] = {"source", "height", "width", "min_depth", "max_depth",
+    "depth_scale", "splits": {split: {"shards": [paths relative to out_dir], "num_samples",
+    "samples_per_shard", "shard_sizes": [samples per shard]}}}``, listing only non-empty
+    shards (:func:`~dm_lightning.data.sources.engine.record_split`).
+
+    Args:
+        frames: what to convert (keys unique).
+        inputs: folders and/or uncompressed tars, searched in order (:func:`resolve_inputs`).
+        out_dir: output root.
+        spec: the source's stored form.
+        loader: reads one frame (:data:`~dm_lightning.data.sources.inputs.Loader`).
+        split: split name of the shard files and the index.
+        per_shard: frames per shard (>= 1).
+        workers: processes; 1 converts in this process.
+        progress: tqdm bar on stderr.
+
+    Returns:
+        Summary: ``source``, ``split``, ``index`` (path), ``frames`` (planned), ``samples``
+        (in the split's shards now), ``skipped_frames`` (``frames - samples``), ``shards``
+        (paths of non-empty shards), ``written`` / ``skipped`` (shards converted now / already
+        complete), ``problems`` (messages of this run, each naming the file) and ``seconds``.
+    """
+    start = time.perf_counter()
+    if per_shard < 1:
+        raise ValueError(f"per_shard must be >= 1, got {per_shard}")
+    check_unique_keys(frame.key for frame in frames)
+    roots = as_paths(inputs)
+    folder = os.path.join(os.fspath(out_dir), spec.name)
+    os.makedirs(folder, exist_ok=True)
+    found = resolve_inputs(roots, {name for frame in frames for name in frame.files.values()})
+    located = [
+        _Located(frame, {name: found[name] for name in frame.files.values() if name in found})
+        for frame in frames
+    ]
+
+    def check(item: _Located) -> str | None:
+        missing = [name for name in item.frame.files.values() if name not in item.locations]
+        if not missing:
+            return None
+        return f"{item.key}: missing {', '.join(missing)} (not in {', '.join(roots)})"
+
+    result = write_shards(
+        folder,
+        split,
+        located,
+        per_shard,
+        _FrameMaker(loader, spec, split),
+        check=check,
+        workers=workers,
+        progress=progress,
+        desc=f"{spec.name}/{split}",
+        unit="frame",
+    )
+    index_path = record_split(out_dir, spec, split, result, INDEX_FORMAT)
+    return {
+        "source": spec.name,
+        "split": split,
+        "index": index_path,
+        "frames": len(frames),
+        "samples": result.num_samples,
+        "skipped_frames": len(frames) - result.num_samples,
+        "shards": result.shards,
+        "written": result.written,
+        "skipped": result.skipped,
+        "problems": result.problems,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def as_paths(inputs: PathsLike) -> list[str]:
+    """One path or several -> a list of ``str`` paths."""
+    return [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
