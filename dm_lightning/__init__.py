@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "AlignmentEncoder": "dm_lightning.models.encoders",
     "BenchmarkDataModule": "dm_lightning.data.datamodule",
-    "BenchmarkSpec": "dm_lightning.data.evaluation",
+    "BenchmarkSpec": "dm_lightning.data.benchmarks",
     "Depth": "dm_lightning.targets",
     "DepthDataModule": "dm_lightning.data.datamodule",
     "DepthMaster": "dm_lightning.models.depthmaster",
@@ -72,8 +72,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from dm_lightning.data.benchmarks import BenchmarkSpec
     from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
-    from dm_lightning.data.evaluation import BenchmarkSpec
     from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
     from dm_lightning.models.encoders import AlignmentEncoder, TimmEncoder
     from dm_lightning.models.feature_alignment import FeatureAlignment

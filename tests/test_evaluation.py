@@ -17,8 +17,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dm_lightning.cli import run_cli as main
+from dm_lightning.data.benchmarks import BenchmarkSpec, RankShardSampler
 from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule
-from dm_lightning.data.evaluation import BenchmarkSpec, RankShardSampler
 from dm_lightning.metrics import METRIC_NAMES, evaluate_batch
 from dm_lightning.training.report import PAPER_RESULTS
 

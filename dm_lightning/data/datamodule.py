@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dm_lightning.data.evaluation import BenchmarkSpec, RankShardSampler, build_dataset
+from dm_lightning.data.benchmarks import BenchmarkSpec, RankShardSampler, build_dataset
 from dm_lightning.data.packing import finish_training_batch, pack_training_batch, same_size
 from dm_lightning.data.schema import (
     CorruptSampleError,

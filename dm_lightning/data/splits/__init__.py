@@ -1,4 +1,5 @@
-"""Reference split lists shipped with the package, and the parser shared by every list file.
+"""Reference split lists shipped with the package, and the parser shared by every list file
+(training split lists here, the benchmark reference lists of ``splits/eval/`` too).
 
 A list file has one frame per line: whitespace-separated paths relative to the dataset root,
 RGB first, depth second, then optional further fields (a mask path, a focal length in pixels,
@@ -37,35 +38,52 @@ class SplitEntry(NamedTuple):
     extra: tuple[str, ...] = ()
 
 
-def parse_split_lines(text: str, origin: str = "<string>") -> list[SplitEntry]:
+class ListLineError(ValueError):
+    """A list line with fewer fields than needed; ``origin``, ``number`` (1-based), ``line``
+    and ``min_fields`` say which and why (callers may word their own message from them)."""
+
+    def __init__(self, origin: str, number: int, line: str, min_fields: int = 2) -> None:
+        expected = (
+            "'<rgb path> <depth path> [...]'"
+            if min_fields <= 2
+            else f"at least {min_fields} fields '<rgb path> <depth path> ...'"
+        )
+        super().__init__(f"{origin}, line {number}: expected {expected}, got {line!r}")
+        self.origin, self.number, self.line, self.min_fields = origin, number, line, min_fields
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, str, int]]:
+        return type(self), (self.origin, self.number, self.line, self.min_fields)
+
+
+def parse_split_lines(text: str, origin: str = "<string>", min_fields: int = 2) -> list[SplitEntry]:
     """Parse the text of a list file.
 
     Args:
         text: file content.
         origin: file name used in error messages.
+        min_fields: fields a line needs (>= 2: RGB and depth paths, then e.g. a mask path).
 
     Raises:
-        ValueError: naming ``origin`` and the line number, when a line has fewer than 2 fields.
+        ListLineError: a ``ValueError`` naming ``origin`` and the line number, when a line has
+            fewer than ``min_fields`` fields.
     """
     entries = []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
-        if len(fields) < 2:
-            raise ValueError(
-                f"{origin}, line {number}: expected '<rgb path> <depth path> [...]', got {line!r}"
-            )
+        if len(fields) < max(min_fields, 2):
+            raise ListLineError(origin, number, line, min_fields)
         entries.append(SplitEntry(fields[0], fields[1], tuple(fields[2:])))
     return entries
 
 
-def read_split_file(path: str | os.PathLike) -> list[SplitEntry]:
+def read_split_file(path: str | os.PathLike, min_fields: int = 2) -> list[SplitEntry]:
     """Parse a list file on disk, plain or gzip-compressed (by the ``.gz`` suffix)."""
     path = os.fspath(path)
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
-        return parse_split_lines(f.read(), path)
+        return parse_split_lines(f.read(), path, min_fields)
 
 
 def available_splits() -> list[str]:
