@@ -162,11 +162,14 @@ def test_test_and_predict_on_export(stage_runs, data_config, tmp_path, capsys):
 def _config_sets() -> list[list[Path]]:
     data = CONFIGS / "data" / "synthetic.yaml"
     model_free = CONFIGS / "tiny" / "eval.yaml"
+    evaluation = CONFIGS / "eval" / "depthmaster.yaml"
     sets = []
     for path in sorted(CONFIGS.rglob("*.yaml")):
         rel = path.relative_to(CONFIGS)
-        if rel.parts[0] in ("data", "eval"):
-            sets.append([model_free, path])
+        if rel.parts[0] == "eval" and path != evaluation:
+            sets.append([evaluation, path])
+        elif rel.parts[0] in ("data", "trainer"):
+            sets.append([model_free, path])  # components, checked on a whole config
         elif rel.parts[0] in ("encoders", "ablations"):
             continue  # overlays, checked on top of the recipe in test_overlay_configs
         else:
@@ -194,6 +197,33 @@ def _is_subset(overlay, printed) -> bool:
             k in printed and _is_subset(v, printed[k]) for k, v in overlay.items()
         )
     return overlay == printed
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_stage_recipes_take_the_shared_trainer_component(stage, tmp_path, monkeypatch, capsys):
+    """configs/stage{1,2}.yaml name configs/trainer/recipe.yaml in a `config:` key (relative
+    to the stage file, whatever the working directory) and set only max_steps and the logger
+    name on top of it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / f"{stage}.yaml"),
+                "--config",
+                str(CONFIGS / "data" / "hypersim_vkitti.yaml"),
+                "--print_config",
+            ]
+        )
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    shared = yaml.safe_load((CONFIGS / "trainer" / "recipe.yaml").read_text())["trainer"]
+    callbacks = shared.pop("callbacks")
+    assert _is_subset(shared, printed)
+    assert len(printed["callbacks"]) == len(callbacks)
+    assert all(_is_subset(c, p) for c, p in zip(callbacks, printed["callbacks"]))
+    assert printed["max_steps"] == {"stage1": 20000, "stage2": 10000}[stage]
+    assert printed["logger"]["init_args"]["name"] == stage
 
 
 OVERLAYS = sorted((CONFIGS / "encoders").glob("*.yaml")) + sorted(
