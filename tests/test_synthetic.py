@@ -198,11 +198,11 @@ def test_render_scene_is_deterministic(source: str) -> None:
 @pytest.mark.parametrize("source", ["indoor", "outdoor"])
 def test_default_sizes_and_ranges(source: str) -> None:
     cfg = SOURCES[source]
-    assert cfg["max_depth"] / cfg["depth_scale"] <= 65535
+    assert cfg.max_depth / cfg.depth_scale <= 65535
     rgb, depth, _ = render_scene(source, 0)
-    assert rgb.shape == (cfg["height"], cfg["width"], 3)
+    assert rgb.shape == (cfg.height, cfg.width, 3)
     valid = depth > 0
-    assert (depth[valid] > cfg["min_depth"]).all() and (depth[valid] < cfg["max_depth"]).all()
+    assert (depth[valid] > cfg.min_depth).all() and (depth[valid] < cfg.max_depth).all()
     # The RGB must carry structure, not a flat colour.
     assert rgb.std() > 10
 
@@ -229,7 +229,7 @@ def test_sample_seeds_do_not_overlap() -> None:
 @pytest.mark.parametrize(("source", "height", "width"), [("indoor", 24, 32), ("outdoor", 16, 52)])
 def test_shard_round_trip(tmp_path: Path, source: str, height: int, width: int) -> None:
     cfg = SOURCES[source]
-    scale = cfg["depth_scale"]
+    scale = cfg.depth_scale
     counts = {"train": 5, "val": 2, "test": 1}
     seen_seeds: dict[str, set[int]] = {}
     for split, num in counts.items():
@@ -252,8 +252,8 @@ def test_shard_round_trip(tmp_path: Path, source: str, height: int, width: int) 
             info = sample["meta"]
             assert info["source"] == f"synthetic_{source}"
             assert info["depth_scale"] == scale
-            assert info["min_depth"] == cfg["min_depth"]
-            assert info["max_depth"] == cfg["max_depth"]
+            assert info["min_depth"] == cfg.min_depth
+            assert info["max_depth"] == cfg.max_depth
             assert (info["height"], info["width"]) == (height, width)
             assert info["focal"] == pytest.approx(meta["focal"])
             assert info["seed"] == seed
@@ -289,8 +289,8 @@ def test_cli_writes_shards_and_index(tmp_path: Path, capsys: pytest.CaptureFixtu
     for source in ("indoor", "outdoor"):
         entry = index["sources"][source]
         assert (entry["height"], entry["width"]) == (
-            SOURCES[source]["height"],
-            SOURCES[source]["width"],
+            SOURCES[source].height,
+            SOURCES[source].width,
         )
         assert entry["source"] == f"synthetic_{source}"
         assert entry["splits"]["train"]["shards"] == [
@@ -354,7 +354,7 @@ def test_no_partial_files_and_rerun_skips(tmp_path: Path) -> None:
 
 
 def test_interrupted_write_leaves_no_shard(tmp_path: Path, monkeypatch) -> None:
-    real = synthetic.render_scene
+    real = synthetic.writer.render_scene
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -363,7 +363,7 @@ def test_interrupted_write_leaves_no_shard(tmp_path: Path, monkeypatch) -> None:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_scene", flaky)
+    monkeypatch.setattr(synthetic.writer, "render_scene", flaky)
     with pytest.raises(KeyboardInterrupt):
         write_split(tmp_path, "indoor", "train", 5, 2, 0, 16, 20)
     folder = tmp_path / "indoor"
@@ -372,7 +372,7 @@ def test_interrupted_write_leaves_no_shard(tmp_path: Path, monkeypatch) -> None:
     done = folder / "train-000000.tar"
     mtime = done.stat().st_mtime_ns
 
-    monkeypatch.setattr(synthetic, "render_scene", real)
+    monkeypatch.setattr(synthetic.writer, "render_scene", real)
     paths = write_split(tmp_path, "indoor", "train", 5, 2, 0, 16, 20)
     assert done.stat().st_mtime_ns == mtime
     assert [s["key"] for s in _read_shards(paths)] == [f"indoor-train-{i:06d}" for i in range(5)]
