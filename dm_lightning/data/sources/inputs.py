@@ -117,6 +117,8 @@ def read_input(location: Location) -> Blob:
 
 
 def decode_rgb(blob: Blob) -> np.ndarray:
+    """An image file (PNG, JPEG, ...) -> (H, W, 3) uint8 RGB; :class:`InputError` if it does
+    not decode."""
     try:
         with Image.open(io.BytesIO(blob.data)) as image:
             return np.asarray(image.convert("RGB"))
@@ -125,6 +127,8 @@ def decode_rgb(blob: Blob) -> np.ndarray:
 
 
 def decode_uint16_png(blob: Blob) -> np.ndarray:
+    """A single-channel 16-bit PNG -> (H, W) int64 units; :class:`InputError` if it does not
+    decode or is not 16-bit grey."""
     try:
         with Image.open(io.BytesIO(blob.data)) as image:
             mode = image.mode
@@ -138,6 +142,8 @@ def decode_uint16_png(blob: Blob) -> np.ndarray:
 
 
 def decode_hdf5(blob: Blob) -> np.ndarray:
+    """The array ``"dataset"`` of an HDF5 file (needs ``h5py``); :class:`InputError` if it
+    cannot be read."""
     try:
         import h5py
     except ImportError as err:
