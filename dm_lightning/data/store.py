@@ -9,7 +9,8 @@ pickles without its handle). Paths are relative to the root and ``/``-separated:
 * ``names()``: every file, sorted; ``prefix``: the single top-level folder of an archive made
   with ``tar -C parent -cf x.tar root`` (looked through by ``exists``/``read``/``find``);
 * ``find(names, anywhere=False)``: several names looked up at once, ``{name: rel}``; with
-  ``anywhere`` an archive member also matches when its name ends with ``"/" + name``.
+  ``anywhere`` an archive member also matches when its name ends with ``"/" + name``;
+* ``member_span(rel)``: where an archive member's bytes are in the file, ``(offset, size)``.
 
 :func:`locate` looks names up over several roots in order (the first root holding a name
 wins) and gives ``{name: (store, rel)}``, so that ``store.read(rel)`` reads it.
@@ -159,6 +160,22 @@ class FileStore:
                     found[suffix] = member
                     break
         return found
+
+    def member_span(self, rel: str) -> tuple[int, int]:
+        """``(offset, size)`` of archive member ``rel``'s bytes in the archive file. In an
+        uncompressed tar they can be read with one seek and one read, without a tar handle
+        (the training-set converters' worker processes read inputs so).
+
+        Raises:
+            FileNotFoundError: the root is a folder, or ``rel`` is not a member.
+        """
+        if not self.is_tar:
+            raise self._missing(rel)
+        self._archive()
+        member = self._members.get(rel) or self._members.get(self._prefix + rel)
+        if member is None:
+            raise self._missing(rel)
+        return member.offset_data, member.size
 
     def describe(self, rel: str) -> str:
         """``rel`` as a user finds it: the file path, or ``archive.tar:rel``."""

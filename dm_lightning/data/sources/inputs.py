@@ -1,9 +1,10 @@
 """Input files of the training-set converters: where they are, their bytes, their decoding.
 
-Inputs are folders and/or uncompressed tars, searched in order (:func:`resolve_inputs`); a
-tar member is found by the end of its name, so any prefix works, and is read by offset
-(:func:`read_input`), which is why tars must be uncompressed. The decoders turn bytes into
-arrays and raise :class:`InputError` naming the file, which the shard engine logs and skips.
+Inputs are folders and/or uncompressed tars, searched in order (:func:`resolve_inputs`, on
+:mod:`dm_lightning.data.store`); a tar member is found by the end of its name, so any prefix
+works, and is read by offset (:func:`read_input`: worker processes need no tar handle), which
+is why tars must be uncompressed. The decoders turn bytes into arrays and raise
+:class:`InputError` naming the file, which the shard engine logs and skips.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from dm_lightning.data.sources.engine import ItemError
+from dm_lightning.data.store import FileStore, locate
 
 
 class InputError(ItemError):
@@ -51,49 +53,44 @@ def resolve_inputs(inputs: Sequence[str], names: Iterable[str]) -> dict[str, Loc
 
     Each name is looked for in the inputs in order; the first that has it wins. A folder has
     ``name`` if ``folder/name`` is a file; a tar has it if a member's name equals it or ends
-    with ``"/" + name``. Names found nowhere are absent from the result.
+    with ``"/" + name`` (:meth:`~dm_lightning.data.store.FileStore.find` with ``anywhere``).
+    Names found nowhere are absent from the result.
 
     Raises:
         FileNotFoundError: an input does not exist.
         ValueError: an input file is not an uncompressed tar.
     """
-    pending = set(names)
+    stores = {_open_input(root): root for root in inputs}
     found: dict[str, Location] = {}
-    for root in inputs:
-        if os.path.isdir(root):
-            for name in sorted(pending):
-                path = os.path.join(root, name)
-                if os.path.isfile(path):
-                    found[name] = Location(path)
-        elif os.path.isfile(root):
-            found.update(_scan_tar(root, pending))
-        else:
-            raise FileNotFoundError(f"input {root!r} does not exist (expected a folder or a .tar)")
-        pending.difference_update(found)
-    return found
-
-
-def _scan_tar(path: str, names: set[str]) -> dict[str, Location]:
     try:
-        # "r:" refuses compressed tars: members are later read by offset, which needs raw bytes.
-        tar = tarfile.open(path, "r:")
-    except (tarfile.TarError, OSError) as err:
-        raise ValueError(
-            f"input {path!r} is not an uncompressed tar ({err}); extract it or repack it "
-            "without compression"
-        ) from err
-    found: dict[str, Location] = {}
-    with tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            parts = info.name.split("/")
-            for start in range(len(parts)):
-                suffix = "/".join(parts[start:])
-                if suffix in names and suffix not in found:
-                    found[suffix] = Location(path, info.offset_data, info.size, info.name)
-                    break
+        for name, (store, rel) in locate(list(stores), names, anywhere=True).items():
+            root = stores[store]
+            if store.is_tar:
+                offset, size = store.member_span(rel)
+                found[name] = Location(root, offset, size, rel)
+            else:
+                found[name] = Location(os.path.join(root, rel))
+    finally:
+        for store in stores:
+            store.close()
     return found
+
+
+def _open_input(root: str) -> FileStore:
+    """A store of a folder or an uncompressed tar (members are later read by offset, which
+    needs raw bytes)."""
+    if os.path.isfile(root):
+        try:
+            with tarfile.open(root, "r:"):
+                pass
+        except (tarfile.TarError, OSError) as err:
+            raise ValueError(
+                f"input {root!r} is not an uncompressed tar ({err}); extract it or repack it "
+                "without compression"
+            ) from err
+    elif not os.path.isdir(root):
+        raise FileNotFoundError(f"input {root!r} does not exist (expected a folder or a .tar)")
+    return FileStore(root)
 
 
 def read_input(location: Location) -> Blob:
