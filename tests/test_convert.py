@@ -399,6 +399,22 @@ def test_vkitti_unreadable_input_is_skipped(vkitti, tmp_path: Path, caplog) -> N
     assert summary["problems"][0].startswith("Scene01-clone-Camera_0-00001")
 
 
+def test_vkitti_from_tars_of_the_release_root(vkitti, tmp_path: Path) -> None:
+    root, split_list = vkitti
+    plain, packed = tmp_path / "vkitti.tar", tmp_path / "vkitti.tar.gz"
+    for archive, mode in ((plain, "w"), (packed, "w:gz")):
+        with tarfile.open(archive, mode) as tar:
+            tar.add(root, arcname=".")  # members ./Scene01/...
+    kwargs = {"split_list": split_list, "limit": 2, "per_shard": 5, "progress": False}
+    from_folder = convert_vkitti(root, tmp_path / "folder", **kwargs)
+    from_tar = convert_vkitti(plain, tmp_path / "tar", **kwargs)
+    assert (from_tar["samples"], from_tar["problems"]) == (2, [])
+    assert Path(from_tar["shards"][0]).read_bytes() == Path(from_folder["shards"][0]).read_bytes()
+    # Members are read by offset: a compressed tar is refused, with what to do about it.
+    with pytest.raises(ValueError, match="is not an uncompressed tar .*repack it"):
+        convert_vkitti(packed, tmp_path / "gz", **kwargs)
+
+
 def test_interrupted_conversion_resumes(vkitti, tmp_path: Path, monkeypatch) -> None:
     root, split_list = vkitti
     real = frames.encode_sample
