@@ -79,7 +79,13 @@ FIRST_SAMPLE_SHARDS = 4
 
 @dataclass
 class TrainSource:
-    """One training source.
+    """One training source: the config entry that says how to *train* on a source's shards
+    (which shards, how often, in what batch size).
+
+    What the shards *contain* (image size, valid depth range, depth scale) is the source's
+    :class:`~dm_lightning.data.sources.spec.SourceSpec`, written into every sample and into
+    ``index.json`` by the converters and the synthetic generator; it is read from the samples,
+    never configured here.
 
     Args:
         name: label used in logs (e.g. "hypersim").
