@@ -14,7 +14,6 @@ plain mean over images.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -253,9 +252,10 @@ def evaluate_batch(
 class DepthMetrics(Metric):
     """Mean over images of the 8 standard depth metrics after per-image alignment.
 
-    ``update(pred, gt, valid, min_depth, max_depth)``; ``compute()`` returns name -> scalar
-    (fractions, not x100) plus ``num_images`` and ``skipped_images`` (no valid pixel; skipped,
-    never NaN).
+    ``update(pred, gt, valid, min_depth, max_depth)`` scores a batch; ``update_values(values,
+    has_valid)`` adds :func:`evaluate_batch`'s output (for callers that also keep the per-image
+    values and must not compute them twice). ``compute()`` returns name -> scalar (fractions,
+    not x100) plus ``num_images`` and ``skipped_images`` (no valid pixel; skipped, never NaN).
     """
 
     full_state_update = False
@@ -272,15 +272,34 @@ class DepthMetrics(Metric):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("skipped_images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        # Wrapped as torchmetrics wraps update (update count, cached compute() cleared).
+        self.update_values = self._wrap_update(self.update_values)
 
-    def update(self, *batch: Any) -> None:
-        """Add a batch: ``update(pred, gt, valid, min_depth, max_depth)`` (see
-        :func:`evaluate_batch`), or ``update(values, has_valid)`` with :func:`evaluate_batch`'s
-        output, for callers that also keep the per-image values and must not compute twice."""
-        if len(batch) == 2 and isinstance(batch[0], dict):
-            values, has_valid = batch
-        else:
-            values, has_valid = evaluate_batch(*batch, space=self.space)
+    def update(
+        self,
+        pred: Tensor,
+        gt: Tensor,
+        valid: Tensor,
+        min_depth: Tensor | float,
+        max_depth: Tensor | float,
+    ) -> None:
+        """Score a batch and add it (arguments as :func:`evaluate_batch`)."""
+        self._add(*evaluate_batch(pred, gt, valid, min_depth, max_depth, self.space))
+
+    def update_values(self, values: dict[str, Tensor], has_valid: Tensor) -> None:
+        """Add a batch already scored by :func:`evaluate_batch` (its two outputs)."""
+        self._add(values, has_valid)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("update_values", None)  # a closure; re-wrapped on load
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.update_values = self._wrap_update(self.update_values)
+
+    def _add(self, values: dict[str, Tensor], has_valid: Tensor) -> None:
         for name in METRIC_NAMES:
             setattr(self, name, getattr(self, name) + values[name][has_valid].sum())
         self.num_images += has_valid.sum()

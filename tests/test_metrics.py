@@ -7,7 +7,9 @@ across two gloo processes.
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import socket
 from datetime import timedelta
 
@@ -564,3 +566,21 @@ def test_metrics_of_predictions_that_need_gradients():
     ref = np_evaluate(pred, gt, valid, 1e-3, 80.0, "sqrt_disparity")
     for i in range(2):
         assert_metrics_close({k: v[i] for k, v in values.items()}, ref[i])
+
+
+def test_update_values_adds_evaluate_batch_output_like_update():
+    batches = metric_batches(10)
+    scored, direct = DepthMetrics(), DepthMetrics()
+    for pred, gt, valid, lo, hi in batches:
+        lo = torch.tensor(lo) if isinstance(lo, np.ndarray) else lo
+        hi = torch.tensor(hi) if isinstance(hi, np.ndarray) else hi
+        direct.update(t(pred), t(gt), t(valid), lo, hi)
+        scored.update_values(*evaluate_batch(t(pred), t(gt), t(valid), lo, hi))
+    assert scored.update_count == direct.update_count == len(batches)
+    expected = direct.compute()
+    for clone in (scored, pickle.loads(pickle.dumps(scored)), copy.deepcopy(scored)):
+        out = clone.compute()
+        assert {k: float(v) for k, v in out.items()} == {k: float(v) for k, v in expected.items()}
+    scored.reset()
+    scored.update_values(*evaluate_batch(*map(t, batches[0][:3]), batches[0][3], batches[0][4]))
+    assert int(scored.compute()["num_images"]) == 2

@@ -353,3 +353,33 @@ def test_tiny_model_vae_pretraining_reads_the_training_stream(shards, tmp_path):
     trained = load_depthmaster(path).vae.state_dict()
     fresh = make_tiny_depthmaster(0).vae.state_dict()
     assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)
+
+
+def test_aligned_depthmaster_trains_without_lightning():
+    from dm_lightning.losses import masked_latent_mse
+    from dm_lightning.models.stage1_network import AlignedDepthMaster
+
+    torch.manual_seed(0)
+    net, encoder = make_tiny_depthmaster(0), tiny_encoder()
+    model = AlignedDepthMaster(net, encoder, fa_location="mid", fa_loss="kl")
+    # the parts: tap on the mid block, projector from its channels to the encoder's width
+    assert model.tap.channels == TINY_UNET_CONFIG["block_out_channels"][-1]
+    assert model.alignment.projector[0].weight.shape == (32, model.tap.channels)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    z_pred, feature = model(x)
+    assert z_pred.shape == (2, 4, 4, 6) and feature.shape[:2] == (2, model.tap.channels)
+    with torch.no_grad():
+        torch.testing.assert_close(z_pred, net.denoise(net.encode(x)), rtol=0, atol=0)
+    net.unet.zero_grad(set_to_none=True)  # (the reference forward fed the tap again)
+    model.tap.pop()
+    z_gt = torch.zeros_like(z_pred)
+    valid = torch.ones(2, 1, 32, 48, dtype=torch.bool)
+    fa = model.alignment_loss(feature, x)
+    loss = masked_latent_mse(z_pred, z_gt, valid, net.latent_factor) + fa
+    assert fa.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.alignment.projector[0].weight.grad is not None
+    assert any(p.grad is not None for p in net.unet.parameters())
+    assert all(p.grad is None for p in net.vae.parameters())
+    assert all(p.grad is None for p in encoder.parameters())

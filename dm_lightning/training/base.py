@@ -1,7 +1,11 @@
 """Shared LightningModule base: model loading, optimiser, schedule, validation, test, predict.
 
-Subclasses (:class:`Stage1`, :class:`Stage2`) build their extra parts in ``configure_models``
-and define ``training_step``; everything after training is common.
+Built through hooks, as torchgeo's ``BaseTask``: ``__init__`` saves the hyper-parameters
+(less the class's ``hparams_ignore``) and calls :meth:`DepthMasterTask.configure_models`,
+``configure_losses`` and ``configure_metrics``. Subclasses (:class:`Stage1`, :class:`Stage2`)
+build their extra parts and losses in those hooks and define ``training_step``; everything
+after training is common. Evaluation state lives in an
+:class:`~dm_lightning.training.evaluation.EvaluationBook`.
 """
 
 from __future__ import annotations
@@ -11,10 +15,9 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import SumMetric
 
-from dm_lightning.errors import ConfigError, DataError, TrainingStopped
-from dm_lightning.metrics import ALIGNMENT_SPACES, METRIC_NAMES, DepthMetrics, evaluate_batch
+from dm_lightning.errors import ConfigError, TrainingStopped
+from dm_lightning.metrics import ALIGNMENT_SPACES
 from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster, signed_rgb
 from dm_lightning.targets import get_target
 from dm_lightning.training.checkpoints import (
@@ -23,6 +26,7 @@ from dm_lightning.training.checkpoints import (
     resumable_checkpoint_path,
     stage_mismatch_message,
 )
+from dm_lightning.training.evaluation import EvaluationBook
 from dm_lightning.training.schedule import warmup_exponential_decay
 
 # Frozen parts: rebuilt from the model folder at start-up, so checkpoints leave them out.
@@ -52,6 +56,8 @@ class DepthMasterTask(L.LightningModule):
     """
 
     stage_name = "DepthMasterTask"
+    # __init__ arguments left out of the saved hyper-parameters (modules, e.g. an encoder).
+    hparams_ignore: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -67,7 +73,7 @@ class DepthMasterTask(L.LightningModule):
         max_nonfinite_steps: int | None = 20,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder"])
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.target = get_target(target)
         self.eval_alignment = eval_alignment or target
         if self.eval_alignment not in ALIGNMENT_SPACES:
@@ -87,34 +93,35 @@ class DepthMasterTask(L.LightningModule):
         # Frozen modules are not in checkpoints; add them back before a strict load.
         self.strict_loading = True
         self.configure_models()
+        self.configure_losses()
         self.configure_metrics()
 
     # ---- construction hooks -------------------------------------------------------------
     def configure_models(self) -> None:
+        """The DepthMaster network ``net`` (frozen VAE); subclasses add their parts after it."""
         self.net: DepthMaster = load_depthmaster(self.hparams.model_path, self.hparams.unet_path)
         self.net.vae.requires_grad_(False).eval()
         # from_pretrained leaves modules in eval mode and Lightning keeps module modes as found.
         self.net.unet.train()
 
+    def configure_losses(self) -> None:
+        """The training losses and their weights (the training stages define them)."""
+
     def configure_metrics(self) -> None:
-        # One DepthMetrics per eval dataloader; filled in setup() once the split names are known.
-        self.eval_metrics = nn.ModuleDict()
-        # Test split name -> [{"key": str, <metric>: float, ...}] of all ranks, sorted by key.
-        self.per_image_results: dict[str, list[dict[str, Any]]] = {}
+        """The evaluation book; its per-split state is built in :meth:`setup`."""
+        self.evaluation = EvaluationBook(self.eval_alignment)
+
+    @property
+    def per_image_results(self) -> dict[str, list[dict[str, Any]]]:
+        """Test split name -> [{"key": str, <metric>: float, ...}] of all ranks, sorted by key."""
+        return self.evaluation.per_image_results
 
     def setup(self, stage: str) -> None:
         # Our buffers are constants (prompt embedding, encoder mean/std). Left to DDP, they are
         # broadcast before every forward, a collective that hangs when ranks run different
         # numbers of validation batches (exactly-once eval splits are uneven).
         self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
-        # Built here, inside each (possibly spawned) process, and never shared across ranks.
-        keys = [_metric_key(s, name) for s in ("val", "test") for name in self._eval_names(s)]
-        self.eval_metrics = nn.ModuleDict(
-            {k: DepthMetrics(space=self.eval_alignment) for k in keys}
-        ).to(self.device)
-        # Corrupt samples the data streams skipped, synchronised like the metrics.
-        self.eval_skipped = nn.ModuleDict({k: SumMetric() for k in keys}).to(self.device)
-        self._per_image: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
+        self.evaluation.build({s: self._eval_names(s) for s in ("val", "test")}, self.device)
 
     def on_fit_start(self) -> None:
         # Fail before the first step when a training source cannot pass the VAE cleanly.
@@ -240,55 +247,10 @@ class DepthMasterTask(L.LightningModule):
         return list(names) if names else ["default"]
 
     def _eval_step(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> None:
-        key = _metric_key(stage, self._eval_names(stage)[dataloader_idx])
-        metric = self.eval_metrics[key]
-        self.eval_skipped[key].update(float(batch.get("skipped", 0)))
-        if len(batch["key"]) == 0:
-            return  # a stream's report of samples it skipped before any batch
-        pred = self.net.predict(batch["rgb"], self.batch_processing_res(batch))
-        gt_args = (batch["depth"], batch["valid"], batch["min_depth"], batch["max_depth"])
-        values, has_valid = evaluate_batch(pred, *gt_args, space=self.eval_alignment)
-        metric.update(values, has_valid)
-        if stage == "test":
-            # Images without a valid pixel are left out, as in the logged means.
-            for i in has_valid.nonzero()[:, 0].tolist():
-                row = {name: float(values[name][i]) for name in METRIC_NAMES}
-                self._per_image[key].append({"key": batch["key"][i], **row})
-
-    def _eval_epoch_end(self, stage: str) -> None:
-        for i, name in enumerate(self._eval_names(stage)):
-            key = _metric_key(stage, name)
-            if key not in self.eval_metrics:
-                continue
-            values = self.eval_metrics[key].compute()
-            values["skipped_samples"] = self.eval_skipped[key].compute()
-            self.eval_skipped[key].reset()
-            if int(values["num_images"]) == 0:
-                # compute() synchronised the counts, so every rank raises together. A mean
-                # over no image would be logged as 0.0: better no number than a wrong one.
-                raise DataError(
-                    f"{stage} split {name!r}: no image was evaluated "
-                    f"({int(values['skipped_samples'])} samples could not be read, "
-                    f"{int(values['skipped_images'])} had no valid depth pixel); check its "
-                    "shards or root and the warnings above"
-                )
-            for metric_name in (*METRIC_NAMES, "num_images", "skipped_images", "skipped_samples"):
-                value = values[metric_name].float()
-                self.log(f"{stage}/{name}/{metric_name}", value, add_dataloader_idx=False)
-                if i == 0 and metric_name in ("abs_rel", "delta1"):
-                    # The first split drives checkpoint selection: val/abs_rel.
-                    self.log(
-                        f"{stage}/{metric_name}", value, prog_bar=True, add_dataloader_idx=False
-                    )
-            self.eval_metrics[key].reset()
-            if stage == "test":
-                rows, self._per_image[key] = self._per_image[key], []
-                if torch.distributed.is_available() and torch.distributed.is_initialized():
-                    # Keys are strings: self.all_gather only takes tensors.
-                    parts: list[Any] = [None] * torch.distributed.get_world_size()
-                    torch.distributed.all_gather_object(parts, rows)
-                    rows = [row for part in parts for row in part]
-                self.per_image_results[name] = sorted(rows, key=lambda row: row["key"])
+        pred = None
+        if len(batch["key"]):  # else a stream's report of samples it skipped before any batch
+            pred = self.net.predict(batch["rgb"], self.batch_processing_res(batch))
+        self.evaluation.update(stage, self._eval_names(stage)[dataloader_idx], batch, pred)
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
@@ -296,13 +258,13 @@ class DepthMasterTask(L.LightningModule):
         self._eval_step(batch, "val", dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
+        self.evaluation.compute_and_log("val", self._eval_names("val"), self.log)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test", dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+        self.evaluation.compute_and_log("test", self._eval_names("test"), self.log)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Relative depth (B, 1, H, W) in [0, 1] at input size, with the sample keys; unreadable
@@ -337,8 +299,3 @@ class DepthMasterTask(L.LightningModule):
         for k, v in own.items():
             if k.startswith(FROZEN_PREFIXES) and k not in state:
                 state[k] = v
-
-
-def _metric_key(stage: str, name: str) -> str:
-    # ModuleDict keys may not contain dots.
-    return f"{stage}__{name}".replace(".", "_")

@@ -1,7 +1,12 @@
-"""Stage 1 (SPEC section 3): structure, latent MSE + Feature Alignment."""
+"""Stage 1 (SPEC section 3): structure, latent MSE + Feature Alignment.
+
+:class:`Stage1` trains an :class:`~dm_lightning.models.stage1_network.AlignedDepthMaster`
+(the plain ``nn.Module`` stage-1 network), or the bare DepthMaster without an encoder.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -10,8 +15,7 @@ from torch import Tensor
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.losses import masked_latent_mse
 from dm_lightning.models.encoders import AlignmentEncoder
-from dm_lightning.models.feature_alignment import FeatureAlignment
-from dm_lightning.models.unet_hooks import FeatureTap
+from dm_lightning.models.stage1_network import AlignedDepthMaster
 from dm_lightning.training.base import DepthMasterTask
 
 
@@ -29,6 +33,7 @@ class Stage1(DepthMasterTask):
     """
 
     stage_name = "Stage1"
+    hparams_ignore = ("encoder",)
 
     def __init__(
         self,
@@ -39,40 +44,51 @@ class Stage1(DepthMasterTask):
         fa_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
+        # nn.Module refuses a Module attribute before Module.__init__(): the encoder waits in
+        # the instance dict, unregistered, for configure_models (called by super().__init__).
+        vars(self)["_given_encoder"] = encoder
         super().__init__(model_path, **kwargs)
-        self.encoder = encoder
-        self.configure_alignment()
 
-    def configure_alignment(self) -> None:
-        """Tap, projector and frozen encoder; nothing when ``encoder`` is None (M.Base)."""
-        if self.encoder is None:
-            self.tap = None
-            self.alignment = None
+    def configure_models(self) -> None:
+        """``net``, then around it the stage-1 network (frozen encoder, tap, projector, built
+        in that order); with no encoder (M.Base) none of them."""
+        super().configure_models()
+        encoder = vars(self).pop("_given_encoder")
+        if encoder is None:
+            self.network = self.encoder = self.tap = self.alignment = None
             return
-        self.encoder.freeze()
-        self.tap = FeatureTap(self.net.unet, self.hparams.fa_location)
-        self.alignment = FeatureAlignment(
-            self.tap.channels, self.encoder.embed_dim, loss=self.hparams.fa_loss
+        network = AlignedDepthMaster(
+            self.net, encoder, self.hparams.fa_location, self.hparams.fa_loss
         )
+        # The parts are registered on the task under their own names (checkpoint keys net.*,
+        # alignment.*; the frozen encoder.* left out), the network that ties them is not.
+        vars(self)["network"] = network
+        self.encoder, self.tap, self.alignment = network.encoder, network.tap, network.alignment
+
+    def configure_losses(self) -> None:
+        """Masked latent MSE plus ``fa_weight`` x the FA loss of the projector."""
+        self.latent_loss = partial(masked_latent_mse, factor=self.net.latent_factor)
+        self.fa_weight = self.hparams.fa_weight
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         batch = finish_training_batch(batch)  # no-op when the DataModule's hook did it
         rgb = self.rgb_signed(batch)
         with torch.no_grad():
-            z_rgb = self.net.encode(rgb)
             target = self.normalized_target(batch)
             z_gt = self.net.encode(target.expand(-1, 3, -1, -1))
-        z_pred = self.net.denoise(z_rgb)
-        latent = masked_latent_mse(z_pred, z_gt, batch["valid"], self.net.latent_factor)
+        if self.network is None:
+            with torch.no_grad():
+                z_rgb = self.net.encode(rgb)
+            z_pred = self.net.denoise(z_rgb)
+        else:
+            z_pred, feature = self.network(rgb)
+        latent = self.latent_loss(z_pred, z_gt, batch["valid"])
         parts = {"latent_mse": latent}
         loss = latent
-        if self.alignment is not None:
-            tokens, grid = self.encoder((rgb + 1.0) / 2.0)
-            fa = self.alignment(self.tap.pop(), tokens, grid)
-            loss = loss + self.hparams.fa_weight * fa
+        if self.network is not None:
+            fa = self.network.alignment_loss(feature, rgb)
+            loss = loss + self.fa_weight * fa
             parts["fa"] = fa
-        elif self.tap is not None:
-            self.tap.pop()
         parts["loss"] = loss
         return self.guard_loss(loss, parts)
 

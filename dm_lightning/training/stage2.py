@@ -3,6 +3,7 @@ with the Fourier Enhancement block."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -48,6 +49,12 @@ class Stage2(DepthMasterTask):
         if self.hparams.fourier and not has_fourier_enhancement(self.net.unet):
             attach_fourier_enhancement(self.net.unet)
 
+    def configure_losses(self) -> None:
+        """Masked pixel MSE plus ``gradient_weight`` x L_h (left out at weight 0)."""
+        self.pixel_loss = masked_mse
+        self.gradient_weight = self.hparams.gradient_weight
+        self.gradient_loss = partial(gradient_loss, delta=self.hparams.gradient_delta)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         batch = finish_training_batch(batch)  # no-op when the DataModule's hook did it
         with torch.no_grad():
@@ -55,12 +62,12 @@ class Stage2(DepthMasterTask):
             target = self.normalized_target(batch)
         pred = self.net.decode(self.net.denoise(z_rgb))
         valid = batch["valid"]
-        pixel = masked_mse(pred, target, valid)
+        pixel = self.pixel_loss(pred, target, valid)
         parts = {"pixel_mse": pixel}
         loss = pixel
-        if self.hparams.gradient_weight > 0:
-            grad = gradient_loss(pred, target, valid, self.hparams.gradient_delta)
-            loss = loss + self.hparams.gradient_weight * grad
+        if self.gradient_weight > 0:
+            grad = self.gradient_loss(pred, target, valid)
+            loss = loss + self.gradient_weight * grad
             parts["gradient"] = grad
         parts["loss"] = loss
         return self.guard_loss(loss, parts)
