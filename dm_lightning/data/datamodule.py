@@ -13,68 +13,54 @@ previous batch).
 
 **Empty eval batches.** A validation/test reader (a rank's worker) whose shards held no
 readable sample but whose skips must still be reported yields one batch of zero samples
-(:func:`empty_batch`): ``rgb`` (0, 3, 1, 1) uint8, ``depth`` (0, 1, 1, 1) float32, ``valid``
-(0, 1, 1, 1) bool, ``min_depth``/``max_depth`` (0,) float64, ``source`` and ``key`` ``[]``, and
-``skipped`` > 0. A consumer counts its skips and evaluates nothing. Training batches are never
-empty.
+(:func:`~dm_lightning.data.collate.empty_batch`, the format is in
+:mod:`dm_lightning.data.collate`). Training batches are never empty.
 
-**Checks.** Config values are checked when the DataModule is built (batch sizes >= 1, mixing
-probabilities finite >= 0 with a positive sum, ``max_bad_fraction`` in [0, 1]), and
-:meth:`DepthDataModule.setup` checks, before any step, that every shard pattern matches files
-and that the first sample of each training source and shard eval split has this
-dm_lightning's schema version. While streaming, bad samples are skipped and counted (see
-:mod:`dm_lightning.data.streams` for what stops a run instead).
+**Checks** (:mod:`dm_lightning.data.checks`). Config values are checked when the DataModule
+is built (batch sizes >= 1, mixing probabilities finite >= 0 with a positive sum,
+``max_bad_fraction`` in [0, 1]), and :meth:`DepthDataModule.setup` checks, before any step,
+that every shard pattern matches files and that the first sample of each training source and
+shard eval split has this dm_lightning's schema version. While streaming, bad samples are
+skipped and counted (see :mod:`dm_lightning.data.streams` for what stops a run instead).
+
+Predict inputs (:class:`~dm_lightning.data.predict.ImageFolder`) are in
+:mod:`dm_lightning.data.predict`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import logging
 import math
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dm_lightning.data.benchmarks import BenchmarkSpec, RankShardSampler, build_dataset
-from dm_lightning.data.packing import finish_training_batch, pack_training_batch, same_size
-from dm_lightning.data.schema import (
-    CorruptSampleError,
-    SchemaVersionError,
-    decode_meta,
-    valid_mask,
+from dm_lightning.data.checks import (
+    check_bad_fraction,
+    check_batch_size,
+    check_probabilities,
+    first_sample_meta,
 )
-from dm_lightning.data.shards import (
-    ShardReadError,
-    expand_shard_patterns,
-    indexed_sample_count,
-    iter_shard,
-)
+from dm_lightning.data.collate import collate, collate_with_resolution, empty_batch  # noqa: F401
+from dm_lightning.data.packing import finish_training_batch, pack_training_batch
+from dm_lightning.data.predict import IMAGE_SUFFIXES, ImageFolder, collate_predict  # noqa: F401
+from dm_lightning.data.schema import valid_mask
+from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count
 from dm_lightning.data.streams import (
     DEFAULT_MAX_BAD_FRACTION,
     MixedSourceBatches,
     ShardSamples,
     SourceStream,
     StreamLoader,
-    check_bad_fraction,
-    check_batch_size,
-    check_probabilities,
 )
-from dm_lightning.errors import ConfigError, DataError, MissingPathError
+from dm_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
-
-FIRST_SAMPLE_SHARDS = 4
-"""Shards :meth:`DepthDataModule.setup` looks through for a source's first readable sample."""
 
 
 @dataclass
@@ -134,149 +120,6 @@ def _eval_entries(entries: dict[str, Any] | None) -> dict[str, str | BenchmarkSp
     return {
         name: BenchmarkSpec(**entry) if isinstance(entry, dict) else entry
         for name, entry in (entries or {}).items()
-    }
-
-
-def empty_batch() -> dict[str, Any]:
-    """The eval batch of zero samples (see the module docstring), without ``skipped``."""
-    return {
-        "rgb": torch.zeros((0, 3, 1, 1), dtype=torch.uint8),
-        "depth": torch.zeros((0, 1, 1, 1), dtype=torch.float32),
-        "valid": torch.zeros((0, 1, 1, 1), dtype=torch.bool),
-        "min_depth": torch.zeros(0, dtype=torch.float64),
-        "max_depth": torch.zeros(0, dtype=torch.float64),
-        "source": [],
-        "key": [],
-    }
-
-
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack same-size samples (no sample: :func:`empty_batch`); raise naming the keys if
-    resolutions differ."""
-    if not samples:
-        return empty_batch()
-    same_size([s["rgb"].shape for s in samples], [s["key"] for s in samples])
-    out: dict[str, Any] = {
-        k: torch.stack([s[k] for s in samples]) for k in ("rgb", "depth", "valid")
-    }
-    for k in ("min_depth", "max_depth"):
-        out[k] = torch.tensor([s[k] for s in samples], dtype=torch.float64)
-    for k in ("source", "key"):
-        out[k] = [s[k] for s in samples]
-    return out
-
-
-def collate_with_resolution(
-    samples: list[dict[str, Any]], processing_res: int | None
-) -> dict[str, Any]:
-    """:func:`collate` plus ``processing_res``: a list with ``processing_res`` (pixels, or None =
-    native) once per sample."""
-    batch = collate(samples)
-    batch["processing_res"] = [processing_res] * len(samples)
-    return batch
-
-
-class ImageFolder(Dataset):
-    """Images for ``predict``: every image file under a folder (searched recursively), a glob
-    (``**`` recurses) or one file.
-
-    Files are listed once, sorted by relative path, so the order is the same on every run and
-    rank; hidden files and folders (name starting with ``.``) are left out. A sample's ``key``
-    is its path relative to the folder (for a glob: to its leading folders without wildcards)
-    without the suffix, ``/``-separated: ``<folder>/sub/img.jpg`` has key ``sub/img``, so
-    :class:`~dm_lightning.training.callbacks.DepthPredictionWriter` writes
-    ``<output_dir>/sub/img.png``, mirroring the input layout.
-
-    A sample (``__getitem__``) is a dict: ``rgb`` (3, H, W) uint8, or None when the file
-    cannot be decoded (truncated, not an image); ``key`` (str); ``path`` (str); ``error``
-    (None, or the decoder's reason). Nothing is raised or logged for an unreadable file.
-
-    A batch (:func:`collate_predict`, what ``predict_step`` receives) is a dict:
-
-    - ``rgb``: (B, 3, H, W) uint8 of the B readable images, or None when none is readable;
-    - ``key``: list of the B keys of the readable images, in the order of ``rgb``;
-    - ``skipped_files``: list of ``(path, reason)`` for the unreadable files of the batch
-      (usually empty).
-
-    ``predict_step`` must return ``{"key": batch["key"], "depth": (B, 1, H, W) float in
-    [0, 1]}``, and for a batch with ``rgb`` None ``{"key": [], "depth": None,
-    "skipped_files": batch["skipped_files"]}`` without running the network.
-    ``DepthPredictionWriter`` writes the readable ones and counts and names ``skipped_files``.
-
-    Raises:
-        MissingPathError: no folder or file at ``path`` (or nothing matches the glob), or no
-            image (``IMAGE_SUFFIXES``) in it.
-        ConfigError: two files map to one key (e.g. ``a.png`` and ``a.jpg``).
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.root, files = _list_predict_files(path)
-        images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-        if not images:
-            raise MissingPathError(
-                f"no images ({', '.join(IMAGE_SUFFIXES)}) found at {path} (data.predict)"
-            )
-        keyed = sorted((f.relative_to(self.root).with_suffix("").as_posix(), f) for f in images)
-        self.keys = [k for k, _ in keyed]
-        self.files = [f for _, f in keyed]
-        clashes = sorted({k for k, n in zip(self.keys, self.keys[1:]) if k == n})
-        if clashes:
-            names = [str(f) for k, f in keyed if k in clashes[:3]]
-            raise ConfigError(
-                f"{len(clashes)} output keys of data.predict {path} are shared by files with "
-                f"different suffixes, e.g. {names}: their depth maps would overwrite each other"
-            )
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        path, key = self.files[index], self.keys[index]
-        try:
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
-        except Exception as err:  # any decoder failure: PIL raises OSError, SyntaxError, ...
-            reason = f"{type(err).__name__}: {err}"
-            return {"rgb": None, "key": key, "path": str(path), "error": reason}
-        rgb = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
-        return {"rgb": rgb, "key": key, "path": str(path), "error": None}
-
-
-def _list_predict_files(path: str) -> tuple[Path, list[Path]]:
-    """(root the keys are relative to, files): a folder recursively, a glob, or one file."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        return p, [f for f in p.rglob("*") if f.is_file() and not _hidden(f.relative_to(p))]
-    if p.is_file():
-        return p.parent, [p]
-    if not glob.has_magic(path):
-        raise MissingPathError(f"predict folder or file not found: {path} (data.predict)")
-    parts = p.parts
-    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    root = Path(*parts[:fixed]) if fixed else Path(".")
-    files = [Path(f) for f in glob.glob(str(p), recursive=True)]
-    files = [f for f in files if f.is_file() and not _hidden(f.relative_to(root))]
-    if not files:
-        raise MissingPathError(f"no files match {path} (data.predict)")
-    return root, files
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
-def collate_predict(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch of :class:`ImageFolder` samples (contract in its docstring): the readable images
-    stacked (one size per batch), the unreadable ones as ``skipped_files``. Module-level so
-    that spawned workers can pickle it."""
-    readable = [s for s in samples if s["rgb"] is not None]
-    if readable:
-        same_size([s["rgb"].shape for s in readable], [s["key"] for s in readable], "use batch 1")
-    return {
-        "rgb": torch.stack([s["rgb"] for s in readable]) if readable else None,
-        "key": [s["key"] for s in readable],
-        "skipped_files": [(s["path"], s["error"]) for s in samples if s["rgb"] is None],
     }
 
 
@@ -406,37 +249,11 @@ class DepthDataModule(L.LightningDataModule):
         return expand_shard_patterns(source.shards, f"data.train[{source.name}].shards")
 
     def _first_meta(self, key: str, urls: list[str]) -> dict[str, Any]:
-        """The checked JSON of the first sample with a readable one among the first
-        :data:`FIRST_SAMPLE_SHARDS` shards of ``urls`` (cached)."""
-        if (key, urls[0]) in self._first_metas:
-            return self._first_metas[key, urls[0]]
-        problems: list[str] = []
-        for url in urls[:FIRST_SAMPLE_SHARDS]:
-            read = 0
-            try:
-                with contextlib.closing(iter_shard(url)) as samples:
-                    for raw in samples:
-                        read += 1
-                        try:
-                            meta = decode_meta(raw)
-                        except SchemaVersionError as err:
-                            raise DataError(f"{key}: {err}") from err
-                        except CorruptSampleError as err:
-                            problems.append(str(err))
-                            continue
-                        self._first_metas[key, urls[0]] = meta
-                        return meta
-            except (ShardReadError, CorruptSampleError) as err:  # unreadable; duplicate member
-                problems.append(str(err))
-                continue
-            if read == 0:
-                problems.append(f"shard {url} holds no sample (an empty tar)")
-        looked = urls[:FIRST_SAMPLE_SHARDS]
-        raise DataError(
-            f"{key}: no sample with a readable JSON in its first {len(looked)} shard(s) "
-            f"{looked}: {'; '.join(problems[:3])}. Expected shards written by this "
-            "dm_lightning's converters (tools/inspect_shards.py shows what they hold)"
-        )
+        """The checked JSON of the first readable sample of ``urls``
+        (:func:`~dm_lightning.data.checks.first_sample_meta`), cached."""
+        if (key, urls[0]) not in self._first_metas:
+            self._first_metas[key, urls[0]] = first_sample_meta(key, urls)
+        return self._first_metas[key, urls[0]]
 
     def train_dataloader(self) -> DataLoader:
         if not self.train_sources:
