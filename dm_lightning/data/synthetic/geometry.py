@@ -27,6 +27,9 @@ HIT_EPS = 1e-6
 TEXTURES = ("plain", "checker", "stripes", "windows")
 """The textures a :class:`Material` may have."""
 
+Hits = tuple[np.ndarray, np.ndarray]
+"""What a primitive's ``intersect`` returns: ray parameters (N,) and unit normals (N, 3)."""
+
 
 @dataclass(frozen=True)
 class Material:
@@ -81,9 +84,7 @@ class Plane:
     offset: float
     material: Material = field(default_factory=Material)
 
-    def intersect(
-        self, origin: np.ndarray, directions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def intersect(self, origin: np.ndarray, directions: np.ndarray) -> Hits:
         """Ray parameters (N,) (``inf`` = no hit) and unit normals (N, 3) facing the ray, for
         rays from ``origin`` (3,) along unit ``directions`` (N, 3)."""
         t = self._distance(_Rays(np.asarray(origin, dtype=np.float64), directions))
@@ -112,9 +113,7 @@ class Box:
     hi: tuple[float, float, float]
     material: Material = field(default_factory=Material)
 
-    def intersect(
-        self, origin: np.ndarray, directions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def intersect(self, origin: np.ndarray, directions: np.ndarray) -> Hits:
         """Ray parameters (N,) (``inf`` = no hit) and unit normals (N, 3) facing the ray, for
         rays from ``origin`` (3,) along unit ``directions`` (N, 3).
 
@@ -161,9 +160,7 @@ class Sphere:
     radius: float
     material: Material = field(default_factory=Material)
 
-    def intersect(
-        self, origin: np.ndarray, directions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def intersect(self, origin: np.ndarray, directions: np.ndarray) -> Hits:
         """Ray parameters (N,) (``inf`` = no hit) and unit normals (N, 3) facing the ray, for
         rays from ``origin`` (3,) along unit ``directions`` (N, 3) (the quadratic assumes
         ``|d| = 1``)."""

@@ -117,26 +117,23 @@ def write_split(
     Returns:
         Paths of all shards of the split (written now or already present), in order.
     """
-    return _write_split(
-        out_dir, source, split, num_samples, samples_per_shard, base_seed, height, width, progress
-    ).shards
+    renderer = _Renderer(source, split, base_seed, height, width)
+    return _write(out_dir, renderer, num_samples, samples_per_shard, progress).shards
 
 
-def _write_split(
+def _write(
     out_dir: str | os.PathLike,
-    source: str,
-    split: str,
+    renderer: _Renderer,
     num_samples: int,
     samples_per_shard: int,
-    base_seed: int,
-    height: int | None,
-    width: int | None,
     progress: bool,
 ) -> SplitResult:
-    """:func:`write_split`, returning the engine's result (shards written now, sizes)."""
+    """:func:`write_split` of ``renderer``'s source and split, returning the engine's result
+    (shards written now, sizes)."""
+    source, split = renderer.source, renderer.split
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}, expected one of {sorted(SOURCES)}")
-    sample_seed(base_seed, split, 0)  # validates split and base_seed early
+    sample_seed(renderer.base_seed, split, 0)  # validates split and base_seed early
     if num_samples > MAX_SAMPLES_PER_SPLIT:
         raise ValueError(f"at most {MAX_SAMPLES_PER_SPLIT} samples per split, got {num_samples}")
     items = [_Item(f"{source}-{split}-{index:06d}", index) for index in range(num_samples)]
@@ -145,7 +142,7 @@ def _write_split(
         split,
         items,
         samples_per_shard,
-        _Renderer(source, split, base_seed, height, width),
+        renderer,
         progress=progress,
         desc=f"{source}/{split}",
         unit="sample",
@@ -197,9 +194,8 @@ def generate(
         summary["sources"][source] = {}
         splits: dict[str, Any] = {}
         for split, num in counts.items():
-            result = _write_split(
-                out_dir, source, split, num, samples_per_shard, seed, None, None, progress
-            )
+            renderer = _Renderer(source, split, seed, height=None, width=None)
+            result = _write(out_dir, renderer, num, samples_per_shard, progress)
             summary["sources"][source][split] = {
                 "shards": result.shards,
                 "num_samples": num,
