@@ -1,7 +1,7 @@
 """Readers of the zero-shot evaluation benchmarks (SPEC section 6) and of user RGB-D folders.
 
 Every reader is a map-style :class:`torch.utils.data.Dataset` whose items are the batch samples
-of :mod:`dm_lightning.data.datamodule` (so :func:`~dm_lightning.data.datamodule.collate` stacks
+of :mod:`dm_lightning.data.datamodule` (so :func:`~dm_lightning.data.collate.collate` stacks
 them)::
 
     rgb        (3, H, W) uint8
