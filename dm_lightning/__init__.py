@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 # Public name -> module that defines it.
 _EXPORTS = {
+    "AlignedDepthMaster": "dm_lightning.models.stage1_network",
     "AlignmentEncoder": "dm_lightning.models.encoders",
     "BenchmarkDataModule": "dm_lightning.data.datamodule",
     "BenchmarkSpec": "dm_lightning.data.benchmarks",
@@ -35,6 +36,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AlignedDepthMaster",
     "AlignmentEncoder",
     "BenchmarkDataModule",
     "BenchmarkSpec",
@@ -78,6 +80,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.models.encoders import AlignmentEncoder, TimmEncoder
     from dm_lightning.models.feature_alignment import FeatureAlignment
     from dm_lightning.models.fourier import FourierEnhancement
+    from dm_lightning.models.stage1_network import AlignedDepthMaster
     from dm_lightning.targets import Depth, Disparity, SqrtDisparity
     from dm_lightning.training.base import DepthMasterTask
     from dm_lightning.training.callbacks import (
