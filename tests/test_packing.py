@@ -17,7 +17,13 @@ from dm_lightning.data.packing import (
     pack_training_batch,
     valid_unit_range,
 )
-from dm_lightning.data.schema import decode_sample, encode_sample, valid_mask
+from dm_lightning.data.schema import (
+    decode_sample,
+    depth_range,
+    encode_sample,
+    in_depth_range,
+    valid_mask,
+)
 
 
 def raw_sample(key: str, seed: int, max_depth: float, h: int = 12, w: int = 20) -> dict:
@@ -147,3 +153,24 @@ def test_valid_unit_range_is_exactly_the_finished_mask(scale, low, high):
         one = np.full((2, 2), np.clip(u, 0, 65535), dtype=np.uint16)
         assert has_valid_depth(one, meta) == bool(expected.flat[np.clip(u, 0, 65535)])
     assert not has_valid_depth(np.zeros((4, 4), np.uint16), meta)  # an all-zero depth PNG
+
+
+@pytest.mark.parametrize("bounds", [(1e-5, 80.0), (1e-5, None), (0.0, None), (0.5, 10.0)])
+def test_one_valid_range_rule_for_numpy_and_torch(bounds):
+    """``low < d < high`` fails NaN and +-inf by itself, also with an unbounded (inf) range: bit
+    for bit the former ``isfinite(d) & (d > low) & (d < high)``, in numpy and torch alike."""
+    meta = {"min_depth": bounds[0], "max_depth": bounds[1]}
+    low, high = depth_range(meta)
+    assert (low, high) == (bounds[0], math.inf if bounds[1] is None else bounds[1])
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(-1.0, 100.0, (64, 48)).astype(np.float32)
+    for value, count in ((np.nan, 300), (np.inf, 300), (-np.inf, 300), (0.0, 300)):
+        depth.flat[rng.integers(0, depth.size, count)] = value
+    edges = [low, np.nextafter(np.float32(low), np.float32(1)), 10.0, 80.0]
+    depth.flat[: len(edges)] = np.asarray(edges, dtype=np.float32)
+    expected = np.isfinite(depth) & (depth > low) & (depth < high)
+    assert np.array_equal(valid_mask(depth, meta), expected)
+    tensor = torch.from_numpy(depth)
+    low32, high32 = (torch.tensor(b, dtype=torch.float64).to(torch.float32) for b in (low, high))
+    got = in_depth_range(tensor, low32, high32)
+    assert got.dtype == torch.bool and np.array_equal(got.numpy(), expected)

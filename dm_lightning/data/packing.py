@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
+from dm_lightning.data.schema import depth_range, in_depth_range
 from dm_lightning.errors import ConfigError
 
 
@@ -51,15 +52,14 @@ def valid_unit_range(depth_scale: float, min_depth: float, max_depth: float) -> 
     monotonic in ``u``, so the valid units are one interval, found once per source range.
     """
     metres = np.arange(65536, dtype=np.float32) * np.float32(depth_scale)
-    valid = np.flatnonzero((metres > np.float32(min_depth)) & (metres < np.float32(max_depth)))
+    valid = np.flatnonzero(in_depth_range(metres, np.float32(min_depth), np.float32(max_depth)))
     return (int(valid[0]), int(valid[-1])) if valid.size else (1, 0)
 
 
 def has_valid_depth(units: np.ndarray, meta: dict[str, Any]) -> bool:
     """Whether a sample decoded with ``depth_as_units`` has at least one pixel that
     :func:`finish_training_batch` will mark valid (two integer comparisons per pixel)."""
-    max_depth = math.inf if meta.get("max_depth") is None else float(meta["max_depth"])
-    low, high = valid_unit_range(float(meta["depth_scale"]), float(meta["min_depth"]), max_depth)
+    low, high = valid_unit_range(float(meta["depth_scale"]), *depth_range(meta))
     return low <= high and bool(((units >= low) & (units <= high)).any())
 
 
@@ -114,16 +114,14 @@ def pack_training_batch(samples: list[dict[str, Any]], flips: Sequence[bool]) ->
         np.copyto(rgb_np[i], sample["rgb"])
         np.copyto(units_np[i, 0], sample["depth_units"], casting="unsafe")
     metas = [s["meta"] for s in samples]
+    ranges = [depth_range(m) for m in metas]
     return {
         "rgb": rgb,
         "depth_units": units,
         "depth_scale": torch.tensor([float(m["depth_scale"]) for m in metas], dtype=torch.float32),
         "flip": torch.tensor([bool(f) for f in flips], dtype=torch.bool),
-        "min_depth": torch.tensor([float(m["min_depth"]) for m in metas], dtype=torch.float64),
-        "max_depth": torch.tensor(
-            [math.inf if m.get("max_depth") is None else float(m["max_depth"]) for m in metas],
-            dtype=torch.float64,
-        ),
+        "min_depth": torch.tensor([low for low, _ in ranges], dtype=torch.float64),
+        "max_depth": torch.tensor([high for _, high in ranges], dtype=torch.float64),
         "source": [m["source"] for m in metas],
         "key": [s["key"] for s in samples],
     }
@@ -134,9 +132,10 @@ def finish_training_batch(batch: dict[str, Any]) -> dict[str, Any]:
 
     Returns a new dict with ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 metres
     (``units x depth_scale`` in float32; 0 where not measured), ``valid`` (B, 1, H, W) bool
-    (``min_depth < depth < max_depth``, compared in float32 exactly as
-    :func:`~dm_lightning.data.schema.valid_mask` does) with the flipped samples' RGB, depth
-    and mask mirrored together, and the other keys unchanged. A batch without
+    (``min_depth < depth < max_depth``, compared in float32 by
+    :func:`~dm_lightning.data.schema.in_depth_range`, the rule of
+    :func:`~dm_lightning.data.schema.valid_mask`) with the flipped samples' RGB, depth and mask
+    mirrored together, and the other keys unchanged. A batch without
     ``depth_units`` (already finished, or from an evaluation loader) is returned as it is.
     """
     if "depth_units" not in batch:
@@ -150,5 +149,5 @@ def finish_training_batch(batch: dict[str, Any]) -> dict[str, Any]:
     high = batch["max_depth"].to(torch.float32).view(-1, 1, 1, 1)
     out["rgb"] = torch.where(flip, rgb.flip(-1), rgb)
     out["depth"] = torch.where(flip, depth.flip(-1), depth)
-    out["valid"] = (out["depth"] > low) & (out["depth"] < high)
+    out["valid"] = in_depth_range(out["depth"], low, high)
     return out

@@ -320,11 +320,24 @@ def _number(meta: dict[str, Any], field: str, ok: Callable[[float], bool], expec
     return float(value)
 
 
+def depth_range(meta: dict[str, Any]) -> tuple[float, float]:
+    """``(min_depth, max_depth)`` metres of a sample's JSON (``max_depth`` None -> inf)."""
+    high = meta.get("max_depth")
+    return float(meta["min_depth"]), math.inf if high is None else float(high)
+
+
+def in_depth_range(depth: Any, low: Any, high: Any) -> Any:
+    """The one valid-depth rule: ``low < depth < high``, for numpy arrays and torch tensors
+    alike (bool of ``depth``'s shape; bounds broadcast). NaN and +-inf depths fail it with
+    finite bounds, and with ``high`` inf too, so no separate finiteness test is needed.
+    Compared in ``depth``'s precision (float32 for decoded depth, as the bounds are cast)."""
+    return (depth > low) & (depth < high)
+
+
 def valid_mask(depth: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Valid pixels of a decoded sample: finite and inside the source's open range
-    ``(min_depth, max_depth)`` metres (``max_depth`` None = unbounded). (H, W) bool."""
-    max_depth = math.inf if meta.get("max_depth") is None else float(meta["max_depth"])
-    return np.isfinite(depth) & (depth > float(meta["min_depth"])) & (depth < max_depth)
+    """Valid pixels of a decoded sample: inside the source's open range ``(min_depth,
+    max_depth)`` metres (``max_depth`` None = unbounded), hence finite. (H, W) bool."""
+    return in_depth_range(depth, *depth_range(meta))
 
 
 def _png_bytes(image: Image.Image) -> bytes:
