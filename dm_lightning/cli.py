@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Sequence
+from os import PathLike
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -109,6 +111,33 @@ def main(args: list[str] | None = None) -> int:
         print(f"dm-lightning: error: {user_message(found)}", file=sys.stderr)
         return found.exit_code
     return 0
+
+
+def cli_args(
+    subcommand: str,
+    configs: Sequence[str | PathLike],
+    model_path: str | PathLike | None = None,
+    save_dir: str | PathLike | None = None,
+    *,
+    extra: Sequence[str] = (),
+    **overrides: object,
+) -> list[str]:
+    """The argument list of one ``dm-lightning`` run, for :func:`run_cli` / :func:`main` or a
+    subprocess: ``subcommand``, ``--config C`` per config in order, then
+    ``--model.init_args.model_path`` and ``--trainer.logger.init_args.save_dir`` when given,
+    then ``--KEY VALUE`` per override (``__`` in KEY spells ``.``:
+    ``trainer__max_steps=4`` -> ``--trainer.max_steps 4``), then ``extra`` as written
+    (``--trainer.callbacks+=...``, ``--print_config``)."""
+    args = [subcommand]
+    for config in configs:
+        args += ["--config", str(config)]
+    if model_path is not None:
+        args += ["--model.init_args.model_path", str(model_path)]
+    if save_dir is not None:
+        args += ["--trainer.logger.init_args.save_dir", str(save_dir)]
+    for key, value in overrides.items():
+        args += ["--" + key.replace("__", "."), str(value)]
+    return [*args, *extra]
 
 
 if __name__ == "__main__":

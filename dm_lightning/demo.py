@@ -18,6 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
+from dm_lightning.cli import cli_args
 from dm_lightning.cli import run_cli as cli_main
 
 
@@ -46,38 +47,19 @@ def run_cli(args: list[str]):
     return cli_main(args)
 
 
-def test_metrics(
-    config_dir: Path, data_args: list[str], run: Path, name: str, model_path: Path
-) -> dict:
-    cli = run_cli(
-        [
-            "test",
-            "--config",
-            str(config_dir / "tiny" / "eval.yaml"),
-            *data_args,
-            "--model.init_args.model_path",
-            str(model_path),
-            "--trainer.logger.init_args.save_dir",
-            str(run),
-            "--trainer.logger.init_args.name",
-            f"test-{name}",
-        ]
-    )
+def test_metrics(config_dir: Path, data: Path, run: Path, name: str, model_path: Path) -> dict:
+    configs = [config_dir / "tiny" / "eval.yaml", data]
+    name = f"test-{name}"
+    cli = run_cli(cli_args("test", configs, model_path, run, trainer__logger__init_args__name=name))
     return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
 
 
-def fit(config_dir: Path, data_args: list[str], run: Path, stage: str, extra: list[str]) -> Path:
-    cli = run_cli(
-        [
-            "fit",
-            "--config",
-            str(config_dir / "tiny" / f"{stage}.yaml"),
-            *data_args,
-            "--trainer.logger.init_args.save_dir",
-            str(run),
-            *extra,
-        ]
-    )
+def fit(
+    config_dir: Path, data: Path, run: Path, stage: str, model_path: Path, steps: int | None
+) -> Path:
+    configs = [config_dir / "tiny" / f"{stage}.yaml", data]
+    steps_arg = {"trainer__max_steps": steps} if steps else {}
+    cli = run_cli(cli_args("fit", configs, model_path, run, **steps_arg))
     from dm_lightning.training.callbacks import ExportDepthMaster
 
     export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportDepthMaster)).exported
@@ -124,20 +106,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     ensure_data(shards, args.seed)
     ensure_model(model, shards, args.seed, args.vae_steps)
 
-    data_args = ["--config", str(data_config(configs / "data" / "synthetic.yaml", shards, run))]
+    data = data_config(configs / "data" / "synthetic.yaml", shards, run)
 
     results: dict[str, dict] = {}
-    results["untrained"] = test_metrics(configs, data_args, run, "untrained", model)
-    steps1 = ["--trainer.max_steps", str(args.stage1_steps)] if args.stage1_steps else []
-    export1 = fit(
-        configs, data_args, run, "stage1", ["--model.init_args.model_path", str(model), *steps1]
-    )
-    results["stage 1"] = test_metrics(configs, data_args, run, "stage1", export1)
-    steps2 = ["--trainer.max_steps", str(args.stage2_steps)] if args.stage2_steps else []
-    export2 = fit(
-        configs, data_args, run, "stage2", ["--model.init_args.model_path", str(export1), *steps2]
-    )
-    results["stage 2"] = test_metrics(configs, data_args, run, "stage2", export2)
+    results["untrained"] = test_metrics(configs, data, run, "untrained", model)
+    export1 = fit(configs, data, run, "stage1", model, args.stage1_steps)
+    results["stage 1"] = test_metrics(configs, data, run, "stage1", export1)
+    export2 = fit(configs, data, run, "stage2", export1, args.stage2_steps)
+    results["stage 2"] = test_metrics(configs, data, run, "stage2", export2)
 
     splits = ["synthetic_indoor", "synthetic_outdoor"]
     table = format_table(results, splits)

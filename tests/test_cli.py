@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import cli_args
 from PIL import Image
 from safetensors import safe_open
 
@@ -22,21 +23,8 @@ CONFIGS = REPO / "configs"
 
 
 def _fit(stage: str, data_config: Path, root: Path, model_path: Path, steps: int) -> tuple:
-    cli = main(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / "tiny" / f"{stage}.yaml"),
-            "--config",
-            str(data_config),
-            "--model.init_args.model_path",
-            str(model_path),
-            "--trainer.max_steps",
-            str(steps),
-            "--trainer.logger.init_args.save_dir",
-            str(root),
-        ]
-    )
+    configs = [CONFIGS / "tiny" / f"{stage}.yaml", data_config]
+    cli = main(cli_args("fit", configs, model_path, root, trainer__max_steps=steps))
     return cli, Path(cli.trainer.log_dir)
 
 
@@ -104,19 +92,8 @@ def test_stage2_starts_from_stage1_export(stage_runs):
 
 def test_test_and_predict_on_export(stage_runs, data_config, tmp_path, capsys):
     export = stage_runs["dir2"] / "export"
-    cli = main(
-        [
-            "test",
-            "--config",
-            str(CONFIGS / "tiny" / "eval.yaml"),
-            "--config",
-            str(data_config),
-            "--model.init_args.model_path",
-            str(export),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-        ]
-    )
+    configs = [CONFIGS / "tiny" / "eval.yaml", data_config]
+    cli = main(cli_args("test", configs, export, tmp_path))
     metrics = cli.trainer.callback_metrics
     assert float(metrics["test/synthetic_indoor/num_images"]) == 8
     assert float(metrics["test/synthetic_outdoor/num_images"]) == 8
@@ -128,26 +105,17 @@ def test_test_and_predict_on_export(stage_runs, data_config, tmp_path, capsys):
     Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / "a.png")
     Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(images / "b.jpg")
     (images / "sub").mkdir()
-    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / "sub" / "d.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+        images / "sub" / "d.png"
+    )
     (images / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # unreadable: skipped
     out = tmp_path / "pred"
+    writer = ["--trainer.callbacks+=dm_lightning.DepthPredictionWriter"]
+    writer += ["--trainer.callbacks.output_dir", str(out)]
     main(
-        [
-            "predict",
-            "--config",
-            str(CONFIGS / "tiny" / "eval.yaml"),
-            "--config",
-            str(data_config),
-            "--model.init_args.model_path",
-            str(export),
-            "--data.init_args.predict",
-            str(images),
-            "--trainer.callbacks+=dm_lightning.DepthPredictionWriter",
-            "--trainer.callbacks.output_dir",
-            str(out),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-        ]
+        cli_args(
+            "predict", configs, export, tmp_path, data__init_args__predict=images, extra=writer
+        )
     )
     a = np.asarray(Image.open(out / "a.png"))
     b = np.asarray(Image.open(out / "b.png"))
@@ -181,11 +149,8 @@ def _config_sets() -> list[list[Path]]:
     "configs", _config_sets(), ids=lambda c: "+".join(str(p.relative_to(CONFIGS)) for p in c)
 )
 def test_shipped_configs_parse(configs, capsys):
-    args = ["fit"]
-    for c in configs:
-        args += ["--config", str(c)]
     with pytest.raises(SystemExit) as exit_info:
-        main(args + ["--print_config"])
+        main(cli_args("fit", configs, extra=["--print_config"]))
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path: dm_lightning." in printed
@@ -205,17 +170,9 @@ def test_stage_recipes_take_the_shared_trainer_component(stage, tmp_path, monkey
     to the stage file, whatever the working directory) and set only max_steps and the logger
     name on top of it."""
     monkeypatch.chdir(tmp_path)
+    configs = [CONFIGS / f"{stage}.yaml", CONFIGS / "data" / "hypersim_vkitti.yaml"]
     with pytest.raises(SystemExit):
-        main(
-            [
-                "fit",
-                "--config",
-                str(CONFIGS / f"{stage}.yaml"),
-                "--config",
-                str(CONFIGS / "data" / "hypersim_vkitti.yaml"),
-                "--print_config",
-            ]
-        )
+        main(cli_args("fit", configs, extra=["--print_config"]))
     printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
     shared = yaml.safe_load((CONFIGS / "trainer" / "recipe.yaml").read_text())["trainer"]
     callbacks = shared.pop("callbacks")
@@ -236,15 +193,9 @@ def test_overlay_configs_apply_on_the_recipe(overlay, capsys):
     """Each ablation/encoder file is a flag on top of the reference recipe and takes effect."""
     stage2 = overlay.name.startswith(("stage2_", "one_stage"))
     recipe = CONFIGS / ("stage2.yaml" if stage2 else "stage1.yaml")
-    args = [
-        "fit",
-        "--config",
-        str(recipe),
-        "--config",
-        str(CONFIGS / "data" / "hypersim_vkitti.yaml"),
-    ]
+    configs = [recipe, CONFIGS / "data" / "hypersim_vkitti.yaml", overlay]
     with pytest.raises(SystemExit):
-        main([*args, "--config", str(overlay), "--print_config"])
+        main(cli_args("fit", configs, extra=["--print_config"]))
     printed = yaml.safe_load(capsys.readouterr().out)
     wanted = yaml.safe_load(overlay.read_text())
     assert _is_subset(wanted, printed), f"{overlay.name} did not apply: {printed['model']}"
@@ -272,24 +223,11 @@ def test_readme_custom_encoder_trains_through_the_cli(
     (tmp_path / "my_encoders.py").write_text(code)
     (tmp_path / "my_encoder.yaml").write_text(overlay)
     monkeypatch.syspath_prepend(str(tmp_path))
+    configs = [CONFIGS / "tiny" / "stage1.yaml", data_config, tmp_path / "my_encoder.yaml"]
     cli = main(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / "tiny" / "stage1.yaml"),
-            "--config",
-            str(data_config),
-            "--config",
-            str(tmp_path / "my_encoder.yaml"),
-            "--model.init_args.model_path",
-            str(tiny_model),
-            "--trainer.max_steps",
-            "2",
-            "--trainer.limit_val_batches",
-            "1",
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-        ]
+        cli_args(
+            "fit", configs, tiny_model, tmp_path, trainer__max_steps=2, trainer__limit_val_batches=1
+        )
     )
     model = cli.model
     assert type(model.encoder).__name__ == "ConvPatchEncoder"
@@ -305,23 +243,9 @@ def test_two_process_ddp_fit_matches_single_process_validation(
     reads every sample once across ranks (rank 1 has no val shard: uneven), and the synchronised
     metrics equal a single-process validation of the exported weights."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    common = ["--config", str(data_config), "--trainer.logger.init_args.save_dir", str(tmp_path)]
-    cli = main(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / "tiny" / "stage1.yaml"),
-            *common,
-            "--model.init_args.model_path",
-            str(tiny_model),
-            "--trainer.devices",
-            "2",
-            "--trainer.strategy",
-            "ddp_spawn",
-            "--trainer.max_steps",
-            "3",
-        ]
-    )
+    ddp = {"trainer__devices": 2, "trainer__strategy": "ddp_spawn", "trainer__max_steps": 3}
+    configs = [CONFIGS / "tiny" / "stage1.yaml", data_config]
+    cli = main(cli_args("fit", configs, tiny_model, tmp_path, **ddp))
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert cli.trainer.world_size == 2
     assert metrics["val/synthetic_indoor/num_images"] == 8
@@ -330,14 +254,7 @@ def test_two_process_ddp_fit_matches_single_process_validation(
     (record,) = (tmp_path / "stage1").glob("version_*/export.json")
     export = Path(json.loads(record.read_text())["export"])
     single = main(
-        [
-            "validate",
-            "--config",
-            str(CONFIGS / "tiny" / "eval.yaml"),
-            *common,
-            "--model.init_args.model_path",
-            str(export),
-        ]
+        cli_args("validate", [CONFIGS / "tiny" / "eval.yaml", data_config], export, tmp_path)
     )
     for name in ("synthetic_indoor", "synthetic_outdoor"):
         for metric in ("abs_rel", "delta1", "rmse"):

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import socket
 import tarfile
 import warnings
 from collections import Counter
@@ -19,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from dm_lightning.data.datamodule import DepthDataModule, TrainSource
 from dm_lightning.data.synthetic import generate
@@ -115,16 +115,10 @@ def _rank_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_two_workers(many_shards, tmp_path):
     mp.start_processes(
         _rank_worker,
-        args=(2, _free_port(), str(many_shards), str(tmp_path)),
+        args=(2, free_port(), str(many_shards), str(tmp_path)),
         nprocs=2,
         join=True,
         start_method="spawn",

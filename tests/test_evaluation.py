@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import cli_args, reference
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -93,37 +94,11 @@ def cli_run(tmp_path_factory, tiny_model):
         spec["root"] = str(REPO / spec["root"])
         spec["processing_res"] = RES
     (tmp / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cli = main(
-        [
-            "test",
-            "--config",
-            str(CONFIGS / "tiny" / "eval.yaml"),
-            "--config",
-            str(tmp / "data.yaml"),
-            "--model.init_args.model_path",
-            str(tiny_model),
-            "--trainer.callbacks+=dm_lightning.training.report.EvaluationReport",
-            "--trainer.callbacks.output_dir",
-            str(tmp / "report"),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp),
-        ]
-    )
+    configs = [CONFIGS / "tiny" / "eval.yaml", tmp / "data.yaml"]
+    report = ["--trainer.callbacks+=dm_lightning.training.report.EvaluationReport"]
+    report += ["--trainer.callbacks.output_dir", str(tmp / "report")]
+    cli = main(cli_args("test", configs, tiny_model, tmp, extra=report))
     return cli, tmp / "report"
-
-
-def _numpy_metrics(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
-    """AbsRel and delta1 per SPEC: sqrt-disparity least squares on valid pixels (gt > 0) with
-    prediction > 0, metrics on all valid pixels."""
-    valid = gt > 0
-    p, g = pred[valid].astype(np.float64), gt[valid].astype(np.float64)
-    f = p > 0
-    design = np.stack([p[f], np.ones_like(p[f])], 1)
-    (s, t), *_ = np.linalg.lstsq(design, np.sqrt(1 / g[f]), rcond=None)
-    depth = np.maximum(1 / np.maximum((s * p + t) ** 2, 1e-3), 1e-6)
-    return float(np.mean(np.abs(depth - g) / g)), float(
-        np.mean(np.maximum(depth / g, g / depth) < 1.25)
-    )
 
 
 def test_cli_logs_every_frame_and_writes_the_report(cli_run):
@@ -144,7 +119,9 @@ def test_cli_logs_every_frame_and_writes_the_report(cli_run):
     with torch.no_grad():
         image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]
         pred = cli.model.net.eval().predict(image, RES)[0, 0].numpy()
-    abs_rel, delta1 = _numpy_metrics(pred, gt)
+    # sqrt-disparity fit on valid (gt > 0) pixels with prediction > 0, no range clip
+    ref = reference.evaluate_image(pred, gt, gt > 0, 0.0, np.inf)
+    abs_rel, delta1 = float(ref["abs_rel"]), float(ref["delta1"])
     with open(report / "per_image_tum.csv", newline="") as f:
         (row,) = csv.DictReader(f)
     assert row["key"] == "tum"

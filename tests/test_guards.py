@@ -8,6 +8,7 @@ import copy
 import lightning as L
 import pytest
 import torch
+from helpers import cli_args
 
 from dm_lightning import Stage2
 from dm_lightning.data.datamodule import DepthDataModule, TrainSource
@@ -268,11 +269,8 @@ def test_startup_errors_are_one_short_line(case, tiny_model, data_config, tmp_pa
     from dm_lightning.cli import main
 
     extra, expected = CLI_ERRORS[case]
-    args = [
-        "test", "--config", "configs/tiny/eval.yaml", "--config", str(data_config),
-        "--model.init_args.model_path", str(tiny_model),
-        "--trainer.logger.init_args.save_dir", str(tmp_path), *extra,
-    ]  # fmt: skip
+    configs = ["configs/tiny/eval.yaml", data_config]
+    args = cli_args("test", configs, tiny_model, tmp_path, extra=extra)
     assert main(args) == 2
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if x.startswith("dm-lightning: error:")]

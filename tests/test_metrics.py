@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import socket
 from datetime import timedelta
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from dm_lightning.metrics import (
     METRIC_NAMES,
@@ -26,80 +26,18 @@ from dm_lightning.metrics import (
     evaluate_batch,
     per_image_metrics,
 )
+from dm_lightning.reference import NAMES
+from dm_lightning.reference import align_image as np_align_image
+from dm_lightning.reference import evaluate as np_evaluate
+from dm_lightning.reference import mean_over_images as np_mean_over_images
+from dm_lightning.reference import metrics as np_metrics
+from dm_lightning.reference import to_space as np_to_space
 
 SPACES = ("sqrt_disparity", "disparity", "depth")
-NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3")
 
 # ---------------------------------------------------------------------------------------------
-# numpy reference (float64)
+# numpy reference (float64): dm_lightning.reference, independent of dm_lightning.metrics
 # ---------------------------------------------------------------------------------------------
-
-
-def np_to_space(d, space):
-    if space == "sqrt_disparity":
-        return np.sqrt(1.0 / d)
-    if space == "disparity":
-        return 1.0 / d
-    return d
-
-
-def np_align_image(p, gt, valid, space):
-    """SPEC 6: least squares of s p + t to the GT in ``space`` on valid pixels with finite
-    g > 0 and, in the two disparity spaces, p > 0 (as the released evaluation), then back to
-    depth (sqrt-disparity: 1 / max(a^2, 1e-3); disparity: 1 / max(a, 1e-3))."""
-    p = p.astype(np.float64)
-    gt = gt.astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        fit = valid & np.isfinite(gt) & (gt > 0)
-    if space != "depth":
-        fit &= p > 0
-    a_mat = np.stack([p[fit], np.ones(fit.sum())], axis=1)
-    (s, t), *_ = np.linalg.lstsq(a_mat, np_to_space(gt[fit], space), rcond=None)
-    a = s * p + t
-    if space == "sqrt_disparity":
-        return 1.0 / np.maximum(a**2, 1e-3)
-    if space == "disparity":
-        return 1.0 / np.maximum(a, 1e-3)
-    return a
-
-
-def np_metrics(d, g):
-    """The 8 metrics on 1-D arrays of valid predicted / GT depth."""
-    d = d.astype(np.float64)
-    g = g.astype(np.float64)
-    ratio = np.maximum(d / g, g / d)
-    return {
-        "abs_rel": np.mean(np.abs(d - g) / g),
-        "sq_rel": np.mean((d - g) ** 2 / g),
-        "rmse": np.sqrt(np.mean((d - g) ** 2)),
-        "rmse_log": np.sqrt(np.mean((np.log(d) - np.log(g)) ** 2)),
-        "log10": np.mean(np.abs(np.log10(d) - np.log10(g))),
-        "delta1": np.mean(ratio < 1.25),
-        "delta2": np.mean(ratio < 1.25**2),
-        "delta3": np.mean(ratio < 1.25**3),
-    }
-
-
-def np_evaluate(pred, gt, valid, min_depth, max_depth, space):
-    """Per image: align, clip to [min, max], floor 1e-6, metrics on all valid pixels (also
-    those left out of the fit). None if no valid."""
-    b = pred.shape[0]
-    lo = np.broadcast_to(np.asarray(min_depth, dtype=np.float64), (b,))
-    hi = np.broadcast_to(np.asarray(max_depth, dtype=np.float64), (b,))
-    out = []
-    for i in range(b):
-        if not valid[i].any():
-            out.append(None)
-            continue
-        aligned = np_align_image(pred[i], gt[i], valid[i], space)
-        depth = np.maximum(np.minimum(np.maximum(aligned, lo[i]), hi[i]), 1e-6)
-        out.append(np_metrics(depth[valid[i]], gt[i][valid[i]]))
-    return out
-
-
-def np_mean_over_images(per_image):
-    kept = [m for m in per_image if m is not None]
-    return {k: float(np.mean([m[k] for m in kept])) for k in NAMES}
 
 
 def make_batch(rng, fractions, shape=(12, 16)):
@@ -486,12 +424,6 @@ def _ddp_worker(rank, world_size, port, out_dir):
         )
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_depth_metrics_ddp_two_gloo_processes_match_single_process(tmp_path, monkeypatch):

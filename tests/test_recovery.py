@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import cli_args
 
 from dm_lightning.training.checkpoints import load_checkpoint_safely
 
@@ -39,11 +40,8 @@ def fit_config(tmp_path_factory, data_config) -> Path:
 
 
 def _command(fit_config, data_config, tiny_model, root, *extra) -> list[str]:
-    return [
-        str(SCRIPT), "fit", "--config", str(fit_config), "--config", str(data_config),
-        "--model.init_args.model_path", str(tiny_model),
-        "--trainer.logger.init_args.save_dir", str(root), *extra,
-    ]  # fmt: skip
+    configs = [fit_config, data_config]
+    return [str(SCRIPT), *cli_args("fit", configs, tiny_model, root, extra=extra)]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -92,12 +90,10 @@ def test_fit_then_python_m_exit_zero(short_fit, data_config, tmp_path):
     assert sorted(p.name for p in export.parent.iterdir() if p.name.startswith("export")) == [
         "export", "export.json",
     ]  # fmt: skip
+    configs = [CONFIGS / "tiny" / "eval.yaml", data_config]
     tested = _run(
-        [sys.executable, "-m", "dm_lightning", "test", "--config",
-         str(CONFIGS / "tiny" / "eval.yaml"), "--config", str(data_config),
-         "--model.init_args.model_path", str(export),
-         "--trainer.logger.init_args.save_dir", str(tmp_path)]
-    )  # fmt: skip
+        [sys.executable, "-m", "dm_lightning", *cli_args("test", configs, export, tmp_path)]
+    )
     assert tested.returncode == 0, tested.stderr[-3000:]
 
 
@@ -177,12 +173,9 @@ def test_slurm_requeue_resumes_from_the_hpc_checkpoint(
 
 
 def test_user_errors_are_one_line_with_status_2(short_fit, data_config, tiny_model, tmp_path):
-    stage2 = [
-        str(SCRIPT), "fit", "--config", str(CONFIGS / "tiny" / "stage2.yaml"),
-        "--config", str(data_config), "--model.init_args.model_path", str(tiny_model),
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
-    ]  # fmt: skip
-    missing = _run([*stage2[:-4], "--model.init_args.model_path", str(tmp_path / "nope")])
+    configs = [CONFIGS / "tiny" / "stage2.yaml", data_config]
+    stage2 = [str(SCRIPT), *cli_args("fit", configs, tiny_model, tmp_path)]
+    missing = _run([str(SCRIPT), *cli_args("fit", configs, tmp_path / "nope")])
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr and "Namespace(" not in missing.stderr
     (line,) = [x for x in missing.stderr.splitlines() if x.startswith("dm-lightning: error:")]

@@ -24,7 +24,8 @@ into --work, and measures samples/s in one process (= per data-loading worker):
 ``eval`` times dm_lightning's batched float64 evaluation against two per-image paths on the
 same predictions and checks all agree to 1e-6: the published evaluation script's steps
 (numpy least squares on the masked pixels, then one torch function per metric, in float32 as
-the script runs on float32 predictions) and a lean float64 numpy implementation.
+the script runs on float32 predictions) and a lean float64 numpy implementation
+(``dm_lightning.reference``, the one the tests check the fast path against).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dm_lightning import reference
 from dm_lightning.data.datamodule import collate, sample_to_tensors
 from dm_lightning.data.packing import finish_training_batch, pack_training_batch
 from dm_lightning.data.schema import encode_sample
@@ -253,32 +255,6 @@ def run_data(args: argparse.Namespace) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
-def numpy_reference(
-    pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, lo: float, hi: float
-) -> dict:
-    """Per-image protocol in numpy: sqrt-disparity least squares on valid pixels with finite
-    GT > 0 and prediction > 0 (as the released evaluation), back to depth, clip, metrics on
-    all valid pixels."""
-    m = valid & np.isfinite(gt) & (gt > 0) & (pred > 0)
-    p, g = pred[m].astype(np.float64), 1.0 / np.sqrt(gt[m].astype(np.float64))
-    a = np.stack([p, np.ones_like(p)], axis=1)
-    s, t = np.linalg.lstsq(a, g, rcond=None)[0]
-    depth = 1.0 / np.maximum((s * pred.astype(np.float64) + t) ** 2, 1e-3)
-    depth = np.maximum(np.clip(depth, lo, hi), 1e-6)[valid]
-    gv = gt[valid].astype(np.float64)
-    ratio = np.maximum(depth / gv, gv / depth)
-    return {
-        "abs_rel": np.mean(np.abs(depth - gv) / gv),
-        "sq_rel": np.mean((depth - gv) ** 2 / gv),
-        "rmse": np.sqrt(np.mean((depth - gv) ** 2)),
-        "rmse_log": np.sqrt(np.mean((np.log(depth) - np.log(gv)) ** 2)),
-        "log10": np.mean(np.abs(np.log10(depth) - np.log10(gv))),
-        "delta1": np.mean(ratio < 1.25),
-        "delta2": np.mean(ratio < 1.25**2),
-        "delta3": np.mean(ratio < 1.25**3),
-    }
-
-
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     x[~valid] = 0
@@ -337,7 +313,7 @@ def run_eval(args: argparse.Namespace) -> None:
         return [published_path(pred[i], gt[i], valid[i], 1e-3, 10.0) for i in range(b)]
 
     def lean() -> list[dict]:
-        return [numpy_reference(pred[i], gt[i], valid[i], 1e-3, 10.0) for i in range(b)]
+        return [reference.evaluate_image(pred[i], gt[i], valid[i], 1e-3, 10.0) for i in range(b)]
 
     def ours() -> list[dict]:
         values = {k: [] for k in METRIC_NAMES}

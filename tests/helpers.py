@@ -1,0 +1,23 @@
+"""What several test modules share: a free TCP port for the multi-process (gloo) tests, the
+argument builder of a ``dm-lightning`` run and the numpy reference of the evaluation protocol.
+
+The last two live in the package (``dm_lightning.cli.cli_args``, ``dm_lightning.reference``)
+because ``dm_lightning.demo`` and ``tools/benchmark.py`` use them too; they are named here so
+that a test has one place to import its helpers from.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from dm_lightning import reference
+from dm_lightning.cli import cli_args
+
+__all__ = ["cli_args", "free_port", "reference"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for ``MASTER_PORT``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
