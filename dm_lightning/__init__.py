@@ -32,7 +32,7 @@ _EXPORTS = {
     "Stage2": "dm_lightning.training.stage2",
     "TimmEncoder": "dm_lightning.models.encoders",
     "TrainSource": "dm_lightning.data.datamodule",
-    "load_depthmaster": "dm_lightning.models.depthmaster",
+    "load_depthmaster": "dm_lightning.models.loading",
 }
 
 __all__ = [
@@ -76,10 +76,11 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.data.benchmarks import BenchmarkSpec
     from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
-    from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster
+    from dm_lightning.models.depthmaster import DepthMaster
     from dm_lightning.models.encoders import AlignmentEncoder, TimmEncoder
     from dm_lightning.models.feature_alignment import FeatureAlignment
     from dm_lightning.models.fourier import FourierEnhancement
+    from dm_lightning.models.loading import load_depthmaster
     from dm_lightning.models.stage1_network import AlignedDepthMaster
     from dm_lightning.targets import Depth, Disparity, SqrtDisparity
     from dm_lightning.training.base import DepthMasterTask

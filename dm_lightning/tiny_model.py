@@ -2,7 +2,7 @@
 
 Real SD-2 weights cannot be used on a 2-core CPU machine, so tests and the demo run on a tiny
 random-initialised VAE and U-Net with the same architecture families, saved as a diffusers
-folder and loaded back through :func:`~dm_lightning.models.depthmaster.load_depthmaster`, the
+folder and loaded back through :func:`~dm_lightning.models.loading.load_depthmaster`, the
 same code path a user's SD-2 folder takes.
 
 A random VAE cannot reconstruct anything, which would make the decoded depth meaningless, so

@@ -9,10 +9,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster, load_unet
+from dm_lightning.models.depthmaster import DepthMaster
 from dm_lightning.models.encoders import TimmEncoder
 from dm_lightning.models.feature_alignment import FeatureAlignment
 from dm_lightning.models.fourier import FourierEnhancement
+from dm_lightning.models.loading import load_depthmaster, load_unet
 from dm_lightning.models.unet_hooks import FeatureTap, attach_fourier_enhancement
 from dm_lightning.targets import get_target
 from dm_lightning.tiny_model import TINY_UNET_CONFIG, make_tiny_depthmaster

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, load_depthmaster
+from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE
 from dm_lightning.models.encoders import TimmEncoder
+from dm_lightning.models.loading import load_depthmaster
 from dm_lightning.tiny_model import make_tiny_depthmaster
 
 

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError, TrainingStopped
 from dm_lightning.metrics import ALIGNMENT_SPACES
-from dm_lightning.models.depthmaster import DepthMaster, load_depthmaster, signed_rgb
+from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
+from dm_lightning.models.loading import load_depthmaster
 from dm_lightning.targets import get_target
 from dm_lightning.training.checkpoints import (
     CHECKPOINT_RECORD,

@@ -1,0 +1,288 @@
+"""Loading DepthMaster model folders: local diffusers-layout folders or hub repositories.
+
+:func:`load_depthmaster` builds a :class:`~dm_lightning.models.depthmaster.DepthMaster` from
+``vae/`` and ``unet/`` (an ``fftblock.*`` U-Net included) and the empty-prompt embedding
+(computed once from the text encoder and cached when a folder lacks it). Every mismatch of
+weights and config is a :class:`~dm_lightning.errors.ConfigError` naming the keys; every
+missing part a :class:`~dm_lightning.errors.MissingPathError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import Tensor, nn
+
+from dm_lightning.errors import ConfigError, MissingPathError
+from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, METADATA_FILE, DepthMaster
+from dm_lightning.models.state_dicts import SHOWN_KEYS, describe_keys, load_state_dict_file
+from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, attach_fourier_enhancement
+
+log = logging.getLogger(__name__)
+
+# Weight files of a diffusers model folder (unet/, vae/), in the order diffusers prefers them.
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+HUB_PREFIX = "hf://"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def resolve_model_path(
+    path_or_id: str | Path, subfolders: tuple[str, ...] = ("vae", "unet")
+) -> Path:
+    """A local model folder, or a Hugging Face hub repository fetched (once) into the HF cache.
+
+    Which one a value names:
+
+    - ``hf://owner/name`` always names a hub repository;
+    - an existing folder is used as it is;
+    - otherwise the value is a hub id only if it has the form ``owner/name``, does not start
+      with ``.``, ``/`` or ``~``, and its first component (``owner``) is not an existing local
+      folder. So ``runs/export`` while ``runs/`` exists is a missing local folder (a typo, or a
+      run that has not exported yet), never fetched: write ``hf://runs/export`` for a hub
+      repository of that name.
+
+    A :class:`~pathlib.Path` is always a local folder.
+
+    Raises:
+        MissingPathError: a local folder that does not exist, or a hub repository that cannot
+            be fetched.
+        ConfigError: an ``hf://`` value that is not of the form ``hf://owner/name``.
+    """
+    if isinstance(path_or_id, Path):
+        if not path_or_id.expanduser().is_dir():
+            raise MissingPathError(f"model folder {path_or_id} not found")
+        return path_or_id.expanduser()
+    if path_or_id.startswith(HUB_PREFIX):
+        repo = path_or_id[len(HUB_PREFIX) :]
+        if not _HUB_ID.fullmatch(repo):
+            raise ConfigError(
+                f"model path {path_or_id!r}: expected hf://owner/name (a Hugging Face hub "
+                "repository id)"
+            )
+        return _fetch_from_hub(repo, subfolders)
+    local = Path(path_or_id).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise MissingPathError(
+            f"model path {path_or_id} is a file; expected a folder with vae/ and unet/"
+        )
+    first = path_or_id.split("/", 1)[0]
+    looks_local = path_or_id.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(path_or_id)
+    if not looks_local and Path(first).is_dir():
+        raise MissingPathError(
+            f"model folder {path_or_id} not found; {first}/ exists, so this is taken for a local "
+            f"path; use {HUB_PREFIX}{path_or_id} for a hub repository"
+        )
+    if looks_local:
+        raise MissingPathError(
+            f"model folder {path_or_id} not found (expected a diffusers folder with vae/ and "
+            f"unet/, a hub id like stabilityai/stable-diffusion-2, or {HUB_PREFIX}owner/name)"
+        )
+    return _fetch_from_hub(path_or_id, subfolders)
+
+
+def _fetch_from_hub(repo: str, subfolders: tuple[str, ...]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = [f"{s}/*" for s in subfolders] + [EMPTY_PROMPT_FILE, METADATA_FILE, "*.json"]
+    patterns += ["text_encoder/*", "tokenizer/*"]
+    try:
+        return Path(snapshot_download(repo, allow_patterns=patterns))
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MissingPathError(
+            f"cannot fetch model {repo!r} from the Hugging Face hub: {reason}"
+        ) from err
+
+
+def load_unet(folder: str | Path) -> UNet2DConditionModel:
+    """Load a U-Net folder (``config.json`` + weights), attaching the FE block when the weights
+    carry ``fftblock.*`` keys (the released DepthMaster model, our stage-2 exports).
+
+    Both paths are strict: stock folders go through ``UNet2DConditionModel.from_pretrained``
+    (which only logs keys that do not fit; here they are an error), FE folders through
+    ``load_state_dict``.
+
+    Raises:
+        MissingPathError: the folder, its ``config.json`` or its weights file is missing.
+        ConfigError: the weights do not match the config (lists missing and unexpected keys),
+            or the weights file is not a plain state dict.
+    """
+    folder = Path(folder)
+    weights = _model_folder_files(folder, "U-Net")
+    if weights is None:  # sharded: diffusers reads the index
+        return _from_pretrained_strict(UNet2DConditionModel, folder, "U-Net")
+    state = None
+    if weights.suffix == ".safetensors":
+        keys = _safetensors_keys(weights)
+    else:
+        state = load_state_dict_file(weights, "U-Net weights")
+        keys = list(state)
+    if not any(k.startswith(FFT_ATTRIBUTE + ".") for k in keys):
+        return _from_pretrained_strict(UNet2DConditionModel, folder, "U-Net")
+    if state is None:
+        state = load_state_dict_file(weights, "U-Net weights")
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
+    attach_fourier_enhancement(unet)
+    _load_state_dict_strict(unet, state, weights)
+    return unet
+
+
+def _model_folder_files(folder: Path, what: str) -> Path | None:
+    """Check a diffusers model folder: ``config.json`` and a weights file (returned; None for
+    a sharded checkpoint)."""
+    if not folder.is_dir():
+        raise MissingPathError(f"{what} folder not found: {folder}")
+    if not (folder / "config.json").is_file():
+        raise MissingPathError(
+            f"{what} folder {folder} has no config.json (expected a diffusers model folder: "
+            f"config.json + {WEIGHT_FILES[0]})"
+        )
+    weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+    if weights is None and not any((folder / f"{n}.index.json").is_file() for n in WEIGHT_FILES):
+        raise MissingPathError(
+            f"{what} folder {folder} has no weights file (expected {' or '.join(WEIGHT_FILES)})"
+        )
+    return weights
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as err:  # SafetensorError: not a safetensors file, truncated header
+        raise ConfigError(f"weights {path} are not a readable safetensors file: {err}") from err
+
+
+def _from_pretrained_strict(cls: type, folder: Path, what: str) -> Any:
+    """``cls.from_pretrained(folder)``, with keys that do not fit the config as an error."""
+    try:
+        model, info = cls.from_pretrained(folder, output_loading_info=True)
+    except ValueError as err:  # a weight of another shape than the config's
+        raise ConfigError(f"{what} weights in {folder} do not fit its config.json: {err}") from err
+    mismatch = describe_keys(info["missing_keys"], info["unexpected_keys"])
+    if mismatch:
+        raise ConfigError(f"{what} weights in {folder} do not match its config.json: {mismatch}")
+    return model
+
+
+def _load_state_dict_strict(module: nn.Module, state: dict[str, Tensor], weights: Path) -> None:
+    """``load_state_dict(strict=True)`` whose mismatches are a :class:`ConfigError` listing the
+    keys (and shapes)."""
+    own = module.state_dict()
+    mismatch = describe_keys(set(own) - set(state), set(state) - set(own))
+    if mismatch:
+        raise ConfigError(
+            f"U-Net weights {weights} do not match {weights.parent / 'config.json'} plus the FE "
+            f"block: {mismatch}"
+        )
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in sorted(state.items())
+        if tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if shapes:
+        more = f" and {len(shapes) - SHOWN_KEYS} more" if len(shapes) > SHOWN_KEYS else ""
+        raise ConfigError(
+            f"U-Net weights {weights} do not fit {weights.parent / 'config.json'}: "
+            f"{len(shapes)} shapes differ {shapes[:SHOWN_KEYS]}{more}"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def load_empty_prompt_embedding(folder: Path, cache_dir: str | Path | None = None) -> Tensor:
+    """The (1, 2, D) embedding of the empty prompt.
+
+    Read from ``empty_prompt_embedding.safetensors`` in the folder, else from the cache, else
+    computed once from ``text_encoder/`` + ``tokenizer/`` (needs ``pip install
+    dm_lightning[text]``) and cached, so the text encoder is never kept in memory.
+    """
+    from safetensors.torch import save_file
+
+    own = folder / EMPTY_PROMPT_FILE
+    if own.is_file():
+        return _embedding_from(own)
+    cache_root = Path(cache_dir or Path.home() / ".cache" / "dm_lightning" / "empty_prompt")
+    cached = cache_root / (str(folder.resolve()).strip("/").replace("/", "--") + ".safetensors")
+    if cached.is_file():
+        return _embedding_from(cached)
+    if not (folder / "text_encoder").is_dir() or not (folder / "tokenizer").is_dir():
+        raise MissingPathError(
+            f"{folder} has neither {EMPTY_PROMPT_FILE} nor text_encoder/ + tokenizer/ to compute "
+            "the empty-prompt embedding from"
+        )
+    embedding = compute_empty_prompt_embedding(folder)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    save_file({"embedding": embedding.contiguous()}, str(cached))
+    log.info("cached the empty-prompt embedding of %s at %s", folder, cached)
+    return embedding
+
+
+def _embedding_from(path: Path) -> Tensor:
+    state = load_state_dict_file(path, "empty-prompt embedding")
+    if "embedding" not in state:
+        raise ConfigError(
+            f"empty-prompt embedding file {path} has no 'embedding' tensor (keys: "
+            f"{sorted(state)[:SHOWN_KEYS]})"
+        )
+    return state["embedding"]
+
+
+def compute_empty_prompt_embedding(folder: Path) -> Tensor:
+    """CLIP text-encoder output for ``""`` tokenised without padding: (1, 2, D) for SD-2."""
+    try:
+        from transformers import CLIPTextModel, CLIPTokenizer
+    except ImportError as err:
+        raise ImportError(
+            "computing the empty-prompt embedding needs transformers: "
+            "pip install 'dm_lightning[text]'"
+        ) from err
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    ids = tokenizer("", padding="do_not_pad", return_tensors="pt").input_ids
+    with torch.no_grad():
+        return encoder(ids)[0].float().cpu()
+
+
+def load_depthmaster(
+    path: str | Path,
+    unet_path: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> DepthMaster:
+    """Build :class:`DepthMaster` from a diffusers-layout folder or hub id.
+
+    Args:
+        path: folder (or hub id) with ``vae/`` and ``unet/``: SD-2 base weights, the released
+            DepthMaster model, or a dm_lightning export.
+        unet_path: a U-Net folder to use instead of ``path/unet`` (e.g. a stage-1 export).
+        cache_dir: where a computed empty-prompt embedding is cached.
+
+    Raises:
+        MissingPathError: the folder (see :func:`resolve_model_path` for what is a hub id), its
+            ``vae/`` or ``unet/``, a ``config.json`` or weights file, or the empty-prompt
+            embedding (and the text encoder to compute it) is missing.
+        ConfigError: weights that do not match their config (the keys are listed), or a
+            weights file that is not a plain state dict.
+    """
+    folder = resolve_model_path(path)
+    where = str(folder) if str(folder) == str(path) else f"{path} ({folder})"
+    for sub in ("vae",) if unet_path else ("vae", "unet"):
+        if not (folder / sub).is_dir():
+            raise MissingPathError(
+                f"model folder {where} has no {sub}/ subfolder (expected a diffusers layout "
+                "with vae/ and unet/)"
+            )
+    _model_folder_files(folder / "vae", "VAE")
+    vae = _from_pretrained_strict(AutoencoderKL, folder / "vae", "VAE")
+    unet = load_unet(Path(unet_path).expanduser() if unet_path else folder / "unet")
+    embedding = load_empty_prompt_embedding(folder, cache_dir)
+    return DepthMaster(vae, unet, embedding)
