@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
-from dm_lightning.cli import cli_args
+from dm_lightning.cli import DepthMasterCLI, cli_args
 from dm_lightning.cli import run_cli as cli_main
 
 
@@ -42,7 +43,8 @@ def ensure_model(model: Path, shards: Path, seed: int, vae_steps: int) -> None:
     build_tiny_model_folder(model, seed, patterns, vae_steps)
 
 
-def run_cli(args: list[str]):
+def run_cli(args: list[str]) -> DepthMasterCLI:
+    """Run the ``dm-lightning`` CLI in this process, printing the command line first."""
     print("[demo] dm-lightning " + " ".join(args))
     return cli_main(args)
 
@@ -132,7 +134,7 @@ def data_config(shipped: Path, shards: Path, run: Path) -> Path:
     """The shipped synthetic data config with its shard paths under ``shards``, saved in the run."""
     import yaml
 
-    def move(value):
+    def move(value: Any) -> Any:
         if isinstance(value, str) and value.startswith("shards/synthetic/"):
             return str(shards / value[len("shards/synthetic/") :])
         if isinstance(value, dict):

@@ -1,0 +1,2 @@
+"""Lightning side: the training stages, their shared base, evaluation bookkeeping, callbacks,
+checkpoints and the run folder."""
