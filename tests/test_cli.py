@@ -265,8 +265,8 @@ def test_two_process_ddp_fit_matches_single_process_validation(
 
 
 def test_stage2_trains_on_a_loader_passed_without_the_datamodule(tiny_model, shards, tmp_path):
-    # trainer.fit(model, train_dataloaders=...) skips the DataModule's on_after_batch_transfer;
-    # the training step finishes the packed batches itself.
+    # trainer.fit(model, train_dataloaders=...) has no DataModule: the shared training step
+    # (the one place packed batches are finished) still finishes them.
     import lightning as L
 
     from dm_lightning import Stage2

@@ -141,7 +141,9 @@ def test_spec_processing_res_is_honoured(cli_run):
     model = cli_run[0].model
     dm = BenchmarkDataModule({"tum64": _tum_spec(64), "tum32": _tum_spec(32)}, num_workers=0)
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(model, dm)
-    assert next(iter(dm.test_dataloader()[1]))["processing_res"] == [32]
+    # resolved once per loader by the task, not carried in the batches
+    assert model.loader_processing_res["test"] == [64, 32]
+    assert "processing_res" not in next(iter(dm.test_dataloader()[1]))
     sample = dm.eval_dataset("tum32")[0]
     batch = {k: sample[k][None] for k in ("rgb", "depth", "valid")}
     for name, res in (("tum64", 64), ("tum32", 32)):
@@ -166,8 +168,11 @@ def test_fit_validation_mixes_shard_splits_and_benchmark_subsets(shards):
     synthetic, tum = dm.val_dataloader()
     assert sum(b["rgb"].shape[0] for b in synthetic) == 8
     (batch,) = list(tum)
-    assert batch["processing_res"] == [48] and batch["source"] == ["tum"]
+    assert "processing_res" not in batch and batch["source"] == ["tum"]
     assert dm.processing_res("tum", "val") == 48 and dm.processing_res("synthetic", "val") is None
+    # shard splits run at the model's processing_res, benchmarks at their own
+    assert dm.processing_res("synthetic", "val", 96) == 96
+    assert dm.processing_res("tum", "val", 96) == 48
     # Packaged 100-image subsets resolve by name.
     for name in ("nyu_train_100", "kitti_val_100"):
         lines = resolve_list_file(name, "nyu").read_text().split("\n")

@@ -2,8 +2,8 @@
 
 Batches are dicts: ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 metres,
 ``valid`` (B, 1, H, W) bool, ``min_depth``/``max_depth`` (B,) float64 metres, ``source`` and
-``key`` (lists of str); the streams add ``skipped`` and the benchmark loaders
-``processing_res``.
+``key`` (lists of str); the streams add ``skipped``. (The long edge a split runs at is not in
+its batches: the LightningModule asks ``DepthDataModule.processing_res`` once per loader.)
 
 **Empty eval batches.** A validation/test reader (a rank's worker) whose shards held no
 readable sample but whose skips must still be reported yields one batch of zero samples
@@ -49,13 +49,3 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("source", "key"):
         out[k] = [s[k] for s in samples]
     return out
-
-
-def collate_with_resolution(
-    samples: list[dict[str, Any]], processing_res: int | None
-) -> dict[str, Any]:
-    """:func:`collate` plus ``processing_res``: a list with ``processing_res`` (pixels, or None =
-    native) once per sample."""
-    batch = collate(samples)
-    batch["processing_res"] = [processing_res] * len(samples)
-    return batch

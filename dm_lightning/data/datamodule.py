@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import lightning as L
@@ -46,10 +45,10 @@ from dm_lightning.data.checks import (
     check_probabilities,
     first_sample_meta,
 )
-from dm_lightning.data.collate import collate, collate_with_resolution, empty_batch  # noqa: F401
-from dm_lightning.data.packing import finish_training_batch, pack_training_batch
+from dm_lightning.data.collate import collate, empty_batch  # noqa: F401
+from dm_lightning.data.packing import pack_training_batch
 from dm_lightning.data.predict import IMAGE_SUFFIXES, ImageFolder, collate_predict  # noqa: F401
-from dm_lightning.data.schema import valid_mask
+from dm_lightning.data.schema import depth_range, valid_mask
 from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count
 from dm_lightning.data.streams import (
     DEFAULT_MAX_BAD_FRACTION,
@@ -100,8 +99,7 @@ def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
     """Decoded schema sample -> tensors with the valid mask of the source's range."""
     meta = sample["meta"]
     depth = torch.from_numpy(sample["depth"]).unsqueeze(0)
-    max_depth = math.inf if meta.get("max_depth") is None else float(meta["max_depth"])
-    min_depth = float(meta["min_depth"])
+    min_depth, max_depth = depth_range(meta)
     valid = torch.from_numpy(valid_mask(sample["depth"], meta)).unsqueeze(0)
     return {
         # A (3, H, W) view of the HWC array: collate's stack makes the one copy.
@@ -287,12 +285,6 @@ class DepthDataModule(L.LightningDataModule):
             prefetch_factor=4 if self.num_workers else None,
         )
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Finish packed training batches on the training device (metres, valid mask, flip:
-        :func:`~dm_lightning.data.packing.finish_training_batch`); other batches pass through.
-        (If a LightningModule overrides this hook too, Lightning runs this one and warns.)"""
-        return finish_training_batch(batch) if isinstance(batch, dict) else batch
-
     def planned_batches(self, dataset: MixedSourceBatches) -> int:
         """Batches per epoch and rank for one pass over the samples counted in the shards'
         ``index.json``: ``ceil(samples / (expected batch size x world size))``."""
@@ -330,19 +322,21 @@ class DepthDataModule(L.LightningDataModule):
             raise TypeError(f"{stage} split {name!r} is a shard pattern, not a benchmark spec")
         return self._benchmark(name, spec)
 
-    def processing_res(self, name: str, stage: str = "test") -> int | None:
+    def processing_res(
+        self, name: str, stage: str = "test", default: int | None = None
+    ) -> int | None:
         """Long edge (pixels) eval set ``name`` of ``stage`` ("val" or "test") runs at: its
-        spec's, else its reader's default; None = native size (shard splits: the model's)."""
+        spec's, else its reader's default (None = native size); shard splits: ``default``
+        (the model's ``processing_res``). The LightningModule asks once per dataloader."""
         spec = (self.val_splits if stage == "val" else self.test_splits)[name]
         if not isinstance(spec, BenchmarkSpec):
-            return None
+            return default
         if spec.processing_res is not None:
             return spec.processing_res
         return self._benchmark(name, spec).processing_res
 
     def _benchmark_loader(self, stage: str, name: str, spec: BenchmarkSpec) -> DataLoader:
         dataset = self._benchmark(name, spec)
-        res = self.processing_res(name, stage)
         world, rank = (
             (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         )
@@ -351,7 +345,7 @@ class DepthDataModule(L.LightningDataModule):
             batch_size=self.eval_batch_size,
             sampler=RankShardSampler(dataset, world, rank),
             num_workers=self.num_workers,
-            collate_fn=partial(collate_with_resolution, processing_res=res),
+            collate_fn=collate,
         )
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -7,11 +7,11 @@ the per-sample depth scale, range and flip decision. Inside a worker the batch t
 allocated in shared memory, as torch's ``default_collate`` does, so handing them to the main
 process copies nothing, and the batch is 1.5 MB per 480x640 sample instead of 2.4 MB.
 
-:func:`finish_training_batch` then runs on the training device (``DepthDataModule``'s
-``on_after_batch_transfer`` hook): metres from units, the valid mask of the source's range,
-and the horizontal flip of RGB, depth and mask together. The LightningModule receives the
-same ``rgb`` / ``depth`` / ``valid`` batch as from the evaluation loaders and builds its
-normalised targets there too.
+:func:`finish_training_batch` then runs on the training device (at the top of the
+LightningModule's shared ``training_step``): metres from units, the valid mask of the
+source's range, and the horizontal flip of RGB, depth and mask together. The loss then sees
+the same ``rgb`` / ``depth`` / ``valid`` batch as the evaluation loaders give, and builds
+its normalised targets there too.
 
 :func:`has_valid_depth` tells, in the worker and without a float copy, whether a decoded
 sample has any pixel :func:`finish_training_batch` will mark valid: the training stream skips

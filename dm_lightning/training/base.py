@@ -3,8 +3,9 @@
 Built through hooks, as torchgeo's ``BaseTask``: ``__init__`` saves the hyper-parameters
 (less the class's ``hparams_ignore``) and calls :meth:`DepthMasterTask.configure_models`,
 ``configure_losses`` and ``configure_metrics``. Subclasses (:class:`Stage1`, :class:`Stage2`)
-build their extra parts and losses in those hooks and define ``training_step``; everything
-after training is common. Evaluation state lives in an
+build their extra parts and losses in those hooks and define ``training_loss``; the shared
+``training_step`` finishes the packed batch and guards the loss; everything after training is
+common. Evaluation state lives in an
 :class:`~dm_lightning.training.evaluation.EvaluationBook`.
 """
 
@@ -16,6 +17,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError, TrainingStopped
 from dm_lightning.metrics import ALIGNMENT_SPACES
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
@@ -93,6 +95,8 @@ class DepthMasterTask(L.LightningModule):
         self._loss_parts: dict[str, Tensor] = {}
         # Frozen modules are not in checkpoints; add them back before a strict load.
         self.strict_loading = True
+        # Long edge per eval dataloader, stage -> [int | None], resolved in setup().
+        self.loader_processing_res: dict[str, list[int | None]] = {}
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -123,6 +127,8 @@ class DepthMasterTask(L.LightningModule):
         # numbers of validation batches (exactly-once eval splits are uneven).
         self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
         self.evaluation.build({s: self._eval_names(s) for s in ("val", "test")}, self.device)
+        loader_stage = {"fit": "val", "validate": "val"}.get(stage, stage)
+        self.loader_processing_res[loader_stage] = self._resolve_processing_res(loader_stage)
 
     def on_fit_start(self) -> None:
         # Fail before the first step when a training source cannot pass the VAE cleanly.
@@ -158,6 +164,21 @@ class DepthMasterTask(L.LightningModule):
         super().train(mode)
         self.net.vae.eval()  # frozen: no dropout / norm-statistics changes
         return self
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Finish the packed batch on the training device (metres, valid mask, flip:
+        :func:`~dm_lightning.data.packing.finish_training_batch`), the one place it happens,
+        with or without a DataModule; then the stage's :meth:`training_loss`, guarded.
+
+        (Not in ``on_after_batch_transfer``: Lightning 2.6 warns on every run that passes a
+        DataModule when the LightningModule overrides that hook.) Callbacks'
+        ``on_train_batch_*`` hooks therefore see the packed batch."""
+        loss, parts = self.training_loss(finish_training_batch(batch))
+        return self.guard_loss(loss, parts)
+
+    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The stage's loss of a finished batch and its logged terms (``loss`` among them)."""
+        raise NotImplementedError
 
     def guard_loss(self, loss: Tensor, parts: dict[str, Tensor]) -> Tensor:
         """Log the loss terms and keep them for the non-finite guard's message.
@@ -236,11 +257,29 @@ class DepthMasterTask(L.LightningModule):
         return self.target.normalize(batch["depth"], batch["valid"])
 
     # ---- evaluation ---------------------------------------------------------------------
-    def batch_processing_res(self, batch: dict[str, Any]) -> int | None:
-        """Long edge to run a batch at: benchmark batches carry their own (one value per
-        sample of one benchmark), others use ``processing_res`` (None = native size)."""
-        res = batch.get("processing_res", [self.hparams.processing_res])[0]
-        return None if res is None else int(res)
+    def _resolve_processing_res(self, stage: str) -> list[int | None]:
+        """Long edge each dataloader of ``stage`` ("val", "test", "predict") runs at, asked
+        once of the DataModule: a benchmark split's own (None = native size), else the
+        ``processing_res`` hyper-parameter. Predict runs over the test splits unless the
+        DataModule has a ``predict`` folder (or there is no DataModule)."""
+        default = self.hparams.processing_res
+        dm = getattr(self.trainer, "datamodule", None)
+        split = "test" if stage == "predict" else stage
+        if stage == "predict" and getattr(dm, "predict_path", None) is not None:
+            return [default]
+        resolve = getattr(dm, "processing_res", None)
+        names = getattr(dm, "val_names" if split == "val" else "test_names", None)
+        if resolve is None or not names:
+            return [default]
+        return [resolve(name, split, default) for name in names]
+
+    def processing_res_of(self, stage: str, dataloader_idx: int = 0) -> int | None:
+        """Long edge the network runs at for dataloader ``dataloader_idx`` of ``stage``
+        ("val", "test", "predict"; None = native size)."""
+        resolved = self.loader_processing_res.get(stage, [])
+        if dataloader_idx < len(resolved):
+            return resolved[dataloader_idx]
+        return self.hparams.processing_res
 
     def _eval_names(self, stage: str) -> list[str]:
         dm = getattr(self.trainer, "datamodule", None)
@@ -250,7 +289,7 @@ class DepthMasterTask(L.LightningModule):
     def _eval_step(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> None:
         pred = None
         if len(batch["key"]):  # else a stream's report of samples it skipped before any batch
-            pred = self.net.predict(batch["rgb"], self.batch_processing_res(batch))
+            pred = self.net.predict(batch["rgb"], self.processing_res_of(stage, dataloader_idx))
         self.evaluation.update(stage, self._eval_names(stage)[dataloader_idx], batch, pred)
 
     def validation_step(
@@ -274,7 +313,7 @@ class DepthMasterTask(L.LightningModule):
         skipped = batch.get("skipped_files", [])
         if batch["rgb"] is None:
             return {"key": [], "depth": None, "skipped_files": skipped}
-        depth = self.net.predict(batch["rgb"], self.batch_processing_res(batch))
+        depth = self.net.predict(batch["rgb"], self.processing_res_of("predict", dataloader_idx))
         return {"key": batch["key"], "depth": depth.cpu(), "skipped_files": skipped}
 
     # ---- checkpoints --------------------------------------------------------------------

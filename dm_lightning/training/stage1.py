@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.losses import masked_latent_mse
 from dm_lightning.models.encoders import AlignmentEncoder
 from dm_lightning.models.stage1_network import AlignedDepthMaster
@@ -70,8 +69,7 @@ class Stage1(DepthMasterTask):
         self.latent_loss = partial(masked_latent_mse, factor=self.net.latent_factor)
         self.fa_weight = self.hparams.fa_weight
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        batch = finish_training_batch(batch)  # no-op when the DataModule's hook did it
+    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         rgb = self.rgb_signed(batch)
         with torch.no_grad():
             target = self.normalized_target(batch)
@@ -90,7 +88,7 @@ class Stage1(DepthMasterTask):
             loss = loss + self.fa_weight * fa
             parts["fa"] = fa
         parts["loss"] = loss
-        return self.guard_loss(loss, parts)
+        return loss, parts
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.losses import gradient_loss, masked_mse
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement, has_fourier_enhancement
 from dm_lightning.training.base import DepthMasterTask
@@ -55,8 +54,7 @@ class Stage2(DepthMasterTask):
         self.gradient_weight = self.hparams.gradient_weight
         self.gradient_loss = partial(gradient_loss, delta=self.hparams.gradient_delta)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        batch = finish_training_batch(batch)  # no-op when the DataModule's hook did it
+    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.no_grad():
             z_rgb = self.net.encode(self.rgb_signed(batch))
             target = self.normalized_target(batch)
@@ -70,4 +68,4 @@ class Stage2(DepthMasterTask):
             loss = loss + self.gradient_weight * grad
             parts["gradient"] = grad
         parts["loss"] = loss
-        return self.guard_loss(loss, parts)
+        return loss, parts

@@ -31,9 +31,10 @@ Evaluation sets: a :class:`BenchmarkSpec` names a reader (a benchmark of :data:`
 an ``rgbd_folder``) and :func:`build_dataset` builds it; the
 :class:`~dm_lightning.data.datamodule.DepthDataModule` accepts specs next to shard patterns in
 ``val`` and ``test`` (so validation during ``fit`` can run on e.g. NYU or KITTI subsets), and
-:class:`~dm_lightning.data.datamodule.BenchmarkDataModule` is the test-only shorthand. Their
-batches carry ``processing_res``: a list of ``int | None`` (long edge the network runs at,
-None = native size), one per sample. Every sample is evaluated exactly once over DDP ranks
+:class:`~dm_lightning.data.datamodule.BenchmarkDataModule` is the test-only shorthand. The
+long edge a set runs at (``int | None``, None = native size) is
+``DepthDataModule.processing_res``, asked once per loader by the model. Every sample is
+evaluated exactly once over DDP ranks
 (:class:`~dm_lightning.data.benchmarks.sampler.RankShardSampler`).
 
 Modules: :mod:`.decoders` (depth file decoders), :mod:`.base` (the common reader and the

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from dm_lightning.data.benchmarks.decoders import DepthDecoder, decode_rgb
 from dm_lightning.data.crops import resize_rgb
+from dm_lightning.data.schema import in_depth_range
 from dm_lightning.data.splits import ListLineError, SplitEntry, read_split_file
 from dm_lightning.data.store import FileStore
 
@@ -149,7 +150,7 @@ class DepthPairDataset(Dataset):
 
         ``depth`` is already 0 wherever it is not a finite positive measurement.
         """
-        valid = (depth > self.min_depth) & (depth < self.max_depth)
+        valid = in_depth_range(depth, self.min_depth, self.max_depth)
         region = self.region(entry, depth.shape)
         return valid if region is None else valid & region
 
