@@ -1,4 +1,4 @@
-"""DepthMaster's training losses (SPEC sections 3 and 4), one small function each."""
+"""DepthMaster's training losses (docs/method.md §3 and §4), one small function each."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def directional_gradients(x: Tensor) -> Tensor:
 
 
 def gradient_loss(pred: Tensor, target: Tensor, valid: Tensor, delta: float = 0.2) -> Tensor:
-    """Weighted multi-directional gradient loss L_h (SPEC section 4).
+    """Weighted multi-directional gradient loss L_h (docs/method.md §4).
 
     Invalid pixels of both maps are zeroed, the four directional differences of
     :func:`directional_gradients` are taken, and the inverted Huber of (prediction - GT)

@@ -1,12 +1,12 @@
-"""Affine-invariant depth evaluation (SPEC section 6).
+"""Affine-invariant depth evaluation (docs/method.md §6).
 
 Functional core (pure tensor math, float64) plus a thin torchmetrics ``Metric`` that keeps
 sums and an image count with ``dist_reduce_fx="sum"``, so N ranks give the one-process result.
 
-Order of operations per image, exactly as SPEC.md states: least-squares scale and shift of the
-prediction to the ground truth in the alignment space, fitted on the valid pixels with finite
-GT > 0 and, in the sqrt-disparity and disparity spaces, prediction > 0 (as the released
-evaluation; see ``DepthTarget.fit_needs_positive_prediction``); back to depth, clip to the
+Order of operations per image, exactly as docs/method.md §6 states: least-squares scale and
+shift of the prediction to the ground truth in the alignment space, fitted on the valid pixels
+with finite GT > 0 and, in the sqrt-disparity and disparity spaces, prediction > 0 (as the
+released evaluation; see ``DepthTarget.fit_needs_positive_prediction``); back to depth, clip to the
 dataset range and to >= 1e-6, then metrics on all valid pixels; the reported value is the
 plain mean over images.
 """
@@ -240,7 +240,8 @@ def evaluate_batch(
         p, g, scale, shift = _fit_image(pred[i], gt[i], valid[i], target)
         counts.append(p.numel())
         depth = target.inverse(p.mul(scale).add_(shift))
-        if hi[i] >= DEPTH_FLOOR:  # then one clamp equals range clip + floor, as SPEC orders them
+        # then one clamp equals range clip + floor, in the order of docs/method.md §6
+        if hi[i] >= DEPTH_FLOOR:
             depth = depth.clamp_(min=max(lo[i], DEPTH_FLOOR), max=hi[i])
         else:
             depth = depth.clamp_(min=lo[i], max=hi[i]).clamp_(min=DEPTH_FLOOR)

@@ -1,4 +1,4 @@
-"""Depth target representations (SPEC section 2, paper Table III).
+"""Depth target representations (docs/method.md §2, paper Table III).
 
 A target turns metric depth into the network's training signal in [-1, 1] and, for evaluation,
 maps values in its (un-normalised) space back to depth. The network is trained on the
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from dm_lightning.errors import ConfigError
 
-MIN_DISPARITY = 1e-3  # floor of aligned disparity at evaluation (SPEC section 6)
+MIN_DISPARITY = 1e-3  # floor of aligned disparity at evaluation (docs/method.md §6)
 
 
 class DepthTarget:
@@ -49,7 +49,7 @@ class DepthTarget:
         """Depth (metres) from (aligned) un-normalised target values.
 
         Evaluation feeds least-squares-aligned predictions here, which can leave the valid
-        range, so disparity-like targets clamp disparity at >= 1e-3 (SPEC section 6) before
+        range, so disparity-like targets clamp disparity at >= 1e-3 (docs/method.md §6) before
         inverting; callers clip the depth to the dataset range afterwards.
         """
         raise NotImplementedError

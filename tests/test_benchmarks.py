@@ -169,7 +169,7 @@ def test_kitti(kitti, layout):
 def test_kitti_eigen_rounding_matches_spec_fractions():
     mask = kitti_eigen_mask(352, 1216)
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    # SPEC's 4-digit fractions give the same bounds at the KB-crop size.
+    # docs/method.md §6's 4-digit fractions give the same bounds at the KB-crop size.
     assert (rows[0], rows[-1] + 1) == (int(0.3324 * 352), int(0.9135 * 352)) == (117, 321)
     assert (cols[0], cols[-1] + 1) == (int(0.0359 * 1216), int(0.9641 * 1216)) == (43, 1172)
 

@@ -1,4 +1,4 @@
-"""Affine-invariant evaluation (SPEC section 6) against an independent numpy reference.
+"""Affine-invariant evaluation (docs/method.md §6) against an independent numpy reference.
 
 Alignment is checked against ``np.linalg.lstsq`` on ``[p, 1]``, metrics against plain numpy on
 the valid pixels, and ``DepthMetrics`` against the plain mean over images, in one process and

@@ -38,7 +38,7 @@ def released_fftblock_state(channels: int, generator: torch.Generator) -> dict[s
 
 
 def reference_fe(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """SPEC section 4 written out with functional ops, independently of the module."""
+    """docs/method.md §4 written out with functional ops, independently of the module."""
     x0 = F.group_norm(x, 8, state["norm.weight"], state["norm.bias"], eps=1e-5)
 
     def conv(name, t):

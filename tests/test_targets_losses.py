@@ -1,6 +1,6 @@
 """Depth targets, training losses and the LR schedule against independent numpy references.
 
-SPEC sections 2 (targets), 3 (latent MSE, feature alignment, schedule) and 4 (pixel MSE, L_h).
+docs/method.md §2 (targets), §3 (latent MSE, feature alignment, schedule) and §4 (pixel MSE, L_h).
 Every expected value is computed here in plain numpy (or written out by hand), never by the
 code under test.
 """
@@ -44,7 +44,8 @@ TARGET_CASES = [
 
 
 def np_normalize(depth, valid, space, lower=0.02, upper=0.98):
-    """SPEC 2: per-image quantile normalisation of the target on valid pixels, -1 elsewhere."""
+    """docs/method.md §2: per-image quantile normalisation of the target on valid pixels,
+    -1 elsewhere."""
     out = np.full(depth.shape, -1.0)
     for i in range(depth.shape[0]):
         m = valid[i]
@@ -68,8 +69,9 @@ def np_masked_mse(pred, target, valid):
 
 
 def np_directional(x):
-    """x: (..., H, W) -> dict of the four (..., H-1, W-1) differences (SPEC 4 / docstring),
-    each anchored at the bottom-right pixel (i+1, j+1) of its 2x2 cell, as the released code."""
+    """x: (..., H, W) -> dict of the four (..., H-1, W-1) differences (docs/method.md §4 /
+    docstring), each anchored at the bottom-right pixel (i+1, j+1) of its 2x2 cell, as the
+    released code."""
     x = x.astype(np.float64)
     h, w = x.shape[-2:]
     out = {k: np.zeros(x.shape[:-2] + (h - 1, w - 1)) for k in ("dx", "dy", "d45", "d135")}
@@ -119,7 +121,7 @@ def t(x):
 
 
 # ---------------------------------------------------------------------------------------------
-# targets (SPEC 2)
+# targets (docs/method.md §2)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -207,7 +209,7 @@ def test_sqrt_disparity_hand_values():
 
 
 # ---------------------------------------------------------------------------------------------
-# latent mask and masked MSE (SPEC 3, 4)
+# latent mask and masked MSE (docs/method.md §3, §4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -300,7 +302,7 @@ def test_masked_losses_without_valid_element_are_zero_and_differentiable():
 
 
 # ---------------------------------------------------------------------------------------------
-# inverted Huber and the multi-directional gradient loss (SPEC 4)
+# inverted Huber and the multi-directional gradient loss (docs/method.md §4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -392,7 +394,7 @@ def test_gradient_loss_ignores_invalid_pixels_and_uses_default_delta():
 
 
 # ---------------------------------------------------------------------------------------------
-# feature alignment (SPEC 3)
+# feature alignment (docs/method.md §3)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -449,7 +451,7 @@ def test_feature_alignment_cosine_matches_numpy():
 
 
 # ---------------------------------------------------------------------------------------------
-# learning-rate schedule (SPEC 3)
+# learning-rate schedule (docs/method.md §3)
 # ---------------------------------------------------------------------------------------------
 
 

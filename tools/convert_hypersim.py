@@ -16,7 +16,7 @@ from dm_lightning.data.sources.hypersim import HYPERSIM_LAYOUTS, convert_hypersi
 
 DESCRIPTION = """\
 Convert Hypersim frames into webdataset tar shards in the dm_lightning sample schema
-(dm_lightning/data/schema.py), as SPEC section 5 prescribes.
+(dm_lightning/data/schema.py), as docs/method.md §5 prescribes.
 
 Input layouts (INPUTS: folders and/or uncompressed .tar files, searched in order):
   raw  the HDF5 release: ROOT/<scene>/images/scene_cam_XX_final_hdf5/frame.NNNN.color.hdf5,

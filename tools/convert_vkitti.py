@@ -16,7 +16,7 @@ from dm_lightning.data.sources.vkitti import convert_vkitti
 
 DESCRIPTION = """\
 Convert Virtual KITTI 2 frames into webdataset tar shards in the dm_lightning sample schema
-(dm_lightning/data/schema.py), as SPEC section 5 prescribes.
+(dm_lightning/data/schema.py), as docs/method.md §5 prescribes.
 
 Input (INPUTS: folders and/or uncompressed .tar files, searched in order, e.g. the release
 root, or the release's RGB and depth tars without extracting them):

@@ -2,7 +2,7 @@
 
 Training: each source is an infinite, resampled shard stream with its own resolution and batch
 size; whole batches are mixed by probability, so every micro-batch comes from a single source
-(SPEC section 5). An epoch is a fixed number of batches per rank, which keeps ranks in step
+(docs/method.md §5). An epoch is a fixed number of batches per rank, which keeps ranks in step
 whatever the shard sizes. Validation/test: each named split is read exactly once over ranks and
 workers. Seeding and splitting: :mod:`dm_lightning.data.streams`.
 

@@ -1,4 +1,4 @@
-"""The DepthMaster network as a plain ``nn.Module`` (SPEC section 1), usable without Lightning.
+"""The DepthMaster network as a plain ``nn.Module`` (docs/method.md §1), usable without Lightning.
 
 RGB -> VAE posterior mean x scaling factor -> U-Net (timestep 1, empty-prompt embedding) ->
 depth latent -> VAE decoder -> channel mean. One U-Net pass, no noise, no scheduler. Model
@@ -111,7 +111,8 @@ class DepthMaster(nn.Module):
         # Decode in fp32 even under bf16 autocast: bf16's step (~0.004) on [-1, 1] would move
         # aligned depth by over 1% at far range.
         with torch.autocast(device_type=latent.device.type, enabled=False):
-            raw = self.decode(latent.float()).clamp(-1.0, 1.0)  # clip before resizing (SPEC)
+            # clip before resizing (docs/method.md §1)
+            raw = self.decode(latent.float()).clamp(-1.0, 1.0)
         if size != (h, w):
             raw = F.interpolate(
                 raw, size=(h, w), mode="bilinear", align_corners=False, antialias=True

@@ -1,4 +1,4 @@
-"""Frozen external encoders for Feature Alignment (SPEC section 3).
+"""Frozen external encoders for Feature Alignment (docs/method.md §3).
 
 Any encoder plugs in by subclassing :class:`AlignmentEncoder`: it owns its input preparation
 (normalisation, resizing) and returns patch tokens on a grid. :class:`TimmEncoder` covers

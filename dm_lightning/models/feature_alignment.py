@@ -1,4 +1,4 @@
-"""Feature Alignment (FA): pull U-Net features toward a frozen encoder's (SPEC section 3)."""
+"""Feature Alignment (FA): pull U-Net features toward a frozen encoder's (docs/method.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fourier Enhancement (FE) block of DepthMaster stage 2 (SPEC section 4)."""
+"""Fourier Enhancement (FE) block of DepthMaster stage 2 (docs/method.md §4)."""
 
 from __future__ import annotations
 

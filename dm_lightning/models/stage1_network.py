@@ -1,6 +1,6 @@
 """The stage-1 network as a plain ``nn.Module``: DepthMaster + feature tap + FA projector.
 
-:class:`AlignedDepthMaster` is what stage 1 trains (SPEC section 3), usable without Lightning:
+:class:`AlignedDepthMaster` is what stage 1 trains (docs/method.md §3), usable without Lightning:
 ``forward`` runs the RGB latent through the U-Net and returns the depth latent together with
 the tapped U-Net feature; :meth:`AlignedDepthMaster.alignment_loss` scores that feature
 against the frozen encoder's tokens of the same image.

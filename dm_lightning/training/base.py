@@ -193,7 +193,8 @@ class DepthMasterTask(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The non-finite guard (SPEC: NaN losses were reported on the original stage 2).
+        """The non-finite guard (docs/method.md §4: NaN losses were reported on the original
+        stage 2).
 
         A non-finite gradient norm skips the step without moving anything: every gradient is
         set to None, which ``torch.optim.Adam`` treats as "no gradient", so neither the

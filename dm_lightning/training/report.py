@@ -32,7 +32,7 @@ PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
         "diode": (22.8, 73.8),
     },
 }
-"""Published zero-shot results (SPEC section 6): method -> benchmark kind -> (AbsRel, delta1),
+"""Published zero-shot results (docs/method.md §6): method -> benchmark kind -> (AbsRel, delta1),
 both x100."""
 
 MISSING = "–"
@@ -77,7 +77,7 @@ class EvaluationReport(L.Callback):
     - ``per_image_<name>.csv`` per test split: ``key`` and the 8 metrics (fractions, not x100;
       images without a valid pixel are left out, as in the logged means), sorted by key;
     - ``results.md``: AbsRel and delta1 (x100) of this model per split, next to the published
-      DepthMaster, Marigold and Lotus numbers (SPEC section 6) for benchmarks that have them.
+      DepthMaster, Marigold and Lotus numbers (docs/method.md §6) for benchmarks that have them.
 
     The table is also printed. Splits are matched to paper columns by their ``kind`` in a
     :class:`~dm_lightning.data.datamodule.BenchmarkDataModule`, else by their name.

@@ -1,4 +1,4 @@
-"""Learning-rate schedule of the reference recipe (SPEC sections 3 and 4)."""
+"""Learning-rate schedule of the reference recipe (docs/method.md §3 and §4)."""
 
 from __future__ import annotations
 

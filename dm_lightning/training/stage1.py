@@ -1,4 +1,4 @@
-"""Stage 1 (SPEC section 3): structure, latent MSE + Feature Alignment.
+"""Stage 1 (docs/method.md §3): structure, latent MSE + Feature Alignment.
 
 :class:`Stage1` trains an :class:`~dm_lightning.models.stage1_network.AlignedDepthMaster`
 (the plain ``nn.Module`` stage-1 network), or the bare DepthMaster without an encoder.

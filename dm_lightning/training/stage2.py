@@ -1,4 +1,4 @@
-"""Stage 2 (SPEC section 4): detail, pixel MSE through the frozen decoder + gradient loss,
+"""Stage 2 (docs/method.md §4): detail, pixel MSE through the frozen decoder + gradient loss,
 with the Fourier Enhancement block."""
 
 from __future__ import annotations

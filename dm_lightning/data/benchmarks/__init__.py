@@ -1,4 +1,4 @@
-"""Readers of the zero-shot evaluation benchmarks (SPEC section 6) and of user RGB-D folders.
+"""Readers of the zero-shot evaluation benchmarks (docs/method.md §6) and of user RGB-D folders.
 
 Every reader is a map-style :class:`torch.utils.data.Dataset` whose items are the batch samples
 of :mod:`dm_lightning.data.datamodule` (so :func:`~dm_lightning.data.collate.collate` stacks

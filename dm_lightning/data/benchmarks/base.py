@@ -200,7 +200,7 @@ def resolve_list_file(list_file: str | os.PathLike | None, default: str) -> Path
 
 
 class BenchmarkDataset(DepthPairDataset):
-    """A benchmark of SPEC section 6 read through its reference list.
+    """A benchmark of docs/method.md §6 read through its reference list.
 
     Args:
         root: the benchmark's evaluation folder, or the tar of it.
