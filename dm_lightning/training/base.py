@@ -335,7 +335,9 @@ class DepthMasterTask(L.LightningModule):
         if stage not in ("unknown", self.stage_name):
             raise ConfigError(stage_mismatch_message(stage, self.stage_name))
         self.nonfinite_steps = int(record.get("nonfinite_steps", 0))
-        self.nonfinite_consecutive = int(record.get("nonfinite_consecutive", 0))
+        # The run in a row starts anew: a resume after the guard's stop would otherwise stop
+        # again before its first step.
+        self.nonfinite_consecutive = 0
         own = self.state_dict()
         for k, v in own.items():
             if k.startswith(FROZEN_PREFIXES) and k not in state:
