@@ -98,8 +98,10 @@ def replace_folder(target: Path, write: Any) -> None:
         os.replace(tmp, target)
     finally:
         for leftover in (tmp, old):
-            if leftover.exists():
+            if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)
+            elif leftover.exists() or leftover.is_symlink():
+                leftover.unlink()  # a file or link that stood at the target
 
 
 class ResumableCheckpoint(L.Callback):

@@ -18,7 +18,6 @@ before the trainer is built:
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,18 +45,15 @@ def experiment_folder(args: Any) -> Path:
     return Path(args.save_dir) / (args.name or "")
 
 
-def _version_order(folder: Path) -> tuple[int, float]:
-    match = re.fullmatch(r"version_(\d+)", folder.name)
-    return (int(match.group(1)) if match else -1, folder.stat().st_mtime)
-
-
 def latest_resumable(experiment: Path) -> Path | None:
-    """``<run>/checkpoints/last.ckpt`` of the newest run under ``experiment`` (highest
-    ``version_<n>``, then newest), or None."""
+    """The most recently written ``<run>/checkpoints/last.ckpt`` under ``experiment``, or
+    None."""
     runs = [p.parent.parent for p in experiment.glob(f"*/checkpoints/{LAST_CHECKPOINT}")]
     if not runs:
         return None
-    return max(runs, key=_version_order) / "checkpoints" / LAST_CHECKPOINT
+    # The newest last.ckpt wins: a folder's own mtime does not change when it is rewritten.
+    last = [run / "checkpoints" / LAST_CHECKPOINT for run in runs]
+    return max(last, key=lambda path: path.stat().st_mtime)
 
 
 def slurm_job_id() -> str | None:
