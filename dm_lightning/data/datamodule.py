@@ -36,6 +36,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from dm_lightning.data.benchmarks import BenchmarkSpec, RankShardSampler, build_dataset
@@ -46,6 +47,7 @@ from dm_lightning.data.checks import (
     first_sample_meta,
 )
 from dm_lightning.data.collate import collate, empty_batch  # noqa: F401
+from dm_lightning.data.global_batch import gradient_accumulation, rank_batches_per_epoch
 from dm_lightning.data.packing import pack_training_batch
 from dm_lightning.data.predict import IMAGE_SUFFIXES, ImageFolder, collate_predict  # noqa: F401
 from dm_lightning.data.schema import depth_range, valid_mask
@@ -132,7 +134,15 @@ class DepthDataModule(L.LightningDataModule):
         test: test splits, name -> shard pattern or :class:`BenchmarkSpec`.
         predict: a folder or glob of images for ``predict`` (default: the test splits).
         batches_per_epoch: training batches per epoch and rank; None plans one pass over the
-            training samples counted in the shards' ``index.json``, shared by all ranks.
+            training samples counted in the shards' ``index.json``, shared by all ranks. With
+            ``global_batch_size`` set: micro-batches per epoch of a one-rank run, i.e. an
+            epoch is the same number of optimizer steps on any world size.
+        global_batch_size: samples per optimizer step over all ranks (the recipe's 32), or
+            None to leave ``trainer.accumulate_grad_batches`` as configured. When set, every
+            rank accumulates ``global / (batch_size x devices x nodes)`` micro-batches per
+            optimizer step, derived at fit set-up
+            (:mod:`~dm_lightning.data.global_batch`); all training sources must then share
+            one ``batch_size``.
         eval_batch_size: batch size of validation and test streams.
         num_workers: data-loading processes per rank.
         shuffle_buffer: raw (still compressed) samples held for shuffling within each training
@@ -149,7 +159,9 @@ class DepthDataModule(L.LightningDataModule):
 
     Raises:
         ConfigError: a batch size < 1, ``batches_per_epoch`` < 1, mixing probabilities that
-            are not finite >= 0 with a positive sum, or ``max_bad_fraction`` outside [0, 1].
+            are not finite >= 0 with a positive sum, ``max_bad_fraction`` outside [0, 1], or
+            a ``global_batch_size`` with sources of different batch sizes (at fit set-up
+            also: one that does not divide by micro-batch x world size).
     """
 
     def __init__(
@@ -165,6 +177,7 @@ class DepthDataModule(L.LightningDataModule):
         hflip: float = 0.5,
         seed: int = 0,
         max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+        global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.train_sources = list(train or [])
@@ -176,6 +189,12 @@ class DepthDataModule(L.LightningDataModule):
         if batches_per_epoch is not None:
             check_batch_size(batches_per_epoch, "data.batches_per_epoch")
         check_bad_fraction(max_bad_fraction, "data.max_bad_fraction")
+        if global_batch_size is not None:
+            check_batch_size(global_batch_size, "data.global_batch_size")
+            self.micro_batch_size()  # one size for all sources, or a clear error now
+        self.global_batch_size = global_batch_size
+        # Micro-batches per optimizer step and rank, set by setup("fit") from the global batch.
+        self.accumulation = 1
         self.val_splits = _eval_entries(val)
         self.test_splits = _eval_entries(test)
         # An exactly-once split smaller than the world leaves a rank without batches.
@@ -217,6 +236,8 @@ class DepthDataModule(L.LightningDataModule):
             if not self.train_sources:
                 raise ConfigError("DepthDataModule: no training sources configured (data.train)")
             self.train_resolutions()
+            if self.global_batch_size is not None and self.trainer is not None:
+                self.accumulation = self.apply_global_batch(self.trainer)
         eval_stage = {"fit": "val", "validate": "val", "test": "test"}.get(stage)
         if stage == "predict" and self.predict_path is None:
             eval_stage = "test"
@@ -226,6 +247,45 @@ class DepthDataModule(L.LightningDataModule):
             if not isinstance(entry, BenchmarkSpec):
                 key = f"data.{eval_stage}[{name}]"
                 self._first_meta(key, expand_shard_patterns(entry, key))
+
+    def micro_batch_size(self) -> int:
+        """The training sources' common ``batch_size`` (samples per micro-batch and rank).
+
+        Raises:
+            ConfigError: the sources have different batch sizes (a global batch needs one).
+        """
+        sizes = {s.name: s.batch_size for s in self.train_sources}
+        if len(set(sizes.values())) > 1:
+            raise ConfigError(
+                f"data.global_batch_size needs one micro-batch size for all training sources, "
+                f"got batch_size {sizes}; give every data.train entry the same batch_size"
+            )
+        return next(iter(sizes.values()), 1)
+
+    def apply_global_batch(self, trainer: L.Trainer) -> int:
+        """Set ``trainer.accumulate_grad_batches`` from ``global_batch_size`` and the world
+        size (devices x nodes) and return it.
+
+        Raises:
+            ConfigError: the global batch does not divide (see
+                :func:`~dm_lightning.data.global_batch.gradient_accumulation`), or
+                ``trainer.accumulate_grad_batches`` was set to another value as well.
+        """
+        accumulation = gradient_accumulation(
+            self.global_batch_size, self.micro_batch_size(), trainer.num_devices, trainer.num_nodes
+        )
+        if trainer.accumulate_grad_batches not in (1, accumulation):
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} and "
+                f"data.global_batch_size={self.global_batch_size} both set the accumulation "
+                f"(the global batch gives {accumulation}); leave accumulate_grad_batches at 1"
+            )
+        trainer.accumulate_grad_batches = accumulation
+        rank_zero_info(
+            f"global batch {self.global_batch_size} = micro-batch {self.micro_batch_size()} x "
+            f"{trainer.world_size} ranks x {accumulation} accumulated micro-batches"
+        )
+        return accumulation
 
     def train_resolutions(self) -> dict[str, tuple[int, int]]:
         """Source name -> (height, width) in pixels of each training source, read from the
@@ -268,8 +328,13 @@ class DepthDataModule(L.LightningDataModule):
             )
             for s in self.train_sources
         ]
+        per_rank = self.batches_per_epoch
+        if per_rank is not None and self.global_batch_size is not None:
+            per_rank = rank_batches_per_epoch(
+                per_rank, self.micro_batch_size(), self.global_batch_size, self.accumulation
+            )
         dataset = MixedSourceBatches(
-            streams, [s.probability for s in self.train_sources], self.batches_per_epoch, self.seed
+            streams, [s.probability for s in self.train_sources], per_rank, self.seed
         )
         if dataset.batches_per_epoch is None:
             dataset.batches_per_epoch = self.planned_batches(dataset)
@@ -298,7 +363,9 @@ class DepthDataModule(L.LightningDataModule):
             )
         total = sum(p * s.batch_size for p, s in zip(dataset.probabilities, streams))
         world = self.trainer.world_size if self.trainer is not None else 1
-        return max(1, math.ceil(sum(counts) / (total * world)))
+        batches = max(1, math.ceil(sum(counts) / (total * world)))
+        # whole optimizer steps, so that an epoch ends on one
+        return math.ceil(batches / self.accumulation) * self.accumulation
 
     def _eval_loader(self, stage: str, name: str, entry: str | BenchmarkSpec) -> DataLoader:
         if isinstance(entry, BenchmarkSpec):
