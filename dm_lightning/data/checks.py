@@ -15,7 +15,7 @@ from numbers import Integral
 from typing import Any
 
 from dm_lightning.data.schema import CorruptSampleError, SchemaVersionError, decode_meta
-from dm_lightning.data.shards import ShardReadError, iter_shard
+from dm_lightning.data.shards import ShardReadError, is_shard_url, iter_shard
 from dm_lightning.errors import ConfigError, DataError
 
 FIRST_SAMPLE_SHARDS = 4
@@ -59,14 +59,22 @@ def first_sample_meta(key: str, urls: list[str]) -> dict[str, Any]:
     :data:`FIRST_SAMPLE_SHARDS` shards of ``urls``; ``key`` (e.g. ``data.train[hypersim]``)
     is named in errors.
 
+    Works on every shard :func:`~dm_lightning.data.shards.expand_shard_patterns` lists:
+    local files and URLs read through a command (``pipe:CMD``, ``http(s)://`` through curl).
+    A shard is read only up to its first good sample; a URL's command is then stopped.
+
     Raises:
-        DataError: shards of another schema version, or no readable sample in those shards.
+        DataError: shards of another schema version, or no readable sample in those shards
+            (naming the key, the shards and why; for URLs whose command failed, the command
+            and its exit status).
     """
     problems: list[str] = []
-    for url in urls[:FIRST_SAMPLE_SHARDS]:
+    looked = urls[:FIRST_SAMPLE_SHARDS]
+    failed_urls = 0
+    for url in looked:
         read = 0
         try:
-            with contextlib.closing(iter_shard(url)) as samples:
+            with contextlib.closing(iter_shard(url, _raise)) as samples:
                 for raw in samples:
                     read += 1
                     try:
@@ -79,12 +87,25 @@ def first_sample_meta(key: str, urls: list[str]) -> dict[str, Any]:
                     return meta
         except (ShardReadError, CorruptSampleError) as err:  # unreadable; duplicate member
             problems.append(str(err))
+            failed_urls += isinstance(err, ShardReadError) and is_shard_url(url)
             continue
         if read == 0:
             problems.append(f"shard {url} holds no sample (an empty tar)")
-    looked = urls[:FIRST_SAMPLE_SHARDS]
+    shown = "; ".join(problems[:3])
+    if failed_urls == len(looked):
+        raise DataError(
+            f"{key}: cannot read its first {len(looked)} shard(s) {looked}: {shown}. A "
+            "pipe:CMD shard is the output of the shell command CMD (http(s):// ones are read "
+            "with curl): run the command by hand (`CMD | tar t`) to see why it fails"
+        )
     raise DataError(
         f"{key}: no sample with a readable JSON in its first {len(looked)} shard(s) "
-        f"{looked}: {'; '.join(problems[:3])}. Expected shards written by this "
+        f"{looked}: {shown}. Expected shards written by this "
         "dm_lightning's converters (tools/inspect_shards.py shows what they hold)"
     )
+
+
+def _raise(error: Exception) -> None:
+    """:func:`~dm_lightning.data.shards.iter_shard` handler: a shard's read errors raised as
+    :class:`~dm_lightning.data.shards.ShardReadError` (its message says what failed)."""
+    raise error
