@@ -7,6 +7,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """``x`` in fp32 if it is in a lower precision (bf16 / fp16 from an autocast forward),
+    else unchanged: the losses compute in fp32 or better under any mixed precision, since
+    bf16's 8-bit mantissa would round away the small errors of a converging model."""
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
+
 def latent_valid_mask(valid: Tensor, factor: int) -> Tensor:
     """Latent-resolution validity: a latent cell is valid only if all its pixels are.
 
@@ -34,6 +41,7 @@ def masked_mse(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     Returns:
         Scalar; 0 (with gradient) when no element is valid.
     """
+    pred, target = at_least_fp32(pred), at_least_fp32(target)
     mask = valid.expand_as(pred).to(pred.dtype)
     return ((pred - target).square() * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -99,6 +107,7 @@ def gradient_loss(pred: Tensor, target: Tensor, valid: Tensor, delta: float = 0.
         valid: (B, 1, H, W) bool.
         delta: inverted-Huber threshold.
     """
+    pred, target = at_least_fp32(pred), at_least_fp32(target)
     mask = valid.to(pred.dtype)
     error = directional_gradients(pred * mask) - directional_gradients(target * mask)
     return inverted_huber(error, delta).mean()

@@ -8,7 +8,9 @@ folders are written by :meth:`DepthMaster.save_pretrained` and read by
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -57,6 +59,7 @@ class DepthMaster(nn.Module):
             )
         self.vae = vae
         self.unet = unet
+        self._encoder_original: dict[str, Tensor] | None = None  # see cast_frozen_encoder
         # Not persistent: it comes with the model folder, checkpoints need not carry it.
         self.register_buffer("empty_prompt_embedding", empty_prompt_embedding, persistent=False)
 
@@ -70,8 +73,46 @@ class DepthMaster(nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def encode(self, image: Tensor) -> Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) latent = posterior mean x scaling factor."""
-        return self.vae.encode(image).latent_dist.mean * self.scaling_factor
+        """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) latent = posterior mean x scaling factor,
+        in ``image``'s dtype (the VAE encoder may be held in another, see
+        :meth:`cast_frozen_encoder`)."""
+        weight = self.vae.encoder.conv_in.weight
+        latent = self.vae.encode(image.to(weight.dtype)).latent_dist.mean
+        return latent.to(image.dtype) * self.scaling_factor
+
+    def cast_frozen_encoder(self, dtype: torch.dtype) -> None:
+        """Hold the VAE encoder (and its ``quant_conv``) in ``dtype``, e.g. bf16 under
+        bf16-mixed training: it is frozen and runs without gradients, so only memory and
+        speed change. The decoder stays fp32: stage 2 back-propagates through it and
+        :meth:`predict` decodes in fp32."""
+        if self._encoder_original is None:
+            # Rounding to bf16 and back would change the frozen weights: keep them for export.
+            self._encoder_original = {
+                k: v.detach().to("cpu", copy=True)
+                for k, v in self._encoder_parts().state_dict().items()
+            }
+        self._encoder_parts().to(dtype)
+
+    def _encoder_parts(self) -> nn.Module:
+        parts = nn.ModuleDict({"encoder": self.vae.encoder})
+        if getattr(self.vae, "quant_conv", None) is not None:
+            parts["quant_conv"] = self.vae.quant_conv
+        return parts
+
+    @contextlib.contextmanager
+    def original_vae(self) -> Iterator[AutoencoderKL]:
+        """The VAE with its encoder as loaded (undoing :meth:`cast_frozen_encoder` for the
+        duration, e.g. to save it)."""
+        if self._encoder_original is None:
+            yield self.vae
+            return
+        parts = self._encoder_parts()
+        dtype = next(parts.parameters()).dtype
+        parts.float().load_state_dict(self._encoder_original)
+        try:
+            yield self.vae
+        finally:
+            parts.to(dtype)
 
     def denoise(self, latent: Tensor) -> Tensor:
         """One U-Net pass at timestep 1: RGB latent -> depth latent, both (B, 4, h, w)."""
@@ -135,7 +176,8 @@ class DepthMaster(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(path / "unet", safe_serialization=True)
-        self.vae.save_pretrained(path / "vae", safe_serialization=True)
+        with self.original_vae() as vae:
+            vae.save_pretrained(path / "vae", safe_serialization=True)
         save_file(
             {"embedding": self.empty_prompt_embedding.detach().cpu().contiguous()},
             str(path / EMPTY_PROMPT_FILE),

@@ -43,8 +43,15 @@ class AlignmentEncoder(nn.Module):
         raise NotImplementedError
 
     def forward(self, rgb: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """:meth:`encode` without gradients, the image cast to the encoder's weight dtype
+        (bf16 when the task holds frozen modules in the compute dtype) and the tokens
+        returned in fp32 for the alignment loss."""
+        weight = next((p for p in self.parameters() if p.is_floating_point()), None)
+        if weight is not None:
+            rgb = rgb.to(weight.dtype)
         with torch.no_grad():
-            return self.encode(rgb)
+            tokens, grid = self.encode(rgb)
+        return tokens.float(), grid
 
     def freeze(self) -> AlignmentEncoder:
         self.requires_grad_(False)

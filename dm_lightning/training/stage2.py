@@ -26,6 +26,9 @@ class Stage2(DepthMasterTask):
             loaded U-Net already has one).
         gradient_weight: weight of L_h (1e-3 in the paper; 0 disables it).
         gradient_delta: inverted-Huber threshold of L_h.
+        decoder_checkpointing: recompute the frozen VAE decoder's blocks in the backward pass
+            (diffusers' own switch): the decoder's activations at full resolution dominate
+            stage 2's memory, which is why the original trained at micro-batch 1.
         **kwargs: see :class:`~dm_lightning.training.base.DepthMasterTask`; ``lr`` defaults to
             3e-6 here.
     """
@@ -38,6 +41,7 @@ class Stage2(DepthMasterTask):
         fourier: bool = True,
         gradient_weight: float = 1e-3,
         gradient_delta: float = 0.2,
+        decoder_checkpointing: bool = False,
         lr: float = 3e-6,
         **kwargs: Any,
     ) -> None:
@@ -47,6 +51,13 @@ class Stage2(DepthMasterTask):
         super().configure_models()
         if self.hparams.fourier and not has_fourier_enhancement(self.net.unet):
             attach_fourier_enhancement(self.net.unet)
+
+    def configure_memory(self) -> None:
+        super().configure_memory()
+        if self.hparams.decoder_checkpointing:
+            # Sets the switch on the encoder too, which runs without gradients, where
+            # diffusers never checkpoints.
+            self.net.vae.enable_gradient_checkpointing()
 
     def configure_losses(self) -> None:
         """Masked pixel MSE plus ``gradient_weight`` x L_h (left out at weight 0)."""
