@@ -23,7 +23,7 @@ from dm_lightning.losses import (
     masked_latent_mse,
     masked_mse,
 )
-from dm_lightning.targets import Depth, Disparity, SqrtDisparity
+from dm_lightning.targets import Depth, Disparity, SqrtDisparity, get_target
 from dm_lightning.training.schedule import warmup_exponential_decay
 
 # ---------------------------------------------------------------------------------------------
@@ -495,3 +495,23 @@ def test_schedule_monotone_after_warmup_and_constant_after_decay():
 def test_schedule_rejects_decay_not_after_warmup(warmup, decay):
     with pytest.raises(ValueError):
         warmup_exponential_decay(10, warmup, decay, 0.01)
+
+
+@pytest.mark.parametrize("name", ["sqrt_disparity", "disparity", "depth"])
+def test_batched_normalisation_equals_per_image_quantiles(name):
+    # normalize() works on the whole batch (no per-image host sync); each image must still get
+    # exactly the quantiles of its own valid values, and an image without one stays at -1.
+    target = get_target(name)
+    gen = torch.Generator().manual_seed(3)
+    depth = torch.rand(3, 1, 24, 32, generator=gen) * 20 + 0.1
+    depth[0, 0, :4] = 3.0  # ties
+    valid = torch.rand(3, 1, 24, 32, generator=gen) > 0.4
+    valid[2] = False
+    out = target.normalize(depth, valid)
+    for i in range(2):
+        v = target.forward(depth[i][valid[i]])
+        lo, hi = torch.quantile(v, torch.tensor([0.02, 0.98]))
+        ref = torch.clamp(2.0 * (target.forward(depth[i]) - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+        assert torch.equal(out[i][valid[i]], ref[valid[i]])
+        assert bool((out[i][~valid[i]] == -1).all())
+    assert bool((out[2] == -1).all())
