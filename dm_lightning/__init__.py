@@ -22,6 +22,7 @@ _EXPORTS = {
     "DepthMasterTask": "dm_lightning.training.base",
     "DepthPredictionWriter": "dm_lightning.training.callbacks",
     "Disparity": "dm_lightning.targets",
+    "EMAWeights": "dm_lightning.training.ema",
     "EvaluationReport": "dm_lightning.training.report",
     "ExportDepthMaster": "dm_lightning.training.callbacks",
     "FeatureAlignment": "dm_lightning.models.feature_alignment",
@@ -46,6 +47,7 @@ __all__ = [
     "DepthMasterTask",
     "DepthPredictionWriter",
     "Disparity",
+    "EMAWeights",
     "EvaluationReport",
     "ExportDepthMaster",
     "FeatureAlignment",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         ExportDepthMaster,
         ResumableCheckpoint,
     )
+    from dm_lightning.training.ema import EMAWeights
     from dm_lightning.training.report import EvaluationReport
     from dm_lightning.training.stage1 import Stage1
     from dm_lightning.training.stage2 import Stage2

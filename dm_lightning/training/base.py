@@ -30,6 +30,7 @@ from dm_lightning.training.checkpoints import (
     resumable_checkpoint_path,
     stage_mismatch_message,
 )
+from dm_lightning.training.ema import ema_callback
 from dm_lightning.training.evaluation import EvaluationBook
 from dm_lightning.training.schedule import warmup_exponential_decay
 
@@ -374,6 +375,9 @@ class DepthMasterTask(L.LightningModule):
         state = checkpoint["state_dict"]
         for k in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
             del state[k]
+        ema = ema_callback(self._trainer) if self._trainer is not None else None
+        if ema is not None and "optimizer_states" not in checkpoint:
+            ema.put_average(state)  # a weights-only checkpoint holds the EMA weights
         checkpoint[CHECKPOINT_RECORD] = {
             "stage": self.stage_name,
             "nonfinite_steps": self.nonfinite_steps,

@@ -3,6 +3,7 @@ prediction writing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from PIL import Image
 
 from dm_lightning.errors import ConfigError
 from dm_lightning.training.checkpoints import load_checkpoint_safely, resumable_checkpoint_path
+from dm_lightning.training.ema import ema_callback
 from dm_lightning.training.run_folder import run_dir
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class ExportDepthMaster(L.Callback):
         dirpath: export folder; default ``<run dir>/export``.
         best: export the weights of the best checkpoint (by the ``ModelCheckpoint`` monitor)
             instead of the last weights, when one exists.
+
+    With an :class:`~dm_lightning.training.ema.EMAWeights` callback the export holds the
+    averaged weights (a best checkpoint already holds them).
     """
 
     def __init__(self, dirpath: str | None = None, best: bool = False) -> None:
@@ -66,6 +71,16 @@ class ExportDepthMaster(L.Callback):
                 state = load_checkpoint_safely(path)["state_dict"]
                 pl_module.load_state_dict({**pl_module.state_dict(), **state})
         folder, target = self.run_folder, self.target
+        ema = ema_callback(trainer)
+        averaged = ema.averaged() if ema is not None and not self.best else contextlib.nullcontext()
+        with averaged:
+            self._export(trainer, pl_module, folder, target)
+        trainer.strategy.barrier()
+        self.exported = target
+
+    def _export(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path, target: Path
+    ) -> None:
         if trainer.is_global_zero:
             metadata = {
                 "stage": type(pl_module).__name__,
@@ -77,8 +92,6 @@ class ExportDepthMaster(L.Callback):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
             print(f"[dm_lightning] exported {type(pl_module).__name__} model to {target}")
-        trainer.strategy.barrier()
-        self.exported = target
 
 
 def replace_folder(target: Path, write: Any) -> None:
