@@ -188,3 +188,40 @@ def test_user_errors_are_one_line_with_status_2(short_fit, data_config, tiny_mod
     assert "Traceback" not in wrong.stderr
     assert f"{ckpt} is a Stage1 checkpoint, but this run is Stage2" in wrong.stderr
     assert "--model.init_args.model_path <stage-1 run>/export" in wrong.stderr
+
+
+def _fit_config(save_dir: Path, ckpt_path: str):
+    from jsonargparse import Namespace
+
+    logger = Namespace(init_args=Namespace(save_dir=str(save_dir), name="stage1", version=None))
+    return Namespace(trainer=Namespace(logger=logger, default_root_dir=None), ckpt_path=ckpt_path)
+
+
+def test_ckpt_path_last_under_slurm_takes_the_newer_requeue_checkpoint(tmp_path, monkeypatch):
+    """A job resubmitted with --ckpt_path last (RESUME=1) after a requeue must pick the
+    hpc_ckpt SIGUSR1 wrote at the time limit when it is newer than the periodic last.ckpt,
+    and keep that run folder as default_root_dir so its own requeue checkpoints land there."""
+    from dm_lightning.training.run_folder import pin_run_folder
+
+    run = tmp_path / "stage1" / "slurm-77"
+    (run / "checkpoints").mkdir(parents=True)
+    last, hpc = run / "checkpoints" / "last.ckpt", run / "hpc_ckpt_1.ckpt"
+    for i, path in enumerate((last, hpc)):
+        path.write_bytes(b"x")
+        os.utime(path, (1000 + i, 1000 + i))
+    monkeypatch.setenv("SLURM_JOB_ID", "99")  # a new job resuming the old run
+    config = _fit_config(tmp_path, "last")
+    pin_run_folder(config)
+    assert config.ckpt_path == str(hpc)
+    assert config.trainer.logger.init_args.version == "slurm-77"
+    assert config.trainer.default_root_dir == str(run)
+    # the periodic checkpoint is newer (no requeue since): it wins
+    os.utime(last, (2000, 2000))
+    config = _fit_config(tmp_path, "last")
+    pin_run_folder(config)
+    assert config.ckpt_path == str(last)
+    # outside SLURM the default_root_dir is left alone
+    monkeypatch.delenv("SLURM_JOB_ID")
+    config = _fit_config(tmp_path, "last")
+    pin_run_folder(config)
+    assert config.trainer.default_root_dir is None

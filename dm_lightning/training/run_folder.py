@@ -5,14 +5,18 @@ events, ``checkpoints/``, ``export/`` and ``export.json`` sit together in it. Re
 continue in the same folder, not open ``version_<n+1>``, so the CLI pins the logger's version
 before the trainer is built:
 
-* ``--ckpt_path last``: the newest run folder under ``<save_dir>/<name>`` that holds
-  ``checkpoints/last.ckpt``; the path and the version are both set from it.
+* ``--ckpt_path last``: the most recently written resumable checkpoint under
+  ``<save_dir>/<name>``: a run's ``checkpoints/last.ckpt`` or its SLURM requeue checkpoint
+  ``hpc_ckpt_<n>.ckpt`` (which is newer after a requeue: SIGUSR1 wrote it at the time
+  limit); the path and the version are both set from it.
 * ``--ckpt_path <run>/checkpoints/<file>.ckpt``: the version of that run folder, when it sits
   under this config's ``<save_dir>/<name>``; a checkpoint from anywhere else starts a new
   folder.
 * Under SLURM (a requeued job reruns the same command with the same job id), the version is
   ``slurm-<job id>`` and ``trainer.default_root_dir`` is that folder, where Lightning's
-  requeue handler writes ``hpc_ckpt_<n>.ckpt`` and looks for it on restart.
+  requeue handler writes ``hpc_ckpt_<n>.ckpt`` and looks for it on restart. A SLURM job that
+  resumes an explicit (or ``last``) checkpoint keeps that run's folder as its
+  ``default_root_dir``, so its own requeue checkpoints land there too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from dm_lightning.errors import MissingPathError
 from dm_lightning.training.checkpoints import LAST_CHECKPOINT
+
+# Lightning's SLURM requeue checkpoints, written into trainer.default_root_dir.
+HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"
 
 if TYPE_CHECKING:
     import lightning as L
@@ -46,14 +53,20 @@ def experiment_folder(args: Any) -> Path:
 
 
 def latest_resumable(experiment: Path) -> Path | None:
-    """The most recently written ``<run>/checkpoints/last.ckpt`` under ``experiment``, or
-    None."""
-    runs = [p.parent.parent for p in experiment.glob(f"*/checkpoints/{LAST_CHECKPOINT}")]
-    if not runs:
-        return None
-    # The newest last.ckpt wins: a folder's own mtime does not change when it is rewritten.
-    last = [run / "checkpoints" / LAST_CHECKPOINT for run in runs]
-    return max(last, key=lambda path: path.stat().st_mtime)
+    """The most recently written resumable checkpoint under ``experiment``: a
+    ``<run>/checkpoints/last.ckpt`` or a SLURM ``<run>/hpc_ckpt_<n>.ckpt``; None if there is
+    none."""
+    found = [
+        *experiment.glob(f"*/checkpoints/{LAST_CHECKPOINT}"),
+        *experiment.glob(f"*/{HPC_CHECKPOINTS}"),
+    ]
+    # The newest file wins: a folder's own mtime does not change when it is rewritten.
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
+def checkpoint_run(path: Path) -> Path:
+    """The run folder of a checkpoint: ``<run>/checkpoints/x.ckpt`` or ``<run>/hpc_ckpt_n.ckpt``."""
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 def slurm_job_id() -> str | None:
@@ -81,18 +94,19 @@ def pin_run_folder(config: Any) -> None:
         found = latest_resumable(experiment)
         if found is None:
             raise MissingPathError(
-                f"--ckpt_path last: no run under {experiment}/ has checkpoints/{LAST_CHECKPOINT}; "
-                "start without --ckpt_path, or give a checkpoint file"
+                f"--ckpt_path last: no run under {experiment}/ has checkpoints/{LAST_CHECKPOINT} "
+                f"or {HPC_CHECKPOINTS}; start without --ckpt_path, or give a checkpoint file"
             )
         config.ckpt_path = ckpt = str(found)
     if ckpt is not None and ckpt not in ("hpc", "best", "registry"):
         path = Path(ckpt)
         if not path.is_file():
             raise MissingPathError(f"--ckpt_path {ckpt}: no such checkpoint file")
-        run = path.resolve().parent.parent
-        if args is not None and path.parent.name == "checkpoints":
-            if run.parent == experiment_folder(args).resolve():
-                args.version = run.name
+        run = checkpoint_run(path.resolve())
+        if args is not None and run.parent == experiment_folder(args).resolve():
+            args.version = run.name
+            if slurm_job_id() is not None:
+                config.trainer.default_root_dir = str(experiment_folder(args) / run.name)
         return
     job = slurm_job_id()
     if job is not None and args is not None and getattr(args, "version", None) is None:
