@@ -170,7 +170,11 @@ class ResumableCheckpoint(L.Callback):
         if not collective and trainer.world_size > 1:
             return
         path = resumable_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        try:
+            self._save(trainer, path)
+        except Exception as err:  # the original error matters more: report, don't replace it
+            print(f"[dm_lightning] could not save {path}: {err}", file=sys.stderr)
+            return
         if trainer.is_global_zero:
             why = "stopped by a signal" if collective else f"{type(exception).__name__}"
             print(
@@ -178,6 +182,20 @@ class ResumableCheckpoint(L.Callback):
                 f"saved to {path} (resume with --ckpt_path last)",
                 file=sys.stderr,
             )
+
+
+    @staticmethod
+    def _save(trainer: L.Trainer, path: Path) -> None:
+        """Write the full state to ``path``. On several ranks without any collective:
+        Lightning stops every rank at the same batch when rank 0 got the signal, but a rank
+        that got it alone stops by itself, and ``trainer.save_checkpoint``'s barriers would
+        then wait forever for the others. Under DDP every rank holds the same weights and
+        optimizer state, so rank 0's copy is the checkpoint."""
+        if trainer.world_size == 1:
+            trainer.save_checkpoint(path)
+        elif trainer.is_global_zero:
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
 
 
 def _forward_to_sigterm(signum: int, frame: Any) -> None:
