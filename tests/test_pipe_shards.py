@@ -78,7 +78,10 @@ def test_piped_train_and_val_streams_equal_the_local_files(shards):
     ours, theirs = list(ours), list(theirs)
     assert [b["key"] for b in ours] == [b["key"] for b in theirs] and ours
     # No index.json to count URL shards with: batches_per_epoch must be set.
-    with pytest.raises(ConfigError, match="batches_per_epoch is not set"):
+    with pytest.raises(
+        ConfigError,
+        match=r"not set.*URL shards \(\[.indoor.\]\) have no index.json to count",
+    ):
         _datamodule(_piped(shards), batches_per_epoch=None).train_dataloader()
 
 

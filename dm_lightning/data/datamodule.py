@@ -51,7 +51,7 @@ from dm_lightning.data.global_batch import gradient_accumulation, rank_batches_p
 from dm_lightning.data.packing import pack_training_batch
 from dm_lightning.data.predict import IMAGE_SUFFIXES, ImageFolder, collate_predict  # noqa: F401
 from dm_lightning.data.schema import depth_range, valid_mask
-from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count
+from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count, is_shard_url
 from dm_lightning.data.streams import (
     DEFAULT_MAX_BAD_FRACTION,
     MixedSourceBatches,
@@ -357,9 +357,15 @@ class DepthDataModule(L.LightningDataModule):
         counts = [indexed_sample_count(s.urls) for s in streams]
         missing = [s.name for s, c in zip(streams, counts) if c is None]
         if missing:
+            urls = [s.name for s in streams if any(is_shard_url(u) for u in s.urls)]
+            fix = (
+                f"URL shards ({urls}) have no index.json to count: set batches_per_epoch"
+                if urls
+                else "set batches_per_epoch or regenerate the shards' index"
+            )
             raise ConfigError(
                 f"data.batches_per_epoch is not set and sources {missing} have shards missing "
-                "from an index.json: set batches_per_epoch or regenerate the shards' index"
+                f"from an index.json: {fix}"
             )
         total = sum(p * s.batch_size for p, s in zip(dataset.probabilities, streams))
         world = self.trainer.world_size if self.trainer is not None else 1
