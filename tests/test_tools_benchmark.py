@@ -35,3 +35,21 @@ def test_data_benchmark_reads_every_path(tmp_path):
         "vkitti-like (352x1216)",
     ]
     assert (tmp_path / "real-480x640" / "real" / "train-000000.tar").is_file()
+
+
+def rows_of(out: str) -> list[list[str]]:
+    """Markdown table rows (cells stripped), header and separator left out."""
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+
+
+def test_step_benchmark_times_both_stages_both_ways(tmp_path):
+    out = run(
+        "step", "--work", str(tmp_path), "--batch", "1", "--height", "32", "--width", "32",
+        "--warmup", "1", "--steps", "2", "--repeats", "1",
+    )  # fmt: skip
+    rows = rows_of(out)
+    assert [r[0] for r in rows] == ["stage 1", "stage 2"]
+    for row in rows:
+        assert float(row[1]) > 0 and float(row[2]) > 0
+        assert row[4].endswith("x") and row[5] in ("PASS", "FAIL")

@@ -2,6 +2,9 @@
 
     python tools/benchmark.py data   # shard streaming vs bare PNG decoding vs folder loaders
     python tools/benchmark.py eval   # batched alignment + metrics vs per-image reference paths
+    python tools/benchmark.py step   # Lightning training steps vs a plain PyTorch loop
+    python tools/benchmark.py memory # stage-2 peak memory with / without checkpointing
+    python tools/benchmark.py scale  # parameters, FLOPs and step time of the SD-2-size network
 
 ``data`` writes the same samples (real RGB-D frames from tests/data/real_rgbd at 480x640, and
 rendered Hypersim-sized 480x640 and VKITTI-sized 352x1216 ones) both as shards and as a PNG
@@ -26,6 +29,7 @@ same predictions and checks all agree to 1e-6: the published evaluation script's
 (numpy least squares on the masked pixels, then one torch function per metric, in float32 as
 the script runs on float32 predictions) and a lean float64 numpy implementation
 (``dm_lightning.reference``, the one the tests check the fast path against).
+``step``, ``memory`` and ``scale`` (issue #11, Scale out) are described in their sections below.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -355,6 +360,416 @@ def run_eval(args: argparse.Namespace) -> None:
     )
 
 
+# ---- issue #11 (Scale out): training step, memory, scale ------------------------------------
+# The tiny stage-1 alignment encoder of configs/tiny/stage1.yaml, and DINOv2 ViT-L for SD-2 size.
+TINY_ENCODER = dict(
+    model_name="vit_small_patch14_dinov2",
+    model_kwargs={"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 112},
+)
+REAL_ENCODER = dict(model_name="vit_large_patch14_dinov2")
+GOAL_STEP_RATIO = 1.05  # Lightning step / plain PyTorch step, at most
+GOAL_MEMORY_RATIO = 0.6  # stage-2 peak with checkpointing / without, at most
+
+
+def synthetic_batches(count: int, batch: int, height: int, width: int, seed: int = 0) -> list:
+    """``count`` finished (eval-format) batches: ``rgb`` (B, 3, H, W) uint8, ``depth``
+    (B, 1, H, W) float32 metres in [0.5, 10), ``valid`` (B, 1, H, W) bool (about 95%).
+    :func:`finish_training_batch` passes them unchanged, so no data work is timed."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        depth = torch.rand((batch, 1, height, width), generator=g) * 9.5 + 0.5
+        rgb = torch.randint(0, 256, (batch, 3, height, width), generator=g, dtype=torch.uint8)
+        out.append({"rgb": rgb, "depth": depth, "valid": depth < 10.0 - 0.475})
+    return out
+
+
+def tiny_model_folder(work: Path) -> Path:
+    """The tiny SD-2-layout model folder of the tests (random weights), made once in ``work``."""
+    from dm_lightning.tiny_model import make_tiny_depthmaster, save_tiny_model
+
+    folder = work / "tiny-sd2"
+    if not (folder / "unet").is_dir():
+        save_tiny_model(folder, make_tiny_depthmaster(0))
+    return folder
+
+
+def make_task(stage: int, folder: Path):
+    """The Lightning task of ``stage`` on the model folder (stage 1 with the tiny encoder)."""
+    from dm_lightning.models.encoders import TimmEncoder
+    from dm_lightning.training.stage1 import Stage1
+    from dm_lightning.training.stage2 import Stage2
+
+    torch.manual_seed(0)
+    if stage == 1:
+        return Stage1(str(folder), encoder=TimmEncoder(**TINY_ENCODER), lr=1e-4)
+    return Stage2(str(folder), lr=1e-4)
+
+
+def plain_stage1(folder: Path):
+    """Stage 1 as plain modules: (loss function of a finished batch, trainable parameters).
+    The same math as ``Stage1.training_loss`` (fa_weight 1) on an equal copy of the network."""
+    from dm_lightning.losses import masked_latent_mse
+    from dm_lightning.models.depthmaster import signed_rgb
+    from dm_lightning.models.encoders import TimmEncoder
+    from dm_lightning.models.loading import load_depthmaster
+    from dm_lightning.models.stage1_network import AlignedDepthMaster
+
+    torch.manual_seed(0)
+    net = load_depthmaster(str(folder))
+    net.vae.requires_grad_(False).eval()
+    net.unet.train()
+    network = AlignedDepthMaster(net, TimmEncoder(**TINY_ENCODER))
+    target = SqrtDisparity()
+
+    def loss(batch: dict) -> torch.Tensor:
+        rgb = signed_rgb(batch["rgb"])
+        with torch.no_grad():
+            depth = target.normalize(batch["depth"], batch["valid"])
+            z_gt = net.encode(depth.expand(-1, 3, -1, -1))
+        z_pred, feature = network(rgb)
+        latent = masked_latent_mse(z_pred, z_gt, batch["valid"], net.latent_factor)
+        return latent + 1.0 * network.alignment_loss(feature, rgb)
+
+    return loss, [p for p in network.parameters() if p.requires_grad]
+
+
+def plain_stage2(folder: Path):
+    """Stage 2 as plain modules (FE block attached): (loss function, trainable parameters);
+    the same math as ``Stage2.training_loss`` (gradient weight 1e-3, delta 0.2)."""
+    from dm_lightning.losses import gradient_loss, masked_mse
+    from dm_lightning.models.depthmaster import signed_rgb
+    from dm_lightning.models.loading import load_depthmaster
+    from dm_lightning.models.unet_hooks import attach_fourier_enhancement
+
+    torch.manual_seed(0)
+    net = load_depthmaster(str(folder))
+    net.vae.requires_grad_(False).eval()
+    net.unet.train()
+    attach_fourier_enhancement(net.unet)
+    target = SqrtDisparity()
+
+    def loss(batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            z_rgb = net.encode(signed_rgb(batch["rgb"]))
+            t = target.normalize(batch["depth"], batch["valid"])
+        pred = net.decode(net.denoise(z_rgb))
+        valid = batch["valid"]
+        return masked_mse(pred, t, valid) + 1e-3 * gradient_loss(pred, t, valid, delta=0.2)
+
+    return loss, [p for p in net.parameters() if p.requires_grad]
+
+
+def plain_seconds_per_step(loss_fn, params: list, batches: list, warmup: int, steps: int) -> float:
+    """CPU seconds per step of a bare ``zero_grad / backward / Adam step`` loop, after
+    ``warmup`` untimed steps, cycling over ``batches``."""
+    optimizer = torch.optim.Adam(params, lr=1e-4, weight_decay=0.0)
+    start = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.process_time()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(finish_training_batch(batches[i % len(batches)])).backward()
+        optimizer.step()
+    return (time.process_time() - start) / steps
+
+
+def lightning_seconds_per_step(task, batches: list, warmup: int, steps: int) -> float:
+    """CPU seconds per optimizer step of ``trainer.fit`` on ``task`` over ``batches`` (one
+    epoch of ``warmup + steps`` batches), timed between the ends of step ``warmup`` and of
+    the last: the whole loop (fetch, hooks, step, logging), none of fit's set-up."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    ends: list[float] = []
+
+    class StepClock(L.Callback):
+        def on_train_batch_end(self, *args, **kwargs) -> None:
+            ends.append(time.process_time())
+
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[StepClock()],
+    )  # fmt: skip
+    # batch_size=None: the loader hands out the finished batches as they are
+    loader = DataLoader(batches[: warmup + steps], batch_size=None, shuffle=False)
+    trainer.fit(task, train_dataloaders=loader)
+    assert len(ends) == warmup + steps, f"fit ran {len(ends)} steps"
+    return (ends[-1] - ends[warmup - 1]) / steps
+
+
+def pin_glibc_heap() -> bool:
+    """Raise glibc's mmap and trim thresholds to 1 GiB (``mallopt``), so freed activation
+    buffers stay in the heap for the next step instead of going back to the OS and being
+    page-faulted in again (10-17 thousand minor faults per tiny step, in random amounts per
+    side, which swung the ratio between 0.98x and 1.2x): both sides then reuse memory as
+    PyTorch's caching allocator does on CUDA. Returns whether it applied (glibc only)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    mallopt = getattr(libc, "mallopt", None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> constants
+    return bool(
+        mallopt and mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 1 << 30)
+    )
+
+
+def run_step(args: argparse.Namespace) -> None:
+    """Per-step CPU time of the Lightning stage-1 / stage-2 training steps against a plain
+    PyTorch loop doing the same math, one torch thread, interleaved repeats, best of each."""
+    import logging
+    import tempfile
+    import warnings
+
+    torch.set_num_threads(1)  # one thread: CPU time of the process = time of the step
+    pinned = pin_glibc_heap() if not args.system_malloc else False
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")
+    work = Path(args.work or tempfile.mkdtemp(prefix="dm-bench-step-"))
+    folder = tiny_model_folder(work)
+    batches = synthetic_batches(args.warmup + args.steps, args.batch, args.height, args.width)
+    print(
+        f"| stage (tiny model, batch {args.batch}, {args.height}x{args.width}, "
+        f"heap {'pinned' if pinned else 'glibc default'}) "
+        "| plain PyTorch (ms/step) | Lightning (ms/step) | overhead (ms/step) "
+        f"| Lightning / plain | goal <= {GOAL_STEP_RATIO}x |"
+    )
+    print("|---|---|---|---|---|---|")
+    for stage, plain_fn in ((1, plain_stage1), (2, plain_stage2)):
+        task = make_task(stage, folder)
+        loss_fn, params = plain_fn(folder)
+        plain, lightning = math.inf, math.inf
+        # Interleaved repeats, best of each: slow phases of a shared machine hit both sides.
+        for _ in range(args.repeats):
+            steps = (batches, args.warmup, args.steps)
+            plain = min(plain, plain_seconds_per_step(loss_fn, params, *steps))
+            lightning = min(lightning, lightning_seconds_per_step(task, *steps))
+        ratio = lightning / plain
+        verdict = "PASS" if ratio <= GOAL_STEP_RATIO else "FAIL"
+        print(
+            f"| stage {stage} | {plain * 1e3:.1f} | {lightning * 1e3:.1f} "
+            f"| {(lightning - plain) * 1e3:.1f} | {ratio:.3f}x "
+            f"| {verdict} |",
+            flush=True,
+        )
+        del task, loss_fn, params
+
+
+# Widths of the networks the memory and scale suites build (random weights, never downloaded).
+# "medium": SD-2's layout (4 VAE levels with 2 layers, 4 U-Net levels, 3 with attention) at a
+# quarter of the VAE's and a fifth of the U-Net's widths, so activations dominate the weights
+# the way they do at SD-2 size.
+SD2_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+    norm_num_groups=32, sample_size=768, scaling_factor=0.18215,
+)  # fmt: skip
+SD2_UNET_CONFIG = dict(
+    sample_size=96, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+)  # fmt: skip
+MEDIUM_VAE_CONFIG = {**SD2_VAE_CONFIG, "block_out_channels": (32, 64, 128, 128)}
+MEDIUM_UNET_CONFIG = {
+    **SD2_UNET_CONFIG,
+    "block_out_channels": (64, 128, 256, 256),
+    "cross_attention_dim": 256,
+    "attention_head_dim": (1, 2, 4, 4),  # heads, as SD-2's: 64 channels each
+}
+
+
+def network_configs(size: str) -> tuple[dict, dict]:
+    """(VAE config, U-Net config) of ``size``: ``tiny`` (the tests'), ``medium`` or ``sd2``."""
+    from dm_lightning.tiny_model import TINY_UNET_CONFIG, TINY_VAE_CONFIG
+
+    return {
+        "tiny": (TINY_VAE_CONFIG, TINY_UNET_CONFIG),
+        "medium": (MEDIUM_VAE_CONFIG, MEDIUM_UNET_CONFIG),
+        "sd2": (SD2_VAE_CONFIG, SD2_UNET_CONFIG),
+    }[size]
+
+
+def build_depthmaster(size: str, seed: int = 0):
+    """A random-initialised DepthMaster of ``size`` (see :func:`network_configs`) on the
+    current default device; the empty-prompt embedding is (1, 2, cross_attention_dim), the
+    shape of SD-2's (start and end token)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from dm_lightning.models.depthmaster import DepthMaster
+
+    vae_config, unet_config = network_configs(size)
+    torch.manual_seed(seed)
+    vae, unet = AutoencoderKL(**vae_config), UNet2DConditionModel(**unet_config)
+    embedding = torch.randn(1, 2, unet_config["cross_attention_dim"])
+    return DepthMaster(vae, unet, embedding)
+
+
+def model_folder(work: Path, size: str) -> Path:
+    """A saved model folder of ``size`` in ``work`` (made once), for the Lightning tasks."""
+    folder = work / f"{size}-sd2-layout"
+    if not (folder / "unet").is_dir():
+        build_depthmaster(size).save_pretrained(folder, metadata={"benchmark": size})
+    return folder
+
+
+def _status_kb(field: str) -> int | None:
+    """A ``VmRSS`` / ``VmHWM`` value (kB) of /proc/self/status, or None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0:
+    ``echo 5 > /proc/self/clear_refs``); whether it worked."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def stage2_step_peak_mb(args: argparse.Namespace) -> dict:
+    """Peak memory (MB) of one stage-2 forward + backward (``Stage2.training_loss``, then
+    ``backward``; no optimizer step) above the memory held once model and batch are in
+    place: CUDA ``max_memory_allocated`` on a GPU, else the process's peak RSS (the kernel's
+    high-water mark, reset just before the step; ``ru_maxrss`` where it cannot be reset)."""
+    import gc
+    import resource
+
+    from dm_lightning.training.stage2 import Stage2
+
+    torch.set_num_threads(1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on = args.checkpointing
+    task = Stage2(args.model_path, gradient_checkpointing=on, decoder_checkpointing=on)
+    task.to(device).train()
+    batch = synthetic_batches(1, args.batch, args.height, args.width)[0]
+    batch = {k: v.to(device) for k, v in batch.items()}
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        reset = reset_peak_rss() and _status_kb("VmHWM") is not None
+        base = (_status_kb("VmRSS") if reset else None) or resource.getrusage(
+            resource.RUSAGE_SELF
+        ).ru_maxrss
+    loss, _ = task.training_loss(batch)
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak_bytes = torch.cuda.max_memory_allocated() - base
+    else:
+        high = _status_kb("VmHWM") if reset else None
+        peak_bytes = ((high or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) - base) * 1024
+    return {"peak_mb": peak_bytes / 2**20, "device": device.type}
+
+
+def run_memory_child(args: argparse.Namespace) -> None:
+    print(json.dumps(stage2_step_peak_mb(args)))
+
+
+def measure_peak_mb(folder: Path, batch: int, height: int, width: int, checkpointing: bool):
+    """:func:`stage2_step_peak_mb` in a fresh interpreter (one configuration per process, so
+    no step sees another's heap): (peak MB, device type)."""
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "memory-child", "--model-path",
+        str(folder), "--batch", str(batch), "--height", str(height), "--width", str(width),
+    ] + (["--checkpointing"] if checkpointing else [])  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    return out["peak_mb"], out["device"]
+
+
+def largest_batch(fits, limit: int) -> int:
+    """Largest micro-batch b <= ``limit`` with ``fits(b)`` (monotone), by doubling then
+    bisection; 0 if even 1 does not fit."""
+    if not fits(1):
+        return 0
+    good = 1
+    while good < limit and fits(min(2 * good, limit)):
+        good = min(2 * good, limit)
+    if good == limit:
+        return limit
+    bad = min(2 * good, limit)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
+
+
+def fits_budget(
+    folder: Path, size: tuple[int, int], checkpointing: bool, budget_mb: float, batch: int
+) -> bool:
+    """Whether a stage-2 step at micro-batch ``batch`` peaks within ``budget_mb`` (each probe
+    logged to stderr)."""
+    import sys
+
+    peak, _ = measure_peak_mb(folder, batch, *size, checkpointing)
+    print(f"memory: checkpointing={checkpointing} batch={batch}: {peak:.0f} MB", file=sys.stderr)
+    return peak <= budget_mb
+
+
+def run_memory(args: argparse.Namespace) -> None:
+    """Stage-2 peak step memory without / with U-Net + decoder checkpointing at one
+    micro-batch, and the largest micro-batch that fits a memory budget each way."""
+    import tempfile
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="dm-bench-memory-"))
+    folder = model_folder(work, args.model)
+    size = (args.height, args.width)
+    without, device = measure_peak_mb(folder, args.batch, *size, False)
+    with_ckpt, _ = measure_peak_mb(folder, args.batch, *size, True)
+    ratio = with_ckpt / without
+    verdict = "PASS" if ratio <= GOAL_MEMORY_RATIO else "FAIL"
+    print(
+        f"| stage 2 ({args.model} model, {args.height}x{args.width}, {device}) | micro-batch "
+        f"| peak without checkpointing (MB) | peak with U-Net + decoder checkpointing (MB) "
+        f"| with / without | goal <= {GOAL_MEMORY_RATIO}x |"
+    )
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| one forward + backward | {args.batch} | {without:.0f} | {with_ckpt:.0f} "
+        f"| {ratio:.2f}x | {verdict} |",
+        flush=True,
+    )
+    print()
+    print(
+        "| budget (MB) | largest micro-batch without checkpointing "
+        "| largest micro-batch with checkpointing | gain | searched up to |"
+    )
+    print("|---|---|---|---|---|")
+    largest = [
+        largest_batch(partial(fits_budget, folder, size, on, args.budget_mb), args.max_batch)
+        for on in (False, True)
+    ]
+    gain = f"{largest[1] / largest[0]:.1f}x" if largest[0] else "-"
+    print(
+        f"| {args.budget_mb:.0f} | {largest[0]} | {largest[1]} | {gain} | {args.max_batch} |",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -370,8 +785,35 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--batch", type=int, default=8)
     ev.add_argument("--repeats", type=int, default=3)
     ev.add_argument("--threads", type=int, default=1, help="torch threads, all paths")
+    st = sub.add_parser("step", help="Lightning training step vs a plain PyTorch loop")
+    st.add_argument("--work", default=None, help="folder for the tiny model (default: temp)")
+    st.add_argument("--batch", type=int, default=4)
+    st.add_argument("--height", type=int, default=96)
+    st.add_argument("--width", type=int, default=128)
+    st.add_argument("--warmup", type=int, default=5, help="untimed steps per repeat")
+    st.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
+    st.add_argument("--repeats", type=int, default=3)
+    st.add_argument(
+        "--system-malloc", action="store_true", help="leave glibc's heap thresholds as they are"
+    )
+    mem = sub.add_parser("memory", help="stage-2 peak memory with / without checkpointing")
+    mem.add_argument("--work", default=None, help="folder for the model (default: temp)")
+    mem.add_argument("--model", choices=("tiny", "medium"), default="medium")
+    mem.add_argument("--batch", type=int, default=2, help="micro-batch of the comparison")
+    mem.add_argument("--height", type=int, default=256)
+    mem.add_argument("--width", type=int, default=320)
+    mem.add_argument("--budget-mb", type=float, default=2048.0)
+    mem.add_argument("--max-batch", type=int, default=64, help="largest micro-batch tried")
+    child = sub.add_parser("memory-child", help="(internal) one measurement of `memory`")
+    child.add_argument("--model-path", required=True)
+    child.add_argument("--batch", type=int, required=True)
+    child.add_argument("--height", type=int, required=True)
+    child.add_argument("--width", type=int, required=True)
+    child.add_argument("--checkpointing", action="store_true")
     args = parser.parse_args(argv)
-    {"data": run_data, "eval": run_eval}[args.what](args)
+    suites = {"data": run_data, "eval": run_eval, "step": run_step, "memory": run_memory}
+    suites["memory-child"] = run_memory_child
+    suites[args.what](args)
 
 
 if __name__ == "__main__":
