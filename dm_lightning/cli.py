@@ -48,6 +48,9 @@ class DepthMasterCLI(LightningCLI):
             config.weights_only = True
 
 
+STREAMING_CHECKPOINT_IO = "dm_lightning.training.checkpoint_io.StreamingCheckpointIO"
+
+
 def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
     """Build (and with ``run``, execute) the CLI; returns it, for tests and notebooks.
     Errors propagate; :func:`main` turns them into messages and exit codes."""
@@ -58,6 +61,8 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        # Checkpoints stream to disk (Lightning's default buffers a whole file in RAM).
+        trainer_defaults={"plugins": [{"class_path": STREAMING_CHECKPOINT_IO}]},
         args=args,
         run=run,
         auto_configure_optimizers=False,
