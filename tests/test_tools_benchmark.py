@@ -53,3 +53,28 @@ def test_step_benchmark_times_both_stages_both_ways(tmp_path):
     for row in rows:
         assert float(row[1]) > 0 and float(row[2]) > 0
         assert row[4].endswith("x") and row[5] in ("PASS", "FAIL")
+
+
+def test_memory_benchmark_measures_both_ways_and_searches_the_budget(tmp_path):
+    out = run(
+        "memory", "--work", str(tmp_path), "--model", "tiny", "--batch", "1", "--height", "64",
+        "--width", "64", "--budget-mb", "4096", "--max-batch", "1",
+    )  # fmt: skip
+    rows = rows_of(out)  # comparison row, budget table header, budget row
+    compare, budget = rows[0], rows[-1]
+    assert compare[0] == "one forward + backward" and compare[1] == "1"
+    assert float(compare[2]) > 0 and float(compare[3]) > 0 and compare[5] in ("PASS", "FAIL")
+    assert budget[0] == "4096" and budget[1] == "1" and budget[2] == "1"  # fits, capped
+
+
+def test_scale_benchmark_counts_and_times_both_stages_tiny():
+    out = run("scale", "--tiny", "--height", "32", "--width", "32", "--steps", "1")
+    rows = rows_of(out)
+    parts = {r[0]: r for r in rows if len(r) == 4}
+    assert {"U-Net", "FE block", "VAE encoder", "VAE decoder"} <= set(parts)
+    stages = {r[0]: r for r in rows if r[0] in ("stage 1", "stage 2")}
+    assert set(stages) == {"stage 1", "stage 2"}
+    for row in stages.values():
+        total, trainable, forward, train = map(float, row[1:5])
+        assert 0 < trainable < total and 0 < forward < train
+        assert float(row[5]) > 0

@@ -35,6 +35,7 @@ the script runs on float32 predictions) and a lean float64 numpy implementation
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -409,7 +410,6 @@ def make_task(stage: int, folder: Path):
 def plain_stage1(folder: Path):
     """Stage 1 as plain modules: (loss function of a finished batch, trainable parameters).
     The same math as ``Stage1.training_loss`` (fa_weight 1) on an equal copy of the network."""
-    from dm_lightning.losses import masked_latent_mse
     from dm_lightning.models.depthmaster import signed_rgb
     from dm_lightning.models.encoders import TimmEncoder
     from dm_lightning.models.loading import load_depthmaster
@@ -423,13 +423,9 @@ def plain_stage1(folder: Path):
     target = SqrtDisparity()
 
     def loss(batch: dict) -> torch.Tensor:
-        rgb = signed_rgb(batch["rgb"])
         with torch.no_grad():
             depth = target.normalize(batch["depth"], batch["valid"])
-            z_gt = net.encode(depth.expand(-1, 3, -1, -1))
-        z_pred, feature = network(rgb)
-        latent = masked_latent_mse(z_pred, z_gt, batch["valid"], net.latent_factor)
-        return latent + 1.0 * network.alignment_loss(feature, rgb)
+        return stage1_loss(network, signed_rgb(batch["rgb"]), depth, batch["valid"])
 
     return loss, [p for p in network.parameters() if p.requires_grad]
 
@@ -437,7 +433,6 @@ def plain_stage1(folder: Path):
 def plain_stage2(folder: Path):
     """Stage 2 as plain modules (FE block attached): (loss function, trainable parameters);
     the same math as ``Stage2.training_loss`` (gradient weight 1e-3, delta 0.2)."""
-    from dm_lightning.losses import gradient_loss, masked_mse
     from dm_lightning.models.depthmaster import signed_rgb
     from dm_lightning.models.loading import load_depthmaster
     from dm_lightning.models.unet_hooks import attach_fourier_enhancement
@@ -451,11 +446,8 @@ def plain_stage2(folder: Path):
 
     def loss(batch: dict) -> torch.Tensor:
         with torch.no_grad():
-            z_rgb = net.encode(signed_rgb(batch["rgb"]))
-            t = target.normalize(batch["depth"], batch["valid"])
-        pred = net.decode(net.denoise(z_rgb))
-        valid = batch["valid"]
-        return masked_mse(pred, t, valid) + 1e-3 * gradient_loss(pred, t, valid, delta=0.2)
+            depth = target.normalize(batch["depth"], batch["valid"])
+        return stage2_loss(net, signed_rgb(batch["rgb"]), depth, batch["valid"])
 
     return loss, [p for p in net.parameters() if p.requires_grad]
 
@@ -499,12 +491,10 @@ def lightning_seconds_per_step(task, batches: list, warmup: int, steps: int) -> 
     return (ends[-1] - ends[warmup - 1]) / steps
 
 
-def pin_glibc_heap() -> bool:
-    """Raise glibc's mmap and trim thresholds to 1 GiB (``mallopt``), so freed activation
-    buffers stay in the heap for the next step instead of going back to the OS and being
-    page-faulted in again (10-17 thousand minor faults per tiny step, in random amounts per
-    side, which swung the ratio between 0.98x and 1.2x): both sides then reuse memory as
-    PyTorch's caching allocator does on CUDA. Returns whether it applied (glibc only)."""
+def set_glibc_heap(threshold: int) -> bool:
+    """Fix glibc's mmap and trim thresholds at ``threshold`` bytes (``mallopt``; a fixed value
+    also turns off glibc's dynamic raising of the mmap threshold, up to 32 MB, after large
+    frees). Returns whether it applied (glibc only)."""
     import ctypes
     import ctypes.util
 
@@ -515,8 +505,16 @@ def pin_glibc_heap() -> bool:
     mallopt = getattr(libc, "mallopt", None)
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> constants
     return bool(
-        mallopt and mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 1 << 30)
+        mallopt and mallopt(m_mmap_threshold, threshold) and mallopt(m_trim_threshold, threshold)
     )
+
+
+def pin_glibc_heap() -> bool:
+    """Thresholds at 1 GiB, so freed activation buffers stay in the heap for the next step
+    instead of going back to the OS and being page-faulted in again (10-17 thousand minor
+    faults per tiny step, in random amounts per side, which swung the ratio between 0.98x and
+    1.2x): both sides then reuse memory as PyTorch's caching allocator does on CUDA."""
+    return set_glibc_heap(1 << 30)
 
 
 def run_step(args: argparse.Namespace) -> None:
@@ -681,6 +679,11 @@ def stage2_step_peak_mb(args: argparse.Namespace) -> dict:
 
 
 def run_memory_child(args: argparse.Namespace) -> None:
+    # Every buffer of 64 kB or more in its own mapping, returned to the OS when freed: RSS
+    # then follows the live tensors. With glibc's dynamic threshold the transient buffers of
+    # checkpointing's recomputation stay resident in the heap, and RSS said 0.77x where the
+    # live peak is 0.53x (medium model, 256x320, micro-batch 2).
+    set_glibc_heap(64 * 1024)
     print(json.dumps(stage2_step_peak_mb(args)))
 
 
@@ -770,6 +773,244 @@ def run_memory(args: argparse.Namespace) -> None:
     )
 
 
+def stage1_loss(network, rgb: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
+    """``Stage1.training_loss`` (fa_weight 1) of ``network`` (an AlignedDepthMaster) on
+    ``rgb`` (B, 3, H, W) in [-1, 1], normalised ``target`` (B, 1, H, W), ``valid`` (B, 1, H, W)."""
+    from dm_lightning.losses import masked_latent_mse
+
+    with torch.no_grad():
+        z_gt = network.net.encode(target.expand(-1, 3, -1, -1))
+    z_pred, feature = network(rgb)
+    latent = masked_latent_mse(z_pred, z_gt, valid, network.net.latent_factor)
+    return latent + 1.0 * network.alignment_loss(feature, rgb)
+
+
+def stage2_loss(net, rgb: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
+    """``Stage2.training_loss`` (gradient weight 1e-3, delta 0.2) of ``net`` (a DepthMaster
+    with the FE block), same arguments as :func:`stage1_loss`."""
+    from dm_lightning.losses import gradient_loss, masked_mse
+
+    with torch.no_grad():
+        z_rgb = net.encode(rgb)
+    pred = net.decode(net.denoise(z_rgb))
+    return masked_mse(pred, target, valid) + 1e-3 * gradient_loss(pred, target, valid, delta=0.2)
+
+
+def stage_network(stage: int, size: str):
+    """The stage's network, random weights, on the current default device: stage 1 an
+    AlignedDepthMaster (DINOv2 ViT-L/14 at ``sd2`` size, the tiny encoder at ``tiny``), stage
+    2 a DepthMaster with the FE block; the VAE (and encoder) frozen, as the tasks hold them."""
+    from dm_lightning.models.encoders import TimmEncoder
+    from dm_lightning.models.stage1_network import AlignedDepthMaster
+    from dm_lightning.models.unet_hooks import attach_fourier_enhancement
+
+    net = build_depthmaster(size)
+    net.vae.requires_grad_(False).eval()
+    net.unet.train()
+    if stage == 2:
+        attach_fourier_enhancement(net.unet)
+        return net
+    encoder = TimmEncoder(**(TINY_ENCODER if size == "tiny" else REAL_ENCODER))
+    return AlignedDepthMaster(net, encoder)
+
+
+def millions(module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def trainable_millions(module) -> float:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6
+
+
+@contextlib.contextmanager
+def autocast_accepts_meta():
+    """Let ``torch.autocast(device_type="meta", ...)`` (the FE block's fp32 guard, called
+    with its input's device) act as the CPU one, which does the same (nothing, it is
+    ``enabled=False``) on meta tensors; restored on exit."""
+    real = torch.autocast
+
+    class Autocast(real):
+        def __init__(self, device_type: str, *args, **kwargs) -> None:
+            super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
+
+    torch.autocast = Autocast
+    try:
+        yield
+    finally:
+        torch.autocast = real
+
+
+def gflops(fn) -> float:
+    """GFLOPs (a multiply-add = 2) counted by FlopCounterMode while ``fn()`` runs
+    (convolutions, matmuls, attention; not FFTs, norms or element-wise ops)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def meta_inputs(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rgb (1, 3, H, W), target (1, 1, H, W), valid (1, 1, H, W) bool) on the meta device."""
+    rgb = torch.zeros(1, 3, height, width, device="meta")
+    target = torch.zeros(1, 1, height, width, device="meta")
+    return rgb, target, torch.ones(1, 1, height, width, dtype=torch.bool, device="meta")
+
+
+def count_scale(size: str, height: int, width: int) -> tuple[list, dict]:
+    """Parameters and FLOPs per image of both stages' networks, built on the meta device
+    (no memory, no weights): component rows (name, M params, trained in, forward GFLOPs)
+    and per stage {"total", "trainable" (M), "forward", "train" (GFLOPs: forward + backward)}."""
+    rgb, target, valid = meta_inputs(height, width)
+    with torch.device("meta"), autocast_accepts_meta():
+        s1, s2 = stage_network(1, size), stage_network(2, size)
+        net1, net2 = s1.net, s2
+        z = torch.zeros(1, 4, height // net1.latent_factor, width // net1.latent_factor)
+        unet = gflops(lambda: net1.denoise(z))
+        feature = s1.tap.pop()
+        tokens = []
+        encoder = gflops(lambda: tokens.extend(s1.encoder((rgb + 1.0) / 2.0)))
+        components = [
+            ("VAE encoder", millions(net1.vae.encoder) + millions(net1.vae.quant_conv),
+             "frozen (stage 1 runs it twice: RGB and target)", gflops(lambda: net1.encode(rgb))),
+            ("U-Net", millions(net1.unet), "stages 1 and 2", unet),
+            ("FE block", millions(net2.unet.fftblock), "stage 2",
+             gflops(lambda: net2.denoise(z)) - unet),
+            ("VAE decoder", millions(net1.vae.decoder) + millions(net1.vae.post_quant_conv),
+             "frozen (stage 2 back-propagates through it)", gflops(lambda: net1.decode(z))),
+            (f"{s1.encoder.model.pretrained_cfg['architecture']} ({s1.encoder.embed_dim} wide, "
+             f"input x{s1.encoder.input_scale})", millions(s1.encoder), "frozen (stage 1)",
+             encoder),
+            ("FA projector + loss", millions(s1.alignment), "stage 1",
+             gflops(lambda: s1.alignment(feature, *tokens))),
+        ]  # fmt: skip
+        stages = {}
+        for stage, network, loss in ((1, s1, stage1_loss), (2, s2, stage2_loss)):
+            stages[stage] = {
+                "total": millions(network),
+                "trainable": trainable_millions(network),
+                "forward": gflops(lambda n=network, f=loss: f(n, rgb, target, valid)),
+                "train": gflops(lambda n=network, f=loss: f(n, rgb, target, valid).backward()),
+            }
+    return components, stages
+
+
+def available_gb(device: torch.device) -> float:
+    """Memory free for a new run (GB): CUDA's free memory, or the host's MemAvailable
+    (infinite where /proc/meminfo is missing)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 1e9
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return math.inf
+
+
+def step_plan(total_m: float, trainable_m: float, free_gb: float) -> tuple[bool, float] | None:
+    """Whether the measured step can afford Adam, and the GB the full step (with Adam) needs
+    (fp32: 4 bytes per weight, per gradient, per Adam moment, plus 1 GB for activations and
+    the runtime); None when even forward + backward (weights + gradients) does not fit in
+    ``free_gb``."""
+    full = (total_m + 3 * trainable_m) * 4e6 / 1e9 + 1.0
+    without_adam = (total_m + trainable_m) * 4e6 / 1e9 + 1.0
+    if without_adam > free_gb:
+        return None
+    return full <= free_gb, full
+
+
+def measured_step(
+    stage: int, size: str, device: torch.device, args: argparse.Namespace, adam: bool = True
+) -> dict:
+    """Seconds per training step (forward + backward + Adam; without ``adam`` forward +
+    backward only, gradients accumulating) of the stage's network at
+    ``args.height`` x ``args.width``, batch 1, on ``device``, after one warm-up step; and the
+    peak memory (GB) of the run (weights, gradients, Adam moments, activations): CUDA's
+    ``max_memory_allocated``, or the process's peak RSS above its RSS before the build."""
+    import gc
+
+    gc.collect()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    base = None if cuda or not reset_peak_rss() else _status_kb("VmRSS")
+    with torch.device(device):
+        network = stage_network(stage, size)
+    params = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-6)
+    loss_fn = stage1_loss if stage == 1 else stage2_loss
+    g = torch.Generator().manual_seed(0)
+    shape = (1, 1, args.height, args.width)
+    rgb = (torch.rand((1, 3, args.height, args.width), generator=g) * 2 - 1).to(device)
+    target = (torch.rand(shape, generator=g) * 2 - 1).to(device)
+    valid = torch.ones(shape, dtype=torch.bool, device=device)
+    # One CPU thread: CPU time; more threads or a GPU: wall time (synchronised).
+    clock = time.process_time if not cuda and args.threads == 1 else time.perf_counter
+    start = 0.0
+    for i in range(1 + args.steps):
+        if i == 1:
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = clock()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(network, rgb, target, valid).backward()
+        if adam:
+            optimizer.step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = (clock() - start) / args.steps
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        high = _status_kb("VmHWM") if base is not None else None
+        peak = (high - base) / 2**20 if high is not None else math.nan
+    del network, optimizer, params  # free before the other stage is built
+    gc.collect()
+    return {"seconds": seconds, "peak_gb": peak}
+
+
+def run_scale(args: argparse.Namespace) -> None:
+    """Parameters and FLOPs of the real-size (SD-2) network per 480x640 image (meta device),
+    and its measured training step time at a small resolution on the best device present."""
+    torch.set_num_threads(args.threads)
+    size = "tiny" if args.tiny else "sd2"
+    h, w = args.flops_height, args.flops_width
+    components, stages = count_scale(size, h, w)
+    print(f"| part ({size}) | parameters (M) | trained in | forward GFLOPs per {h}x{w} image |")
+    print("|---|---|---|---|")
+    for name, params, trained, flops in components:
+        print(f"| {name} | {params:.1f} | {trained} | {flops:.1f} |", flush=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    where = device.type if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
+    print()
+    print(
+        f"| stage ({size}) | parameters total (M) | trainable (M) "
+        f"| forward GFLOPs per {h}x{w} image | training GFLOPs (forward + backward) "
+        f"| step s ({args.height}x{args.width}, batch 1, {where}) | peak memory of that (GB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for stage in (1, 2):
+        s = stages[stage]
+        free = available_gb(device)
+        # Refuse rather than be OOM-killed on a shared machine: fp32 Adam at SD-2 size needs
+        # about 15 GB for either stage.
+        plan = step_plan(s["total"], s["trainable"], free)
+        if plan is None:
+            need = (s["total"] + s["trainable"]) * 4e-3 + 1.0
+            cells = f"skipped: needs {need:.0f} GB even without Adam, {free:.1f} GB free | -"
+        else:
+            step = measured_step(stage, size, device, args, adam=plan[0])
+            note = "" if plan[0] else f" (no Adam: needs {plan[1]:.0f} GB, {free:.1f} GB free)"
+            cells = f"{step['seconds']:.2f}{note} | {step['peak_gb']:.2f}"
+        print(
+            f"| stage {stage} | {s['total']:.1f} | {s['trainable']:.1f} | {s['forward']:.0f} "
+            f"| {s['train']:.0f} | {cells} |",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -810,9 +1051,17 @@ def main(argv: list[str] | None = None) -> None:
     child.add_argument("--height", type=int, required=True)
     child.add_argument("--width", type=int, required=True)
     child.add_argument("--checkpointing", action="store_true")
+    sc = sub.add_parser("scale", help="parameters, FLOPs and step time of the SD-2-size network")
+    sc.add_argument("--tiny", action="store_true", help="the tiny configs instead of SD-2 size")
+    sc.add_argument("--flops-height", type=int, default=480)
+    sc.add_argument("--flops-width", type=int, default=640)
+    sc.add_argument("--height", type=int, default=64, help="of the measured step")
+    sc.add_argument("--width", type=int, default=64, help="of the measured step")
+    sc.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
+    sc.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     args = parser.parse_args(argv)
     suites = {"data": run_data, "eval": run_eval, "step": run_step, "memory": run_memory}
-    suites["memory-child"] = run_memory_child
+    suites.update({"memory-child": run_memory_child, "scale": run_scale})
     suites[args.what](args)
 
 
