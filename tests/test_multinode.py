@@ -5,16 +5,21 @@ fake srun runs the README's srun command."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import cli_args, free_port
+
+from dm_lightning.training.checkpoints import load_checkpoint_safely
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -200,3 +205,217 @@ def test_sbatch_template_runs_the_readme_command_under_srun(tmp_path):
     assert printed["model"]["class_path"].endswith("Stage2")
     assert printed["model"]["init_args"]["model_path"] == export
     assert printed["ckpt_path"] == "last"
+
+
+# Put on the children's PYTHONPATH and added with --trainer.callbacks+=: how far each rank got.
+STEP_MARKER = '''
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+
+
+def _write(path, record):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
+class MarkSteps(L.Callback):
+    """step-rank<global rank>.json: this worker's pid and global step, rewritten at the start of
+    training and after every batch; stopped-rank<global rank>.json: the step and the exception
+    when fit stops by one. With hold_at_step, the rank waits after that step until it got
+    SIGTERM (at most 60 s), with no collective in between."""
+
+    def __init__(self, out_dir: str, hold_at_step: int = 0) -> None:
+        self.out_dir = Path(out_dir)
+        self.hold_at_step = hold_at_step
+
+    def _mark(self, trainer, name, **extra):
+        record = {"pid": os.getpid(), "global_step": trainer.global_step, **extra}
+        _write(self.out_dir / f"{name}-rank{trainer.global_rank}.json", record)
+
+    def on_train_start(self, trainer, pl_module):
+        self._mark(trainer, "step")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._mark(trainer, "step")
+        if self.hold_at_step and trainer.global_step == self.hold_at_step:
+            deadline = time.monotonic() + 60
+            while not trainer.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.01)  # a signal interrupts the sleep; its handler runs here
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._mark(trainer, "stopped", exception=type(exception).__name__)
+'''
+
+
+def _read_marks(records: Path, name: str) -> dict[int, dict]:
+    """{global rank: record} of the MarkSteps files ``<name>-rank<r>.json`` written so far."""
+    marks = {}
+    for rank in (0, 1):
+        path = records / f"{name}-rank{rank}.json"
+        if path.is_file():
+            marks[rank] = json.loads(path.read_text())
+    return marks
+
+
+def _kill_workers(records: Path) -> None:
+    """SIGKILL the workers MarkSteps recorded that still run. torchrun starts each worker in a
+    session of its own, so killing a launcher leaves its worker running (the whole 400 steps)."""
+    for mark in _read_marks(records, "step").values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(mark["pid"], signal.SIGKILL)
+
+
+def _finish(launchers, timeout: float) -> tuple[list[str], bool]:
+    """Wait up to ``timeout`` s in all for the launchers; on a timeout kill them. Returns their
+    outputs and whether they all ended by themselves."""
+    deadline = time.monotonic() + timeout
+    try:
+        outputs = [
+            p.communicate(timeout=max(0.1, deadline - time.monotonic()))[0] for p in launchers
+        ]
+    except subprocess.TimeoutExpired:
+        for process in launchers:
+            process.kill()
+        return [p.communicate()[0] for p in launchers], False
+    return outputs, True
+
+
+HOLD_STEP = 3  # where the SIGTERM test's ranks wait for the signal
+
+
+def test_sigterm_on_two_nodes_saves_and_resumes(tmp_path, tiny_model, data_config):
+    """SIGTERM to both torchrun launchers mid-fit (what a scheduler sends when it stops a
+    multi-node job): every rank stops at the same batch, rank 0 saves last.ckpt, nothing hangs;
+    the same command on both nodes plus --ckpt_path last finishes the run in the same folder."""
+    (tmp_path / "marker.py").write_text(textwrap.dedent(STEP_MARKER))
+    runs = tmp_path / "runs"
+
+    def start(records: Path, max_steps: int, *extra: str) -> list[subprocess.Popen]:
+        records.mkdir()
+        args = cli_args(
+            "fit",
+            [],
+            tiny_model,
+            runs,
+            trainer__accelerator="cpu",
+            trainer__max_steps=max_steps,
+            trainer__check_val_every_n_epoch=1000,  # no validation: steps only
+            trainer__enable_progress_bar="false",
+            extra=[
+                "--trainer.callbacks+=marker.MarkSteps",
+                f"--trainer.callbacks.out_dir={records}",
+                *extra,
+            ],
+        )[1:]
+        env = _env(
+            PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+            TORCHRUN=str(TORCHRUN),
+            NNODES="2",
+            GPUS_PER_NODE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+            CONFIG=str(CONFIGS / "tiny" / "stage1.yaml"),
+            DATA_CONFIG=str(data_config),
+        )
+        return [
+            subprocess.Popen(
+                ["bash", str(SLURM_DIR / "torchrun_multinode.sh"), *args],
+                cwd=REPO,
+                env={**env, "NODE_RANK": str(node_rank)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for node_rank in (0, 1)
+        ]
+
+    def tails(launchers, outputs) -> str:
+        return "\n".join(
+            _tail(f"node {i}", p, o) for i, (p, o) in enumerate(zip(launchers, outputs))
+        )
+
+    # 1. A long fit (400 steps, last.ckpt every 100: none before the stop), signalled when both
+    # ranks have done 3 optimizer steps and wait in MarkSteps (hold_at_step) for the signal.
+    # Why they wait: Lightning 2.6's SIGTERM handler itself calls dist.broadcast, so the
+    # handlers of the two ranks must run between the same two collectives to pair up. Signals
+    # that reach the ranks at different points of a step pair that broadcast with another
+    # collective (seen: one node signalled 0.3 s after the other hung in 3 runs of 3 until
+    # torchrun SIGKILLed both workers 30 s later, no checkpoint saved). Held, the ranks take
+    # the signal at the same point however late either launcher passes it on.
+    first = tmp_path / "records-1"
+    launchers = start(first, 400, f"--trainer.callbacks.hold_at_step={HOLD_STEP}")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            marks = _read_marks(first, "step")
+            if len(marks) == 2 and all(m["global_step"] == HOLD_STEP for m in marks.values()):
+                break
+            if any(p.poll() is not None for p in launchers) or time.monotonic() > deadline:
+                outputs, _ = _finish(launchers, 10)
+                pytest.fail(
+                    f"training did not get under way on both nodes\n{tails(launchers, outputs)}"
+                )
+            time.sleep(0.05)
+        signalled = time.time()
+        # To the launchers, as a scheduler stopping the job does: torchrun's agent catches
+        # SIGTERM and sends it on to its worker's process group (reliable; seen in its log as
+        # "Sending process <pid> closing signal SIGTERM"), waits up to 30 s, then SIGKILLs.
+        for process in launchers:
+            process.send_signal(signal.SIGTERM)
+        outputs, ended = _finish(launchers, 60)
+    finally:
+        _kill_workers(first)
+        for process in launchers:
+            if process.poll() is None:
+                process.kill()
+    log = tails(launchers, outputs)
+    assert ended, f"the launchers did not end within 60 s of SIGTERM (a hang)\n{log}"
+    # torchrun waits 30 s for its worker after forwarding SIGTERM, then SIGKILLs it and says so:
+    # the workers must have stopped by themselves.
+    assert "forcefully exiting" not in log, log
+    # Exit codes: each worker's dm-lightning returned 128 + 15 (it prints this line just before),
+    # but torchrun does not pass that on: it re-raises its own SignalException and exits 1 (seen
+    # with torch 2.x, a traceback in its output). Guaranteed is only a failed (non-zero) launcher.
+    for node, output in enumerate(outputs):
+        assert "dm-lightning: stopped by a signal" in output, f"node {node}\n{log}"
+    assert all(p.returncode not in (0, None) for p in launchers), log
+    assert "could not save" not in log, log
+
+    stopped = _read_marks(first, "stopped")
+    assert sorted(stopped) == [0, 1], log
+    assert {m["exception"] for m in stopped.values()} == {"SIGTERMException"}, stopped
+    steps = {m["global_step"] for m in stopped.values()}
+    assert len(steps) == 1, f"the ranks stopped at different steps {stopped}\n{log}"
+    (stopped_at,) = steps
+    (run,) = (runs / "stage1").iterdir()
+    last = run / "checkpoints" / "last.ckpt"
+    # Fresh: written after the signal (the periodic one comes at step 100), by rank 0.
+    assert last.is_file() and last.stat().st_mtime >= signalled - 1, log
+    assert stopped_at == HOLD_STEP
+    assert load_checkpoint_safely(last)["global_step"] == stopped_at
+    assert f"stopped by a signal at step {stopped_at}: resumable checkpoint saved" in outputs[0]
+    assert not (run / "export").exists()
+
+    # 2. The same command on both nodes plus --ckpt_path last, to 3 steps past the stop.
+    target = stopped_at + 3
+    second = tmp_path / "records-2"
+    launchers = start(second, target, "--ckpt_path", "last")
+    try:
+        outputs, ended = _finish(launchers, TIMEOUT)
+    finally:
+        _kill_workers(second)
+    log = tails(launchers, outputs)
+    assert ended, f"the resumed two-node fit did not end within {TIMEOUT} s\n{log}"
+    assert [p.returncode for p in launchers] == [0, 0], log
+    assert "Restored all states from the checkpoint" in outputs[0], log
+    assert [p.name for p in (runs / "stage1").iterdir()] == [run.name], log
+    resumed = _read_marks(second, "step")
+    assert [resumed[r]["global_step"] for r in (0, 1)] == [target, target], log
+    assert load_checkpoint_safely(last)["global_step"] == target
+    assert json.loads((run / "export.json").read_text())["global_step"] == target
+    assert (run / "export" / "unet" / "config.json").is_file()
