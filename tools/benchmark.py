@@ -55,6 +55,7 @@ from dm_lightning.data.schema import encode_sample
 from dm_lightning.data.shards import iter_shard, write_shard
 from dm_lightning.data.streams import SourceStream
 from dm_lightning.data.synthetic import write_split
+from dm_lightning.real_size import SD2_UNET_CONFIG, SD2_VAE_CONFIG
 from dm_lightning.targets import SqrtDisparity
 
 REAL_RGBD = Path(__file__).resolve().parent.parent / "tests" / "data" / "real_rgbd"
@@ -563,19 +564,7 @@ def run_step(args: argparse.Namespace) -> None:
 # "medium": SD-2's layout (4 VAE levels with 2 layers, 4 U-Net levels, 3 with attention) at a
 # quarter of the VAE's and a fifth of the U-Net's widths, so activations dominate the weights
 # the way they do at SD-2 size.
-SD2_VAE_CONFIG = dict(
-    in_channels=3, out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-    norm_num_groups=32, sample_size=768, scaling_factor=0.18215,
-)  # fmt: skip
-SD2_UNET_CONFIG = dict(
-    sample_size=96, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024,
-    attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-)  # fmt: skip
+# SD-2's own configs: dm_lightning.real_size (shared with the opt-in real-width test).
 MEDIUM_VAE_CONFIG = {**SD2_VAE_CONFIG, "block_out_channels": (32, 64, 128, 128)}
 MEDIUM_UNET_CONFIG = {
     **SD2_UNET_CONFIG,

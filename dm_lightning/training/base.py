@@ -256,7 +256,8 @@ class DepthMasterTask(L.LightningModule):
         ``train/nonfinite_steps``. After ``max_nonfinite_steps`` consecutive bad steps the
         run saves a checkpoint and stops (:meth:`on_train_batch_end`).
         """
-        params = [p for p in self.trainable_parameters() if p.grad is not None]
+        # The optimizer's own list: walking every module (VAE, encoder) costs ~3 ms a step.
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not params:
             return
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
