@@ -135,10 +135,21 @@ class ResumableCheckpoint(L.Callback):
 
     A stop before the first optimizer step saves nothing. Resume with ``--ckpt_path last``:
     the run continues in the same folder.
+
+    On several ranks the callback replaces Lightning 2.6's SIGTERM handler during training:
+    Lightning's handler calls ``dist.broadcast`` inside the signal handler, which pairs with
+    the other ranks only if their signals land between the same two collectives; signals a
+    fraction of a second apart (what a scheduler sends to several nodes) left both ranks
+    waiting forever, with no checkpoint. Here the handler only notes the signal; at each
+    training batch start the ranks combine their notes in one all-reduce (MAX) and, if any
+    rank got one, all stop at the end of that same batch. A signal during validation takes
+    effect at the next training batch.
     """
 
     def __init__(self) -> None:
         self._previous_usr1: Any = None
+        self._previous_term: Any = None
+        self._signalled = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -151,7 +162,41 @@ class ResumableCheckpoint(L.Callback):
             except ValueError:  # not the main thread: leave signals alone
                 self._previous_usr1 = None
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning installed its own handler (Trainer._run, after on_fit_start).
+        if trainer.world_size == 1:
+            return
+        self._signalled = False
+        try:
+            self._previous_term = signal.signal(signal.SIGTERM, self._note_signal)
+        except ValueError:  # not the main thread
+            self._previous_term = None
+
+    def _note_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = True  # nothing collective inside a signal handler
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._previous_term is None:
+            return
+        flag = torch.tensor([int(self._signalled)], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if bool(flag):
+            # Every rank sets it at the same batch; Lightning raises SIGTERMException at its end.
+            trainer._signal_connector.received_sigterm = True
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_term is not None:
+            if signal.getsignal(signal.SIGTERM) == self._note_signal:
+                signal.signal(signal.SIGTERM, self._previous_term)
+            self._previous_term = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigterm()
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_sigterm()
         if self._previous_usr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_usr1)
             self._previous_usr1 = None
@@ -183,14 +228,11 @@ class ResumableCheckpoint(L.Callback):
                 file=sys.stderr,
             )
 
-
     @staticmethod
     def _save(trainer: L.Trainer, path: Path) -> None:
-        """Write the full state to ``path``. On several ranks without any collective:
-        Lightning stops every rank at the same batch when rank 0 got the signal, but a rank
-        that got it alone stops by itself, and ``trainer.save_checkpoint``'s barriers would
-        then wait forever for the others. Under DDP every rank holds the same weights and
-        optimizer state, so rank 0's copy is the checkpoint."""
+        """Write the full state to ``path``. On several ranks rank 0 writes it without any
+        collective: every rank holds the same weights and optimizer state under DDP, and a
+        barrier would hang if a rank had stopped otherwise (a crash elsewhere)."""
         if trainer.world_size == 1:
             trainer.save_checkpoint(path)
         elif trainer.is_global_zero:
