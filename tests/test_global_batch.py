@@ -15,25 +15,25 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from dm_lightning.cli import main
 from dm_lightning.data.collate import collate
 from dm_lightning.data.datamodule import DepthDataModule, TrainSource, sample_to_tensors
-from dm_lightning.data.global_batch import gradient_accumulation, rank_batches_per_epoch
+from dm_lightning.data.global_batch import rank_batches_per_epoch, split_global_batch
 from dm_lightning.data.schema import decode_sample
 from dm_lightning.data.shards import iter_shard
 from dm_lightning.errors import ConfigError
 
 
 def test_accumulation_follows_the_world_size():
-    # the recipe: 32 = 8 x ranks x accumulation
-    assert gradient_accumulation(32, 8, devices=1, num_nodes=1) == 4
-    assert gradient_accumulation(32, 8, devices=2, num_nodes=1) == 2
-    assert gradient_accumulation(32, 8, devices=2, num_nodes=2) == 1
-    assert gradient_accumulation(32, 1, devices=8, num_nodes=4) == 1
-    with pytest.raises(ConfigError, match=r"global_batch_size=32 is not a multiple of micro-"
-                       r"batch 8 x world size 3 \(3 devices x 1 nodes\) = 24") as err:  # fmt: skip
-        gradient_accumulation(32, 8, devices=3, num_nodes=1)
-    assert "32 samples do not split evenly over 3 ranks" in str(err.value)
-    # 16 ranks x 8 > 32: the hint names the micro-batch that divides (32 = 2 x 16)
-    with pytest.raises(ConfigError, match=r"batch_size to 2, or .* multiple of 128"):
-        gradient_accumulation(32, 8, devices=8, num_nodes=2)
+    # the recipe: 32 = 8 x ranks x accumulation; on more ranks the micro-batch is lowered
+    assert split_global_batch(32, 8, devices=1, num_nodes=1) == (8, 4)
+    assert split_global_batch(32, 8, devices=2, num_nodes=1) == (8, 2)
+    assert split_global_batch(32, 8, devices=2, num_nodes=2) == (8, 1)
+    assert split_global_batch(32, 8, devices=8, num_nodes=1) == (4, 1)
+    assert split_global_batch(32, 8, devices=8, num_nodes=4) == (1, 1)
+    assert split_global_batch(48, 8, devices=4, num_nodes=1) == (6, 2)  # the largest that fits
+    with pytest.raises(ConfigError, match=r"global_batch_size=32 samples do not split evenly "
+                       r"over world size 3 \(3 devices x 1 nodes\).*multiple of 3"):  # fmt: skip
+        split_global_batch(32, 8, devices=3, num_nodes=1)
+    with pytest.raises(ConfigError, match="world size 64"):
+        split_global_batch(32, 8, devices=8, num_nodes=8)
 
 
 def test_an_epoch_is_the_same_optimizer_steps_on_any_world_size():
@@ -199,3 +199,15 @@ def test_the_recipe_sets_the_global_batch_not_the_accumulation(capsys):
     assert printed["data"]["init_args"]["global_batch_size"] == 32
     assert printed["data"]["init_args"]["train"][0]["batch_size"] == 8
     assert printed["trainer"]["accumulate_grad_batches"] == 1  # derived at set-up
+
+
+def test_eight_ranks_lower_the_micro_batch(shards):
+    from types import SimpleNamespace
+
+    source = TrainSource("indoor", str(shards / "indoor" / "train-*.tar"), batch_size=8)
+    data = DepthDataModule(train=[source], global_batch_size=32, batches_per_epoch=8000)
+    trainer = SimpleNamespace(num_devices=8, num_nodes=1, world_size=8, accumulate_grad_batches=1)
+    assert data.apply_global_batch(trainer) == 1
+    assert source.batch_size == 4 and trainer.accumulate_grad_batches == 1  # 4 x 8 x 1 = 32
+    # the epoch keeps its optimizer steps: 8000 x 8 / 32 = 2000 steps of one micro-batch each
+    assert rank_batches_per_epoch(8000, data.configured_micro_batch, 32, data.accumulation) == 2000

@@ -47,7 +47,7 @@ from dm_lightning.data.checks import (
     first_sample_meta,
 )
 from dm_lightning.data.collate import collate, empty_batch  # noqa: F401
-from dm_lightning.data.global_batch import gradient_accumulation, rank_batches_per_epoch
+from dm_lightning.data.global_batch import rank_batches_per_epoch, split_global_batch
 from dm_lightning.data.packing import pack_training_batch
 from dm_lightning.data.predict import IMAGE_SUFFIXES, ImageFolder, collate_predict  # noqa: F401
 from dm_lightning.data.schema import depth_range, valid_mask
@@ -142,7 +142,8 @@ class DepthDataModule(L.LightningDataModule):
             rank accumulates ``global / (batch_size x devices x nodes)`` micro-batches per
             optimizer step, derived at fit set-up
             (:mod:`~dm_lightning.data.global_batch`); all training sources must then share
-            one ``batch_size``.
+            one ``batch_size``, which becomes the largest micro-batch (lowered, e.g. 8 -> 4 on
+            8 ranks for 32, when it does not divide).
         eval_batch_size: batch size of validation and test streams.
         num_workers: data-loading processes per rank.
         shuffle_buffer: raw (still compressed) samples held for shuffling within each training
@@ -161,7 +162,7 @@ class DepthDataModule(L.LightningDataModule):
         ConfigError: a batch size < 1, ``batches_per_epoch`` < 1, mixing probabilities that
             are not finite >= 0 with a positive sum, ``max_bad_fraction`` outside [0, 1], or
             a ``global_batch_size`` with sources of different batch sizes (at fit set-up
-            also: one that does not divide by micro-batch x world size).
+            also: one that the world size does not divide).
     """
 
     def __init__(
@@ -189,9 +190,12 @@ class DepthDataModule(L.LightningDataModule):
         if batches_per_epoch is not None:
             check_batch_size(batches_per_epoch, "data.batches_per_epoch")
         check_bad_fraction(max_bad_fraction, "data.max_bad_fraction")
+        # the sources' batch_size when a global batch is set (the largest micro-batch)
+        self.configured_micro_batch: int | None = None
         if global_batch_size is not None:
             check_batch_size(global_batch_size, "data.global_batch_size")
-            self.micro_batch_size()  # one size for all sources, or a clear error now
+            # one size for all sources, or a clear error now
+            self.configured_micro_batch = self.micro_batch_size()
         self.global_batch_size = global_batch_size
         # Micro-batches per optimizer step and rank, set by setup("fit") from the global batch.
         self.accumulation = 1
@@ -263,16 +267,18 @@ class DepthDataModule(L.LightningDataModule):
         return next(iter(sizes.values()), 1)
 
     def apply_global_batch(self, trainer: L.Trainer) -> int:
-        """Set ``trainer.accumulate_grad_batches`` from ``global_batch_size`` and the world
-        size (devices x nodes) and return it.
+        """Set the micro-batch and ``trainer.accumulate_grad_batches`` from
+        ``global_batch_size`` and the world size (devices x nodes); return the accumulation.
+        The sources' ``batch_size`` is the largest micro-batch: lowered when it does not
+        divide (see :func:`~dm_lightning.data.global_batch.split_global_batch`).
 
         Raises:
-            ConfigError: the global batch does not divide (see
-                :func:`~dm_lightning.data.global_batch.gradient_accumulation`), or
+            ConfigError: the world size does not divide the global batch, or
                 ``trainer.accumulate_grad_batches`` was set to another value as well.
         """
-        accumulation = gradient_accumulation(
-            self.global_batch_size, self.micro_batch_size(), trainer.num_devices, trainer.num_nodes
+        configured = self.configured_micro_batch
+        micro, accumulation = split_global_batch(
+            self.global_batch_size, configured, trainer.num_devices, trainer.num_nodes
         )
         if trainer.accumulate_grad_batches not in (1, accumulation):
             raise ConfigError(
@@ -280,10 +286,13 @@ class DepthDataModule(L.LightningDataModule):
                 f"data.global_batch_size={self.global_batch_size} both set the accumulation "
                 f"(the global batch gives {accumulation}); leave accumulate_grad_batches at 1"
             )
+        for source in self.train_sources:
+            source.batch_size = micro
         trainer.accumulate_grad_batches = accumulation
+        lowered = f" (batch_size {configured} lowered to divide it)" if micro < configured else ""
         rank_zero_info(
-            f"global batch {self.global_batch_size} = micro-batch {self.micro_batch_size()} x "
-            f"{trainer.world_size} ranks x {accumulation} accumulated micro-batches"
+            f"global batch {self.global_batch_size} = micro-batch {micro} x "
+            f"{trainer.world_size} ranks x {accumulation} accumulated micro-batches{lowered}"
         )
         return accumulation
 
@@ -331,7 +340,7 @@ class DepthDataModule(L.LightningDataModule):
         per_rank = self.batches_per_epoch
         if per_rank is not None and self.global_batch_size is not None:
             per_rank = rank_batches_per_epoch(
-                per_rank, self.micro_batch_size(), self.global_batch_size, self.accumulation
+                per_rank, self.configured_micro_batch, self.global_batch_size, self.accumulation
             )
         dataset = MixedSourceBatches(
             streams, [s.probability for s in self.train_sources], per_rank, self.seed

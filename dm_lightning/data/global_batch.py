@@ -2,7 +2,8 @@
 
 The recipe's effective batch is 32 samples per optimizer step (docs/method.md §5). A run on
 ``world = devices x nodes`` ranks, each drawing micro-batches of ``micro`` samples, accumulates
-``global / (micro x world)`` micro-batches per optimizer step, so the same config trains the
+``global / (micro x world)`` micro-batches per optimizer step (``micro`` lowered from the
+configured size when that does not divide), so the same config trains the
 same recipe on 1, 2, 8 or 64 ranks; the learning-rate schedule and ``max_steps`` count
 optimizer steps and so do not change either.
 """
@@ -15,42 +16,40 @@ from dm_lightning.data.checks import check_batch_size
 from dm_lightning.errors import ConfigError
 
 
-def gradient_accumulation(
+def split_global_batch(
     global_batch_size: int, micro_batch_size: int, devices: int, num_nodes: int
-) -> int:
-    """Micro-batches each rank accumulates per optimizer step.
+) -> tuple[int, int]:
+    """The micro-batch each rank draws and the micro-batches it accumulates per optimizer step.
+
+    The configured micro-batch is a memory limit: it is kept when ``micro x world`` divides the
+    global batch, else lowered to the largest size that does (8 -> 4 for 32 samples on 8
+    ranks), so the same config runs the recipe on any world size that divides the global
+    batch.
 
     Args:
         global_batch_size: samples per optimizer step over all ranks (32 in the recipe).
-        micro_batch_size: samples per micro-batch and rank (the sources' ``batch_size``).
+        micro_batch_size: the largest samples per micro-batch and rank (the sources'
+            ``batch_size``).
         devices, num_nodes: ranks per node and nodes; the world size is their product.
 
     Returns:
-        ``global_batch_size / (micro_batch_size x devices x num_nodes)``, an integer >= 1.
+        ``(micro, accumulation)`` with ``micro <= micro_batch_size`` and
+        ``micro x world x accumulation == global_batch_size``.
 
     Raises:
-        ConfigError: naming the numbers, when the global batch is not a whole multiple of
-            ``micro_batch_size x world size``.
+        ConfigError: naming the numbers, when the world size does not divide the global batch.
     """
     check_batch_size(global_batch_size, "data.global_batch_size")
     world = devices * num_nodes
-    per_step = micro_batch_size * world
-    if global_batch_size % per_step:
-        fits = [m for m in range(1, micro_batch_size) if global_batch_size % (m * world) == 0]
-        hint = (
-            f"set data.train[*].batch_size to {fits[-1]}, or choose a global batch that is a "
-            f"multiple of {per_step}"
-            if fits
-            else f"{global_batch_size} samples do not split evenly over {world} ranks: choose "
-            f"a global batch that is a multiple of {per_step} (or of {world} with a smaller "
-            "batch_size)"
-        )
+    fits = [m for m in range(micro_batch_size, 0, -1) if global_batch_size % (m * world) == 0]
+    if not fits:
         raise ConfigError(
-            f"data.global_batch_size={global_batch_size} is not a multiple of micro-batch "
-            f"{micro_batch_size} x world size {world} ({devices} devices x {num_nodes} nodes) "
-            f"= {per_step}: {hint}"
+            f"data.global_batch_size={global_batch_size} samples do not split evenly over "
+            f"world size {world} ({devices} devices x {num_nodes} nodes): choose a global "
+            f"batch that is a multiple of {world}"
         )
-    return global_batch_size // per_step
+    micro = fits[0]
+    return micro, global_batch_size // (micro * world)
 
 
 def rank_batches_per_epoch(
