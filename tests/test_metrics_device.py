@@ -144,7 +144,15 @@ def test_non_positive_predictions(space):
     pred[2, :2] = 0.0
     # numpy's lstsq on no row gives (0, 0), not (1, 0): image 2 is checked against CPU only
     images = None if space == "depth" else [0, 1]
-    check(pred, gt, valid, 1e-3, 80.0, space, reference_images=images)
+    values, has_valid = check(pred, gt, valid, 1e-3, 80.0, space, reference_images=images)
+    assert has_valid.tolist() == [True, True, True]
+    if space != "depth":
+        # image 2 by hand: scale 1, shift 0, the space's inverse, then the [1e-3, 80] clip
+        p, g = pred[2][valid[2]].astype(np.float64), gt[2][valid[2]].astype(np.float64)
+        disparity = p**2 if space == "sqrt_disparity" else p
+        depth = np.clip(1.0 / np.maximum(disparity, 1e-3), 1e-3, 80.0)
+        expected = np.mean(np.abs(depth - g) / g)
+        assert values["abs_rel"][2].item() == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("space", ALIGNMENT_SPACES)
@@ -166,9 +174,20 @@ def test_per_image_range_tensors_with_inf_max(space):
     # a range up to inf, two tight ones, one below the 1e-6 floor and one with lo > hi
     lo = torch.tensor([1e-5, 2.0, 1e-3, 0.0, 5.0], dtype=torch.float64)
     hi = torch.tensor([np.inf, 5.0, 10.0, 1e-7, 3.0], dtype=torch.float64)
-    check(pred, gt, valid, lo, hi, space)
-    # float32 (B, 1) columns, as a collated batch may hold them
-    check(pred, gt, valid, lo.float()[:, None], hi.float()[:, None], space)
+    values, _ = check(pred, gt, valid, lo, hi, space)
+    # by hand, whatever the fit: image 3's range lies below the 1e-6 floor, so every depth is
+    # 1e-6; image 4's lo > hi clamps every depth to hi = 3 m (torch.clamp's rule)
+    for i, depth in ((3, 1e-6), (4, 3.0)):
+        g = gt[i][valid[i]].astype(np.float64)
+        assert values["abs_rel"][i].item() == pytest.approx(np.mean(np.abs(depth - g) / g))
+        ratio = depth / g
+        inside = np.mean((ratio > 1 / 1.25) & (ratio < 1.25))
+        assert values["delta1"][i].item() == pytest.approx(inside)
+    assert values["delta1"][3].item() == 0.0  # 1e-6 m is far from every GT in [0.5, 20] m
+    # float32 (B, 1) columns, as a collated batch may hold them: the same numbers
+    values32, _ = check(pred, gt, valid, lo.float()[:, None], hi.float()[:, None], space)
+    for i in (0, 3, 4):  # bounds exact in float32
+        assert values32["abs_rel"][i].item() == pytest.approx(values["abs_rel"][i].item())
 
 
 @pytest.mark.parametrize("space", ALIGNMENT_SPACES)
@@ -250,13 +269,21 @@ def test_the_guard_catches_the_cpu_path(no_host_sync):
 
 
 @pytest.mark.parametrize("space", ALIGNMENT_SPACES)
-def test_dense_path_makes_no_host_sync(space, no_host_sync):
+def test_dense_path_makes_no_host_sync(space, no_host_sync, monkeypatch):
     rng = np.random.default_rng(180)
     pred, gt, valid = make_batch(rng, [0.9, 0.0, 0.4])
     args = (t(pred)[:, None], t(gt)[:, None], t(valid)[:, None])
-    evaluate_batch_dense(*args, 1e-3, float("inf"), space)
-    evaluate_batch_dense(*args, torch.tensor([1e-3, 0.1, 1.0]), torch.tensor(80.0), space)
-    evaluate_batch_dense(*args, torch.zeros(3, 1), torch.ones(3, 1), space)
+    bounds = [
+        (1e-3, float("inf")),
+        (torch.tensor([1e-3, 0.1, 1.0]), torch.tensor(80.0)),
+        (torch.zeros(3, 1), torch.ones(3, 1)),
+    ]
+    # under the guard: any host read raises
+    dense = [evaluate_batch_dense(*args, lo, hi, space) for lo, hi in bounds]
+    monkeypatch.undo()  # guard off: the values the sync-free path gave are the right ones
+    for (lo, hi), out in zip(bounds, dense):
+        assert out[1].tolist() == [True, False, True]
+        assert_same(evaluate_batch(*args, lo, hi, space), out)
 
 
 def test_dense_path_and_depth_metrics_run_on_the_meta_device():
