@@ -73,6 +73,33 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **extra}
 
 
+def _start_nodes(tmp_path: Path, data_config: Path, args: list[str]) -> list[subprocess.Popen]:
+    """tools/slurm/torchrun_multinode.sh as node ranks 0 and 1 (one process each) on
+    127.0.0.1, the stage-1 tiny config and ``data_config`` plus ``args``; ``tmp_path`` is on
+    PYTHONPATH for the tests' callback modules."""
+    env = _env(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        TORCHRUN=str(TORCHRUN),
+        NNODES="2",
+        GPUS_PER_NODE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        CONFIG=str(CONFIGS / "tiny" / "stage1.yaml"),
+        DATA_CONFIG=str(data_config),
+    )
+    return [
+        subprocess.Popen(
+            ["bash", str(SLURM_DIR / "torchrun_multinode.sh"), *args],
+            cwd=REPO,
+            env={**env, "NODE_RANK": str(node_rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node_rank in (0, 1)
+    ]
+
+
 def test_launcher_scripts_are_valid_bash():
     for script in (SLURM_DIR / "fit.sbatch", SLURM_DIR / "torchrun_multinode.sh"):
         done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -99,28 +126,7 @@ def test_two_node_torchrun_fit_trains_disjoint_shards(tmp_path, tiny_model, data
             f"--trainer.callbacks.out_dir={records}",
         ],
     )[1:]
-    env = _env(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
-        TORCHRUN=str(TORCHRUN),
-        NNODES="2",
-        GPUS_PER_NODE="1",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        CONFIG=str(CONFIGS / "tiny" / "stage1.yaml"),
-        DATA_CONFIG=str(data_config),
-    )
-    script = SLURM_DIR / "torchrun_multinode.sh"
-    launchers = [
-        subprocess.Popen(
-            ["bash", str(script), *extra],
-            cwd=REPO,
-            env={**env, "NODE_RANK": str(node_rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for node_rank in (0, 1)
-    ]
+    launchers = _start_nodes(tmp_path, data_config, extra)
     deadline = time.monotonic() + TIMEOUT
     outputs = []
     try:
@@ -306,27 +312,7 @@ def test_sigterm_on_two_nodes_saves_and_resumes(tmp_path, tiny_model, data_confi
                 *extra,
             ],
         )[1:]
-        env = _env(
-            PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
-            TORCHRUN=str(TORCHRUN),
-            NNODES="2",
-            GPUS_PER_NODE="1",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(free_port()),
-            CONFIG=str(CONFIGS / "tiny" / "stage1.yaml"),
-            DATA_CONFIG=str(data_config),
-        )
-        return [
-            subprocess.Popen(
-                ["bash", str(SLURM_DIR / "torchrun_multinode.sh"), *args],
-                cwd=REPO,
-                env={**env, "NODE_RANK": str(node_rank)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for node_rank in (0, 1)
-        ]
+        return _start_nodes(tmp_path, data_config, args)
 
     def tails(launchers, outputs) -> str:
         return "\n".join(
