@@ -1,0 +1,1 @@
+"""Using a trained model: depth maps of images, metric depth, point clouds."""
