@@ -2,25 +2,41 @@
 
     python -m dm_lightning.demo            # or: make demo
 
-Every step runs the same ``dm-lightning`` CLI a user runs, with the shipped configs:
+Every step runs the same ``dm-lightning`` CLI a user runs, with the shipped configs, through
+the recipe pipeline (:mod:`dm_lightning.pipeline`, the printed ``tools/train_depthmaster.py``
+command):
 1. writes the synthetic shards (``shards/synthetic``) and the tiny model folder
    (``shards/tiny-sd2``) if they are missing;
-2. ``test`` of the untrained tiny model;
-3. ``fit`` stage 1 (configs/tiny/stage1.yaml), ``test`` of its export;
-4. ``fit`` stage 2 from the stage-1 export (configs/tiny/stage2.yaml), ``test`` of its export;
+2. ``fit`` stage 1 (configs/tiny/stage1.yaml) into ``<run>/stage1/version_<n>``;
+3. ``fit`` stage 2 from the stage-1 export (configs/tiny/stage2.yaml) into
+   ``<run>/stage2/version_<n>``;
+4. ``test`` of the untrained tiny model and of both exports (``<run>/test-<model>/``);
 5. prints AbsRel / delta1 per synthetic test split and writes them to ``<run>/results.md``.
-All TensorBoard logs go under one run folder, printed at the start.
+Everything goes under one run folder, ``runs/tiny`` by default (the folder README's commands
+use), printed at the start. Running the demo again skips what is finished there and resumes
+an interrupted stage; ``--run-dir`` starts elsewhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
-from dm_lightning.cli import DepthMasterCLI, cli_args
-from dm_lightning.cli import run_cli as cli_main
+from dm_lightning.pipeline import (
+    INPUT,
+    Pipeline,
+    PipelineError,
+    Stage,
+    pipeline_command,
+    read_results,
+    run_pipeline,
+)
+
+TITLE = "dm_lightning demo: tiny DepthMaster on synthetic data"
+LABELS = {INPUT: "untrained", "stage1": "stage 1", "stage2": "stage 2"}
 
 
 def ensure_data(shards: Path, seed: int) -> None:
@@ -43,50 +59,16 @@ def ensure_model(model: Path, shards: Path, seed: int, vae_steps: int) -> None:
     build_tiny_model_folder(model, seed, patterns, vae_steps)
 
 
-def run_cli(args: list[str]) -> DepthMasterCLI:
-    """Run the ``dm-lightning`` CLI in this process, printing the command line first."""
-    print("[demo] dm-lightning " + " ".join(args))
-    return cli_main(args)
-
-
-def test_metrics(config_dir: Path, data: Path, run: Path, name: str, model_path: Path) -> dict:
-    configs = [config_dir / "tiny" / "eval.yaml", data]
-    name = f"test-{name}"
-    cli = run_cli(cli_args("test", configs, model_path, run, trainer__logger__init_args__name=name))
-    return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-
-
-def fit(
-    config_dir: Path, data: Path, run: Path, stage: str, model_path: Path, steps: int | None
-) -> Path:
-    configs = [config_dir / "tiny" / f"{stage}.yaml", data]
-    steps_arg = {"trainer__max_steps": steps} if steps else {}
-    cli = run_cli(cli_args("fit", configs, model_path, run, **steps_arg))
-    from dm_lightning.training.callbacks import ExportDepthMaster
-
-    export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportDepthMaster)).exported
-    if export is None:
-        raise RuntimeError(f"{stage} finished without an export")
-    return export
-
-
-def format_table(results: dict[str, dict], splits: list[str]) -> str:
-    header = "| model | " + " | ".join(f"{s} AbsRel | {s} δ1" for s in splits) + " |"
-    lines = [header, "|" + "---|" * (1 + 2 * len(splits))]
-    for stage, metrics in results.items():
-        cells = []
-        for s in splits:
-            cells.append(f"{100 * metrics[f'test/{s}/abs_rel']:.1f}")
-            cells.append(f"{100 * metrics[f'test/{s}/delta1']:.1f}")
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run-dir", default=None, help="run folder (default runs/demo-<time>)")
+    parser.add_argument(
+        "--run-dir",
+        default="runs/tiny",
+        help="run folder (default %(default)s, where README's commands look; a finished stage "
+        "in it is skipped, an interrupted one resumes)",
+    )
     parser.add_argument("--shards", default="shards/synthetic")
     parser.add_argument("--model", default="shards/tiny-sd2")
     parser.add_argument("--configs", default="configs", help="folder of the shipped configs")
@@ -101,33 +83,45 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parser.parse_args(argv)
 
     start = time.time()
-    run = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     print(f"[demo] run folder: {run.resolve()}  (tensorboard --logdir {run})")
     shards, model, configs = Path(args.shards), Path(args.model), Path(args.configs)
     ensure_data(shards, args.seed)
     ensure_model(model, shards, args.seed, args.vae_steps)
 
-    data = data_config(configs / "data" / "synthetic.yaml", shards, run)
-
-    results: dict[str, dict] = {}
-    results["untrained"] = test_metrics(configs, data, run, "untrained", model)
-    export1 = fit(configs, data, run, "stage1", model, args.stage1_steps)
-    results["stage 1"] = test_metrics(configs, data, run, "stage1", export1)
-    export2 = fit(configs, data, run, "stage2", export1, args.stage2_steps)
-    results["stage 2"] = test_metrics(configs, data, run, "stage2", export2)
-
-    splits = ["synthetic_indoor", "synthetic_outdoor"]
-    table = format_table(results, splits)
-    (run / "results.md").write_text(
-        "# dm_lightning demo: tiny DepthMaster on synthetic data\n\n"
-        "AbsRel and δ1 (x100) on the held-out synthetic test splits, sqrt-disparity alignment.\n\n"
-        + table
-        + "\n"
+    steps = {1: args.stage1_steps, 2: args.stage2_steps}
+    pipeline = Pipeline(
+        stages=tuple(
+            Stage(
+                f"stage{n}",
+                (str(configs / "tiny" / f"stage{n}.yaml"),),
+                ("--trainer.max_steps", str(steps[n])) if steps[n] else (),
+            )
+            for n in (1, 2)
+        ),
+        data=str(data_config(configs / "data" / "synthetic.yaml", shards, run)),
+        run=str(run),
+        eval_config=str(configs / "tiny" / "eval.yaml"),
+        model_path=str(model),
+        test=(INPUT, "stage1", "stage2"),
     )
-    print("\n" + table)
-    print(f"\n[demo] finished in {time.time() - start:.0f} s; logs and exports in {run.resolve()}")
-    return results
+    print("[demo] the same as: " + shlex.join(pipeline_command(pipeline)))
+    try:
+        results = run_pipeline(pipeline, title=TITLE, labels=LABELS)
+    except PipelineError as err:
+        raise SystemExit(f"[demo] {err}; run the demo again to go on from there") from err
+    # run_pipeline printed the table (rows labelled by LABELS) and wrote it to results.md.
+    rows = {LABELS[name]: metrics for name, metrics in results.items()}
+    print(
+        f"\n[demo] finished in {time.time() - start:.0f} s; logs, exports and results.md in {run}"
+    )
+    export = read_results(run)["stage2"]["model"]
+    print(
+        "[demo] evaluate the stage-2 export again: dm-lightning test --config "
+        f"{pipeline.eval_config} --config {pipeline.data} --model.init_args.model_path {export}"
+    )
+    return rows
 
 
 def data_config(shipped: Path, shards: Path, run: Path) -> Path:

@@ -69,6 +69,40 @@ def results_table(
     return "\n".join(lines) + "\n"
 
 
+def metric_splits(rows: dict[str, dict[str, float]]) -> list[str]:
+    """The test splits of ``test/<split>/abs_rel`` keys in ``rows``' metrics, first seen first."""
+    splits: dict[str, None] = {}
+    for metrics in rows.values():
+        for key in metrics:
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == "test" and parts[2] == "abs_rel":
+                splits[parts[1]] = None
+    return list(splits)
+
+
+def metrics_table(rows: dict[str, dict[str, float] | None], splits: list[str]) -> str:
+    """A markdown table of models or ablations (rows) by test split: ``<split> AbsRel`` and
+    ``<split> δ1`` columns, x100 with one decimal, like the paper's ablation tables.
+
+    Args:
+        rows: row label -> logged metrics (``test/<split>/abs_rel`` and ``test/<split>/delta1``
+            as fractions), or None for a row without results (shown as ``–``).
+        splits: the test splits, in column order.
+    """
+    header = "| model | " + " | ".join(f"{s} AbsRel | {s} δ1" for s in splits) + " |"
+    lines = [header, "|" + "---|" * (1 + 2 * len(splits))]
+    for label, metrics in rows.items():
+        cells = [
+            MISSING
+            if metrics is None or f"test/{s}/{m}" not in metrics
+            else f"{100 * metrics[f'test/{s}/{m}']:.1f}"
+            for s in splits
+            for m in ("abs_rel", "delta1")
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 class EvaluationReport(L.Callback):
     """After ``test``, write per-image metrics and a results table next to the paper's.
 

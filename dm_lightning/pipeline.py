@@ -1,0 +1,461 @@
+"""The whole recipe in one command: stage 1, stage 2 from its export, test, in one run folder.
+
+    python tools/train_depthmaster.py --stage1 configs/stage1.yaml --stage2 configs/stage2.yaml \\
+        --data configs/data/hypersim_vkitti.yaml --run runs/recipe
+
+Each stage is the ``dm-lightning fit`` a user would run by hand, in this process, with its
+logger pointed at ``<run>/<stage>`` (so its folder is ``<run>/stage1/version_<n>``); the next
+stage starts from the export recorded in the previous one's ``export.json`` through
+``--model.init_args.model_path``. Then ``dm-lightning test`` of the chosen models on the data
+config's test splits (``<run>/test-<model>/version_<n>``), and ``<run>/results.md`` (AbsRel /
+δ1 x100 per test split) with ``<run>/results.json`` (every logged test metric).
+
+Re-running the same command picks up where the last one stopped, from what the run folder holds:
+
+* a stage with a version folder whose ``export.json`` names an existing export is finished:
+  skipped, its export handed on;
+* a stage with ``checkpoints/last.ckpt`` (or a SLURM ``hpc_ckpt_<n>.ckpt``) and no export was
+  interrupted: it resumes with ``--ckpt_path last``, in the same version folder;
+* a model whose test results in ``results.json`` belong to the same export (path and step) is
+  not tested again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from dm_lightning.errors import ConfigError
+from dm_lightning.training.callbacks import EXPORT_RECORD
+from dm_lightning.training.report import metric_splits, metrics_table
+from dm_lightning.training.run_folder import latest_resumable
+
+INPUT = "input"
+"""Name of the model the first stage starts from, as a model to test (the untrained row)."""
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+TEST_METRICS = "test_metrics.json"
+TOOL = "tools/train_depthmaster.py"
+
+
+def log(message: str) -> None:
+    print(f"[pipeline] {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``dm-lightning fit`` of the recipe.
+
+    Attributes:
+        name: ``stage1`` / ``stage2``: the logger name, so the stage's folder is
+            ``<run>/<name>/version_<n>``.
+        configs: its ``--config`` files in order (the stage file, then overlays); the data
+            config is added after them.
+        args: more ``dm-lightning fit`` arguments for this stage only
+            (``["--trainer.max_steps", "2"]``).
+    """
+
+    name: str
+    configs: tuple[str, ...]
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A recipe run: the stages in order, their data, and what to test.
+
+    Attributes:
+        stages: trained in order; each after the first starts from the previous export.
+        data: the data config (``--config`` after every stage's and the test's configs).
+        run: the run folder holding everything.
+        eval_config: the ``dm-lightning test`` config (trainer, logger, report callbacks).
+        model_path: the first stage's model folder; None keeps its config's ``model_path``.
+        fit_args: ``dm-lightning fit`` arguments for every stage (``--trainer.devices 4``).
+        test_args: ``dm-lightning test`` arguments.
+        test: the models to test, by name: a stage's name (its export) or ``input`` (the
+            model the first stage starts from); default: the last stage.
+    """
+
+    stages: tuple[Stage, ...]
+    data: str
+    run: str
+    eval_config: str = "configs/eval/depthmaster.yaml"
+    model_path: str | None = None
+    fit_args: tuple[str, ...] = ()
+    test_args: tuple[str, ...] = ()
+    test: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.stages]
+        if not names:
+            raise ConfigError("a pipeline needs at least one stage (--stage1 and/or --stage2)")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stage names repeat: {names}")
+        unknown = [t for t in self.test if t not in (INPUT, *names)]
+        if unknown:
+            raise ConfigError(f"--test {unknown}: expected {INPUT} or a stage ({', '.join(names)})")
+
+    @property
+    def tested(self) -> tuple[str, ...]:
+        return self.test or (self.stages[-1].name,)
+
+
+class PipelineError(RuntimeError):
+    """A step of the pipeline failed; ``status`` is its exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TestMetricsWriter(L.Callback):
+    """After ``test``, write every logged ``test/...`` metric (floats) to ``path``, default
+    ``<run dir>/test_metrics.json``: the numbers the pipeline and the ablation tables read."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from dm_lightning.training.run_folder import run_dir
+
+        path = Path(self.path) if self.path else run_dir(trainer) / TEST_METRICS
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def finished_export(stage_folder: Path) -> dict | None:
+    """The newest ``export.json`` record under ``stage_folder/<version>/`` whose export folder
+    exists, with its ``run`` folder added; None if no version finished."""
+    records = []
+    for path in stage_folder.glob(f"*/{EXPORT_RECORD}"):
+        record = json.loads(path.read_text())
+        if Path(record.get("export", "")).is_dir():
+            records.append((path.stat().st_mtime, {**record, "run": str(path.parent)}))
+    return max(records, key=lambda item: item[0])[1] if records else None
+
+
+def stage_state(run: Path, stage: str) -> tuple[str, dict | Path | None]:
+    """``("finished", export record)``, ``("interrupted", resumable checkpoint)`` or
+    ``("new", None)`` for ``<run>/<stage>``."""
+    folder = run / stage
+    record = finished_export(folder)
+    if record is not None:
+        return "finished", record
+    checkpoint = latest_resumable(folder)
+    if checkpoint is not None:
+        return "interrupted", checkpoint
+    return "new", None
+
+
+def export_target(export: str | Path) -> str | None:
+    """The depth target an export was trained on (its ``dm_lightning.json``), or None."""
+    from dm_lightning.models.depthmaster import METADATA_FILE
+
+    meta = Path(export) / METADATA_FILE
+    return json.loads(meta.read_text()).get("target") if meta.is_file() else None
+
+
+def run_dm_lightning(args: list[str], what: str) -> None:
+    """``dm-lightning <args>`` in this process; raises :class:`PipelineError` naming ``what``
+    on a non-zero exit status."""
+    from dm_lightning.cli import main
+
+    log("dm-lightning " + shlex.join(args))
+    try:
+        with warnings.catch_warnings():
+            # LightningCLI warns when given args while sys.argv holds this tool's own options.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            status = main(args)
+    except SystemExit as err:  # argument errors: jsonargparse exits
+        status = err.code if isinstance(err.code, int) else 2
+    except Exception:  # noqa: BLE001 - any crash of the step is reported as that step's failure
+        traceback.print_exc()
+        status = 1
+    if status:
+        raise PipelineError(f"{what} failed (exit status {status})", status)
+
+
+def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
+    """Train ``stage`` (or skip / resume it, see the module docstring); returns its export
+    record (``export``, ``global_step``, ``run``)."""
+    from dm_lightning.cli import cli_args
+
+    run = Path(pipeline.run)
+    state, found = stage_state(run, stage.name)
+    if state == "finished":
+        log(f"{stage.name}: finished earlier, skipping; export {found['export']}")
+        return found
+    resume = ["--ckpt_path", "last"] if state == "interrupted" else []
+    if state == "interrupted":
+        log(f"{stage.name}: interrupted earlier, resuming from {found}")
+    else:
+        log(f"{stage.name}: training into {run / stage.name}")
+    args = cli_args(
+        "fit",
+        [*stage.configs, pipeline.data],
+        model_path,
+        run,
+        trainer__logger__init_args__name=stage.name,
+        extra=[*pipeline.fit_args, *stage.args, *resume],
+    )
+    run_dm_lightning(args, f"{stage.name} (fit)")
+    record = finished_export(run / stage.name)
+    if record is None:
+        raise PipelineError(f"{stage.name} (fit) ended without an export in {run / stage.name}", 1)
+    log(f"{stage.name}: done, export {record['export']}")
+    return record
+
+
+def test_model(pipeline: Pipeline, name: str, model: str, step: int | None) -> dict[str, float]:
+    """Test ``model`` on the data config's test splits as ``<run>/test-<name>``, unless
+    ``results.json`` already holds this model's results; returns its ``test/...`` metrics."""
+    from dm_lightning.cli import cli_args
+
+    run = Path(pipeline.run)
+    done = read_results(run).get(name)
+    if done is not None and done["model"] == str(model) and done["global_step"] == step:
+        log(f"test of {name}: done earlier, skipping")
+        return done["metrics"]
+    log(f"test of {name}: {model}")
+    target = export_target(model)
+    overrides = {"model__init_args__target": target} if target else {}
+    test_folder = run / f"test-{name}"
+    before = {p: p.stat().st_mtime for p in test_folder.glob(f"*/{TEST_METRICS}")}
+    args = cli_args(
+        "test",
+        [pipeline.eval_config, pipeline.data],
+        model,
+        run,
+        trainer__logger__init_args__name=f"test-{name}",
+        extra=[
+            f"--trainer.callbacks+={TestMetricsWriter.__module__}.{TestMetricsWriter.__name__}",
+            *pipeline.test_args,
+        ],
+        **overrides,
+    )
+    run_dm_lightning(args, f"test of {name}")
+    written = [
+        p for p in test_folder.glob(f"*/{TEST_METRICS}") if before.get(p) != p.stat().st_mtime
+    ]
+    if not written:
+        raise PipelineError(f"test of {name} wrote no {TEST_METRICS} under {test_folder}", 1)
+    metrics = json.loads(written[0].read_text())
+    results = read_results(run)
+    results[name] = {
+        "model": str(model),
+        "global_step": step,
+        "test_run": str(written[0].parent),
+        "metrics": metrics,
+    }
+    (run / RESULTS_JSON).write_text(json.dumps(results, indent=2) + "\n")
+    return metrics
+
+
+def read_results(run: Path) -> dict[str, Any]:
+    """``<run>/results.json``: model name -> ``model``, ``global_step``, ``test_run``,
+    ``metrics`` (``test/<split>/<metric>`` -> value, fractions); empty if absent."""
+    path = Path(run) / RESULTS_JSON
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_pipeline(
+    pipeline: Pipeline, title: str | None = None, labels: dict[str, str] | None = None
+) -> dict[str, dict[str, float]]:
+    """Train the stages, test the chosen models, write ``results.md`` / ``results.json``.
+
+    Args:
+        pipeline: what to run.
+        title: the heading of ``results.md`` (default ``Results of <run folder name>``).
+        labels: row labels of the results table by model name (default the names).
+
+    Returns:
+        Tested model name -> its ``test/...`` metrics (fractions), in ``pipeline.tested``
+        order.
+
+    Raises:
+        PipelineError: a stage or a test failed (the message names it, ``status`` is its exit
+            status); finished stages are kept, so the same call goes on from there.
+    """
+    run = Path(pipeline.run)
+    run.mkdir(parents=True, exist_ok=True)
+    log(f"run folder {run.resolve()}  (tensorboard --logdir {run})")
+    models: dict[str, tuple[str | None, int | None]] = {INPUT: (pipeline.model_path, None)}
+    model_path = pipeline.model_path
+    for stage in pipeline.stages:
+        record = fit_stage(pipeline, stage, model_path)
+        model_path = record["export"]
+        models[stage.name] = (model_path, record.get("global_step"))
+    results = {}
+    for name in pipeline.tested:
+        model, step = models[name]
+        if model is None:
+            raise PipelineError(f"--test {INPUT}: give the input model with --model-path", 2)
+        results[name] = test_model(pipeline, name, model, step)
+    labels = labels or {}
+    rows = {labels.get(name, name): metrics for name, metrics in results.items()}
+    table = metrics_table(rows, metric_splits(results))
+    (run / RESULTS_MD).write_text(
+        f"# {title or f'Results of {run.name}'}\n\nAbsRel and δ1 (x100) on the test splits of "
+        f"`{pipeline.data}`, per model.\n\n{table}\n"
+    )
+    log(f"results in {run / RESULTS_MD}\n\n{table}\n")
+    return results
+
+
+# ----------------------------------------------------------------------------- command line
+
+STAGE_PREFIXES = ("stage1", "stage2", "test")
+
+
+def split_overrides(rest: Sequence[str]) -> dict[str, list[str]]:
+    """Sort pass-through ``dm-lightning`` options by prefix: ``--stage1.KEY V`` ->
+    ``stage1: [--KEY, V]``, likewise ``--stage2.`` and ``--test.``; any other ``--KEY [V]``
+    goes to ``fit`` (every stage).
+
+    Raises:
+        ConfigError: a value with no ``--KEY`` before it.
+    """
+    groups: dict[str, list[str]] = {"fit": [], **{p: [] for p in STAGE_PREFIXES}}
+    current: list[str] | None = None
+    for token in rest:
+        if token.startswith("--"):
+            key = token[2:]
+            prefix = key.split(".", 1)[0]
+            if prefix in STAGE_PREFIXES and "." in key:
+                current = groups[prefix]
+                token = "--" + key.split(".", 1)[1]
+            else:
+                current = groups["fit"]
+        elif current is None:
+            raise ConfigError(f"argument {token!r}: expected an option --KEY before it")
+        current.append(token)
+    return groups
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe options shared by ``train_depthmaster.py`` and ``run_ablations.py``."""
+    parser.add_argument(
+        "--stage1", nargs="+", metavar="CONFIG", help="stage-1 config, then its overlays"
+    )
+    parser.add_argument(
+        "--stage2", nargs="+", metavar="CONFIG", help="stage-2 config, then its overlays"
+    )
+    parser.add_argument("--data", required=True, metavar="CONFIG", help="data config")
+    parser.add_argument(
+        "--eval",
+        default="configs/eval/depthmaster.yaml",
+        metavar="CONFIG",
+        help="dm-lightning test config (default %(default)s; configs/tiny/eval.yaml on CPU)",
+    )
+    parser.add_argument(
+        "--model-path", default=None, help="model folder of the first stage (default: its config's)"
+    )
+
+
+def recipe_from_args(args: argparse.Namespace, rest: Sequence[str], run: str) -> Pipeline:
+    """The :class:`Pipeline` of parsed recipe options and pass-through ``dm-lightning``
+    options (see :func:`split_overrides`)."""
+    groups = split_overrides(rest)
+    stages = tuple(
+        Stage(name, tuple(configs), tuple(groups[name]))
+        for name, configs in (("stage1", args.stage1), ("stage2", args.stage2))
+        if configs
+    )
+    return Pipeline(
+        stages=stages,
+        data=args.data,
+        run=run,
+        eval_config=args.eval,
+        model_path=args.model_path,
+        fit_args=tuple(groups["fit"]),
+        test_args=tuple(groups["test"]),
+        test=tuple(getattr(args, "test", None) or ()),
+    )
+
+
+def pipeline_command(pipeline: Pipeline, python: str = "python") -> list[str]:
+    """The ``tools/train_depthmaster.py`` command line that runs ``pipeline`` (stages named
+    ``stage1`` / ``stage2``)."""
+    command = [python, TOOL]
+    for stage in pipeline.stages:
+        command += [f"--{stage.name}", *stage.configs]
+    command += ["--data", pipeline.data, "--eval", pipeline.eval_config, "--run", pipeline.run]
+    if pipeline.model_path is not None:
+        command += ["--model-path", pipeline.model_path]
+    if pipeline.test:
+        command += ["--test", *pipeline.test]
+    command += list(pipeline.fit_args)
+    for stage in pipeline.stages:
+        command += prefixed(stage.name, stage.args)
+    return command + prefixed("test", pipeline.test_args)
+
+
+def prefixed(prefix: str, args: Sequence[str]) -> list[str]:
+    """``--KEY`` -> ``--<prefix>.KEY`` (values unchanged): the inverse of
+    :func:`split_overrides`."""
+    return [f"--{prefix}.{a[2:]}" if a.startswith("--") else a for a in args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tools/train_depthmaster.py``; returns the exit status (0, or the
+    failed step's)."""
+    parser = argparse.ArgumentParser(
+        prog="train_depthmaster.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Other options are dm-lightning options: --KEY VALUE for every stage's fit "
+        "(--trainer.devices 4), --stage1.KEY VALUE / --stage2.KEY VALUE for one stage "
+        "(--stage1.trainer.max_steps 100), --test.KEY VALUE for the tests.",
+    )
+    add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, help="the run folder (runs/recipe)")
+    parser.add_argument(
+        "--test",
+        nargs="+",
+        metavar="MODEL",
+        help=f"models to test: {INPUT} (the first stage's model), stage1, stage2 "
+        "(default: the last stage)",
+    )
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if not (args.stage1 or args.stage2):
+            raise ConfigError("give --stage1 CONFIG and/or --stage2 CONFIG")
+        pipeline = recipe_from_args(args, rest, args.run)
+        run_pipeline(pipeline)
+    except ConfigError as err:
+        print(f"train_depthmaster.py: error: {err}", file=sys.stderr)
+        return 2
+    except PipelineError as err:
+        print(
+            f"train_depthmaster.py: error: {err}. Fix it and run the same command again: "
+            "finished stages are skipped and an interrupted one resumes.",
+            file=sys.stderr,
+        )
+        return err.status
+    return 0
+
+
+__all__ = [
+    "Pipeline",
+    "PipelineError",
+    "Stage",
+    "TestMetricsWriter",
+    "main",
+    "pipeline_command",
+    "run_pipeline",
+]
