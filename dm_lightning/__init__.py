@@ -33,6 +33,7 @@ _EXPORTS = {
     "Stage2": "dm_lightning.training.stage2",
     "TimmEncoder": "dm_lightning.models.encoders",
     "TrainSource": "dm_lightning.data.datamodule",
+    "TrainingMonitor": "dm_lightning.training.monitor",
     "load_depthmaster": "dm_lightning.models.loading",
 }
 
@@ -58,6 +59,7 @@ __all__ = [
     "Stage2",
     "TimmEncoder",
     "TrainSource",
+    "TrainingMonitor",
     "load_depthmaster",
 ]
 
@@ -92,6 +94,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         ResumableCheckpoint,
     )
     from dm_lightning.training.ema import EMAWeights
+    from dm_lightning.training.monitor import TrainingMonitor
     from dm_lightning.training.report import EvaluationReport
     from dm_lightning.training.stage1 import Stage1
     from dm_lightning.training.stage2 import Stage2

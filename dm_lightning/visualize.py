@@ -66,6 +66,44 @@ def colorize_depth(
     return colorize(1.0 - _as_numpy(near), 0.0, 1.0, DEPTH_COLORMAP, invalid)
 
 
+def depth_panel(
+    rgb: np.ndarray | Tensor,
+    near_gt: np.ndarray | Tensor,
+    near_pred: np.ndarray | Tensor,
+    valid: np.ndarray | Tensor,
+    error_max: float = 0.2,
+) -> np.ndarray:
+    """One comparison row: RGB | ground truth | prediction | error, tiles side by side.
+
+    Ground truth and prediction are drawn as :func:`colorize_depth` (fixed range [0, 1],
+    1 = near); the error ``|near_pred - near_gt|`` with :data:`ERROR_COLORMAP` over the fixed
+    range [0, ``error_max``]. Invalid ground-truth pixels are black in the ground-truth and
+    error tiles.
+
+    Args:
+        rgb: (3, H, W) or (H, W, 3) uint8 image.
+        near_gt, near_pred: (H, W) or (1, H, W) values in [0, 1], 1 = near, in one space.
+        valid: (H, W) or (1, H, W) bool, the valid ground-truth pixels.
+        error_max: the error drawn brightest.
+
+    Returns:
+        (H, 4 W, 3) uint8 RGB.
+    """
+    image = _as_numpy(rgb)
+    if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
+        image = image.transpose(1, 2, 0)
+    gt = _as_numpy(near_gt).reshape(image.shape[:2])
+    pred = _as_numpy(near_pred).reshape(image.shape[:2])
+    invalid = ~_as_numpy(valid).astype(bool).reshape(image.shape[:2])
+    tiles = [
+        image.astype(np.uint8),
+        colorize_depth(gt, invalid),
+        colorize_depth(pred),
+        colorize(np.abs(pred - gt), 0.0, error_max, ERROR_COLORMAP, invalid),
+    ]
+    return np.ascontiguousarray(np.concatenate(tiles, axis=1))
+
+
 def _as_numpy(values: np.ndarray | Tensor) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().float().cpu().numpy()
