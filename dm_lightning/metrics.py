@@ -147,6 +147,39 @@ def align_prediction(
     return out
 
 
+def fit_alignment(
+    pred: Tensor, gt: Tensor, valid: Tensor, space: str = "sqrt_disparity"
+) -> tuple[float, float, Tensor]:
+    """The scale and shift evaluation fits to one image, for callers that need the numbers
+    themselves (:mod:`dm_lightning.inference.metric` turns relative predictions into metres).
+
+    Args:
+        pred: relative prediction, any shape (e.g. (H, W), or (N,) values at known points).
+        gt: depth in metres, same shape.
+        valid: bool, same shape; the fit then keeps, like evaluation, only the pixels with
+            finite GT > 0 and, in the two disparity spaces, prediction > 0.
+        space: alignment space, see :func:`align_prediction`.
+
+    Returns:
+        ``(scale, shift, fitted)``: ``scale * pred + shift`` approximates the GT in ``space``
+        (same numbers as :func:`align_prediction`, same degenerate rule as
+        :func:`fit_scale_shift`); ``fitted`` holds the (N,) float64 predictions the fit used.
+    """
+    if not pred.shape == gt.shape == valid.shape:
+        raise ValueError(
+            f"pred, gt and valid must share one shape, got "
+            f"{tuple(pred.shape)}, {tuple(gt.shape)}, {tuple(valid.shape)}"
+        )
+    target = get_target(space)
+    index = _valid_index(valid)
+    p_fit, g_fit = _fit_pixels(
+        _valid_pixels(pred, index),
+        _valid_pixels(gt, index),
+        target.fit_needs_positive_prediction,
+    )
+    return (*fit_scale_shift(p_fit, target.forward(g_fit)), p_fit)
+
+
 def _metrics_of_pixels(depth: Tensor, gt: Tensor) -> Tensor:
     """The 8 metrics (in METRIC_NAMES order, a (8,) float64 tensor) of 1-D float64 predicted /
     GT depth of the valid pixels of one image; all 0 for no pixel. Sums are dot products and

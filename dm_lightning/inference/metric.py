@@ -1,0 +1,500 @@
+"""Metric depth from a relative prediction and a few known depths.
+
+A prediction of ``dm-lightning predict`` (a float32 (H, W) ``.npy`` in [0, 1]; for the default
+target 1 = near, the normalised square-root disparity) is known only up to a scale and a shift
+in its target's space (docs/method.md §2). Given depths in metres for some of its pixels, a
+reference depth map (a depth sensor, LiDAR) or a few measured points (a CSV of ``x, y,
+metres``), this module fits that scale and shift with the evaluation's own alignment
+(:func:`dm_lightning.metrics.fit_alignment`, docs/method.md §6: same pixels, same least
+squares, same spaces) and maps every pixel to metres.
+
+The aligned value ``s p + t`` can leave the range a depth can have: in the disparity spaces the
+shift can make far pixels' disparity 0 or negative (infinite depth), in the depth space depth
+can go <= 0. Such pixels are clamped to ``[min_depth, max_depth]`` and counted; everywhere else
+the depth equals :func:`dm_lightning.metrics.align_prediction`'s.
+
+:func:`relative_to_depth` is the other way to metres, without known depths: the prediction's
+ends stand for assumed near and far depths (for point clouds of a relative prediction).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dm_lightning.data.schema import UINT16_MAX, quantize_depth
+from dm_lightning.errors import DMLightningError, MissingPathError
+from dm_lightning.metrics import ALIGNMENT_SPACES, fit_alignment
+from dm_lightning.targets import MIN_DISPARITY, DepthTarget, get_target
+
+DEFAULT_SPACE = "sqrt_disparity"  # DepthMaster's target and evaluation space
+DEFAULT_MIN_DEPTH = 1e-3  # metres
+#: metres: the far end of the evaluation's disparity floor (1 / 1e-3), docs/method.md §6
+DEFAULT_MAX_DEPTH = 1.0 / MIN_DISPARITY
+DEFAULT_PNG_SCALE = 1e-3  # metres per PNG unit: millimetres, up to 65.535 m
+POINT_COLUMNS = ("x", "y", "metres")
+
+
+class InputFileError(DMLightningError, ValueError):
+    """An input file of the metric-depth or point-cloud helpers cannot be used; the message
+    names the file (and the CSV row) and what was expected."""
+
+
+@dataclass(frozen=True)
+class KnownPoints:
+    """Known depths at pixels, read from a CSV by :func:`read_points`.
+
+    ``x`` (column) and ``y`` (row) are (N,) int64 0-based pixel indices, ``metres`` (N,)
+    float64 depths > 0, ``rows`` (N,) the CSV line numbers (for messages).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    metres: np.ndarray
+    rows: np.ndarray
+    source: str = "points"
+
+
+@dataclass(frozen=True)
+class MetricDepth:
+    """A relative prediction fitted to known depths.
+
+    Attributes:
+        depth: (H, W) float32 metres, every pixel in ``[min_depth, max_depth]``.
+        scale, shift: ``scale * pred + shift`` approximates the known depths in ``space``.
+        space: alignment space (``sqrt_disparity``, ``disparity`` or ``depth``).
+        known: number of known depths given (valid reference pixels or CSV points).
+        fitted: how many of them the fit used (in the disparity spaces, evaluation leaves
+            pixels with prediction <= 0 out).
+        abs_rel: mean ``|depth - known| / known`` over the known depths (fraction).
+        clamped_near, clamped_far: pixels whose aligned depth fell below ``min_depth`` /
+            beyond ``max_depth`` (or was not positive / infinite) and were clamped.
+    """
+
+    depth: np.ndarray
+    scale: float
+    shift: float
+    space: str
+    known: int
+    fitted: int
+    abs_rel: float
+    clamped_near: int
+    clamped_far: int
+    min_depth: float
+    max_depth: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingPathError(f"{path}: no such file")
+    return path
+
+
+def _as_image(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """``array`` as (H, W): leading axes of size 1 ((1, H, W), (1, 1, H, W)) are dropped."""
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or min(array.shape) < 1:
+        raise InputFileError(f"{path}: expected a {what} of shape (H, W), got {array.shape}")
+    return array
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputFileError(f"{path}: cannot read as a .npy array ({err})") from err
+    if array.dtype.kind not in "fiu":
+        raise InputFileError(f"{path}: expected a numeric {what}, got dtype {array.dtype}")
+    return _as_image(array, path, what)
+
+
+def load_prediction(path: str | Path) -> np.ndarray:
+    """A relative prediction ``.npy`` (as ``dm-lightning predict`` writes) -> (H, W) float32.
+
+    Raises:
+        MissingPathError: no such file.
+        InputFileError: not a 2-D numeric array (leading axes of size 1 are accepted), or
+            values that are not finite.
+    """
+    path = _existing(path)
+    pred = _load_npy(path, "relative prediction").astype(np.float32)
+    if not np.isfinite(pred).all():
+        bad = int(np.count_nonzero(~np.isfinite(pred)))
+        raise InputFileError(f"{path}: {bad} prediction values are NaN or infinite")
+    return pred
+
+
+def load_depth_map(path: str | Path, depth_scale: float | None = None) -> np.ndarray:
+    """A depth map -> (H, W) float64 metres; 0, negative and non-finite values stay invalid.
+
+    Args:
+        path: ``.npy`` of metres, or a single-channel 16-bit ``.png`` of units.
+        depth_scale: metres per unit; required for a PNG (e.g. 0.001 for millimetres), and
+            multiplies an ``.npy``'s values if given.
+
+    Raises:
+        MissingPathError: no such file.
+        InputFileError: another file type, a PNG without ``depth_scale`` or not 16-bit grey,
+            a bad ``depth_scale``.
+    """
+    path = _existing(path)
+    if depth_scale is not None and not (math.isfinite(depth_scale) and depth_scale > 0):
+        raise InputFileError(f"{path}: depth scale must be > 0 metres per unit, got {depth_scale}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        depth = _load_npy(path, "depth map").astype(np.float64)
+        return depth * depth_scale if depth_scale is not None else depth
+    if suffix != ".png":
+        raise InputFileError(f"{path}: expected a depth map as .npy (metres) or 16-bit .png")
+    if depth_scale is None:
+        raise InputFileError(
+            f"{path}: a PNG depth map needs its depth scale in metres per unit "
+            "(e.g. 0.001 for millimetres)"
+        )
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            units = np.asarray(image)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputFileError(f"{path}: cannot decode as PNG ({err})") from err
+    # PIL opens 16-bit grey PNGs as "I;16" (uint16) or "I" (int32).
+    if units.ndim != 2 or units.dtype.kind not in "ui" or units.dtype.itemsize < 2:
+        raise InputFileError(f"{path}: expected a single-channel 16-bit PNG, got mode {mode}")
+    return units.astype(np.float64) * depth_scale
+
+
+def read_points(path: str | Path) -> KnownPoints:
+    """Known depths from a CSV with a header row naming the columns ``x``, ``y`` and ``metres``
+    (any order, other columns ignored; ``meters`` also accepted).
+
+    ``x`` is the pixel column and ``y`` the row, 0-based from the top-left pixel; non-integer
+    values round to the nearest pixel. Blank lines are skipped.
+
+    Raises:
+        MissingPathError: no such file.
+        InputFileError: a missing column, or a row whose value is not a number or whose depth
+            is not finite and > 0 (naming the file, the line and the value).
+    """
+    path = _existing(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, skipinitialspace=True)
+            header = {name.strip().lower(): name for name in reader.fieldnames or () if name}
+            if "meters" in header and "metres" not in header:
+                header["metres"] = header["meters"]
+            missing = [name for name in POINT_COLUMNS if name not in header]
+            if missing:
+                raise InputFileError(
+                    f"{path}: no column {', '.join(missing)} in the header row "
+                    f"{list(reader.fieldnames or [])}; expected the columns x, y, metres"
+                )
+            values: list[tuple[float, float, float, int]] = []
+            for row in reader:
+                if not any((cell or "").strip() for cell in row.values() if isinstance(cell, str)):
+                    continue
+                line = reader.line_num
+                numbers = []
+                for name in POINT_COLUMNS:
+                    cell = row.get(header[name])
+                    try:
+                        numbers.append(float(cell))
+                    except (TypeError, ValueError):
+                        raise InputFileError(
+                            f"{path} line {line}: {name}={cell!r} is not a number"
+                        ) from None
+                x, y, metres = numbers
+                if not (math.isfinite(x) and math.isfinite(y)):
+                    raise InputFileError(f"{path} line {line}: pixel x={x}, y={y} is not finite")
+                if not (math.isfinite(metres) and metres > 0):
+                    raise InputFileError(
+                        f"{path} line {line}: metres={metres} is not a depth (need finite > 0)"
+                    )
+                values.append((x, y, metres, line))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputFileError(f"{path}: cannot read as CSV ({err})") from err
+    table = np.array(values, dtype=np.float64).reshape(-1, 4)
+    return KnownPoints(
+        x=np.rint(table[:, 0]).astype(np.int64),
+        y=np.rint(table[:, 1]).astype(np.int64),
+        metres=table[:, 2],
+        rows=table[:, 3].astype(np.int64),
+        source=str(path),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting and mapping to metres
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_space(space: str) -> None:
+    if space not in ALIGNMENT_SPACES:
+        raise InputFileError(
+            f"unknown alignment space {space!r}; expected one of {', '.join(ALIGNMENT_SPACES)}"
+        )
+
+
+def _check_range(space: str, min_depth: float, max_depth: float) -> None:
+    if not (math.isfinite(min_depth) and math.isfinite(max_depth) and 0 < min_depth < max_depth):
+        raise InputFileError(
+            f"need 0 < min depth < max depth (finite, metres), got {min_depth}, {max_depth}"
+        )
+    # The disparity spaces' inverse floors disparity at 1e-3 (docs/method.md §6): a larger
+    # max depth could not be reached.
+    if space != "depth" and max_depth > DEFAULT_MAX_DEPTH:
+        raise InputFileError(
+            f"max depth {max_depth} m is beyond the {space} space's {DEFAULT_MAX_DEPTH:g} m "
+            f"(the evaluation's disparity floor {MIN_DISPARITY})"
+        )
+
+
+def _fit(pred: np.ndarray, known: np.ndarray, space: str, source: str) -> tuple[float, float, int]:
+    """Scale, shift and number of fitted values of ``pred`` to the ``known`` metres (same
+    shape; 0 / non-finite = unknown), with the evaluation's fit."""
+    p, g = torch.from_numpy(np.ascontiguousarray(pred)), torch.from_numpy(known)
+    valid = torch.from_numpy(np.isfinite(known) & (known > 0))
+    scale, shift, fitted = fit_alignment(p, g, valid, space)
+    need = "finite depth > 0" + (
+        " and a prediction > 0" if get_target(space).fit_needs_positive_prediction else ""
+    )
+    if fitted.numel() < 2:
+        raise InputFileError(
+            f"{source}: {fitted.numel()} known depth(s) to fit on, need at least 2 "
+            f"(with {need}, as evaluation fits in the {space} space)"
+        )
+    low, high = torch.aminmax(fitted)
+    if low == high:
+        raise InputFileError(
+            f"{source}: the prediction is {float(low):g} at all {fitted.numel()} fitted "
+            "pixels, so no scale can be fitted; give depths of pixels at different distances"
+        )
+    return scale, shift, fitted.numel()
+
+
+def _target_value(target: DepthTarget, depth: float) -> float:
+    """``target``'s (un-normalised) value of one depth in metres."""
+    return float(target.forward(torch.tensor(depth, dtype=torch.float64)))
+
+
+def apply_fit(
+    pred: np.ndarray,
+    scale: float,
+    shift: float,
+    space: str = DEFAULT_SPACE,
+    min_depth: float = DEFAULT_MIN_DEPTH,
+    max_depth: float = DEFAULT_MAX_DEPTH,
+) -> tuple[np.ndarray, int, int]:
+    """Depth of ``scale * pred + shift`` in ``space``, clamped to ``[min_depth, max_depth]``.
+
+    Args:
+        pred: (H, W) relative prediction.
+        scale, shift: from a fit in ``space``.
+        space: alignment space.
+        min_depth, max_depth: metres, 0 < min < max (<= 1000 m in the disparity spaces).
+
+    Returns:
+        ((H, W) float32 metres, number of pixels clamped to ``min_depth``, to ``max_depth``).
+        The clamp is applied in the space itself (to ``[forward(max), forward(min)]`` for the
+        disparity spaces), so a negative sqrt-disparity counts as beyond ``max_depth``
+        instead of being squared into a positive one. Unclamped pixels get exactly
+        :func:`~dm_lightning.metrics.align_prediction`'s depth.
+    """
+    _check_space(space)
+    _check_range(space, min_depth, max_depth)
+    target = get_target(space)
+    value = torch.from_numpy(np.asarray(pred, dtype=np.float64)) * scale + shift
+    at_min, at_max = _target_value(target, min_depth), _target_value(target, max_depth)
+    low, high = min(at_min, at_max), max(at_min, at_max)
+    # value < low is "beyond max_depth" in a decreasing space (disparity), "below min_depth"
+    # in an increasing one (depth); NaN would fail both comparisons, but pred is finite.
+    below, above = int((value < low).sum()), int((value > high).sum())
+    near, far = (above, below) if at_min > at_max else (below, above)
+    depth = target.inverse(value.clamp(low, high))
+    # The inverse's own floor and rounding may land a hair outside the range.
+    depth = depth.clamp(min_depth, max_depth)
+    return depth.float().numpy(), near, far
+
+
+def _abs_rel(depth: np.ndarray, known: np.ndarray) -> float:
+    return float(np.mean(np.abs(depth.astype(np.float64) - known) / known))
+
+
+def metric_from_depth_map(
+    pred: np.ndarray,
+    reference: np.ndarray,
+    space: str = DEFAULT_SPACE,
+    min_depth: float = DEFAULT_MIN_DEPTH,
+    max_depth: float = DEFAULT_MAX_DEPTH,
+    source: str = "reference",
+) -> MetricDepth:
+    """Fit ``pred`` to a reference depth map and map it to metres.
+
+    Args:
+        pred: (H, W) relative prediction.
+        reference: (H, W) metres; 0, negative and non-finite pixels are ignored.
+        space, min_depth, max_depth: see :func:`apply_fit`.
+        source: name of the reference in messages (its file).
+
+    Raises:
+        InputFileError: shapes differ, fewer than 2 pixels to fit on, a constant prediction
+            on them, or bad options.
+    """
+    _check_space(space)
+    _check_range(space, min_depth, max_depth)
+    if pred.shape != reference.shape:
+        raise InputFileError(
+            f"{source}: the reference is {reference.shape[0]}x{reference.shape[1]} (HxW) but "
+            f"the prediction is {pred.shape[0]}x{pred.shape[1]}; they must be the same size"
+        )
+    reference = np.asarray(reference, dtype=np.float64)
+    scale, shift, fitted = _fit(pred, reference, space, source)
+    depth, near, far = apply_fit(pred, scale, shift, space, min_depth, max_depth)
+    known = np.isfinite(reference) & (reference > 0)
+    abs_rel = _abs_rel(depth[known], reference[known])
+    return MetricDepth(
+        depth=depth,
+        scale=scale,
+        shift=shift,
+        space=space,
+        known=int(known.sum()),
+        fitted=fitted,
+        abs_rel=abs_rel,
+        clamped_near=near,
+        clamped_far=far,
+        min_depth=min_depth,
+        max_depth=max_depth,
+    )
+
+
+def metric_from_points(
+    pred: np.ndarray,
+    points: KnownPoints,
+    space: str = DEFAULT_SPACE,
+    min_depth: float = DEFAULT_MIN_DEPTH,
+    max_depth: float = DEFAULT_MAX_DEPTH,
+) -> MetricDepth:
+    """Fit ``pred`` to known depths at a few pixels and map it to metres.
+
+    Args:
+        pred: (H, W) relative prediction.
+        points: from :func:`read_points` (or built by hand).
+        space, min_depth, max_depth: see :func:`apply_fit`.
+
+    Raises:
+        InputFileError: a point outside the image (naming its CSV line), fewer than 2 points
+            to fit on, the same prediction at all of them, or bad options.
+    """
+    _check_space(space)
+    _check_range(space, min_depth, max_depth)
+    h, w = pred.shape
+    outside = (points.x < 0) | (points.x >= w) | (points.y < 0) | (points.y >= h)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise InputFileError(
+            f"{points.source} line {points.rows[i]}: pixel x={points.x[i]}, y={points.y[i]} is "
+            f"outside the {w}x{h} prediction (x in 0..{w - 1}, y in 0..{h - 1})"
+        )
+    values = pred[points.y, points.x]
+    scale, shift, fitted = _fit(values, points.metres, space, points.source)
+    depth, near, far = apply_fit(pred, scale, shift, space, min_depth, max_depth)
+    return MetricDepth(
+        depth=depth,
+        scale=scale,
+        shift=shift,
+        space=space,
+        known=len(points.metres),
+        fitted=fitted,
+        abs_rel=_abs_rel(depth[points.y, points.x], points.metres),
+        clamped_near=near,
+        clamped_far=far,
+        min_depth=min_depth,
+        max_depth=max_depth,
+    )
+
+
+def relative_to_depth(
+    pred: np.ndarray, near: float, far: float, space: str = DEFAULT_SPACE
+) -> np.ndarray:
+    """Depth of a relative prediction whose ends stand for assumed ``near`` and ``far`` depths.
+
+    The prediction is the target normalised to [0, 1] between its values at the two ends, so
+    this inverts that with the target's own :meth:`~dm_lightning.targets.DepthTarget.inverse`:
+    for ``sqrt_disparity``, ``depth = 1 / v^2`` with ``v = sqrt(1/far) + p (sqrt(1/near) -
+    sqrt(1/far))`` (1 = near); for ``disparity`` the same with ``1/d``; for ``depth``,
+    ``near + p (far - near)`` (1 = far, that target's convention). Training maps each image's
+    2% and 98% target quantiles to the ends, so ``near`` / ``far`` are best set to about the
+    scene's 2nd and 98th percentile depths.
+
+    Args:
+        pred: (H, W) relative prediction in [0, 1].
+        near, far: metres, 0 < near < far (far <= 1000 m in the disparity spaces).
+        space: the target the model was trained with (``sqrt_disparity`` by default).
+
+    Returns:
+        (H, W) float32 metres in [near, far].
+    """
+    _check_space(space)
+    _check_range(space, near, far)
+    pred = np.asarray(pred)
+    low, high = float(pred.min(initial=0.0)), float(pred.max(initial=1.0))
+    if low < 0.0 or high > 1.0:
+        raise InputFileError(
+            f"a relative prediction must be in [0, 1] to map to near / far depths, got values "
+            f"in [{low:g}, {high:g}]"
+        )
+    target = get_target(space)
+    at_near, at_far = _target_value(target, near), _target_value(target, far)
+    # p = 0 is the smaller target value: far for the disparity spaces, near for depth.
+    start, end = min(at_near, at_far), max(at_near, at_far)
+    value = torch.from_numpy(pred.astype(np.float64)) * (end - start) + start
+    return target.inverse(value).clamp(near, far).float().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def save_depth(
+    depth: np.ndarray, out: str | Path, png_scale: float | None = DEFAULT_PNG_SCALE
+) -> tuple[Path, Path | None, int]:
+    """Write metric depth as a float32 ``.npy`` (metres) and a 16-bit PNG next to it.
+
+    Args:
+        depth: (H, W) metres.
+        out: the ``.npy`` path (``.npy`` is appended if missing); the PNG gets its stem.
+        png_scale: metres per PNG unit (default 0.001: millimetres, up to 65.535 m); None
+            writes no PNG.
+
+    Returns:
+        (npy path, PNG path or None, number of pixels beyond ``65535 * png_scale`` metres,
+        written as 0 in the PNG: 0 is the invalid value of depth PNGs).
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".npy":
+        out = out.with_name(out.name + ".npy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    depth = np.asarray(depth, dtype=np.float32)
+    np.save(out, depth)
+    if png_scale is None:
+        return out, None, 0
+    if not (math.isfinite(png_scale) and png_scale > 0):
+        raise InputFileError(f"PNG scale must be > 0 metres per unit, got {png_scale}")
+    beyond = np.rint(depth.astype(np.float64) / png_scale) > UINT16_MAX
+    units = quantize_depth(np.where(beyond, 0.0, depth), png_scale)
+    png = out.with_suffix(".png")
+    Image.fromarray(units).save(png)
+    return out, png, int(beyond.sum())
