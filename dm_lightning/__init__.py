@@ -35,6 +35,8 @@ _EXPORTS = {
     "TrainSource": "dm_lightning.data.datamodule",
     "TrainingMonitor": "dm_lightning.training.monitor",
     "load_depthmaster": "dm_lightning.models.loading",
+    "PredictionSummary": "dm_lightning.inference.outputs",
+    "predict_images": "dm_lightning.inference.api",
 }
 
 __all__ = [
@@ -61,6 +63,8 @@ __all__ = [
     "TrainSource",
     "TrainingMonitor",
     "load_depthmaster",
+    "PredictionSummary",
+    "predict_images",
 ]
 
 
@@ -80,6 +84,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.data.benchmarks import BenchmarkSpec
     from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
+    from dm_lightning.inference.api import predict_images
+    from dm_lightning.inference.outputs import PredictionSummary
     from dm_lightning.models.depthmaster import DepthMaster
     from dm_lightning.models.encoders import AlignmentEncoder, TimmEncoder
     from dm_lightning.models.feature_alignment import FeatureAlignment

@@ -117,7 +117,7 @@ def test_predict_writes_readable_images_mirroring_folders_and_counts_skips(
     images, tmp_path, caplog, capsys
 ):
     out = tmp_path / "out"
-    writer = DepthPredictionWriter(output_dir=str(out), save_npy=True)
+    writer = DepthPredictionWriter(output_dir=str(out))
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
@@ -129,11 +129,17 @@ def test_predict_writes_readable_images_mirroring_folders_and_counts_skips(
     with caplog.at_level(logging.WARNING, logger="dm_lightning"):
         trainer.predict(module, datamodule=DepthDataModule(predict=str(images), num_workers=0))
     assert module.batches == 5
-    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert written == ["a.png", "b.png", "sub/deeper/c.png"]
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == [
+        f"{key}{suffix}"
+        for key in ("a", "b", "sub/deeper/c")
+        for suffix in (".npy", ".png", "_color.png")
+    ]
     a = np.asarray(Image.open(out / "a.png"))
     assert a.shape == (24, 16) and a.dtype == np.uint16
+    assert (a.min(), a.max()) == (0, 65535)  # stretched per image
     assert np.load(out / "sub" / "deeper" / "c.npy").shape == (16, 16)
+    assert np.asarray(Image.open(out / "b_color.png")).shape == (16, 24, 3)
     assert not list(out.glob(".dm_lightning_probe_*"))
     warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(warnings) == 2

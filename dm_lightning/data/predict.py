@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from dm_lightning.data.packing import same_size
@@ -27,11 +27,14 @@ class ImageFolder(Dataset):
     is its path relative to the folder (for a glob: to its leading folders without wildcards)
     without the suffix, ``/``-separated: ``<folder>/sub/img.jpg`` has key ``sub/img``, so
     :class:`~dm_lightning.training.callbacks.DepthPredictionWriter` writes
-    ``<output_dir>/sub/img.png``, mirroring the input layout.
+    ``<output_dir>/sub/img.npy``, ``img.png`` and ``img_color.png``, mirroring the input
+    layout.
 
-    A sample (``__getitem__``) is a dict: ``rgb`` (3, H, W) uint8, or None when the file
-    cannot be decoded (truncated, not an image); ``key`` (str); ``path`` (str); ``error``
-    (None, or the decoder's reason). Nothing is raised or logged for an unreadable file.
+    A sample (``__getitem__``) is a dict: ``rgb`` (3, H, W) uint8, as a viewer shows the image
+    (EXIF orientation applied: H and W of a rotated phone photo are swapped against its stored
+    pixels), or None when the file cannot be decoded (truncated, not an image); ``key``
+    (str); ``path`` (str); ``error`` (None, or the decoder's reason). Nothing is raised or
+    logged for an unreadable file.
 
     A batch (:func:`collate_predict`, what ``predict_step`` receives) is a dict:
 
@@ -48,7 +51,8 @@ class ImageFolder(Dataset):
     Raises:
         MissingPathError: no folder or file at ``path`` (or nothing matches the glob), or no
             image (``IMAGE_SUFFIXES``) in it.
-        ConfigError: two files map to one key (e.g. ``a.png`` and ``a.jpg``).
+        ConfigError: two files map to one key (e.g. ``a.png`` and ``a.jpg``), or a file's key
+            is another's plus ``_color`` (``a.png`` and ``a_color.png``: output names clash).
     """
 
     def __init__(self, path: str) -> None:
@@ -69,6 +73,14 @@ class ImageFolder(Dataset):
                 f"{len(clashes)} output keys of data.predict {path} are shared by files with "
                 f"different suffixes, e.g. {names}: their depth maps would overwrite each other"
             )
+        # <key>_color.png is an output file name too (dm_lightning.inference.outputs).
+        known = set(self.keys)
+        colour = [f for k, f in keyed if k.endswith("_color") and k[: -len("_color")] in known]
+        if colour:
+            raise ConfigError(
+                f"data.predict {path}: {colour[0]} would write {colour[0].stem}.png where the "
+                f"colour image of {colour[0].stem[: -len('_color')]} goes: rename it"
+            )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -77,7 +89,9 @@ class ImageFolder(Dataset):
         path, key = self.files[index], self.keys[index]
         try:
             with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
+                # Phones store portrait photos landscape plus an EXIF rotation: apply it, so
+                # the depth map has the size and orientation a viewer shows.
+                rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
         except Exception as err:  # any decoder failure: PIL raises OSError, SyntaxError, ...
             reason = f"{type(err).__name__}: {err}"
             return {"rgb": None, "key": key, "path": str(path), "error": reason}

@@ -258,12 +258,15 @@ def load_depthmaster(
     unet_path: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> DepthMaster:
-    """Build :class:`DepthMaster` from a diffusers-layout folder or hub id.
+    """Build :class:`DepthMaster` from a diffusers-layout folder, a hub id, or a Lightning
+    checkpoint (``.ckpt``) of a stage run.
 
     Args:
         path: folder (or hub id) with ``vae/`` and ``unet/``: SD-2 base weights, the released
-            DepthMaster model, or a dm_lightning export.
-        unet_path: a U-Net folder to use instead of ``path/unet`` (e.g. a stage-1 export).
+            DepthMaster model, or a dm_lightning export; or a ``.ckpt`` file of ``Stage1`` /
+            ``Stage2`` (see :func:`load_depthmaster_checkpoint`).
+        unet_path: a U-Net folder to use instead of ``path/unet`` (e.g. a stage-1 export);
+            not with a checkpoint, which holds its U-Net.
         cache_dir: where a computed empty-prompt embedding is cached.
 
     Raises:
@@ -273,6 +276,13 @@ def load_depthmaster(
         ConfigError: weights that do not match their config (the keys are listed), or a
             weights file that is not a plain state dict.
     """
+    if is_checkpoint_path(path):
+        if unet_path:
+            raise ConfigError(
+                f"unet_path {unet_path} cannot be combined with the checkpoint {path}: the "
+                "checkpoint holds its own U-Net"
+            )
+        return load_depthmaster_checkpoint(path, cache_dir)
     folder = resolve_model_path(path)
     where = str(folder) if str(folder) == str(path) else f"{path} ({folder})"
     for sub in ("vae",) if unet_path else ("vae", "unet"):
@@ -286,3 +296,103 @@ def load_depthmaster(
     unet = load_unet(Path(unet_path).expanduser() if unet_path else folder / "unet")
     embedding = load_empty_prompt_embedding(folder, cache_dir)
     return DepthMaster(vae, unet, embedding)
+
+
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def is_checkpoint_path(path: str | Path) -> bool:
+    """Whether a model path names a Lightning checkpoint file (``*.ckpt``) rather than a model
+    folder or hub id."""
+    return str(path).endswith(CHECKPOINT_SUFFIX)
+
+
+def load_depthmaster_checkpoint(
+    path: str | Path, cache_dir: str | Path | None = None
+) -> DepthMaster:
+    """The network of a ``Stage1`` / ``Stage2`` Lightning checkpoint (``last.ckpt``,
+    ``best-*.ckpt``, a signal's resumable checkpoint).
+
+    Checkpoints leave the frozen VAE out, so the network is built from the checkpoint's
+    ``model_path`` (and ``unet_path``) hyper-parameters, which must still exist, with an FE
+    block when the checkpoint has ``net.unet.fftblock.*``; then its ``net.*`` weights are
+    loaded. A full checkpoint written with :class:`~dm_lightning.training.ema.EMAWeights`
+    gives the averaged weights (what the export would hold), as a weights-only one does
+    already. The file is read with ``weights_only=True``
+    (:func:`~dm_lightning.training.checkpoints.load_checkpoint_safely`).
+
+    Raises:
+        MissingPathError: no file at ``path``, or the checkpoint's ``model_path`` is gone.
+        ConfigError: a file that is not a dm_lightning stage checkpoint (no ``state_dict`` or
+            ``model_path``), holds pickled objects, or whose ``net.*`` weights do not fit the
+            network built from its ``model_path`` (the keys are listed).
+    """
+    return network_from_checkpoint(read_checkpoint(path), path, cache_dir)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file read safely (``weights_only``).
+
+    Raises:
+        MissingPathError: no file at ``path``.
+        ConfigError: it holds pickled objects other than tensors and plain containers.
+    """
+    from dm_lightning.training.checkpoints import load_checkpoint_safely
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MissingPathError(f"checkpoint {path} not found")
+    return load_checkpoint_safely(file)
+
+
+def network_from_checkpoint(
+    checkpoint: dict[str, Any], path: str | Path, cache_dir: str | Path | None = None
+) -> DepthMaster:
+    """:func:`load_depthmaster_checkpoint` of a checkpoint already read (``path`` names it in
+    errors)."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    base = hparams.get("model_path")
+    if not isinstance(checkpoint.get("state_dict"), dict) or not base:
+        raise ConfigError(
+            f"checkpoint {path} has no state_dict and model_path hyper-parameter: expected a "
+            "checkpoint of a dm_lightning stage run (Stage1, Stage2)"
+        )
+    try:
+        net = load_depthmaster(base, hparams.get("unet_path"), cache_dir)
+    except MissingPathError as err:
+        raise MissingPathError(
+            f"checkpoint {path} needs its model_path {base} (checkpoints leave out the frozen "
+            f"VAE and the empty-prompt embedding, which come from there): {err}"
+        ) from err
+    state = {
+        k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")
+    }
+    for name, value in _ema_average(checkpoint).items():
+        if name.startswith("net.") and name[len("net.") :] in state:
+            state[name[len("net.") :]] = value
+    if any(k.startswith(f"unet.{FFT_ATTRIBUTE}.") for k in state) and not hasattr(
+        net.unet, FFT_ATTRIBUTE
+    ):
+        attach_fourier_enhancement(net.unet)
+    own = net.state_dict()
+    # the frozen VAE is the one of model_path; everything else must come from the checkpoint
+    missing = [k for k in own if k not in state and not k.startswith("vae.")]
+    mismatch = describe_keys(missing, set(state) - set(own))
+    shapes = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if mismatch or shapes:
+        detail = mismatch or f"{len(shapes)} shapes differ, e.g. {shapes[:SHOWN_KEYS]}"
+        raise ConfigError(
+            f"checkpoint {path}: its net.* weights do not fit the network built from its "
+            f"model_path {base}: {detail}"
+        )
+    net.load_state_dict(state, strict=False)
+    return net
+
+
+def _ema_average(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
+    """Task parameter name -> EMA average, from an EMAWeights callback state of a full
+    checkpoint (empty without one)."""
+    for key, value in (checkpoint.get("callbacks") or {}).items():
+        if str(key).startswith("EMAWeights") and isinstance(value, dict):
+            return dict(zip(value.get("names", []), value.get("average", [])))
+    return {}

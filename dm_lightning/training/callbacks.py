@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from PIL import Image
 
 from dm_lightning.errors import ConfigError
 from dm_lightning.training.checkpoints import load_checkpoint_safely, resumable_checkpoint_path
@@ -245,19 +243,21 @@ def _forward_to_sigterm(signum: int, frame: Any) -> None:
 
 
 class DepthPredictionWriter(BasePredictionWriter):
-    """Write each prediction as a 16-bit PNG (value / 65535 = relative depth in [0, 1],
-    1 = near for the default target) and, optionally, a float32 ``.npy``.
+    """Write each prediction as a float32 ``.npy`` (raw values in [0, 1]), a 16-bit PNG
+    (stretched per image to 0..65535) and a colourised PNG, by
+    :func:`~dm_lightning.inference.outputs.write_depth_outputs` (names and value ranges in
+    :mod:`dm_lightning.inference.outputs`), the same files as the Python API writes.
 
-    Files are ``<output_dir>/<key>.png``: a key with folders (an
-    :class:`~dm_lightning.data.datamodule.ImageFolder` key is the input's relative path) writes
-    into the same sub-folders. Only samples with a depth map are written; unreadable inputs,
-    listed by the batch's ``skipped_files`` (see :class:`ImageFolder` for the batch contract),
-    are warned about once each and counted. At the end of ``predict``:
+    Files are ``<output_dir>/<key>.npy``, ``<key>.png`` and ``<key>_color.png``: a key with
+    folders (an :class:`~dm_lightning.data.predict.ImageFolder` key is the input's relative
+    path) writes into the same sub-folders. Only samples with a depth map are written;
+    unreadable inputs, listed by the batch's ``skipped_files`` (see :class:`ImageFolder` for
+    the batch contract), are warned about once each and counted. At the end of ``predict``:
     ``wrote N depth maps to <folder>, skipped M unreadable files`` (summed over ranks).
+    Colours put near in red whatever the task's target (a ``depth``-target model's 1 = far).
 
     Args:
         output_dir: folder for the files; default ``<run dir>/predictions``.
-        save_npy: also write ``<key>.npy`` with the float values.
 
     Raises:
         ConfigError: in ``setup``, before any batch runs: the output folder cannot be created or
@@ -265,10 +265,9 @@ class DepthPredictionWriter(BasePredictionWriter):
             depth maps.
     """
 
-    def __init__(self, output_dir: str | None = None, save_npy: bool = False) -> None:
+    def __init__(self, output_dir: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
-        self.save_npy = save_npy
         self.written = 0
         self.skipped = 0
 
@@ -292,6 +291,8 @@ class DepthPredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
+        from dm_lightning.inference.outputs import write_depth_outputs
+
         skipped = batch.get("skipped_files") if isinstance(batch, dict) else None
         if skipped is None and isinstance(prediction, dict):
             skipped = prediction.get("skipped_files")
@@ -307,38 +308,21 @@ class DepthPredictionWriter(BasePredictionWriter):
                 f"predict_step returned {len(keys)} keys but {len(depth)} depth maps "
                 f"(keys {keys[:4]}); it must return the keys of the readable samples only"
             )
-        out = self.folder
-        for key, values in zip(keys, depth):
-            target = prediction_file(out, key)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            values = values[0].detach().float().cpu().numpy()
-            units = np.round(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
-            Image.fromarray(units).save(target.with_name(target.name + ".png"))
-            if self.save_npy:
-                np.save(target.with_name(target.name + ".npy"), values)
+        hparams = getattr(pl_module, "hparams", None) or {}
+        near_is_one = hparams.get("target") != "depth"
+        for key, values in zip(keys, depth.detach().float().cpu()):
+            write_depth_outputs(self.folder, key, values, near_is_one)
             self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from dm_lightning.inference.outputs import summary_line
+
         counts = torch.tensor([self.written, self.skipped], device=pl_module.device)
         if trainer.world_size > 1:
             counts = trainer.strategy.reduce(counts, reduce_op="sum")
         written, skipped = (int(c) for c in counts.tolist())
         if trainer.is_global_zero:
-            print(
-                f"[dm_lightning] wrote {written} depth maps to {self.folder}, skipped {skipped} "
-                "unreadable files"
-            )
-
-
-def prediction_file(folder: Path, key: str) -> Path:
-    """``folder / key`` (suffix still to add), refusing keys that would leave ``folder``."""
-    rel = Path(key)
-    if not key or rel.is_absolute() or ".." in rel.parts:
-        raise ConfigError(
-            f"prediction key {key!r} would write outside {folder}: keys must be relative paths "
-            "without '..'"
-        )
-    return folder / rel
+            print(f"[dm_lightning] {summary_line(written, skipped, self.folder)}")
 
 
 def check_writable_folder(folder: Path, what: str) -> None:

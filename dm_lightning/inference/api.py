@@ -1,0 +1,147 @@
+"""Depth maps of image files from Python, without Lightning: :func:`predict_images`.
+
+    from dm_lightning import predict_images
+    summary = predict_images("runs/tiny/stage2/version_0/export", "photos/", "depth/")
+    print(summary.written, summary.skipped)
+
+Writes the same files as ``dm-lightning predict --config configs/predict.yaml``
+(:mod:`dm_lightning.inference.outputs`: ``<key>.npy``, ``<key>.png``, ``<key>_color.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from dm_lightning.data.predict import ImageFolder, collate_predict
+from dm_lightning.errors import ConfigError
+from dm_lightning.inference.outputs import PredictionSummary, write_depth_outputs
+from dm_lightning.models.depthmaster import METADATA_FILE, DepthMaster
+from dm_lightning.models.loading import (
+    is_checkpoint_path,
+    load_depthmaster,
+    network_from_checkpoint,
+    read_checkpoint,
+    resolve_model_path,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load_for_inference(model: str | Path) -> tuple[DepthMaster, bool]:
+    """(network in eval mode on the CPU, whether 1 = near) of a model folder, hub id or
+    ``.ckpt`` (see :func:`~dm_lightning.models.loading.load_depthmaster`).
+
+    Whether 1 means near comes from the training target recorded with the model (an export's
+    ``dm_lightning.json``, a checkpoint's hyper-parameters): False only for the ``depth``
+    target; True when nothing is recorded (the released model, SD-2 base weights).
+    """
+    if is_checkpoint_path(model):
+        checkpoint = read_checkpoint(model)
+        target = (checkpoint.get("hyper_parameters") or {}).get("target")
+        net = network_from_checkpoint(checkpoint, model)
+        del checkpoint  # the weights now live in net; do not hold a second copy
+    else:
+        folder = resolve_model_path(model)
+        meta = folder / METADATA_FILE
+        target = json.loads(meta.read_text()).get("target") if meta.is_file() else None
+        net = load_depthmaster(folder)
+    return net.eval(), target != "depth"
+
+
+def predict_images(
+    model: str | Path | DepthMaster,
+    inputs: str | Path,
+    output_dir: str | Path,
+    processing_res: int | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    near_is_one: bool | None = None,
+    progress: bool = True,
+) -> PredictionSummary:
+    """Predict relative depth for image files and write the ``.npy``, 16-bit PNG and colour PNG
+    of each (:func:`~dm_lightning.inference.outputs.write_depth_outputs`) under
+    ``output_dir``, mirroring the inputs' relative paths (``sub/img.jpg`` ->
+    ``output_dir/sub/img.npy``, ``img.png``, ``img_color.png``).
+
+    Images stream through a :class:`~torch.utils.data.DataLoader` over
+    :class:`~dm_lightning.data.predict.ImageFolder` (file names are listed up front, pixels
+    read per batch), so memory does not grow with the number of images. Unreadable files are
+    skipped, each named in a warning, and listed in the summary.
+
+    Args:
+        model: a model folder or hub id (an export, the released DepthMaster model), a
+            ``Stage1`` / ``Stage2`` ``.ckpt``, or a loaded :class:`DepthMaster` (used as it is,
+            on its device unless ``device`` is given).
+        inputs: one image file, a folder (searched recursively) or a glob (``**`` recurses).
+        output_dir: folder for the files (created).
+        processing_res: long edge (pixels) the network runs at; None = each image's own size.
+            Outputs are at the input size either way.
+        device: e.g. ``"cuda"``, ``"cpu"``; default CUDA when available, else the CPU.
+        batch_size: images per forward pass; above 1 all images must share one size.
+        num_workers: DataLoader processes decoding images (0 = in this process).
+        near_is_one: whether the model's 1 means near (colours put near in red); default from
+            the model's recorded target (True for a :class:`DepthMaster` object).
+        progress: show a progress bar over the images and print the closing summary.
+
+    Returns:
+        :class:`~dm_lightning.inference.outputs.PredictionSummary`: output folder, number
+        written, skipped ``(path, reason)``.
+
+    Raises:
+        MissingPathError: no image at ``inputs``, or a missing model.
+        ConfigError: a ``processing_res`` or ``batch_size`` below 1, or images of different
+            sizes in one batch.
+    """
+    from tqdm.auto import tqdm
+
+    if processing_res is not None and (not isinstance(processing_res, int) or processing_res < 1):
+        raise ConfigError(
+            f"processing_res must be a positive integer or None, got {processing_res!r}"
+        )
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    dataset = ImageFolder(str(inputs))
+    if isinstance(model, DepthMaster):
+        net, recorded_near = model, True
+    else:
+        net, recorded_near = load_for_inference(model)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    near = recorded_near if near_is_one is None else near_is_one
+    if device is not None:
+        net = net.to(device)
+    was_training = net.training
+    net.eval()
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    summary = PredictionSummary(output_dir=output)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_predict,
+    )
+    bar = tqdm(total=len(dataset), desc="Predicting", unit="img", disable=not progress)
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                for path, reason in batch["skipped_files"]:
+                    log.warning("skipped unreadable image %s: %s", path, reason)
+                    summary.skipped.append((path, reason))
+                if batch["rgb"] is not None:
+                    depth = net.predict(batch["rgb"], processing_res).float().cpu()
+                    for key, values in zip(batch["key"], depth):
+                        write_depth_outputs(output, key, values, near)
+                        summary.written += 1
+                bar.update(len(batch["key"]) + len(batch["skipped_files"]))
+    finally:
+        bar.close()
+        net.train(was_training)
+    if progress:
+        print(f"[dm_lightning] {summary}")
+    return summary
