@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,7 @@ def run(tmp_path_factory, tiny_model, data_config):
         tmp / "runs",
         trainer__max_steps=STEPS,
         trainer__log_every_n_steps=EVERY,
+        trainer__limit_val_batches=1,  # 4 images per split: the panel needs the first 2
     )
     cli = run_cli(args)
     events = EventAccumulator(cli.trainer.log_dir, size_guidance={"images": 0, "scalars": 0})
@@ -100,6 +103,22 @@ def test_panels_at_the_expected_steps_and_sizes(run):
             assert (image.height, image.width) == (SAMPLES * h, 4 * w), split
     train = events.Images("panels/train")[0]
     assert (train.height, train.width) in {(SAMPLES * 96, 4 * 128), (SAMPLES * 64, 4 * 208)}
+
+
+def test_tensorboard_inspect_lists_the_panels_and_scalars(run):
+    """The terminal check a user runs on a run folder (README): `tensorboard --inspect`."""
+    cli, _ = run
+    tensorboard = Path(sys.executable).parent / "tensorboard"
+    result = subprocess.run(
+        [str(tensorboard), "--inspect", "--logdir", cli.trainer.log_dir],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.split()
+    for tag in ("panels/train", "panels/val/synthetic_outdoor", "train/samples_per_sec", "lr-Adam"):
+        assert tag in listed, result.stdout
 
 
 def test_val_panel_shows_the_fixed_samples_with_black_invalid_pixels(run):

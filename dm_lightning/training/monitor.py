@@ -193,8 +193,8 @@ class TrainingMonitor(L.Callback):
         if not trainer.is_global_zero:
             return
         self._samples += _batch_size(batch)
-        step = trainer.global_step
-        if step != self._last_rate_step and step % trainer.log_every_n_steps == 0:
+        step, log_every = trainer.global_step, trainer.log_every_n_steps
+        if step != self._last_rate_step and log_every and step % log_every == 0:
             self._log_rate(trainer, step)
         if step != self._last_panel_step and step % self.every_n_steps == 0 and self._writers:
             self._last_panel_step = step
