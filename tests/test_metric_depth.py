@@ -190,6 +190,8 @@ def test_reference_and_points_errors(tmp_path):
     np.save(tmp_path / "bad.npy", np.array([[np.nan, 0.5]], dtype=np.float32))
     with pytest.raises(InputFileError, match=r"bad\.npy: 1 prediction values are NaN"):
         load_prediction(tmp_path / "bad.npy")
+    with pytest.raises(InputFileError, match=r"rgb\.png: expected the float32 \.npy that predict"):
+        load_prediction(tmp_path / "rgb.png")
     np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4), dtype=np.float32))
     with pytest.raises(InputFileError, match=r"cube\.npy: expected a relative prediction of shape"):
         load_prediction(tmp_path / "cube.npy")

@@ -126,10 +126,15 @@ def load_prediction(path: str | Path) -> np.ndarray:
 
     Raises:
         MissingPathError: no such file.
-        InputFileError: not a 2-D numeric array (leading axes of size 1 are accepted), or
-            values that are not finite.
+        InputFileError: not an ``.npy``, not a 2-D numeric array (leading axes of size 1 are
+            accepted), or values that are not finite.
     """
     path = _existing(path)
+    if path.suffix.lower() != ".npy":
+        raise InputFileError(
+            f"{path}: expected the float32 .npy that predict writes (its 16-bit .png is "
+            "stretched per image, so its values are not the prediction's)"
+        )
     pred = _load_npy(path, "relative prediction").astype(np.float32)
     if not np.isfinite(pred).all():
         bad = int(np.count_nonzero(~np.isfinite(pred)))
