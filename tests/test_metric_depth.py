@@ -15,8 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dm_lightning import metrics
 from dm_lightning.errors import MissingPathError
 from dm_lightning.inference.metric import (
+    ALIGNMENT_SPACES,
     InputFileError,
     KnownPoints,
     apply_fit,
@@ -56,6 +58,10 @@ def make_case(space: str, shape=(24, 32), seed=0):
 def write_csv(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_spaces_are_the_evaluations():
+    assert ALIGNMENT_SPACES == metrics.ALIGNMENT_SPACES == tuple(CASES)
 
 
 @pytest.mark.parametrize("space", list(CASES))

@@ -11,6 +11,7 @@ import numpy as np
 
 from dm_lightning.errors import DMLightningError
 from dm_lightning.inference.metric import (
+    ALIGNMENT_SPACES,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MIN_DEPTH,
     DEFAULT_PNG_SCALE,
@@ -22,7 +23,6 @@ from dm_lightning.inference.metric import (
     read_points,
     save_depth,
 )
-from dm_lightning.metrics import ALIGNMENT_SPACES
 
 PROG = "metric_depth"
 DESCRIPTION = """\

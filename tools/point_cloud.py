@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from dm_lightning.errors import DMLightningError
 from dm_lightning.inference.metric import (
+    ALIGNMENT_SPACES,
     DEFAULT_SPACE,
     InputFileError,
     load_depth_map,
@@ -21,7 +22,6 @@ from dm_lightning.inference.pointcloud import (
     point_cloud,
     write_ply,
 )
-from dm_lightning.metrics import ALIGNMENT_SPACES
 
 PROG = "point_cloud"
 DESCRIPTION = """\

@@ -30,9 +30,11 @@ from PIL import Image
 
 from dm_lightning.data.schema import UINT16_MAX, quantize_depth
 from dm_lightning.errors import DMLightningError, MissingPathError
-from dm_lightning.metrics import ALIGNMENT_SPACES, fit_alignment
-from dm_lightning.targets import MIN_DISPARITY, DepthTarget, get_target
+from dm_lightning.targets import MIN_DISPARITY, TARGETS, DepthTarget, get_target
 
+#: the alignment spaces, as dm_lightning.metrics.ALIGNMENT_SPACES (taken from the targets, as
+#: there, so that this module does not import dm_lightning.metrics at start-up: see _fit)
+ALIGNMENT_SPACES = tuple(TARGETS)
 DEFAULT_SPACE = "sqrt_disparity"  # DepthMaster's target and evaluation space
 DEFAULT_MIN_DEPTH = 1e-3  # metres
 #: metres: the far end of the evaluation's disparity floor (1 / 1e-3), docs/method.md §6
@@ -269,6 +271,10 @@ def _check_range(space: str, min_depth: float, max_depth: float) -> None:
 def _fit(pred: np.ndarray, known: np.ndarray, space: str, source: str) -> tuple[float, float, int]:
     """Scale, shift and number of fitted values of ``pred`` to the ``known`` metres (same
     shape; 0 / non-finite = unknown), with the evaluation's fit."""
+    # Imported here: dm_lightning.metrics imports torchmetrics, several seconds that the
+    # tools' --help and the point-cloud path do not need.
+    from dm_lightning.metrics import fit_alignment
+
     p, g = torch.from_numpy(np.ascontiguousarray(pred)), torch.from_numpy(known)
     valid = torch.from_numpy(np.isfinite(known) & (known > 0))
     scale, shift, fitted = fit_alignment(p, g, valid, space)
