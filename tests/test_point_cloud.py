@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dm_lightning.inference.metric import InputFileError, relative_to_depth
+from dm_lightning.inference.metric import InputFileError, relative_to_depth, save_depth
 from dm_lightning.inference.pointcloud import (
     Intrinsics,
     back_project,
@@ -158,3 +158,27 @@ def test_point_cloud_tool(photo, tmp_path):
     # the first vertex is pixel (0, 0): x = (0 - 511.5) 10 / f
     assert vertices["x"][0] == pytest.approx(-511.5 * 10.0 / f, rel=1e-5)
     assert tuple(vertices[c][0] for c in ("red", "green", "blue")) == tuple(photo[0, 0])
+
+
+def test_point_cloud_tool_on_metric_depth(photo, tmp_path):
+    """Metric depth as tools/metric_depth.py writes it, given intrinsics and a far limit."""
+    depth = ramp_depth(photo.shape[:2])
+    depth[600:] = 1000.0  # the sky, clamped to metric_depth's --max-depth
+    npy, _, _ = save_depth(depth, tmp_path / "06_metric.npy")
+    out = tmp_path / "06.ply"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "point_cloud.py"), str(PHOTO), str(npy)]
+        + ["--out", str(out), "--intrinsics", "800", "640", "512", "400", "--max-depth", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "intrinsics (given): fx 800.00, fy 640.00, cx 512.00, cy 400.00 px" in run.stdout
+    _, vertices = read_ply(out)
+    valid = np.isfinite(depth) & (depth > 0) & (depth <= 20.0)
+    assert len(vertices) == int(valid[:600].sum()) == int(valid.sum())
+    # pixel (100, 50) is the same point as in test_ply_of_a_photo_read_back
+    i = int(valid[:50].sum() + valid[50, :100].sum())
+    xyz = [vertices[c][i] for c in "xyz"]
+    np.testing.assert_allclose(xyz, [-0.618, -0.65625, 1.2], rtol=1e-5)
