@@ -78,3 +78,24 @@ def test_scale_benchmark_counts_and_times_both_stages_tiny():
         total, trainable, forward, train = map(float, row[1:5])
         assert 0 < trainable < total and 0 < forward < train
         assert float(row[5]) > 0
+
+
+def test_predict_benchmark_times_both_paths_and_streams_growing_folders(tmp_path):
+    out = run(
+        "predict", "--work", str(tmp_path), "--model", "tiny", "--images", "1", "--height",
+        "32", "--width", "48", "--repeats", "1", "--stream-counts", "2", "5",
+        "--stream-size", "16",
+    )  # fmt: skip
+    rows = rows_of(out)  # overhead rows, stream header, stream rows
+    paths = {r[0]: r for r in rows if r[0].startswith(("predict_images", "dm-lightning"))}
+    assert set(paths) == {"predict_images (API)", "dm-lightning predict (Trainer + writer)"}
+    for row in paths.values():
+        bare, predict = float(row[1]), float(row[2])
+        assert 0 < bare and 0 < predict
+        # the ratio of the unrounded times
+        assert abs(float(row[4].rstrip("x")) - predict / bare) < 0.01 and row[5] in ("PASS", "FAIL")
+    stream = {r[0]: r for r in rows if r[0] in ("2", "5")}
+    assert set(stream) == {"2", "5"} and stream["2"][4] == "+0"
+    assert all(float(r[2]) >= float(r[1]) > 0 for r in stream.values())  # peak >= before
+    # every image of the largest folder was written (three files each)
+    assert len(list((tmp_path / "stream-out-5").glob("*_color.png"))) == 5

@@ -5,6 +5,7 @@
     python tools/benchmark.py step   # Lightning training steps vs a plain PyTorch loop
     python tools/benchmark.py memory # stage-2 peak memory with / without checkpointing
     python tools/benchmark.py scale  # parameters, FLOPs and step time of the SD-2-size network
+    python tools/benchmark.py predict  # predict path vs bare forwards; RSS over 200/1000 images
 
 ``data`` writes the same samples (real RGB-D frames from tests/data/real_rgbd at 480x640, and
 rendered Hypersim-sized 480x640 and VKITTI-sized 352x1216 ones) both as shards and as a PNG
@@ -29,7 +30,8 @@ same predictions and checks all agree to 1e-6: the published evaluation script's
 (numpy least squares on the masked pixels, then one torch function per metric, in float32 as
 the script runs on float32 predictions) and a lean float64 numpy implementation
 (``dm_lightning.reference``, the one the tests check the fast path against).
-``step``, ``memory`` and ``scale`` (issue #11, Scale out) are described in their sections below.
+``step``, ``memory`` and ``scale`` (issue #11, Scale out) are described in their sections below;
+``predict`` (issue #12) in :func:`run_predict`.
 """
 
 from __future__ import annotations
@@ -1000,6 +1002,174 @@ def run_scale(args: argparse.Namespace) -> None:
         )
 
 
+# ---- predict (issue #12, Performance) ---------------------------------------------------------
+GOAL_PREDICT_RATIO = 1.1  # whole predict path / bare encode + U-Net + decode, at most
+WILD = Path(__file__).resolve().parent.parent / "tests" / "data" / "in_the_wild"
+
+
+def write_photos(folder: Path, count: int, height: int, width: int) -> Path:
+    """``count`` JPEGs of ``height`` x ``width`` in ``folder`` (made once), cut from the real
+    photos of tests/data/in_the_wild, so decoding and the outputs see real image content."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    photos = [Image.open(p).convert("RGB") for p in sorted(WILD.glob("*.jpg"))]
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        scale = max(height / photo.height, width / photo.width) * (1.0 + 0.5 * (i % 3))
+        big = photo.resize((math.ceil(photo.width * scale), math.ceil(photo.height * scale)))
+        left, top = (i * 37) % (big.width - width + 1), (i * 53) % (big.height - height + 1)
+        big.crop((left, top, left + width, top + height)).save(folder / f"{i:05d}.jpg", quality=90)
+    return folder
+
+
+def bare_forwards(net, images: list[torch.Tensor]) -> float:
+    """Seconds for VAE encode + U-Net + VAE decode of each (1, 3, H, W) [-1, 1] tensor, nothing
+    else (no decoding of files, no resizing, no outputs)."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x in images:
+            net.decode(net.denoise(net.encode(x)))
+    return time.perf_counter() - start
+
+
+def api_predict(net, folder: Path, out: Path) -> float:
+    """Seconds of :func:`dm_lightning.predict_images` over the folder: JPEG decoding, the
+    network at native size, npy + 16-bit PNG + colour PNG written per image."""
+    from dm_lightning.inference.api import predict_images
+
+    start = time.perf_counter()
+    predict_images(net, folder, out, device="cpu", progress=False)
+    return time.perf_counter() - start
+
+
+def lightning_predict(task, folder: Path, out: Path) -> float:
+    """Seconds of ``Trainer.predict`` as ``dm-lightning predict --config configs/predict.yaml``
+    runs it: DepthMasterTask.predict_step, DepthDataModule's image loader (no workers) and
+    DepthPredictionWriter."""
+    import lightning as L
+
+    from dm_lightning.data.datamodule import DepthDataModule
+    from dm_lightning.training.callbacks import DepthPredictionWriter
+
+    start = time.perf_counter()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[DepthPredictionWriter(str(out))],
+    )
+    with contextlib.redirect_stdout(None):  # the writer's summary line
+        trainer.predict(task, datamodule=DepthDataModule(predict=str(folder), num_workers=0))
+    return time.perf_counter() - start
+
+
+def _rss_mb(field: str = "VmRSS") -> float:
+    import resource
+
+    kb = _status_kb(field)
+    return (kb if kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    """The predict path against the bare network forwards on the same images (one torch
+    thread, interleaved repeats, best of each), then peak RSS of predict over growing folders."""
+    import logging
+    import tempfile
+    import warnings
+
+    from dm_lightning.data.predict import ImageFolder
+    from dm_lightning.inference.api import predict_images
+    from dm_lightning.models.depthmaster import signed_rgb
+    from dm_lightning.models.loading import load_depthmaster
+    from dm_lightning.training.base import DepthMasterTask
+
+    torch.set_num_threads(1)
+    pinned = pin_glibc_heap()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")
+    work = Path(args.work or tempfile.mkdtemp(prefix="dm-bench-predict-"))
+    h, w = args.height, args.width
+    folder = model_folder(work, args.model)
+    photos = write_photos(work / f"photos-{h}x{w}-{args.images}", args.images, h, w)
+    net = load_depthmaster(folder).eval()
+    task = DepthMasterTask(str(folder)).eval()
+    f = net.latent_factor
+    if h % f or w % f:
+        raise SystemExit(f"--height and --width must be multiples of {f} (no resize to time)")
+    images = [signed_rgb(s["rgb"][None]) for s in ImageFolder(str(photos))]
+    out = work / "out"
+    paths = {
+        "predict_images (API)": partial(api_predict, net, photos, out / "api"),
+        "dm-lightning predict (Trainer + writer)": partial(
+            lightning_predict, task, photos, out / "cli"
+        ),
+    }
+    best = {"bare": math.inf, **{name: math.inf for name in paths}}
+    bare_forwards(net, images[:1])  # warm-up: first-call kernel selection
+    for _ in range(args.repeats):
+        best["bare"] = min(best["bare"], bare_forwards(net, images))
+        for name, fn in paths.items():
+            best[name] = min(best[name], fn())
+    n = len(images)
+    print(
+        f"| path ({args.model} model, {n} JPEGs {h}x{w}, 1 thread, "
+        f"heap {'pinned' if pinned else 'glibc default'}) | bare forwards (ms/image) "
+        f"| predict path (ms/image) | overhead (ms/image) | predict / bare "
+        f"| goal <= {GOAL_PREDICT_RATIO}x |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in paths:
+        ratio = best[name] / best["bare"]
+        verdict = "PASS" if ratio <= GOAL_PREDICT_RATIO else "FAIL"
+        print(
+            f"| {name} | {best['bare'] / n * 1e3:.1f} | {best[name] / n * 1e3:.1f} "
+            f"| {(best[name] - best['bare']) / n * 1e3:.1f} | {ratio:.3f}x | {verdict} |",
+            flush=True,
+        )
+    del paths, task, images
+
+    # Streaming: the tiny model over folders of growing size; RSS must not follow the count.
+    tiny = load_depthmaster(tiny_model_folder(work)).eval()
+    counts = sorted(args.stream_counts)
+    side = args.stream_size
+    stream = write_photos(work / f"stream-{side}-{counts[-1]}", counts[-1], side, side)
+    files = sorted(stream.glob("*.jpg"))
+    print()
+    print(
+        f"| images in the folder (tiny model, {side}x{side} JPEGs) | RSS before (MB) "
+        "| peak RSS during predict (MB) | RSS after (MB) | peak above the smallest run (MB) "
+        "| seconds |"
+    )
+    print("|---|---|---|---|---|---|")
+    predict_images(tiny, files[0], work / "warm", progress=False)  # first-call allocations
+    first_peak = None
+    for count in counts:
+        subset = work / f"stream-glob-{count}"
+        subset.mkdir(exist_ok=True)
+        for file in files[:count]:  # links, not copies: the same pixels for every count
+            link = subset / file.name
+            if not link.exists():
+                link.symlink_to(file)
+        before = _rss_mb()
+        reset = reset_peak_rss()
+        start = time.perf_counter()
+        summary = predict_images(tiny, subset, work / f"stream-out-{count}", progress=False)
+        seconds = time.perf_counter() - start
+        if summary.written != count:
+            raise RuntimeError(f"wrote {summary.written} of {count} images")
+        peak = _rss_mb("VmHWM" if reset else "VmPeak")
+        first_peak = peak if first_peak is None else first_peak
+        print(
+            f"| {count} | {before:.0f} | {peak:.0f} | {_rss_mb():.0f} | {peak - first_peak:+.0f} "
+            f"| {seconds:.1f} |",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1048,9 +1218,20 @@ def main(argv: list[str] | None = None) -> None:
     sc.add_argument("--width", type=int, default=64, help="of the measured step")
     sc.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
     sc.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    pr = sub.add_parser("predict", help="predict path vs bare forwards; streaming RSS")
+    pr.add_argument("--work", default=None, help="folder for models and images (default: temp)")
+    pr.add_argument("--model", choices=("tiny", "medium"), default="medium")
+    pr.add_argument("--images", type=int, default=4, help="JPEGs of the overhead comparison")
+    pr.add_argument("--height", type=int, default=256)
+    pr.add_argument("--width", type=int, default=320)
+    pr.add_argument("--repeats", type=int, default=3)
+    pr.add_argument(
+        "--stream-counts", type=int, nargs="+", default=[200, 1000], help="folder sizes"
+    )
+    pr.add_argument("--stream-size", type=int, default=32, help="side of the streamed JPEGs")
     args = parser.parse_args(argv)
     suites = {"data": run_data, "eval": run_eval, "step": run_step, "memory": run_memory}
-    suites.update({"memory-child": run_memory_child, "scale": run_scale})
+    suites.update({"memory-child": run_memory_child, "scale": run_scale, "predict": run_predict})
     suites[args.what](args)
 
 
