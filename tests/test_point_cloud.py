@@ -182,3 +182,16 @@ def test_point_cloud_tool_on_metric_depth(photo, tmp_path):
     i = int(valid[:50].sum() + valid[50, :100].sum())
     xyz = [vertices[c][i] for c in "xyz"]
     np.testing.assert_allclose(xyz, [-0.618, -0.65625, 1.2], rtol=1e-5)
+
+
+def test_read_ply_refuses_other_files(tmp_path):
+    ascii_ply = tmp_path / "ascii.ply"
+    ascii_ply.write_text(
+        "ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n"
+    )
+    with pytest.raises(ValueError, match=r"ascii\.ply: not a binary little-endian PLY"):
+        read_ply(ascii_ply)
+    path = write_ply(tmp_path / "two.ply", np.ones((2, 3)), np.zeros((2, 3), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"two\.ply: truncated: 2 vertices need 30 bytes, 29"):
+        read_ply(path)

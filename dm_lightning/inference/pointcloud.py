@@ -211,7 +211,8 @@ def read_ply(path: str | Path) -> tuple[list[str], np.ndarray]:
         raise ValueError(f"{path}: not a PLY file (no 'ply' / 'end_header' lines)")
     header = data[:end].decode("ascii").splitlines()
     if "format binary_little_endian 1.0" not in header:
-        raise ValueError(f"{path}: not a binary little-endian PLY: {header[1]!r}")
+        found = next((line for line in header if line.startswith("format")), "no format line")
+        raise ValueError(f"{path}: not a binary little-endian PLY ({found!r})")
     count, fields = None, []
     for line in header:
         words = line.split()
