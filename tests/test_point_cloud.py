@@ -195,3 +195,23 @@ def test_read_ply_refuses_other_files(tmp_path):
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(ValueError, match=r"two\.ply: truncated: 2 vertices need 30 bytes, 29"):
         read_ply(path)
+
+
+def test_predict_then_metric_depth_then_point_cloud(tiny_model, tmp_path):
+    """The chain on a real model output: predict's .npy (tiny random model) through assumed
+    near / far depths, the metric fit recovering that map from the depths, and the cloud."""
+    from dm_lightning.inference.api import predict_images
+    from dm_lightning.inference.metric import load_prediction, metric_from_depth_map
+
+    predict_images(tiny_model, PHOTO, tmp_path, processing_res=64, device="cpu", progress=False)
+    pred = load_prediction(tmp_path / "06.npy")
+    assert pred.shape == (811, 1024) and 0.0 <= pred.min() < pred.max() <= 1.0
+    depth = relative_to_depth(pred, 0.5, 10.0)
+    assert 0.5 <= depth.min() and depth.max() <= 10.0
+    # sqrt(1/depth) is affine in pred: the fit finds that map's scale and shift
+    result = metric_from_depth_map(pred, depth.astype(np.float64))
+    a, b = math.sqrt(1 / 10.0), math.sqrt(1 / 0.5)
+    assert (result.scale, result.shift) == (pytest.approx(b - a, rel=1e-5), pytest.approx(a))
+    np.testing.assert_allclose(result.depth, depth, rtol=1e-4)
+    points, colors = point_cloud(result.depth, load_rgb(PHOTO), Intrinsics.from_fov(1024, 811))
+    assert len(points) == 811 * 1024 and colors.dtype == np.uint8
