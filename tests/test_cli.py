@@ -110,11 +110,15 @@ def test_test_and_predict_on_export(stage_runs, data_config, tmp_path, capsys):
     )
     (images / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # unreadable: skipped
     out = tmp_path / "pred"
-    writer = ["--trainer.callbacks+=dm_lightning.DepthPredictionWriter"]
-    writer += ["--trainer.callbacks.output_dir", str(out)]
     main(
         cli_args(
-            "predict", configs, export, tmp_path, data__init_args__predict=images, extra=writer
+            "predict",
+            [CONFIGS / "predict.yaml"],
+            export,
+            data__init_args__predict=images,
+            trainer__callbacks__init_args__output_dir=out,
+            # where LightningCLI saves config.yaml when there is no logger
+            trainer__default_root_dir=tmp_path,
         )
     )
     a = np.asarray(Image.open(out / "a.png"))

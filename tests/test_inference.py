@@ -224,3 +224,27 @@ def test_installed_script_predicts_from_a_checkpoint(stage2_checkpoint, photos, 
         f"dm-lightning: error: predict folder or file not found: {tmp_path / 'no-such-folder'} "
         "(data.predict)"
     ]
+
+
+README_SNIPPET = """
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from dm_lightning import load_depthmaster
+
+model = load_depthmaster("path/to/model").eval()  # a model folder, hub id or .ckpt
+image = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB")
+rgb = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
+depth = model.predict(rgb, processing_res=768)[0, 0]  # (H, W) float in [0, 1], 1 = near
+"""
+
+
+def test_readme_python_snippet_runs(tiny_model):
+    code = README_SNIPPET.replace("path/to/model", str(tiny_model))
+    code = code.replace("photo.jpg", str(WILD / "02.jpg")).replace("768", str(RES))
+    scope: dict = {}
+    exec(compile(code, "README snippet", "exec"), scope)
+    depth = scope["depth"]
+    assert depth.shape == (640, 428) and depth.dtype == torch.float32
+    assert 0.0 <= float(depth.min()) < float(depth.max()) <= 1.0
