@@ -1,0 +1,325 @@
+"""Ablation sweeps: the recipe once as a baseline and once per overlay, one table, one chart.
+
+    python tools/run_ablations.py --stage1 configs/stage1.yaml --stage2 configs/stage2.yaml \\
+        --data configs/data/hypersim_vkitti.yaml --run runs/ablations \\
+        --overlays configs/ablations/no_fa.yaml configs/encoders/clip_vitl14.yaml \\
+                   configs/ablations/stage2_no_gradient_loss.yaml
+
+The recipe is one stage (``--stage1`` or ``--stage2`` alone) or both. Each row is a whole
+recipe run (:mod:`dm_lightning.pipeline`) in ``<run>/<row>/``: the baseline without overlay,
+then one row per overlay, the overlay added as one more ``--config`` after the stage files of
+the stages it belongs to. An overlay belongs to the stages whose model class takes every
+``model.init_args`` key it sets (``encoder`` -> stage 1, ``gradient_weight`` -> stage 2,
+``target`` -> both); ``stage2=FILE`` names the stage explicitly. Each row's final export is
+tested on the data config's test splits, and the sweep writes, in ``<run>/``:
+
+* ``ablations.md``: rows = baseline and ablations, columns = AbsRel and δ1 (x100) per test
+  split, like the paper's Tables III-VI;
+* ``ablations.png``: grouped bars of AbsRel and δ1 per test split and row;
+* ``ablations.json``: per row its overlay, stages, run folder and every logged test metric.
+
+Rows run one after another; re-running the same command skips finished rows and resumes an
+interrupted one. ``--print-commands`` prints one ``tools/train_depthmaster.py`` command per row
+instead (for a cluster); running the sweep afterwards, with the same options, only collects
+the results of the finished rows into the table and the chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
+from dm_lightning.pipeline import (
+    Pipeline,
+    PipelineError,
+    Stage,
+    add_recipe_arguments,
+    pipeline_command,
+    recipe_from_args,
+    run_pipeline,
+)
+from dm_lightning.training.report import metric_splits, metrics_table
+
+BASELINE = "baseline"
+TABLE, CHART, RECORD = "ablations.md", "ablations.png", "ablations.json"
+
+
+def log(message: str) -> None:
+    print(f"[ablations] {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the sweep: ``name`` (its folder under the sweep's run folder), the
+    ``overlay`` file (None for the baseline), the ``stages`` it was added to, and the
+    ``pipeline`` that runs it."""
+
+    name: str
+    overlay: str | None
+    stages: tuple[str, ...]
+    pipeline: Pipeline
+
+
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingPathError(f"{what} {path}: no such file")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path}: expected a YAML mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def model_keys(config: dict[str, Any]) -> set[str]:
+    """The ``model.init_args`` keys a config sets, nested or dotted (``model.init_args.x``)."""
+    model = config.get("model") or {}
+    keys = set((model.get("init_args") or {}) if isinstance(model, dict) else ())
+    prefix = "model.init_args."
+    keys |= {k[len(prefix) :].split(".")[0] for k in config if k.startswith(prefix)}
+    return keys
+
+
+def model_parameters(stage: Stage) -> set[str] | None:
+    """The ``__init__`` parameters of the stage's model class (its last ``model.class_path``
+    among the stage's configs, and the bases that its ``**kwargs`` reach), or None when no
+    config names a class."""
+    class_path = None
+    for config in stage.configs:
+        model = read_yaml(config, f"{stage.name} config").get("model")
+        if isinstance(model, dict) and model.get("class_path"):
+            class_path = model["class_path"]
+    if class_path is None:
+        return None
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break  # the bases get nothing more than this signature passes on
+    return names - {"self"}
+
+
+def overlay_stages(spec: str, stages: Sequence[Stage]) -> tuple[str, tuple[str, ...]]:
+    """Split ``[STAGE=]FILE`` into the file and the names of the stages it is added to.
+
+    Raises:
+        MissingPathError: the file does not exist.
+        ConfigError: an unknown stage, no stage taking the overlay's keys, or a non-first
+            stage given a ``model_path`` (a one-stage ablation needs a one-stage recipe).
+    """
+    names = [s.name for s in stages]
+    stage_name, sep, path = spec.partition("=")
+    if not sep:
+        stage_name, path = "", spec
+    keys = model_keys(read_yaml(path, "overlay"))
+    if stage_name:
+        if stage_name not in names:
+            raise ConfigError(f"overlay {spec}: no stage {stage_name!r} in the recipe ({names})")
+        chosen = [stage_name]
+    else:
+        chosen = []
+        for stage in stages:
+            params = model_parameters(stage)
+            if params is None or keys <= params:
+                chosen.append(stage.name)
+        if not chosen:
+            raise ConfigError(
+                f"overlay {path}: no stage of the recipe takes its model.init_args keys "
+                f"{sorted(keys)}; name the stage as STAGE={path}"
+            )
+    if "model_path" in keys and chosen != names[:1]:
+        raise ConfigError(
+            f"overlay {path} sets model_path, which only the first stage takes (later stages "
+            f"start from the previous export); run it with a one-stage recipe"
+        )
+    return path, tuple(chosen)
+
+
+def plan_rows(
+    recipe: Pipeline, overlays: Sequence[str], run: str | Path, baseline: bool = True
+) -> list[Row]:
+    """The sweep's rows: the baseline (``baseline=True``) then one per overlay spec, each a
+    copy of ``recipe`` writing to ``<run>/<row name>`` and testing its last stage.
+
+    Raises:
+        ConfigError: two overlays with the same file name and folder, or see
+            :func:`overlay_stages`.
+    """
+    run = Path(run)
+    rows = []
+    if baseline:
+        rows.append(Row(BASELINE, None, (), row_pipeline(recipe, run / BASELINE, None, ())))
+    names = {BASELINE} if baseline else set()
+    for spec in overlays:
+        path, stages = overlay_stages(spec, recipe.stages)
+        name = Path(path).stem
+        if name in names:  # configs/ablations/x.yaml and configs/encoders/x.yaml
+            name = f"{Path(path).parent.name}-{name}"
+        if name in names:
+            raise ConfigError(f"overlay {path}: a row named {name} exists already")
+        names.add(name)
+        rows.append(Row(name, path, stages, row_pipeline(recipe, run / name, path, stages)))
+    return rows
+
+
+def row_pipeline(recipe: Pipeline, run: Path, overlay: str | None, stages: tuple[str, ...]):
+    new_stages = tuple(
+        replace(s, configs=(*s.configs, overlay)) if s.name in stages else s for s in recipe.stages
+    )
+    return replace(recipe, stages=new_stages, run=str(run), test=(recipe.stages[-1].name,))
+
+
+def row_label(row: Row) -> str:
+    return row.name if row.overlay is None else f"{row.name} ({', '.join(row.stages)})"
+
+
+def run_rows(rows: Sequence[Row]) -> dict[str, dict[str, float] | None]:
+    """Run the rows one after another; returns row name -> test metrics of its final model,
+    None for a row that failed (the sweep goes on with the next)."""
+    results: dict[str, dict[str, float] | None] = {}
+    for index, row in enumerate(rows, 1):
+        where = f"with {row.overlay} in {', '.join(row.stages)}" if row.overlay else "no overlay"
+        log(f"row {index}/{len(rows)}: {row.name} ({where}) in {row.pipeline.run}")
+        try:
+            metrics = run_pipeline(row.pipeline, title=f"Ablation {row.name}")
+        except PipelineError as err:
+            log(f"row {row.name} failed: {err}; the sweep goes on")
+            results[row.name] = None
+            continue
+        results[row.name] = metrics[row.pipeline.tested[-1]]
+    return results
+
+
+def write_chart(path: Path, results: dict[str, dict[str, float] | None], splits: list[str]) -> None:
+    """Grouped bars: one panel per metric (AbsRel, δ1, x100), one group per test split, one
+    bar per row with results."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib.figure import Figure
+
+    rows = {name: metrics for name, metrics in results.items() if metrics is not None}
+    columns = min(4, max(1, len(rows)))
+    legend_rows = -(-max(1, len(rows)) // columns)
+    height = 4.0 + 0.3 * legend_rows
+    # About 0.3 inch per bar, between a readable minimum and a page's width.
+    bars_per_panel = len(splits) * max(1, len(rows))
+    figure = Figure(figsize=(min(16.0, max(7.0, 2 * (0.3 * bars_per_panel + 1.2))), height))
+    axes = figure.subplots(1, 2)
+    width = 0.8 / max(1, len(rows))
+    panels = (
+        ("abs_rel", "AbsRel x100 (lower is better)"),
+        ("delta1", "δ1 x100 (higher is better)"),
+    )
+    for ax, (metric, title) in zip(axes, panels):
+        for i, (name, metrics) in enumerate(rows.items()):
+            values = [100 * metrics.get(f"test/{s}/{metric}", float("nan")) for s in splits]
+            positions = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(splits))]
+            bars = ax.bar(positions, values, width, label=name, color=f"C{i % 10}")
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks(range(len(splits)), splits, rotation=20 if len(splits) > 3 else 0)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    # One legend under both panels, where it never covers a bar.
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.3 * legend_rows / height + 0.02, 1, 1))
+    figure.savefig(path, dpi=100)
+
+
+def write_report(
+    run: Path, rows: Sequence[Row], results: dict[str, dict[str, float] | None]
+) -> str:
+    """Write ``ablations.md``, ``ablations.png`` and ``ablations.json`` in ``run``; returns
+    the table."""
+    run.mkdir(parents=True, exist_ok=True)
+    splits = metric_splits({k: v for k, v in results.items() if v is not None})
+    table = metrics_table({row_label(r): results.get(r.name) for r in rows}, splits)
+    recipe = rows[0].pipeline
+    (run / TABLE).write_text(
+        f"# Ablations in {run.name}\n\nAbsRel and δ1 (x100) of each row's final model on the "
+        f"test splits of `{recipe.data}`; a row is the recipe plus one overlay, added to the "
+        f"stages in brackets; `–`: no result (failed or not run yet).\n\n{table}\n"
+    )
+    write_chart(run / CHART, results, splits)
+    record = {
+        r.name: {
+            "overlay": r.overlay,
+            "stages": list(r.stages),
+            "run": r.pipeline.run,
+            "metrics": results.get(r.name),
+        }
+        for r in rows
+    }
+    (run / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tools/run_ablations.py``; returns the exit status (1 if a row
+    failed, 2 for a usage error)."""
+    parser = argparse.ArgumentParser(
+        prog="run_ablations.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Other options are dm-lightning options for every row, as in "
+        "train_depthmaster.py: --KEY VALUE for every fit, --stage1.KEY VALUE / --stage2.KEY "
+        "VALUE for one stage, --test.KEY VALUE for the tests.",
+    )
+    add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, help="the sweep's run folder (runs/ablations)")
+    parser.add_argument(
+        "--overlays",
+        nargs="+",
+        default=[],
+        metavar="[STAGE=]FILE",
+        help="ablation overlays (configs/ablations/*.yaml, configs/encoders/*.yaml), one row each",
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="no row without overlay")
+    parser.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one tools/train_depthmaster.py command per row instead of running them",
+    )
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if not (args.stage1 or args.stage2):
+            raise ConfigError("give --stage1 CONFIG and/or --stage2 CONFIG")
+        recipe = recipe_from_args(args, rest, args.run)
+        rows = plan_rows(recipe, args.overlays, args.run, baseline=not args.no_baseline)
+        if not rows:
+            raise ConfigError("nothing to run: no overlay and --no-baseline")
+    except DMLightningError as err:  # a missing overlay, an overlay no stage takes, ...
+        print(f"run_ablations.py: error: {err}", file=sys.stderr)
+        return 2
+    if args.print_commands:
+        for row in rows:
+            print(shlex.join(pipeline_command(row.pipeline)))
+        return 0
+    results = run_rows(rows)
+    table = write_report(Path(args.run), rows, results)
+    log(f"table {Path(args.run) / TABLE}, chart {Path(args.run) / CHART}\n\n{table}\n")
+    failed = [name for name, metrics in results.items() if metrics is None]
+    if failed:
+        print(
+            f"run_ablations.py: error: rows failed: {', '.join(failed)} (see their messages "
+            "above); run the same command again to retry them, finished rows are skipped",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

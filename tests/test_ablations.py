@@ -1,0 +1,167 @@
+"""Ablation sweeps (dm_lightning.ablations, tools/run_ablations.py) on the tiny model: a
+baseline and a no-gradient-loss row of a one-stage (stage 2) recipe end to end, the table
+against the rows' logged test metrics, the chart, a re-run that skips, printed commands, and
+which stage an overlay goes to."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from dm_lightning.ablations import main, overlay_stages
+from dm_lightning.errors import ConfigError
+from dm_lightning.pipeline import Stage
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+NO_GRADIENT = CONFIGS / "ablations" / "stage2_no_gradient_loss.yaml"
+
+
+def command(run: Path, data_config: Path, tiny_model: Path, *extra: str) -> list[str]:
+    return [
+        "--stage2",
+        str(CONFIGS / "tiny" / "stage2.yaml"),
+        "--data",
+        str(data_config),
+        "--eval",
+        str(CONFIGS / "tiny" / "eval.yaml"),
+        "--run",
+        str(run),
+        "--model-path",
+        str(tiny_model),
+        "--overlays",
+        str(NO_GRADIENT),
+        "--trainer.max_steps",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--test.trainer.enable_progress_bar",
+        "false",
+        "--test.trainer.limit_test_batches",
+        "1",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_config, tiny_model):
+    run = tmp_path_factory.mktemp("ablations") / "sweep"
+    assert main(command(run, data_config, tiny_model)) == 0
+    return run
+
+
+def test_two_row_sweep_writes_the_table_and_chart_of_the_rows_logged_metrics(sweep):
+    logged = {
+        row: json.loads(
+            (sweep / row / "test-stage2" / "version_0" / "test_metrics.json").read_text()
+        )
+        for row in ("baseline", "stage2_no_gradient_loss")
+    }
+    # the overlay reached the row's stage 2, and only that row's
+    weights = {
+        row: yaml.safe_load((sweep / row / "stage2" / "version_0" / "config.yaml").read_text())[
+            "model"
+        ]["init_args"]["gradient_weight"]
+        for row in logged
+    }
+    assert weights == {"baseline": 1.0e-3, "stage2_no_gradient_loss": 0.0}
+
+    lines = (sweep / "ablations.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    assert header == (
+        "| model | synthetic_indoor AbsRel | synthetic_indoor δ1 "
+        "| synthetic_outdoor AbsRel | synthetic_outdoor δ1 |"
+    )
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
+    labels = [row.split("|")[1].strip() for row in rows]
+    assert labels == ["baseline", "stage2_no_gradient_loss (stage2)"]
+    for row, name in zip(rows, logged):
+        cells = [float(c) for c in row.strip("|").split("|")[1:]]
+        expected = [
+            100 * logged[name][f"test/{split}/{metric}"]
+            for split in ("synthetic_indoor", "synthetic_outdoor")
+            for metric in ("abs_rel", "delta1")
+        ]
+        assert cells == pytest.approx(expected, abs=0.051)
+    # the two rows trained differently, so their numbers differ somewhere
+    assert logged["baseline"] != logged["stage2_no_gradient_loss"]
+
+    record = json.loads((sweep / "ablations.json").read_text())
+    assert record["baseline"]["overlay"] is None
+    assert record["stage2_no_gradient_loss"]["overlay"] == str(NO_GRADIENT)
+    assert record["stage2_no_gradient_loss"]["stages"] == ["stage2"]
+    assert record["stage2_no_gradient_loss"]["metrics"] == logged["stage2_no_gradient_loss"]
+
+    with Image.open(sweep / "ablations.png") as chart:
+        chart.load()
+        assert chart.format == "PNG"
+        assert 500 <= chart.width <= 2000 and 300 <= chart.height <= 1000
+        # not a blank canvas: bars in several colours
+        assert len(chart.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 10
+
+
+def test_rerun_skips_finished_rows(sweep, data_config, tiny_model, capsys):
+    table = (sweep / "ablations.md").read_text()
+    capsys.readouterr()
+    assert main(command(sweep, data_config, tiny_model)) == 0
+    out = capsys.readouterr().out
+    assert out.count("stage2: finished earlier, skipping") == 2
+    assert "dm-lightning fit" not in out and "dm-lightning test" not in out
+    assert sorted(p.name for p in (sweep / "baseline" / "stage2").iterdir()) == ["version_0"]
+    assert (sweep / "ablations.md").read_text() == table
+
+
+def test_print_commands_prints_one_command_per_row_and_runs_nothing(
+    tmp_path, data_config, tiny_model, capsys
+):
+    run = tmp_path / "cluster"
+    assert main(command(run, data_config, tiny_model, "--print-commands")) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    baseline, ablation = (shlex.split(line) for line in lines)
+    assert baseline[:2] == ablation[:2] == ["python", "tools/train_depthmaster.py"]
+    assert baseline[baseline.index("--run") + 1] == str(run / "baseline")
+    assert ablation[ablation.index("--run") + 1] == str(run / "stage2_no_gradient_loss")
+    stage2 = ablation.index("--stage2")
+    assert ablation[stage2 + 1 : stage2 + 3] == [
+        str(CONFIGS / "tiny" / "stage2.yaml"),
+        str(NO_GRADIENT),
+    ]
+    assert str(NO_GRADIENT) not in baseline
+    assert "--test.trainer.limit_test_batches" in ablation
+    assert not run.exists()
+
+
+def test_overlays_go_to_the_stages_whose_model_takes_their_keys(tmp_path):
+    stages = [
+        Stage("stage1", (str(CONFIGS / "tiny" / "stage1.yaml"),)),
+        Stage("stage2", (str(CONFIGS / "tiny" / "stage2.yaml"),)),
+    ]
+    ablations = CONFIGS / "ablations"
+    assert overlay_stages(str(ablations / "no_fa.yaml"), stages)[1] == ("stage1",)
+    assert overlay_stages(str(CONFIGS / "encoders" / "clip_vitl14.yaml"), stages)[1] == ("stage1",)
+    assert overlay_stages(str(NO_GRADIENT), stages)[1] == ("stage2",)
+    assert overlay_stages(str(ablations / "target_depth.yaml"), stages)[1] == ("stage1", "stage2")
+    assert overlay_stages(f"stage2={ablations / 'target_depth.yaml'}", stages)[1] == ("stage2",)
+    with pytest.raises(ConfigError, match="sets model_path, which only the first stage takes"):
+        overlay_stages(str(ablations / "one_stage_pixel.yaml"), stages)
+    # the one-stage recipe takes it
+    assert overlay_stages(str(ablations / "one_stage_pixel.yaml"), stages[1:])[1] == ("stage2",)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  init_args:\n    gradient_wieght: 0.0\n")
+    with pytest.raises(ConfigError, match=r"no stage of the recipe takes .*\['gradient_wieght'\]"):
+        overlay_stages(str(typo), stages)
+    with pytest.raises(ConfigError, match="no stage 'stage3'"):
+        overlay_stages(f"stage3={NO_GRADIENT}", stages)
+
+
+def test_usage_errors_exit_2_naming_the_file(tmp_path, data_config, capsys):
+    missing = tmp_path / "nope.yaml"
+    argv = ["--stage2", str(CONFIGS / "tiny" / "stage2.yaml"), "--data", str(data_config)]
+    assert main([*argv, "--run", str(tmp_path / "r"), "--overlays", str(missing)]) == 2
+    assert f"run_ablations.py: error: overlay {missing}: no such file" in capsys.readouterr().err
