@@ -36,9 +36,10 @@ horizontal field of view (--fov, default 60 degrees; principal point at the imag
 
 DEPTH.npy is metric depth (tools/metric_depth.py writes it; a 16-bit PNG works too with
 --depth-scale). With --relative it is a relative prediction of `dm-lightning predict`
-instead, in [0, 1], mapped to depths between --near (at 1) and --far (at 0) by inverting its
-target: for sqrt_disparity (the default), sqrt(1/depth) runs linearly from sqrt(1/far) to
-sqrt(1/near). The shape is then plausible, not measured: fit known depths for metres.
+instead, in [0, 1], mapped to depths between --near and --far by inverting the model's
+target: for sqrt_disparity (the default), sqrt(1/depth) runs linearly from sqrt(1/far) at 0
+to sqrt(1/near) at 1 (for --space depth, 1 = far). The shape is then plausible, not
+measured: fit known depths (tools/metric_depth.py) for metres.
 """
 EPILOG = """\
 examples:
@@ -92,10 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEPTH.npy is a relative prediction in [0, 1]: map it to --near .. --far",
     )
     relative.add_argument(
-        "--near", type=float, default=0.5, metavar="M", help="depth of 1 (default: %(default)g)"
+        "--near",
+        type=float,
+        default=0.5,
+        metavar="M",
+        help="assumed nearest depth (default: %(default)g m)",
     )
     relative.add_argument(
-        "--far", type=float, default=10.0, metavar="M", help="depth of 0 (default: %(default)g)"
+        "--far",
+        type=float,
+        default=10.0,
+        metavar="M",
+        help="assumed farthest depth (default: %(default)g m)",
     )
     relative.add_argument(
         "--space",
