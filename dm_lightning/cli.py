@@ -8,24 +8,101 @@ checkpoint (resume with ``--ckpt_path last``).
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from os import PathLike
+from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
 from dm_lightning.training.base import DepthMasterTask
 from dm_lightning.training.checkpoints import check_checkpoint_stage
+from dm_lightning.training.evaluation import results_table
 from dm_lightning.training.run_folder import pin_run_folder
+
+# Imported so that their short names resolve on the command line (--model Stage1,
+# --model.help Stage2): jsonargparse knows the subclasses that have been imported.
+from dm_lightning.training.stage1 import Stage1  # noqa: F401
+from dm_lightning.training.stage2 import Stage2  # noqa: F401
+
+HELP_EPILOG = (
+    "The model's own arguments: dm-lightning fit --model.help Stage1 (or Stage2, "
+    "DepthMasterTask, or a class path); the data's: --data.help DepthDataModule; a callback's: "
+    "--trainer.callbacks.help ModelCheckpoint. --print_config prints the composed config."
+)
+
+# Lightning messages that are noise for dm-lightning's users, matched exactly (other
+# warnings stay visible).
+_NOISE_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # Lightning 2.6's own use of torch's deprecated pytree LeafSpec, on every evaluation.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # Lightning warns about any IterableDataset with a length; ours count their batches per
+    # rank and worker exactly (MixedSourceBatches, ShardSamples).
+    (r"Your `IterableDataset` has `__len__` defined", UserWarning),
+    # The frozen VAE and encoder are in eval mode on purpose; DepthMasterTask warns about any
+    # other module found in eval mode at the start of training.
+    (r"Found \d+ module\(s\) in eval mode at the start of training", PossibleUserWarning),
+)
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's adverts for its cloud services ("💡 Tip: ..."), logged on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud" not in record.getMessage()
+
+
+def silence_lightning_noise() -> None:
+    """Filter the Lightning messages that are noise for our users (see ``_NOISE_WARNINGS`` and
+    :class:`_NoTips`); idempotent. Everything else Lightning says is still shown."""
+    for message, category in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, whose training line also counts optimizer steps when
+    ``max_steps`` alone bounds the run (``Epoch 0 · step 37/800``, where Lightning's own reads
+    ``Epoch 0/-2``). The CLI's default progress bar when ``rich`` is installed."""
+
+    def _steps_bound(self) -> bool:
+        trainer = self.trainer
+        return trainer.max_epochs in (None, -1) and (trainer.max_steps or -1) > 0
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not self._steps_bound():
+            return super()._get_train_description(current_epoch)
+        trainer = self.trainer
+        text = f"Epoch {current_epoch} · step {trainer.global_step}/{trainer.max_steps}"
+        return f"{text:{len(self.validation_description)}}"
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            if self._steps_bound():
+                description = self._get_train_description(trainer.current_epoch)
+                self.progress.update(self.train_progress_bar_id, description=description)
 
 
 class DepthMasterCLI(LightningCLI):
     """LightningCLI that resumes ``fit`` in the run folder of its checkpoint
-    (:mod:`dm_lightning.training.run_folder`) and refuses another stage's checkpoint."""
+    (:mod:`dm_lightning.training.run_folder`), refuses another stage's checkpoint, and prints
+    one results table (datasets as rows) after ``test`` and ``validate`` instead of
+    Lightning's per-dataloader one."""
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's own step here replaces the model config by the checkpoint's
@@ -47,6 +124,47 @@ class DepthMasterCLI(LightningCLI):
         if config is not None and "weights_only" in config and config.weights_only is None:
             config.weights_only = True
 
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("test", "validate"):
+            # Lightning's table truncates our metric names and repeats every value under
+            # every dataloader's column; after_test / after_validate print ours instead.
+            parser.set_defaults(verbose=False)
+        return parser
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # StepProgressBar replaces Lightning's default rich bar, unless the config lists a
+        # progress bar of its own or turns it off.
+        config = self._get(self.config_init, "trainer", default={})
+        listed = config.get("callbacks") or []
+        listed = listed if isinstance(listed, list) else [listed]
+        if (
+            _RICH_AVAILABLE
+            and "callbacks" not in kwargs
+            and config.get("enable_progress_bar") is not False
+            and not any(isinstance(c, ProgressBar) for c in listed)
+        ):
+            kwargs["callbacks"] = [*listed, StepProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
+    def after_test(self) -> None:
+        self.print_results("test")
+
+    def after_validate(self) -> None:
+        self.print_results("val")
+
+    def print_results(self, stage: str) -> None:
+        """Print (on global rank 0) the results table of the evaluation just run
+        (:func:`~dm_lightning.training.evaluation.results_table`)."""
+        if not self.trainer.is_global_zero:
+            return
+        names = getattr(self.datamodule, "test_names" if stage == "test" else "val_names", None)
+        table = results_table(stage, list(names or ["default"]), self.trainer.callback_metrics)
+        if table is not None:
+            print(f"\n{'test' if stage == 'test' else 'validation'} results:\n{table}")
+
 
 STREAMING_CHECKPOINT_IO = "dm_lightning.training.checkpoint_io.StreamingCheckpointIO"
 
@@ -54,6 +172,7 @@ STREAMING_CHECKPOINT_IO = "dm_lightning.training.checkpoint_io.StreamingCheckpoi
 def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
     """Build (and with ``run``, execute) the CLI; returns it, for tests and notebooks.
     Errors propagate; :func:`main` turns them into messages and exit codes."""
+    silence_lightning_noise()
     return DepthMasterCLI(
         model_class=DepthMasterTask,
         datamodule_class=DepthDataModule,
@@ -61,6 +180,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={name: {"epilog": HELP_EPILOG} for name in LightningCLI.subcommands()},
         # Checkpoints stream to disk (Lightning's default buffers a whole file in RAM).
         trainer_defaults={"plugins": [{"class_path": STREAMING_CHECKPOINT_IO}]},
         args=args,

@@ -4,7 +4,8 @@ Training: each source is an infinite, resampled shard stream with its own resolu
 size; whole batches are mixed by probability, so every micro-batch comes from a single source
 (docs/method.md §5). An epoch is a fixed number of batches per rank, which keeps ranks in step
 whatever the shard sizes. Validation/test: each named split is read exactly once over ranks and
-workers. Seeding and splitting: :mod:`dm_lightning.data.streams`.
+workers; its loader's length (batches on this rank, the progress bar's total) comes from the
+shards' ``index.json``. Seeding and splitting: :mod:`dm_lightning.data.streams`.
 
 Batches are dicts: ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 metres,
 ``valid`` (B, 1, H, W) bool, ``min_depth``/``max_depth`` (B,) float64 metres, ``source`` and
@@ -387,7 +388,16 @@ class DepthDataModule(L.LightningDataModule):
             return self._benchmark_loader(stage, name, entry)
         key = f"data.{stage}[{name}]"
         urls = expand_shard_patterns(entry, key)
-        dataset = ShardSamples(urls, self.eval_batch_size, sample_to_tensors, collate, key)
+        # Per-shard counts from index.json give the loader its length (progress totals).
+        sizes = [indexed_sample_count([url]) for url in urls]
+        dataset = ShardSamples(
+            urls,
+            self.eval_batch_size,
+            sample_to_tensors,
+            collate,
+            key,
+            sizes=None if None in sizes else sizes,
+        )
         return StreamLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
 
     def _benchmark(self, name: str, spec: BenchmarkSpec) -> Dataset:

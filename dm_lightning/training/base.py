@@ -194,6 +194,23 @@ class DepthMasterTask(L.LightningModule):
                     f"of the VAE factor {factor}; crop or resize the shards to multiples of "
                     f"{factor} (e.g. {height // factor * factor}x{width // factor * factor})"
                 )
+        self.warn_stray_eval_modules()
+
+    def warn_stray_eval_modules(self) -> None:
+        """Warn about modules in eval mode at the start of training other than the frozen
+        VAE and encoder (which are on purpose; the CLI silences Lightning's notice that
+        counts them all), naming a few."""
+        stray = [
+            name
+            for name, module in self.named_modules()
+            if not module.training and not f"{name}.".startswith(FROZEN_PREFIXES)
+        ]
+        if stray:
+            rank_zero_warn(
+                f"{len(stray)} module(s) outside the frozen VAE and encoder are in eval mode at "
+                f"the start of training (dropout and normalisation statistics then behave as at "
+                f"inference): {', '.join(stray[:5])}{', ...' if len(stray) > 5 else ''}"
+            )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

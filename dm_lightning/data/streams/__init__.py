@@ -12,7 +12,8 @@ batches are drawn from one source at a time with the configured probabilities; e
 yields exactly ``batches_per_epoch`` batches, whatever the shard sizes, so ranks stay in step.
 
 Evaluation (:class:`ShardSamples`): shards are dealt round-robin over ranks x workers, so every
-sample is read exactly once; ranks may get uneven counts.
+sample is read exactly once; ranks may get uneven counts. With the shards' sizes known (their
+``index.json``), its length is the exact number of batches of the calling rank.
 
 Corrupt shards and samples are skipped with a warning naming the shard and key (one warning
 per shard and stream; further bad samples of that shard are counted silently); each batch

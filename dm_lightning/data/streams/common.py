@@ -33,6 +33,9 @@ class RankAware(IterableDataset):
     process (worker processes may not see the process group), and its worker."""
 
     rank_world: tuple[int, int] = (0, 1)
+    # Worker processes of the loader (0 counts as 1: the main process reads), set by
+    # StreamLoader before the loader's length is asked for or its workers start.
+    loader_workers: int = 1
 
     def reader(self) -> tuple[int, int, int, int]:
         """(rank, world, worker, workers) of the calling process."""
@@ -76,9 +79,19 @@ class StreamLoader(DataLoader):
         self.dataset.epoch = int(state["epoch"])
         self._started = False  # the restored epoch is the next one iterated
 
-    def __iter__(self):
+    def _tell_reader(self) -> None:
         if isinstance(self.dataset, RankAware):
             self.dataset.rank_world = process_rank()
+            self.dataset.loader_workers = max(1, self.num_workers)
+
+    def __len__(self) -> int:
+        # Batches this rank yields (the stream's own count; TypeError when it has none).
+        # Lightning asks for it before iterating, for progress totals and batch limits.
+        self._tell_reader()
+        return super().__len__()
+
+    def __iter__(self):
+        self._tell_reader()
         if hasattr(self.dataset, "epoch"):
             if getattr(self, "_started", False):
                 self.dataset.epoch += 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from dm_lightning.data.checks import check_batch_size
 from dm_lightning.data.streams.common import RankAware
 from dm_lightning.data.streams.skips import SkipCounter, decoded, read_shard
+from dm_lightning.errors import DataError
 
 
 class ShardSamples(RankAware):
@@ -18,15 +20,27 @@ class ShardSamples(RankAware):
     are carried by that batch (one full batch is held back); a reader that skipped samples but
     has no batch to carry the count yields ``collate([])``, an empty batch with ``skipped``.
 
+    Length: with ``sizes`` known, ``len()`` is the number of batches this rank yields over
+    its ``loader_workers`` readers (``rank_world`` and ``loader_workers`` are set by
+    :class:`~dm_lightning.data.streams.common.StreamLoader`): each reader yields
+    ``ceil(samples / batch_size)`` batches, or one empty batch when its shards hold no sample.
+    Skipped samples can only lower the count. Lightning stops an evaluation loop at this
+    length, so a shard holding more samples than ``sizes`` says raises instead of being cut
+    off silently. Without ``sizes`` (URL shards, no ``index.json``), ``len()`` raises
+    ``TypeError``: Lightning then reads the stream to its end with no known total.
+
     Args:
         urls: shard files.
         batch_size: samples per batch (>= 1).
         to_tensors: decoded sample -> dict of tensors.
         collate: list of those -> batch dict; called with ``[]`` for the empty batch.
         name: the split in messages (e.g. "data.val[nyu]").
+        sizes: samples per shard, in ``urls`` order (from the shards' ``index.json``), or
+            None if unknown.
 
     Raises:
         ConfigError: ``batch_size`` < 1.
+        ValueError: ``sizes`` does not have one count per shard.
     """
 
     def __init__(
@@ -36,25 +50,61 @@ class ShardSamples(RankAware):
         to_tensors: Callable[[dict], dict],
         collate: Callable[[list[dict]], dict],
         name: str = "eval split",
+        sizes: list[int] | None = None,
     ) -> None:
         check_batch_size(batch_size, f"{name}: eval batch size")
+        if sizes is not None and len(sizes) != len(urls):
+            raise ValueError(f"{name}: {len(sizes)} shard sizes for {len(urls)} shards")
+        self.sizes = None if sizes is None else [int(n) for n in sizes]
         self.urls = list(urls)
         self.batch_size = batch_size
         self.to_tensors = to_tensors
         self.collate = collate
         self.name = name
 
+    def _mine(self, rank: int, world: int, worker: int, workers: int) -> range:
+        """Indices (into ``urls``) of the shards of reader (rank, worker)."""
+        return range(rank * workers + worker, len(self.urls), world * workers)
+
+    def reader_batches(self, rank: int, world: int, worker: int, workers: int) -> int:
+        """Batches reader (rank, worker) yields when every sample reads (``sizes`` needed)."""
+        if self.sizes is None:
+            raise TypeError(f"{self.name}: the shards' sample counts are unknown (no index.json)")
+        mine = self._mine(rank, world, worker, workers)
+        samples = sum(self.sizes[i] for i in mine)
+        # A reader whose shards hold no sample reports them in one empty batch.
+        return math.ceil(samples / self.batch_size) if samples else int(len(mine) > 0)
+
+    def __len__(self) -> int:
+        rank, world = self.rank_world
+        workers = self.loader_workers
+        return sum(self.reader_batches(rank, world, w, workers) for w in range(workers))
+
+    def _counted(self, index: int, counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        """Raw samples of shard ``index``, checked against its indexed size."""
+        url = self.urls[index]
+        for count, raw in enumerate(read_shard(url, counter), 1):
+            if self.sizes is not None and count > self.sizes[index]:
+                raise DataError(
+                    f"{self.name}: shard {url} holds more samples than the {self.sizes[index]} "
+                    "its index.json lists; the index is stale and the evaluation would stop "
+                    "short of the extra batches. Rewrite the shards with the tool that made "
+                    "them (it writes index.json), or delete index.json to evaluate without a "
+                    "known length"
+                )
+            yield raw
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, workers = self.reader()
-        mine = self.urls[rank * workers + worker :: world * workers]
+        mine = self._mine(rank, world, worker, workers)
         counter = SkipCounter(self.name)
         batch: list[dict[str, Any]] = []
         # One full batch is held back so that errors met after it (e.g. a truncated shard end)
         # are still reported by a later batch of this reader.
         held: list[dict[str, Any]] | None = None
         emitted = False
-        for url in mine:
-            for sample in decoded(read_shard(url, counter), counter):
+        for index in mine:
+            for sample in decoded(self._counted(index, counter), counter):
                 batch.append(self.to_tensors(sample))
                 if len(batch) == self.batch_size:
                     if held is not None:
