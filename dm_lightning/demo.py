@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         eval_config=str(configs / "tiny" / "eval.yaml"),
         model_path=str(model),
         test=(INPUT, "stage1", "stage2"),
+        in_process=True,  # one CPU process: no start-up cost per step
     )
     print("[demo] the same as: " + shlex.join(pipeline_command(pipeline)))
     try:

@@ -25,7 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
+import subprocess
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -35,7 +38,7 @@ from typing import Any
 
 import lightning as L
 
-from dm_lightning.errors import ConfigError
+from dm_lightning.errors import ConfigError, DMLightningError
 from dm_lightning.training.callbacks import EXPORT_RECORD
 from dm_lightning.training.report import metric_splits, metrics_table
 from dm_lightning.training.run_folder import latest_resumable
@@ -84,6 +87,8 @@ class Pipeline:
         test_args: ``dm-lightning test`` arguments.
         test: the models to test, by name: a stage's name (its export) or ``input`` (the
             model the first stage starts from); default: the last stage.
+        in_process: run the ``dm-lightning`` steps in this process instead of child
+            processes (see :func:`run_dm_lightning`).
     """
 
     stages: tuple[Stage, ...]
@@ -94,6 +99,7 @@ class Pipeline:
     fit_args: tuple[str, ...] = ()
     test_args: tuple[str, ...] = ()
     test: tuple[str, ...] = field(default=())
+    in_process: bool = False
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -162,6 +168,18 @@ def stage_state(run: Path, stage: str) -> tuple[str, dict | Path | None]:
     return "new", None
 
 
+def recorded_model_path(version: Path) -> str | None:
+    """The ``model.init_args.model_path`` a run was started with (its saved ``config.yaml``),
+    or None."""
+    import yaml
+
+    config = version / "config.yaml"
+    if not config.is_file():
+        return None
+    model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
+    return (model.get("init_args") or {}).get("model_path")
+
+
 def export_target(export: str | Path) -> str | None:
     """The depth target an export was trained on (its ``dm_lightning.json``), or None."""
     from dm_lightning.models.depthmaster import METADATA_FILE
@@ -170,24 +188,61 @@ def export_target(export: str | Path) -> str | None:
     return json.loads(meta.read_text()).get("target") if meta.is_file() else None
 
 
-def run_dm_lightning(args: list[str], what: str) -> None:
-    """``dm-lightning <args>`` in this process; raises :class:`PipelineError` naming ``what``
-    on a non-zero exit status."""
+def run_dm_lightning(args: list[str], what: str, in_process: bool = False) -> None:
+    """Run ``dm-lightning <args>``; raises :class:`PipelineError` naming ``what`` on a non-zero
+    exit status.
+
+    By default in a child process (``python -m dm_lightning``), so that each stage launches
+    its own DDP ranks as ``dm-lightning fit`` does and starts from a clean process; SIGTERM
+    and SIGUSR1 sent to this process are forwarded to it, and Ctrl-C reaches it through the
+    terminal (it saves ``last.ckpt``). ``in_process`` calls :func:`dm_lightning.cli.main`
+    here instead: no start-up cost per step (the CPU demo, tests), but unfit for a
+    multi-device run that Lightning launches itself, which re-executes this process's
+    command line on every rank.
+    """
+    log("dm-lightning " + shlex.join(args))
+    started = time.monotonic()
+    status = run_in_process(args) if in_process else run_child(args)
+    if status:
+        raise PipelineError(f"{what} failed (exit status {status})", status)
+    log(f"{what}: finished in {time.monotonic() - started:.0f} s")
+
+
+def run_in_process(args: list[str]) -> int:
     from dm_lightning.cli import main
 
-    log("dm-lightning " + shlex.join(args))
     try:
         with warnings.catch_warnings():
             # LightningCLI warns when given args while sys.argv holds this tool's own options.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            status = main(args)
+            return main(args)
     except SystemExit as err:  # argument errors: jsonargparse exits
-        status = err.code if isinstance(err.code, int) else 2
+        return err.code if isinstance(err.code, int) else 2
     except Exception:  # noqa: BLE001 - any crash of the step is reported as that step's failure
         traceback.print_exc()
-        status = 1
-    if status:
-        raise PipelineError(f"{what} failed (exit status {status})", status)
+        return 1
+
+
+def run_child(args: list[str]) -> int:
+    sys.stdout.flush()
+    child = subprocess.Popen([sys.executable, "-m", "dm_lightning", *args])
+
+    def forward(signum: int, frame: object) -> None:
+        child.send_signal(signum)
+
+    handled = [
+        signal.SIGTERM,
+        signal.SIGINT,
+        *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []),
+    ]
+    # Ctrl-C signals the whole foreground group, the child included: this process only waits.
+    actions = {s: signal.SIG_IGN if s == signal.SIGINT else forward for s in handled}
+    previous = {s: signal.signal(s, action) for s, action in actions.items()}
+    try:
+        return child.wait()
+    finally:
+        for s, action in previous.items():
+            signal.signal(s, action)
 
 
 def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
@@ -199,6 +254,12 @@ def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
     state, found = stage_state(run, stage.name)
     if state == "finished":
         log(f"{stage.name}: finished earlier, skipping; export {found['export']}")
+        trained_from = recorded_model_path(Path(found["run"]))
+        if model_path is not None and trained_from not in (None, str(model_path)):
+            log(
+                f"{stage.name}: note: it was trained from {trained_from}, not from {model_path}; "
+                f"remove {run / stage.name} to train it again from {model_path}"
+            )
         return found
     resume = ["--ckpt_path", "last"] if state == "interrupted" else []
     if state == "interrupted":
@@ -213,7 +274,7 @@ def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
         trainer__logger__init_args__name=stage.name,
         extra=[*pipeline.fit_args, *stage.args, *resume],
     )
-    run_dm_lightning(args, f"{stage.name} (fit)")
+    run_dm_lightning(args, f"{stage.name} (fit)", pipeline.in_process)
     record = finished_export(run / stage.name)
     if record is None:
         raise PipelineError(f"{stage.name} (fit) ended without an export in {run / stage.name}", 1)
@@ -248,7 +309,7 @@ def test_model(pipeline: Pipeline, name: str, model: str, step: int | None) -> d
         ],
         **overrides,
     )
-    run_dm_lightning(args, f"test of {name}")
+    run_dm_lightning(args, f"test of {name}", pipeline.in_process)
     written = [
         p for p in test_folder.glob(f"*/{TEST_METRICS}") if before.get(p) != p.stat().st_mtime
     ]
@@ -365,6 +426,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-path", default=None, help="model folder of the first stage (default: its config's)"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the dm-lightning steps in this process (faster start on one CPU/GPU; not "
+        "for multi-device runs that Lightning launches itself)",
+    )
 
 
 def recipe_from_args(args: argparse.Namespace, rest: Sequence[str], run: str) -> Pipeline:
@@ -385,6 +452,7 @@ def recipe_from_args(args: argparse.Namespace, rest: Sequence[str], run: str) ->
         fit_args=tuple(groups["fit"]),
         test_args=tuple(groups["test"]),
         test=tuple(getattr(args, "test", None) or ()),
+        in_process=args.in_process,
     )
 
 
@@ -399,6 +467,8 @@ def pipeline_command(pipeline: Pipeline, python: str = "python") -> list[str]:
         command += ["--model-path", pipeline.model_path]
     if pipeline.test:
         command += ["--test", *pipeline.test]
+    if pipeline.in_process:
+        command.append("--in-process")
     command += list(pipeline.fit_args)
     for stage in pipeline.stages:
         command += prefixed(stage.name, stage.args)
@@ -437,9 +507,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("give --stage1 CONFIG and/or --stage2 CONFIG")
         pipeline = recipe_from_args(args, rest, args.run)
         run_pipeline(pipeline)
-    except ConfigError as err:
+    except DMLightningError as err:
         print(f"train_depthmaster.py: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except PipelineError as err:
         print(
             f"train_depthmaster.py: error: {err}. Fix it and run the same command again: "

@@ -36,6 +36,7 @@ def command(run: Path, data_config: Path, tiny_model: Path, *extra: str) -> list
         str(tiny_model),
         "--overlays",
         str(NO_GRADIENT),
+        "--in-process",
         "--trainer.max_steps",
         "2",
         "--trainer.enable_progress_bar",

@@ -50,6 +50,7 @@ def command(run: Path, data_config: Path, tiny_model: Path, *extra: str) -> list
         str(run),
         "--model-path",
         str(tiny_model),
+        "--in-process",
         "--trainer.max_steps",
         "2",
         *QUIET,
@@ -201,18 +202,20 @@ def test_overrides_are_sorted_by_stage_and_the_command_round_trips():
     assert recipe_from_args(args, rest, args.run) == pipeline
 
 
-def test_a_failing_stage_is_named_with_its_exit_status(tmp_path, data_config, capsys):
+def test_a_failing_stage_is_named_with_its_exit_status(tmp_path, data_config, capfd):
+    # The default: each step is a `python -m dm_lightning` child; its status is the tool's.
     missing = tmp_path / "no_such_stage1.yaml"
     run = tmp_path / "run"
     assert main(["--stage1", str(missing), "--data", str(data_config), "--run", str(run)]) == 2
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
+    assert f"File does not exist: '{missing}'" in captured.err  # the child's own message
     assert "[pipeline] stage1: training into" in captured.out
     last = captured.err.strip().splitlines()[-1]
     assert last.startswith("train_depthmaster.py: error: stage1 (fit) failed (exit status 2).")
     assert "finished stages are skipped and an interrupted one resumes" in last
     assert not (run / "stage1").exists()
     assert main(["--data", str(data_config), "--run", str(run)]) == 2
-    assert "give --stage1 CONFIG and/or --stage2 CONFIG" in capsys.readouterr().err
+    assert "give --stage1 CONFIG and/or --stage2 CONFIG" in capfd.readouterr().err
 
 
 def test_tool_help_exits_zero():
