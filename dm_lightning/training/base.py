@@ -48,7 +48,10 @@ class DepthMasterTask(L.LightningModule):
 
     Args:
         model_path: diffusers-layout folder or hub id with ``vae/`` and ``unet/`` (SD-2 base
-            weights, the released DepthMaster model, or a dm_lightning export).
+            weights, the released DepthMaster model, or a dm_lightning export), or a
+            ``Stage1`` / ``Stage2`` checkpoint (``.ckpt``: its network, built on the
+            ``model_path`` it was trained from; see
+            :func:`~dm_lightning.models.loading.load_depthmaster_checkpoint`).
         unet_path: optional U-Net folder replacing ``model_path/unet``.
         target: depth target representation: ``sqrt_disparity`` | ``disparity`` | ``depth``.
         eval_alignment: space of the per-image scale/shift fit at evaluation; default: the
