@@ -511,9 +511,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_depthmaster.py: error: {err}", file=sys.stderr)
         return err.exit_code
     except PipelineError as err:
+        advice = (
+            "it saved a resumable checkpoint: run the same command again to resume it"
+            if err.status > 128  # killed by a signal (143 = SIGTERM), see dm_lightning.cli
+            else "fix it and run the same command again"
+        )
         print(
-            f"train_depthmaster.py: error: {err}. Fix it and run the same command again: "
-            "finished stages are skipped and an interrupted one resumes.",
+            f"train_depthmaster.py: error: {err}; {advice} (finished stages are skipped, an "
+            "interrupted one resumes).",
             file=sys.stderr,
         )
         return err.status

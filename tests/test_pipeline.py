@@ -211,8 +211,10 @@ def test_a_failing_stage_is_named_with_its_exit_status(tmp_path, data_config, ca
     assert f"File does not exist: '{missing}'" in captured.err  # the child's own message
     assert "[pipeline] stage1: training into" in captured.out
     last = captured.err.strip().splitlines()[-1]
-    assert last.startswith("train_depthmaster.py: error: stage1 (fit) failed (exit status 2).")
-    assert "finished stages are skipped and an interrupted one resumes" in last
+    assert last == (
+        "train_depthmaster.py: error: stage1 (fit) failed (exit status 2); fix it and run the "
+        "same command again (finished stages are skipped, an interrupted one resumes)."
+    )
     assert not (run / "stage1").exists()
     assert main(["--data", str(data_config), "--run", str(run)]) == 2
     assert "give --stage1 CONFIG and/or --stage2 CONFIG" in capfd.readouterr().err
