@@ -166,3 +166,44 @@ def test_usage_errors_exit_2_naming_the_file(tmp_path, data_config, capsys):
     argv = ["--stage2", str(CONFIGS / "tiny" / "stage2.yaml"), "--data", str(data_config)]
     assert main([*argv, "--run", str(tmp_path / "r"), "--overlays", str(missing)]) == 2
     assert f"run_ablations.py: error: overlay {missing}: no such file" in capsys.readouterr().err
+
+
+README_SWEEP = """\
+python tools/run_ablations.py --stage1 configs/stage1.yaml --stage2 configs/stage2.yaml \
+    --data configs/data/hypersim_vkitti.yaml --run runs/ablations \
+    --overlays configs/ablations/no_fa.yaml configs/encoders/clip_vitl14.yaml \
+               configs/ablations/target_depth.yaml configs/ablations/stage2_no_gradient_loss.yaml \
+    --print-commands"""
+
+
+def test_readme_sweep_of_the_paper_recipe_prints_its_five_rows(capsys, monkeypatch):
+    # The README's command, on the shipped recipe: only configs are read, nothing runs.
+    monkeypatch.chdir(REPO)
+    argv = shlex.split(README_SWEEP.replace("\\\n", " "))
+    assert argv[:2] == ["python", "tools/run_ablations.py"]
+    assert main(argv[2:]) == 0
+    printed = [shlex.split(line) for line in capsys.readouterr().out.strip().splitlines()]
+
+    def configs(cmd: list[str], flag: str) -> list[str]:
+        start = cmd.index(flag) + 1
+        end = next(i for i in range(start, len(cmd)) if cmd[i].startswith("--"))
+        return cmd[start:end]
+
+    placed = {
+        cmd[cmd.index("--run") + 1]: (configs(cmd, "--stage1")[1:], configs(cmd, "--stage2")[1:])
+        for cmd in printed
+    }
+    assert placed == {
+        "runs/ablations/baseline": ([], []),
+        "runs/ablations/no_fa": (["configs/ablations/no_fa.yaml"], []),
+        "runs/ablations/clip_vitl14": (["configs/encoders/clip_vitl14.yaml"], []),
+        "runs/ablations/target_depth": (
+            ["configs/ablations/target_depth.yaml"],
+            ["configs/ablations/target_depth.yaml"],
+        ),
+        "runs/ablations/stage2_no_gradient_loss": (
+            [],
+            ["configs/ablations/stage2_no_gradient_loss.yaml"],
+        ),
+    }
+    assert all(cmd[:2] == ["python", "tools/train_depthmaster.py"] for cmd in printed)
