@@ -174,9 +174,9 @@ def test_panel_of_a_perfect_prediction_has_no_error():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"every_n_steps": 0}, "every_n_steps must be an integer >= 1, got 0"),
-        ({"num_samples": 1.5}, "num_samples must be an integer >= 1, got 1.5"),
-        ({"error_max": 0.0}, "error_max must be > 0, got 0.0"),
+        ({"every_n_steps": 0}, "init_args.every_n_steps must be an integer >= 1, got 0"),
+        ({"num_samples": 1.5}, "init_args.num_samples must be an integer >= 1, got 1.5"),
+        ({"error_max": 0.0}, "init_args.error_max must be > 0, got 0.0"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, message):

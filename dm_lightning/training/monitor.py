@@ -127,9 +127,9 @@ class TrainingMonitor(L.Callback):
       draws micro-batches of one size with ``data.global_batch_size``) per second of wall
       time since the last value, validation excluded. Counted from batch sizes on the host.
 
-    Panels and values are written on global rank 0 to every
-    :class:`~lightning.pytorch.loggers.TensorBoardLogger` of the trainer; steps between panel
-    steps only compare integers (no device work, no host sync). See
+    All on global rank 0: panels go to every
+    :class:`~lightning.pytorch.loggers.TensorBoardLogger` of the trainer, the throughput to
+    every logger; other steps only compare integers (no device work, no host sync). See
     :mod:`dm_lightning.training.monitor` for what the tiles show.
 
     Args:
@@ -141,9 +141,11 @@ class TrainingMonitor(L.Callback):
     def __init__(self, every_n_steps: int = 500, num_samples: int = 2, error_max: float = 0.2):
         for name, value in (("every_n_steps", every_n_steps), ("num_samples", num_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"TrainingMonitor: {name} must be an integer >= 1, got {value!r}")
+                raise ConfigError(
+                    f"TrainingMonitor init_args.{name} must be an integer >= 1, got {value!r}"
+                )
         if not error_max > 0:
-            raise ConfigError(f"TrainingMonitor: error_max must be > 0, got {error_max!r}")
+            raise ConfigError(f"TrainingMonitor init_args.error_max must be > 0, got {error_max!r}")
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.error_max = float(error_max)
@@ -218,9 +220,8 @@ class TrainingMonitor(L.Callback):
         n = min(self.num_samples, b)
         first = {k: _first(v, b, n) for k, v in batch.items()}
         sample = finish_training_batch(first)
-        self._write(
-            trainer, pl_module, TRAIN_PANEL_TAG, sample, step, pl_module.hparams.processing_res
-        )
+        # At the size the loss saw (training runs at native size).
+        self._write(trainer, pl_module, TRAIN_PANEL_TAG, sample, step, None)
 
     # ---- validation ---------------------------------------------------------------------
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
