@@ -3,12 +3,13 @@
     python tools/train_depthmaster.py --stage1 configs/stage1.yaml --stage2 configs/stage2.yaml \\
         --data configs/data/hypersim_vkitti.yaml --run runs/recipe
 
-Each stage is the ``dm-lightning fit`` a user would run by hand, in this process, with its
-logger pointed at ``<run>/<stage>`` (so its folder is ``<run>/stage1/version_<n>``); the next
-stage starts from the export recorded in the previous one's ``export.json`` through
-``--model.init_args.model_path``. Then ``dm-lightning test`` of the chosen models on the data
-config's test splits (``<run>/test-<model>/version_<n>``), and ``<run>/results.md`` (AbsRel /
-δ1 x100 per test split) with ``<run>/results.json`` (every logged test metric).
+Each stage is the ``dm-lightning fit`` a user would run by hand (a child process; in this
+process with ``--in-process``), with its logger pointed at ``<run>/<stage>``, so its folder is
+``<run>/stage1/version_<n>``; the next stage starts from the export recorded in the previous
+one's ``export.json`` through ``--model.init_args.model_path``. Then ``dm-lightning test`` of
+the chosen models on the data config's test splits (``<run>/test-<model>/version_<n>``), and
+``<run>/results.md`` (AbsRel / δ1 x100 per test split) with ``<run>/results.json`` (every
+logged test metric).
 
 Re-running the same command picks up where the last one stopped, from what the run folder holds:
 
@@ -127,6 +128,8 @@ class PipelineError(RuntimeError):
 class TestMetricsWriter(L.Callback):
     """After ``test``, write every logged ``test/...`` metric (floats) to ``path``, default
     ``<run dir>/test_metrics.json``: the numbers the pipeline and the ablation tables read."""
+
+    __test__ = False  # a callback, not a pytest test class
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path
@@ -282,7 +285,7 @@ def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
     return record
 
 
-def test_model(pipeline: Pipeline, name: str, model: str, step: int | None) -> dict[str, float]:
+def evaluate(pipeline: Pipeline, name: str, model: str, step: int | None) -> dict[str, float]:
     """Test ``model`` on the data config's test splits as ``<run>/test-<name>``, unless
     ``results.json`` already holds this model's results; returns its ``test/...`` metrics."""
     from dm_lightning.cli import cli_args
@@ -366,7 +369,7 @@ def run_pipeline(
         model, step = models[name]
         if model is None:
             raise PipelineError(f"--test {INPUT}: give the input model with --model-path", 2)
-        results[name] = test_model(pipeline, name, model, step)
+        results[name] = evaluate(pipeline, name, model, step)
     labels = labels or {}
     rows = {labels.get(name, name): metrics for name, metrics in results.items()}
     table = metrics_table(rows, metric_splits(results))
