@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dm_lightning.cli import run_cli
 from dm_lightning.errors import ConfigError
 from dm_lightning.targets import get_target
-from dm_lightning.training.monitor import TrainingMonitor, near_values
+from dm_lightning.training.monitor import TrainingMonitor, eval_mode, near_values
 from dm_lightning.visualize import colorize_depth, depth_panel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -182,3 +183,52 @@ def test_panel_of_a_perfect_prediction_has_no_error():
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainingMonitor(**kwargs)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_samples_per_sec_counts_all_ranks_and_leaves_validation_out(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr("dm_lightning.training.monitor.time.perf_counter", clock)
+    written: list[tuple[dict, int]] = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: written.append((metrics, step)))
+    trainer = SimpleNamespace(
+        is_global_zero=True, global_step=0, log_every_n_steps=2, world_size=2, loggers=[logger]
+    )
+    monitor = TrainingMonitor(every_n_steps=100)
+    batch = {"rgb": torch.zeros(3, 8, 8, 3, dtype=torch.uint8)}
+
+    def step(start: float, end: float) -> None:
+        clock.now = start
+        monitor.on_train_batch_start(trainer, None, batch, 0)
+        clock.now, trainer.global_step = end, trainer.global_step + 1
+        monitor.on_train_batch_end(trainer, None, None, batch, 0)
+
+    monitor.on_train_start(trainer, None)
+    step(10.0, 11.0)
+    assert written == []  # step 1: not a logging step
+    step(11.0, 12.0)
+    # 2 batches x 3 samples x 2 ranks in 2 s (from the first batch's start).
+    assert written == [({"train/samples_per_sec": 6.0}, 2)]
+    clock.now = 13.0
+    monitor.on_validation_start(trainer, None)
+    clock.now = 20.0
+    monitor.on_validation_end(trainer, None)
+    step(20.0, 21.0)
+    step(21.0, 22.0)
+    # 12 samples in 10 s of wall time, 7 of them validation.
+    assert written[1] == ({"train/samples_per_sec": 4.0}, 4)
+
+
+def test_eval_mode_puts_each_module_back_in_its_own_mode():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(), torch.nn.Linear(2, 2))
+    net[2].eval()  # a frozen part kept in eval mode
+    with eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == [True, True, True, False]
