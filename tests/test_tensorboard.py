@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import subprocess
 import sys
@@ -232,3 +233,61 @@ def test_eval_mode_puts_each_module_back_in_its_own_mode():
     with eval_mode(net):
         assert not any(m.training for m in net.modules())
     assert [m.training for m in net.modules()] == [True, True, True, False]
+
+
+def test_train_panel_draws_the_first_sample_as_the_loss_saw_it(tiny_model):
+    """A packed batch (flipped first sample, a hole in its depth) through the real tiny
+    network: the panel's RGB tile is the flipped image, its GT and error tiles are black on the
+    flipped hole; nothing is drawn on other steps."""
+    from dm_lightning.data.packing import pack_training_batch
+    from dm_lightning.models.loading import load_depthmaster
+
+    rng = np.random.default_rng(0)
+    h, w = 32, 48
+    units = rng.integers(1000, 20000, (h, w)).astype(np.uint16)
+    units[:, :10] = 0  # no depth on the left edge: on the right once flipped
+    samples = [
+        {
+            "rgb": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+            "depth_units": units,
+            "meta": {"depth_scale": 0.001, "min_depth": 0.1, "max_depth": 80.0, "source": "s"},
+            "key": f"k{i}",
+        }
+        for i in range(2)
+    ]
+    batch = pack_training_batch(samples, flips=[True, False])
+    images: list[tuple[str, np.ndarray, int]] = []
+    writer = SimpleNamespace(add_image=lambda tag, img, step, **_: images.append((tag, img, step)))
+    net = load_depthmaster(str(tiny_model))
+    net.unet.train()  # as in training; the VAE stays in eval mode
+    module = SimpleNamespace(
+        net=net,
+        target=get_target("sqrt_disparity"),
+        eval_alignment="sqrt_disparity",
+        device=torch.device("cpu"),
+    )
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        global_step=3,
+        log_every_n_steps=1000,
+        world_size=1,
+        loggers=[],
+        precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
+    )
+    monitor = TrainingMonitor(every_n_steps=4, num_samples=1)
+    monitor._writers = [writer]
+    monitor.on_train_start(trainer, module)
+    monitor.on_train_batch_end(trainer, module, None, batch, 0)
+    assert images == []  # step 3
+    trainer.global_step = 4
+    monitor.on_train_batch_end(trainer, module, None, batch, 0)
+    monitor.on_train_batch_end(trainer, module, None, batch, 1)  # same step, accumulating
+    [(tag, panel, step)] = images
+    assert (tag, step, panel.shape) == ("panels/train", 4, (h, 4 * w, 3))
+    assert np.array_equal(panel[:, :w], samples[0]["rgb"][:, ::-1])
+    hole = np.zeros((h, w), dtype=bool)
+    hole[:, -10:] = True
+    for tile in (panel[:, w : 2 * w], panel[:, 3 * w :]):
+        assert (tile[hole] == 0).all() and (tile[~hole].max(axis=-1) > 0).all()
+    # The network's modes are back as they were (the U-Net trains, the VAE stays frozen).
+    assert net.unet.training and not net.vae.training
