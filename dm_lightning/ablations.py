@@ -253,8 +253,9 @@ def write_report(
     recipe = rows[0].pipeline
     (run / TABLE).write_text(
         f"# Ablations in {run.name}\n\nAbsRel and δ1 (x100) of each row's final model on the "
-        f"test splits of `{recipe.data}`; a row is the recipe plus one overlay, added to the "
-        f"stages in brackets; `–`: no result (failed or not run yet).\n\n{table}\n"
+        f"test splits of `{recipe.test_data or recipe.data}`; a row is the recipe plus one "
+        "overlay, added to the stages in brackets; `–`: no result (failed or not run yet)."
+        f"\n\n{table}\n"
     )
     write_chart(run / CHART, results, splits)
     record = {

@@ -90,6 +90,8 @@ class Pipeline:
             model the first stage starts from); default: the last stage.
         in_process: run the ``dm-lightning`` steps in this process instead of child
             processes (see :func:`run_dm_lightning`).
+        test_data: the data config of the tests (``configs/eval/benchmarks.yaml``); default
+            ``data`` (its test splits).
     """
 
     stages: tuple[Stage, ...]
@@ -101,6 +103,7 @@ class Pipeline:
     test_args: tuple[str, ...] = ()
     test: tuple[str, ...] = field(default=())
     in_process: bool = False
+    test_data: str | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -302,7 +305,7 @@ def evaluate(pipeline: Pipeline, name: str, model: str, step: int | None) -> dic
     before = {p: p.stat().st_mtime for p in test_folder.glob(f"*/{TEST_METRICS}")}
     args = cli_args(
         "test",
-        [pipeline.eval_config, pipeline.data],
+        [pipeline.eval_config, pipeline.test_data or pipeline.data],
         model,
         run,
         trainer__logger__init_args__name=f"test-{name}",
@@ -375,7 +378,7 @@ def run_pipeline(
     table = metrics_table(rows, metric_splits(results))
     (run / RESULTS_MD).write_text(
         f"# {title or f'Results of {run.name}'}\n\nAbsRel and δ1 (x100) on the test splits of "
-        f"`{pipeline.data}`, per model.\n\n{table}\n"
+        f"`{pipeline.test_data or pipeline.data}`, per model.\n\n{table}\n"
     )
     log(f"results in {run / RESULTS_MD}\n\n{table}\n")
     return results
@@ -427,6 +430,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         help="dm-lightning test config (default %(default)s; configs/tiny/eval.yaml on CPU)",
     )
     parser.add_argument(
+        "--test-data",
+        default=None,
+        metavar="CONFIG",
+        help="data config of the tests, e.g. configs/eval/benchmarks.yaml (default: --data)",
+    )
+    parser.add_argument(
         "--model-path", default=None, help="model folder of the first stage (default: its config's)"
     )
     parser.add_argument(
@@ -456,6 +465,7 @@ def recipe_from_args(args: argparse.Namespace, rest: Sequence[str], run: str) ->
         test_args=tuple(groups["test"]),
         test=tuple(getattr(args, "test", None) or ()),
         in_process=args.in_process,
+        test_data=args.test_data,
     )
 
 
@@ -466,6 +476,8 @@ def pipeline_command(pipeline: Pipeline, python: str = "python") -> list[str]:
     for stage in pipeline.stages:
         command += [f"--{stage.name}", *stage.configs]
     command += ["--data", pipeline.data, "--eval", pipeline.eval_config, "--run", pipeline.run]
+    if pipeline.test_data is not None:
+        command += ["--test-data", pipeline.test_data]
     if pipeline.model_path is not None:
         command += ["--model-path", pipeline.model_path]
     if pipeline.test:

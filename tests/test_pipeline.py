@@ -124,18 +124,22 @@ def test_rerun_skips_finished_stages_and_the_test(recipe_run, data_config, tiny_
 
 
 def test_interrupted_stage2_resumes_in_its_version_folder(
-    recipe_run, data_config, tiny_model, capsys
+    recipe_run, data_config, tiny_model, capsys, tmp_path
 ):
     # A stage 2 stopped after its last.ckpt (step 2) and before its export: as after a kill.
     version = recipe_run / "stage2" / "version_0"
     shutil.rmtree(version / "export")
     (version / "export.json").unlink()
     assert (version / "checkpoints" / "last.ckpt").is_file()
+    # The tests this time on another data config: the indoor test split alone.
+    indoor = tmp_path / "indoor_test.yaml"
+    config = yaml.safe_load(data_config.read_text())
+    del config["data"]["init_args"]["test"]["synthetic_outdoor"]
+    indoor.write_text(yaml.safe_dump(config))
     capsys.readouterr()
     # ... and the stage is asked to go on to step 3 (the same command with a longer stage 2)
-    assert (
-        main(command(recipe_run, data_config, tiny_model, "--stage2.trainer.max_steps", "3")) == 0
-    )
+    extra = ["--stage2.trainer.max_steps", "3", "--test-data", str(indoor)]
+    assert main(command(recipe_run, data_config, tiny_model, *extra)) == 0
     out = capsys.readouterr().out
     assert "stage1: finished earlier, skipping" in out
     assert (
@@ -151,8 +155,12 @@ def test_interrupted_stage2_resumes_in_its_version_folder(
     record = json.loads((version / "export.json").read_text())
     assert record["global_step"] == 3
     assert (version / "export" / "unet" / "config.json").is_file()
-    # the new export was tested again: its step differs from the recorded one
-    assert read_results(recipe_run)["stage2"]["global_step"] == 3
+    # the new export was tested again (its step differs from the recorded one), on --test-data
+    tested = read_results(recipe_run)["stage2"]
+    assert tested["global_step"] == 3
+    assert tested["metrics"]["test/synthetic_indoor/num_images"] == 4.0
+    assert not [key for key in tested["metrics"] if "synthetic_outdoor" in key]
+    assert f"test splits of `{indoor}`" in (recipe_run / "results.md").read_text()
 
 
 def test_overrides_are_sorted_by_stage_and_the_command_round_trips():
@@ -186,6 +194,7 @@ def test_overrides_are_sorted_by_stage_and_the_command_round_trips():
         fit_args=("--trainer.devices", "4"),
         test_args=("--trainer.devices", "1"),
         test=("input", "stage2"),
+        test_data="benchmarks.yaml",
     )
     cmd = pipeline_command(pipeline)
     assert cmd[:2] == ["python", "tools/train_depthmaster.py"]
