@@ -20,7 +20,7 @@ from dm_lightning import load_depthmaster, predict_images
 from dm_lightning.cli import run_cli
 from dm_lightning.data.predict import ImageFolder
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.inference.outputs import stretch_to_unit
+from dm_lightning.inference.outputs import BackgroundWriter, stretch_to_unit
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement
 from dm_lightning.tiny_model import make_tiny_depthmaster
 from dm_lightning.visualize import colorize_depth
@@ -150,6 +150,18 @@ def test_predict_images_refuses_bad_arguments(tiny_model, photos, tmp_path):
         shutil.copy(WILD / "02.jpg", tmp_path / "clash" / name)
     with pytest.raises(ConfigError, match="colour image of a goes"):
         predict_images(net, tmp_path / "clash", tmp_path / "out")
+
+
+def test_background_writer_raises_a_failed_write_and_checks_keys_at_once(tmp_path):
+    (tmp_path / "sub").write_text("a file where the key's folder goes")
+    writer = BackgroundWriter(tmp_path)
+    writer.submit("ok", np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4))
+    writer.submit("sub/x", np.zeros((3, 4), np.float32))
+    with pytest.raises(FileExistsError):
+        writer.close()
+    assert np.load(tmp_path / "ok.npy").shape == (3, 4)  # the write before it is on disk
+    with BackgroundWriter(tmp_path) as writer, pytest.raises(ConfigError, match="outside"):
+        writer.submit("../x", np.zeros((3, 4), np.float32))
 
 
 def test_released_style_folder_with_fe_block(tmp_path, photos):

@@ -1026,11 +1026,11 @@ def write_photos(folder: Path, count: int, height: int, width: int) -> Path:
 def bare_forwards(net, images: list[torch.Tensor]) -> float:
     """Seconds for VAE encode + U-Net + VAE decode of each (1, 3, H, W) [-1, 1] tensor, nothing
     else (no decoding of files, no resizing, no outputs)."""
-    start = time.perf_counter()
+    start = time.process_time()
     with torch.inference_mode():
         for x in images:
             net.decode(net.denoise(net.encode(x)))
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def api_predict(net, folder: Path, out: Path) -> float:
@@ -1038,9 +1038,9 @@ def api_predict(net, folder: Path, out: Path) -> float:
     network at native size, npy + 16-bit PNG + colour PNG written per image."""
     from dm_lightning.inference.api import predict_images
 
-    start = time.perf_counter()
+    start = time.process_time()
     predict_images(net, folder, out, device="cpu", progress=False)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def lightning_predict(task, folder: Path, out: Path) -> float:
@@ -1052,7 +1052,7 @@ def lightning_predict(task, folder: Path, out: Path) -> float:
     from dm_lightning.data.datamodule import DepthDataModule
     from dm_lightning.training.callbacks import DepthPredictionWriter
 
-    start = time.perf_counter()
+    start = time.process_time()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -1063,7 +1063,7 @@ def lightning_predict(task, folder: Path, out: Path) -> float:
     )
     with contextlib.redirect_stdout(None):  # the writer's summary line
         trainer.predict(task, datamodule=DepthDataModule(predict=str(folder), num_workers=0))
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def _rss_mb(field: str = "VmRSS") -> float:
@@ -1074,14 +1074,14 @@ def _rss_mb(field: str = "VmRSS") -> float:
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    """The predict path against the bare network forwards on the same images (one torch
-    thread, interleaved repeats, best of each), then peak RSS of predict over growing folders."""
+    """The predict path against the bare network forwards on the same images (CPU time of the
+    process with one torch thread, so other jobs on a shared machine do not count; interleaved
+    repeats, best of each), then peak RSS of predict over growing folders."""
     import logging
     import tempfile
     import warnings
 
     from dm_lightning.data.predict import ImageFolder
-    from dm_lightning.inference.api import predict_images
     from dm_lightning.models.depthmaster import signed_rgb
     from dm_lightning.models.loading import load_depthmaster
     from dm_lightning.training.base import DepthMasterTask
@@ -1116,7 +1116,7 @@ def run_predict(args: argparse.Namespace) -> None:
             best[name] = min(best[name], fn())
     n = len(images)
     print(
-        f"| path ({args.model} model, {n} JPEGs {h}x{w}, 1 thread, "
+        f"| path ({args.model} model, {n} JPEGs {h}x{w}, CPU time, 1 thread, "
         f"heap {'pinned' if pinned else 'glibc default'}) | bare forwards (ms/image) "
         f"| predict path (ms/image) | overhead (ms/image) | predict / bare "
         f"| goal <= {GOAL_PREDICT_RATIO}x |"
@@ -1132,42 +1132,84 @@ def run_predict(args: argparse.Namespace) -> None:
         )
     del paths, task, images
 
-    # Streaming: the tiny model over folders of growing size; RSS must not follow the count.
-    tiny = load_depthmaster(tiny_model_folder(work)).eval()
+    # Streaming: the tiny model over folders of growing size, each in a fresh process whose
+    # heap returns freed buffers (so RSS follows live memory); RSS must not follow the count.
     counts = sorted(args.stream_counts)
     side = args.stream_size
     stream = write_photos(work / f"stream-{side}-{counts[-1]}", counts[-1], side, side)
-    files = sorted(stream.glob("*.jpg"))
+    tiny_model_folder(work)
     print()
     print(
-        f"| images in the folder (tiny model, {side}x{side} JPEGs) | RSS before (MB) "
-        "| peak RSS during predict (MB) | RSS after (MB) | peak above the smallest run (MB) "
-        "| seconds |"
+        f"| images in the folder (tiny model, {side}x{side} JPEGs, fresh process each) "
+        "| RSS before (MB) | peak RSS during predict (MB) | peak above the smallest folder (MB) "
+        "| holding the decoded images instead would add (MB) | seconds |"
     )
     print("|---|---|---|---|---|---|")
-    predict_images(tiny, files[0], work / "warm", progress=False)  # first-call allocations
     first_peak = None
     for count in counts:
-        subset = work / f"stream-glob-{count}"
+        subset = work / f"stream-{side}-first-{count}"
         subset.mkdir(exist_ok=True)
-        for file in files[:count]:  # links, not copies: the same pixels for every count
-            link = subset / file.name
-            if not link.exists():
-                link.symlink_to(file)
-        before = _rss_mb()
-        reset = reset_peak_rss()
-        start = time.perf_counter()
-        summary = predict_images(tiny, subset, work / f"stream-out-{count}", progress=False)
-        seconds = time.perf_counter() - start
-        if summary.written != count:
-            raise RuntimeError(f"wrote {summary.written} of {count} images")
-        peak = _rss_mb("VmHWM" if reset else "VmPeak")
-        first_peak = peak if first_peak is None else first_peak
+        for file in sorted(stream.glob("*.jpg"))[:count]:  # links: the same pixels every time
+            if not (subset / file.name).exists():
+                (subset / file.name).symlink_to(file)
+        m = stream_child(work, subset, work / f"stream-out-{count}")
+        if m["written"] != count:
+            raise RuntimeError(f"wrote {m['written']} of {count} images")
+        first_peak = m["peak_mb"] if first_peak is None else first_peak
         print(
-            f"| {count} | {before:.0f} | {peak:.0f} | {_rss_mb():.0f} | {peak - first_peak:+.0f} "
-            f"| {seconds:.1f} |",
+            f"| {count} | {m['before_mb']:.0f} | {m['peak_mb']:.0f} "
+            f"| {m['peak_mb'] - first_peak:+.0f} | {m['held_mb']:.0f} | {m['seconds']:.1f} |",
             flush=True,
         )
+
+
+def stream_child(work: Path, folder: Path, out: Path) -> dict:
+    """:func:`run_predict_stream_child` in a fresh interpreter: its JSON measurements."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "predict-stream-child"]
+    cmd += ["--work", str(work), "--folder", str(folder), "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_predict_stream_child(args: argparse.Namespace) -> None:
+    """Peak RSS of ``predict_images`` (tiny model) over one folder, above the RSS once the
+    model is loaded and one image predicted; then, for scale, what keeping every decoded
+    image of the folder in a list adds."""
+    from dm_lightning.data.predict import ImageFolder
+    from dm_lightning.inference.api import predict_images
+    from dm_lightning.models.loading import load_depthmaster
+
+    set_glibc_heap(64 * 1024)  # freed buffers go back to the OS: RSS follows live memory
+    torch.set_num_threads(1)
+    net = load_depthmaster(tiny_model_folder(Path(args.work))).eval()
+    first = sorted(Path(args.folder).glob("*.jpg"))[0]
+    predict_images(net, first, Path(args.out) / "warm-up", progress=False)
+    before = _rss_mb()
+    reset = reset_peak_rss()
+    start = time.perf_counter()
+    summary = predict_images(net, args.folder, args.out, progress=False)
+    seconds = time.perf_counter() - start
+    peak = _rss_mb("VmHWM" if reset else "VmPeak")
+    rss = _rss_mb()
+    held = [sample["rgb"] for sample in ImageFolder(args.folder)]
+    held_mb = _rss_mb() - rss
+    del held
+    print(
+        json.dumps(
+            {
+                "written": summary.written,
+                "before_mb": before,
+                "peak_mb": peak,
+                "held_mb": held_mb,
+                "seconds": seconds,
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1224,14 +1266,19 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--images", type=int, default=4, help="JPEGs of the overhead comparison")
     pr.add_argument("--height", type=int, default=256)
     pr.add_argument("--width", type=int, default=320)
-    pr.add_argument("--repeats", type=int, default=3)
+    pr.add_argument("--repeats", type=int, default=5)
     pr.add_argument(
         "--stream-counts", type=int, nargs="+", default=[200, 1000], help="folder sizes"
     )
-    pr.add_argument("--stream-size", type=int, default=32, help="side of the streamed JPEGs")
+    pr.add_argument("--stream-size", type=int, default=64, help="side of the streamed JPEGs")
+    prc = sub.add_parser("predict-stream-child", help="(internal) one folder of `predict`")
+    prc.add_argument("--work", required=True)
+    prc.add_argument("--folder", required=True)
+    prc.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     suites = {"data": run_data, "eval": run_eval, "step": run_step, "memory": run_memory}
-    suites.update({"memory-child": run_memory_child, "scale": run_scale, "predict": run_predict})
+    suites.update({"memory-child": run_memory_child, "scale": run_scale})
+    suites.update({"predict": run_predict, "predict-stream-child": run_predict_stream_child})
     suites[args.what](args)
 
 

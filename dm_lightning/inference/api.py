@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from dm_lightning.data.predict import ImageFolder, collate_predict
 from dm_lightning.errors import ConfigError
-from dm_lightning.inference.outputs import PredictionSummary, write_depth_outputs
+from dm_lightning.inference.outputs import BackgroundWriter, PredictionSummary
 from dm_lightning.models.depthmaster import METADATA_FILE, DepthMaster
 from dm_lightning.models.loading import (
     is_checkpoint_path,
@@ -128,7 +128,7 @@ def predict_images(
     )
     bar = tqdm(total=len(dataset), desc="Predicting", unit="img", disable=not progress)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), BackgroundWriter(output, near) as writer:
             for batch in loader:
                 for path, reason in batch["skipped_files"]:
                     log.warning("skipped unreadable image %s: %s", path, reason)
@@ -136,7 +136,7 @@ def predict_images(
                 if batch["rgb"] is not None:
                     depth = net.predict(batch["rgb"], processing_res).float().cpu()
                     for key, values in zip(batch["key"], depth):
-                        write_depth_outputs(output, key, values, near)
+                        writer.submit(key, values)
                         summary.written += 1
                 bar.update(len(batch["key"]) + len(batch["skipped_files"]))
     finally:

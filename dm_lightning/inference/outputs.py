@@ -16,6 +16,8 @@ For an input with key ``sub/img`` (its path relative to the input folder, suffix
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,9 +101,52 @@ def write_depth_outputs(
     paths["npy"].parent.mkdir(parents=True, exist_ok=True)
     np.save(paths["npy"], values)
     unit = stretch_to_unit(values)
-    Image.fromarray(np.round(unit * UINT16_MAX).astype(np.uint16)).save(paths["png16"])
+    # zlib level 1: 2x faster than PIL's default 6 and as small for 16-bit depth (about 2%)
+    png16 = Image.fromarray(np.round(unit * UINT16_MAX).astype(np.uint16))
+    png16.save(paths["png16"], compress_level=1)
     Image.fromarray(colorize_depth(unit if near_is_one else 1.0 - unit)).save(paths["color"])
     return paths
+
+
+class BackgroundWriter:
+    """:func:`write_depth_outputs` in one background thread, so PNG compression (hundreds of
+    ms per megapixel; zlib releases the GIL) overlaps the next forward pass instead of
+    following it. At most ``max_pending`` maps wait, so memory stays bounded. Keys are checked
+    when submitted; a write error is raised by a later :meth:`submit` or by :meth:`close`.
+
+    Use as a context manager, or call :meth:`close`, which waits for every file.
+    """
+
+    def __init__(self, folder: str | Path, near_is_one: bool = True, max_pending: int = 4) -> None:
+        self.folder = Path(folder)
+        self.near_is_one = near_is_one
+        self.max_pending = max_pending
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dm_lightning-writer")
+        self._pending: deque[Future] = deque()
+
+    def submit(self, key: str, depth: np.ndarray | Tensor) -> None:
+        """Queue the files of one (H, W) or (1, H, W) prediction in [0, 1] (a CPU tensor or
+        array, not modified afterwards by the caller)."""
+        output_paths(self.folder, key)  # a bad key fails here, in the caller's frame
+        while len(self._pending) >= self.max_pending:
+            self._pending.popleft().result()
+        self._pending.append(
+            self._pool.submit(write_depth_outputs, self.folder, key, depth, self.near_is_one)
+        )
+
+    def close(self) -> None:
+        """Wait for every queued write (raising the first error) and stop the thread."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass

@@ -255,6 +255,9 @@ class DepthPredictionWriter(BasePredictionWriter):
     the batch contract), are warned about once each and counted. At the end of ``predict``:
     ``wrote N depth maps to <folder>, skipped M unreadable files`` (summed over ranks).
     Colours put near in red whatever the task's target (a ``depth``-target model's 1 = far).
+    Files are written by a background thread
+    (:class:`~dm_lightning.inference.outputs.BackgroundWriter`), overlapping the next batch;
+    all are on disk when ``predict`` ends.
 
     Args:
         output_dir: folder for the files; default ``<run dir>/predictions``.
@@ -270,6 +273,7 @@ class DepthPredictionWriter(BasePredictionWriter):
         self.output_dir = output_dir
         self.written = 0
         self.skipped = 0
+        self._files: Any = None  # BackgroundWriter of the running predict
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -280,6 +284,7 @@ class DepthPredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.written = 0
         self.skipped = 0
+        self._close_files()
 
     def write_on_batch_end(
         self,
@@ -291,7 +296,7 @@ class DepthPredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        from dm_lightning.inference.outputs import write_depth_outputs
+        from dm_lightning.inference.outputs import BackgroundWriter
 
         skipped = batch.get("skipped_files") if isinstance(batch, dict) else None
         if skipped is None and isinstance(prediction, dict):
@@ -308,15 +313,27 @@ class DepthPredictionWriter(BasePredictionWriter):
                 f"predict_step returned {len(keys)} keys but {len(depth)} depth maps "
                 f"(keys {keys[:4]}); it must return the keys of the readable samples only"
             )
-        hparams = getattr(pl_module, "hparams", None) or {}
-        near_is_one = hparams.get("target") != "depth"
+        if self._files is None:
+            hparams = getattr(pl_module, "hparams", None) or {}
+            self._files = BackgroundWriter(self.folder, hparams.get("target") != "depth")
         for key, values in zip(keys, depth.detach().float().cpu()):
-            write_depth_outputs(self.folder, key, values, near_is_one)
+            self._files.submit(key, values)
             self.written += 1
+
+    def _close_files(self) -> None:
+        files, self._files = self._files, None
+        if files is not None:
+            files.close()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._close_files()
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from dm_lightning.inference.outputs import summary_line
 
+        self._close_files()  # every file on disk before the summary
         counts = torch.tensor([self.written, self.skipped], device=pl_module.device)
         if trainer.world_size > 1:
             counts = trainer.strategy.reduce(counts, reduce_op="sum")
