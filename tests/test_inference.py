@@ -164,6 +164,29 @@ def test_background_writer_raises_a_failed_write_and_checks_keys_at_once(tmp_pat
         writer.submit("../x", np.zeros((3, 4), np.float32))
 
 
+def test_colours_follow_the_target_recorded_with_the_model(tmp_path, photos):
+    """A depth-target model's 1 = far: near is still red, in the API and in the CLI writer
+    (whose task target is the default sqrt_disparity; the export's record wins)."""
+    import lightning as L
+
+    from dm_lightning.data.datamodule import DepthDataModule
+    from dm_lightning.training.base import DepthMasterTask
+    from dm_lightning.training.callbacks import DepthPredictionWriter
+
+    folder = make_tiny_depthmaster(0).save_pretrained(tmp_path / "m", {"target": "depth"})
+    image = photos / "02.jpg"
+    predict_images(folder, image, tmp_path / "api", RES, progress=False)
+    writer = DepthPredictionWriter(str(tmp_path / "cli"))
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer]
+    )
+    task = DepthMasterTask(str(folder), processing_res=RES)
+    trainer.predict(task, datamodule=DepthDataModule(predict=str(image), num_workers=0))
+    for out in ("api", "cli"):
+        npy, _, color = read_outputs(tmp_path / out / "02")
+        np.testing.assert_array_equal(color, colorize_depth(1.0 - stretch_to_unit(npy)))
+
+
 def test_released_style_folder_with_fe_block(tmp_path, photos):
     """The released DepthMaster layout: diffusers vae/ + unet/ whose weights carry fftblock.*,
     and no dm_lightning metadata."""

@@ -10,7 +10,6 @@ Writes the same files as ``dm-lightning predict --config configs/predict.yaml``
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,12 +19,13 @@ from torch.utils.data import DataLoader
 from dm_lightning.data.predict import ImageFolder, collate_predict
 from dm_lightning.errors import ConfigError
 from dm_lightning.inference.outputs import BackgroundWriter, PredictionSummary
-from dm_lightning.models.depthmaster import METADATA_FILE, DepthMaster
+from dm_lightning.models.depthmaster import DepthMaster
 from dm_lightning.models.loading import (
     is_checkpoint_path,
     load_depthmaster,
     network_from_checkpoint,
     read_checkpoint,
+    recorded_target,
     resolve_model_path,
 )
 
@@ -47,8 +47,7 @@ def load_for_inference(model: str | Path) -> tuple[DepthMaster, bool]:
         del checkpoint  # the weights now live in net; do not hold a second copy
     else:
         folder = resolve_model_path(model)
-        meta = folder / METADATA_FILE
-        target = json.loads(meta.read_text()).get("target") if meta.is_file() else None
+        target = recorded_target(folder)
         net = load_depthmaster(folder)
     return net.eval(), target != "depth"
 

@@ -9,7 +9,9 @@ missing part a :class:`~dm_lightning.errors.MissingPathError`.
 
 from __future__ import annotations
 
+import json
 import logging
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -396,3 +398,24 @@ def _ema_average(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
         if str(key).startswith("EMAWeights") and isinstance(value, dict):
             return dict(zip(value.get("names", []), value.get("average", [])))
     return {}
+
+
+def recorded_target(path: str | Path) -> str | None:
+    """The training target recorded with a model (``sqrt_disparity``, ``disparity``,
+    ``depth``): an export's ``dm_lightning.json`` ``target``, a checkpoint's ``target``
+    hyper-parameter. None when nothing is recorded or readable (the released model, SD-2
+    weights, a hub id, a missing path). A checkpoint is memory-mapped, not read whole."""
+    if not str(path):
+        return None
+    try:
+        if is_checkpoint_path(path):
+            checkpoint = torch.load(
+                Path(path).expanduser(), map_location="cpu", weights_only=True, mmap=True
+            )
+            target = (checkpoint.get("hyper_parameters") or {}).get("target")
+        else:
+            meta = Path(path).expanduser() / METADATA_FILE
+            target = json.loads(meta.read_text()).get("target") if meta.is_file() else None
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError):
+        return None  # the loaders themselves name what is wrong with the file
+    return str(target) if target else None

@@ -254,7 +254,9 @@ class DepthPredictionWriter(BasePredictionWriter):
     unreadable inputs, listed by the batch's ``skipped_files`` (see :class:`ImageFolder` for
     the batch contract), are warned about once each and counted. At the end of ``predict``:
     ``wrote N depth maps to <folder>, skipped M unreadable files`` (summed over ranks).
-    Colours put near in red whatever the task's target (a ``depth``-target model's 1 = far).
+    Colours put near in red whatever the model's training target (a ``depth``-target model's
+    1 = far): the target recorded with the model (export metadata, checkpoint), else the
+    task's ``target``.
     Files are written by a background thread
     (:class:`~dm_lightning.inference.outputs.BackgroundWriter`), overlapping the next batch;
     all are on disk when ``predict`` ends.
@@ -297,6 +299,7 @@ class DepthPredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         from dm_lightning.inference.outputs import BackgroundWriter
+        from dm_lightning.models.loading import recorded_target
 
         skipped = batch.get("skipped_files") if isinstance(batch, dict) else None
         if skipped is None and isinstance(prediction, dict):
@@ -314,8 +317,10 @@ class DepthPredictionWriter(BasePredictionWriter):
                 f"(keys {keys[:4]}); it must return the keys of the readable samples only"
             )
         if self._files is None:
+            # The target the model was trained on, as recorded with it, else the task's.
             hparams = getattr(pl_module, "hparams", None) or {}
-            self._files = BackgroundWriter(self.folder, hparams.get("target") != "depth")
+            target = recorded_target(hparams.get("model_path") or "") or hparams.get("target")
+            self._files = BackgroundWriter(self.folder, target != "depth")
         for key, values in zip(keys, depth.detach().float().cpu()):
             self._files.submit(key, values)
             self.written += 1
