@@ -63,7 +63,7 @@ def test_eval_stream_length_is_each_ranks_batch_count(uneven_shards, batch_size)
     dataset = loader.dataset
     assert dataset.sizes == [3, 3, 3, 1]  # read from index.json
     dataset.batch_size = batch_size
-    for world in (1, 2, 3):
+    for world in (1, 2, 3, 5):
         for workers in (1, 2):
             keys = []
             for rank in range(world):
@@ -83,6 +83,14 @@ def test_eval_stream_length_is_each_ranks_batch_count(uneven_shards, batch_size)
     assert len(dataset) == 3
     dataset.rank_world = (1, 2)
     assert len(dataset) == 2
+    # 5 ranks, 4 shards: rank 4 has none and yields one empty batch, so that it runs the
+    # evaluation loop (and its synchronised epoch end) with the others; not for predict.
+    dataset.rank_world = (4, 5)
+    assert len(dataset) == 1
+    (empty,) = _batches_of_reader(dataset, 4, 5, 0, 1)
+    assert empty["key"] == [] and empty["rgb"].shape[0] == 0
+    dataset.idle_batch = False
+    assert len(dataset) == 0 and _batches_of_reader(dataset, 4, 5, 0, 1) == []
 
 
 def test_eval_loader_length_with_worker_processes(uneven_shards):
@@ -189,6 +197,8 @@ def test_test_prints_one_results_table(tiny_model, data_config, tmp_path):
     _absent(output)
     # Each split is one test shard of 8 samples, read in batches of 4: 2 batches.
     assert re.search(r"Testing .* 2/2 ", output), output
+    assert output.count("| dataset ") == 1  # one table; the report's is in its results.md
+    assert f"evaluation report (per-image CSVs, results.md) in {report}" in output
     table = output[output.index("test results:") :].splitlines()[1:5]
     assert table[0] == "| dataset           | images | AbsRel x100 | δ1 x100 |"
     for line, split in zip(table[2:], ["synthetic_indoor", "synthetic_outdoor"]):

@@ -383,7 +383,9 @@ class DepthDataModule(L.LightningDataModule):
         # whole optimizer steps, so that an epoch ends on one
         return math.ceil(batches / self.accumulation) * self.accumulation
 
-    def _eval_loader(self, stage: str, name: str, entry: str | BenchmarkSpec) -> DataLoader:
+    def _eval_loader(
+        self, stage: str, name: str, entry: str | BenchmarkSpec, idle_batch: bool = True
+    ) -> DataLoader:
         if isinstance(entry, BenchmarkSpec):
             return self._benchmark_loader(stage, name, entry)
         key = f"data.{stage}[{name}]"
@@ -397,6 +399,7 @@ class DepthDataModule(L.LightningDataModule):
             collate,
             key,
             sizes=None if None in sizes else sizes,
+            idle_batch=idle_batch,
         )
         return StreamLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
 
@@ -448,7 +451,11 @@ class DepthDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
         if self.predict_path is None:
-            return self.test_dataloader()
+            # A rank without a shard predicts nothing (no empty batch: no collective to join).
+            return [
+                self._eval_loader("test", n, e, idle_batch=False)
+                for n, e in self.test_splits.items()
+            ]
         # Images differ in size: one per batch. Unreadable ones come as ``skipped_files``
         # (batch contract: ImageFolder).
         return DataLoader(

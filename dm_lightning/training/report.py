@@ -113,7 +113,7 @@ class EvaluationReport(L.Callback):
     - ``results.md``: AbsRel and delta1 (x100) of this model per split, next to the published
       DepthMaster, Marigold and Lotus numbers (docs/method.md §6) for benchmarks that have them.
 
-    The table is also printed. Splits are matched to paper columns by their ``kind`` in a
+    The folder is printed. Splits are matched to paper columns by their ``kind`` in a
     :class:`~dm_lightning.data.datamodule.BenchmarkDataModule`, else by their name.
 
     Args:
@@ -159,4 +159,5 @@ class EvaluationReport(L.Callback):
         (out / "results.md").write_text(
             f"# Zero-shot evaluation\n\nModel: `{model}`. Columns: benchmark (images).\n\n{table}"
         )
-        print(f"[dm_lightning] evaluation report in {out}\n{table}")
+        # The terminal's table (datasets as rows) is the CLI's, printed after the test.
+        print(f"[dm_lightning] evaluation report (per-image CSVs, results.md) in {out}")

@@ -94,12 +94,13 @@ class Stage1(DepthMasterTask):
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         super().validation_step(batch, batch_idx, dataloader_idx)
-        if self.tap is not None:
-            self.tap.pop()  # the eval forward also fed the tap; drop it
+        # The eval forward also fed the tap; drop it (an empty batch ran no forward).
+        if self.tap is not None and len(batch["key"]):
+            self.tap.pop()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         super().test_step(batch, batch_idx, dataloader_idx)
-        if self.tap is not None:
+        if self.tap is not None and len(batch["key"]):
             self.tap.pop()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:

@@ -16,9 +16,12 @@ class ShardSamples(RankAware):
     """Every sample of a shard list exactly once across ranks x workers, batched.
 
     Shards are dealt round-robin to (rank, worker) readers; a reader with no shard yields
-    nothing. Order within a reader is the shard order. Skips met after a reader's last batch
-    are carried by that batch (one full batch is held back); a reader that skipped samples but
-    has no batch to carry the count yields ``collate([])``, an empty batch with ``skipped``.
+    nothing, except (with ``idle_batch``) the first worker of a rank with no shard at all,
+    which yields one empty batch: every rank then runs the evaluation loop (Lightning skips a
+    loop of length 0), whose epoch end synchronises the metrics over ranks. Order within a
+    reader is the shard order. Skips met after a reader's last batch are carried by that batch
+    (one full batch is held back); a reader that skipped samples but has no batch to carry the
+    count yields ``collate([])``, an empty batch with ``skipped``.
 
     Length: with ``sizes`` known, ``len()`` is the number of batches this rank yields over
     its ``loader_workers`` readers (``rank_world`` and ``loader_workers`` are set by
@@ -37,6 +40,8 @@ class ShardSamples(RankAware):
         name: the split in messages (e.g. "data.val[nyu]").
         sizes: samples per shard, in ``urls`` order (from the shards' ``index.json``), or
             None if unknown.
+        idle_batch: a rank without shards yields one empty batch (validation and test, whose
+            epoch end is a collective); False for predict, which has none.
 
     Raises:
         ConfigError: ``batch_size`` < 1.
@@ -51,12 +56,14 @@ class ShardSamples(RankAware):
         collate: Callable[[list[dict]], dict],
         name: str = "eval split",
         sizes: list[int] | None = None,
+        idle_batch: bool = True,
     ) -> None:
         check_batch_size(batch_size, f"{name}: eval batch size")
         if sizes is not None and len(sizes) != len(urls):
             raise ValueError(f"{name}: {len(sizes)} shard sizes for {len(urls)} shards")
         self.sizes = None if sizes is None else [int(n) for n in sizes]
         self.urls = list(urls)
+        self.idle_batch = idle_batch
         self.batch_size = batch_size
         self.to_tensors = to_tensors
         self.collate = collate
@@ -71,9 +78,16 @@ class ShardSamples(RankAware):
         if self.sizes is None:
             raise TypeError(f"{self.name}: the shards' sample counts are unknown (no index.json)")
         mine = self._mine(rank, world, worker, workers)
+        if not mine:
+            return int(self._idle_rank(rank, workers) and worker == 0)
         samples = sum(self.sizes[i] for i in mine)
         # A reader whose shards hold no sample reports them in one empty batch.
-        return math.ceil(samples / self.batch_size) if samples else int(len(mine) > 0)
+        return math.ceil(samples / self.batch_size) if samples else 1
+
+    def _idle_rank(self, rank: int, workers: int) -> bool:
+        """Rank ``rank`` has no shard (fewer shards than ranks x workers) and reports it with
+        one empty batch."""
+        return self.idle_batch and rank * workers >= len(self.urls)
 
     def __len__(self) -> int:
         rank, world = self.rank_world
@@ -115,7 +129,8 @@ class ShardSamples(RankAware):
             if last:
                 emitted = True
                 yield self._emit(last, counter)
-        if not emitted and counter.pending:
+        idle = not mine and worker == 0 and self._idle_rank(rank, workers)
+        if not emitted and (counter.pending or idle):
             yield self._emit([], counter)
 
     def _emit(self, batch: list[dict[str, Any]], counter: SkipCounter) -> dict[str, Any]:
