@@ -150,11 +150,16 @@ def test_help_names_the_model_arguments(capsys):
     printed = " ".join(capsys.readouterr().out.split())
     assert "dm-lightning fit --model.help Stage1" in printed
     assert "known subclasses: dm_lightning.DepthMasterTask, dm_lightning.Stage1" in printed
-    with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--model.help", "Stage1"])
-    assert exit_.value.code == 0
-    printed = capsys.readouterr().out
-    assert "--model.fa_location FA_LOCATION" in printed and "--model.lr LR" in printed
+    for args, expected in [
+        (["--model.help", "Stage1"], ["--model.fa_location FA_LOCATION", "--model.lr LR"]),
+        (["--model.help", "Stage2"], ["--model.fourier {true,false}", "--model.lr LR"]),
+        (["--data.help", "DepthDataModule"], ["--data.eval_batch_size EVAL_BATCH_SIZE"]),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", *args])
+        assert exit_.value.code == 0
+        printed = capsys.readouterr().out
+        assert all(text in printed for text in expected), (args, printed[-2000:])
 
 
 def test_stray_eval_modules_are_named(tiny_model):

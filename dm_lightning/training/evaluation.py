@@ -5,6 +5,8 @@
 skipped (both synchronised over ranks with ``dist_reduce_fx="sum"``), and for test splits the
 per-image metric rows, gathered over ranks at the end of the epoch. The LightningModule runs
 the network and hands the book its predictions; the book scores, logs and reports.
+:func:`results_table` formats the logged values for the terminal (``dm-lightning test`` and
+``validate`` print it).
 """
 
 from __future__ import annotations
