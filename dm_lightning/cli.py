@@ -19,7 +19,7 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -166,6 +166,17 @@ class DepthMasterCLI(LightningCLI):
             print(f"\n{'test' if stage == 'test' else 'validation'} results:\n{table}")
 
 
+class RunConfigSaver(SaveConfigCallback):
+    """Lightning's config saver, writing ``config.yaml`` into the run folder only when there is
+    one (a logger): a run without a logger, such as ``predict`` with configs/predict.yaml,
+    would otherwise leave a ``config.yaml`` in the working directory."""
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if trainer.logger is None:
+            return
+        super().setup(trainer, pl_module, stage)
+
+
 STREAMING_CHECKPOINT_IO = "dm_lightning.training.checkpoint_io.StreamingCheckpointIO"
 
 
@@ -179,8 +190,13 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
+        save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={name: {"epilog": HELP_EPILOG} for name in LightningCLI.subcommands()},
+        parser_kwargs={
+            # One name in usage and error hints, also under `python -m dm_lightning`.
+            "prog": "dm-lightning",
+            **{name: {"epilog": HELP_EPILOG} for name in LightningCLI.subcommands()},
+        },
         # Checkpoints stream to disk (Lightning's default buffers a whole file in RAM).
         trainer_defaults={"plugins": [{"class_path": STREAMING_CHECKPOINT_IO}]},
         args=args,

@@ -251,6 +251,7 @@ def test_installed_script_predicts_from_a_checkpoint(stage2_checkpoint, photos, 
         assert npy.shape == png.shape == color.shape[:2] == (height, width)
         assert (png.min(), png.max()) == (0, 65535)
     assert not list(tmp_path.glob("lightning_logs"))  # logger: false
+    assert not (tmp_path / "config.yaml").exists()  # no run folder, so no saved config
     missing = command[:6] + ["--data.init_args.predict", str(tmp_path / "no-such-folder")]
     result = subprocess.run(missing, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 2
@@ -276,6 +277,7 @@ depth = model.predict(rgb, processing_res=768)[0, 0]  # (H, W) float in [0, 1], 
 
 
 def test_readme_python_snippet_runs(tiny_model):
+    assert README_SNIPPET.strip() in (REPO / "README.md").read_text(), "README's snippet changed"
     code = README_SNIPPET.replace("path/to/model", str(tiny_model))
     code = code.replace("photo.jpg", str(WILD / "02.jpg")).replace("768", str(RES))
     scope: dict = {}

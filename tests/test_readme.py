@@ -6,6 +6,7 @@ uses only options the tool declares. What the commands do is tested where they a
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import subprocess
@@ -64,13 +65,18 @@ def test_readme_cli_command_parses(args, monkeypatch, capsys):
     assert capsys.readouterr().out.strip()
 
 
+@functools.cache
+def tool_help(tool: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, tool, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+
+
 @pytest.mark.parametrize("words", TOOL_COMMANDS, ids=lambda w: " ".join(w)[:80])
 def test_readme_tool_command_uses_declared_options(words):
     tool, *args = words
     assert (REPO / tool).is_file(), f"README runs {tool}, which does not exist"
-    result = subprocess.run(
-        [sys.executable, tool, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
-    )
+    result = tool_help(tool)
     assert result.returncode == 0, result.stderr
     for option in (a.split("=", 1)[0] for a in args if a.startswith("--")):
         assert re.search(rf"(^|[\s,\[]){re.escape(option)}\b", result.stdout), (

@@ -298,7 +298,7 @@ class DepthMasterTask(L.LightningModule):
         # Every rank saw the same all-reduced gradients, so all stop here together and the
         # (collective) checkpoint save is safe. The weights are those of the last good step.
         path = resumable_checkpoint_path(self.trainer)
-        self.trainer.save_checkpoint(path)
+        self.trainer.save_checkpoint(path, weights_only=False)  # full state, to resume
         terms = ", ".join(f"{k}={float(v):.6g}" for k, v in self._loss_parts.items())
         raise TrainingStopped(
             f"{self.nonfinite_consecutive} consecutive optimizer steps with a non-finite loss "

@@ -232,7 +232,7 @@ class ResumableCheckpoint(L.Callback):
         collective: every rank holds the same weights and optimizer state under DDP, and a
         barrier would hang if a rank had stopped otherwise (a crash elsewhere)."""
         if trainer.world_size == 1:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
         elif trainer.is_global_zero:
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
