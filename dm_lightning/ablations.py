@@ -20,8 +20,9 @@ tested on the data config's test splits, and the sweep writes, in ``<run>/``:
 
 Rows run one after another; re-running the same command skips finished rows and resumes an
 interrupted one. ``--print-commands`` prints one ``tools/train_depthmaster.py`` command per row
-instead (for a cluster); running the sweep afterwards, with the same options, only collects
-the results of the finished rows into the table and the chart.
+instead (for a cluster); once those jobs have run, the same options plus ``--collect`` write the
+table and the chart from the rows' results without training anything (a row not finished yet
+is shown as missing; a plain re-run would train it here).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from dm_lightning.pipeline import (
     Stage,
     add_recipe_arguments,
     pipeline_command,
+    read_results,
     recipe_from_args,
     run_pipeline,
 )
@@ -190,7 +192,8 @@ def row_label(row: Row) -> str:
 
 def run_rows(rows: Sequence[Row]) -> dict[str, dict[str, float] | None]:
     """Run the rows one after another; returns row name -> test metrics of its final model,
-    None for a row that failed (the sweep goes on with the next)."""
+    None for a row that failed (the sweep goes on with the next). A row stopped by a signal
+    (exit status > 128) or Ctrl-C stops the sweep: re-running it resumes there."""
     results: dict[str, dict[str, float] | None] = {}
     for index, row in enumerate(rows, 1):
         where = f"with {row.overlay} in {', '.join(row.stages)}" if row.overlay else "no overlay"
@@ -198,10 +201,24 @@ def run_rows(rows: Sequence[Row]) -> dict[str, dict[str, float] | None]:
         try:
             metrics = run_pipeline(row.pipeline, title=f"Ablation {row.name}")
         except PipelineError as err:
+            if err.status > 128:  # stopped by a signal (pre-emption): stop the sweep too
+                raise
             log(f"row {row.name} failed: {err}; the sweep goes on")
             results[row.name] = None
             continue
         results[row.name] = metrics[row.pipeline.tested[-1]]
+    return results
+
+
+def collect_rows(rows: Sequence[Row]) -> dict[str, dict[str, float] | None]:
+    """What :func:`run_rows` returns, read from the rows' ``results.json`` without running
+    anything: the test metrics of each row's final model, None where it has none yet."""
+    results: dict[str, dict[str, float] | None] = {}
+    for row in rows:
+        entry = read_results(Path(row.pipeline.run)).get(row.pipeline.tested[-1])
+        results[row.name] = entry["metrics"] if entry else None
+        if entry is None:
+            log(f"row {row.name}: no results yet in {row.pipeline.run}")
     return results
 
 
@@ -297,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print one tools/train_depthmaster.py command per row instead of running them",
     )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="write the table and chart from the rows' results (after running the printed "
+        "commands elsewhere) without training anything",
+    )
     args, rest = parser.parse_known_args(argv)
     try:
         if not (args.stage1 or args.stage2):
@@ -312,10 +335,27 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             print(shlex.join(pipeline_command(row.pipeline)))
         return 0
-    results = run_rows(rows)
+    try:
+        results = collect_rows(rows) if args.collect else run_rows(rows)
+    except KeyboardInterrupt:
+        print(
+            "run_ablations.py: interrupted; run the same command again to resume", file=sys.stderr
+        )
+        return 130
+    except PipelineError as err:  # a row stopped by a signal: the sweep stops with it
+        print(
+            f"run_ablations.py: error: {err}; run the same command again to resume", file=sys.stderr
+        )
+        return err.status
     table = write_report(Path(args.run), rows, results)
     log(f"table {Path(args.run) / TABLE}, chart {Path(args.run) / CHART}\n\n{table}\n")
     failed = [name for name, metrics in results.items() if metrics is None]
+    if failed and args.collect:
+        print(
+            f"run_ablations.py: error: rows without results yet: {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        return 1
     if failed:
         print(
             f"run_ablations.py: error: rows failed: {', '.join(failed)} (see their messages "

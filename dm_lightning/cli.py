@@ -132,6 +132,10 @@ class DepthMasterCLI(LightningCLI):
             # Lightning's table truncates our metric names and repeats every value under
             # every dataloader's column; after_test / after_validate print ours instead.
             parser.set_defaults(verbose=False)
+        if subcommand == "predict":
+            # The writer callback saves each map; Lightning would also keep every one in RAM
+            # to return them (its default on one device), growing with the folder.
+            parser.set_defaults(return_predictions=False)
         return parser
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

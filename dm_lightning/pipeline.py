@@ -230,25 +230,37 @@ def run_in_process(args: list[str]) -> int:
 
 
 def run_child(args: list[str]) -> int:
+    """Run ``python -m dm_lightning ARGS`` and return its exit status, 128 + N when signal N
+    killed it (as a shell reports it). SIGTERM / SIGUSR1 are forwarded to the child, which
+    saves and exits 143; after a Ctrl-C (which reaches the child too) KeyboardInterrupt is
+    raised here once the child has ended, so that a sweep stops instead of going on."""
     sys.stdout.flush()
     child = subprocess.Popen([sys.executable, "-m", "dm_lightning", *args])
+    interrupted = False
 
     def forward(signum: int, frame: object) -> None:
         child.send_signal(signum)
+
+    def note_interrupt(signum: int, frame: object) -> None:
+        # Ctrl-C signals the whole foreground group, the child included: only wait for it.
+        nonlocal interrupted
+        interrupted = True
 
     handled = [
         signal.SIGTERM,
         signal.SIGINT,
         *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []),
     ]
-    # Ctrl-C signals the whole foreground group, the child included: this process only waits.
-    actions = {s: signal.SIG_IGN if s == signal.SIGINT else forward for s in handled}
+    actions = {s: note_interrupt if s == signal.SIGINT else forward for s in handled}
     previous = {s: signal.signal(s, action) for s, action in actions.items()}
     try:
-        return child.wait()
+        status = child.wait()
     finally:
         for s, action in previous.items():
             signal.signal(s, action)
+    if interrupted:
+        raise KeyboardInterrupt
+    return 128 - status if status < 0 else status
 
 
 def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
@@ -525,12 +537,21 @@ def main(argv: list[str] | None = None) -> int:
     except DMLightningError as err:
         print(f"train_depthmaster.py: error: {err}", file=sys.stderr)
         return err.exit_code
-    except PipelineError as err:
-        advice = (
-            "it saved a resumable checkpoint: run the same command again to resume it"
-            if err.status > 128  # killed by a signal (143 = SIGTERM), see dm_lightning.cli
-            else "fix it and run the same command again"
+    except KeyboardInterrupt:
+        print(
+            "train_depthmaster.py: interrupted; run the same command again to resume "
+            "(from the last periodic last.ckpt)",
+            file=sys.stderr,
         )
+        return 130
+    except PipelineError as err:
+        if err.status == 128 + signal.SIGTERM:  # SIGTERM / SIGUSR1: see dm_lightning.cli
+            advice = "it saved a resumable checkpoint: run the same command again to resume it"
+        elif err.status > 128:  # killed (SIGKILL, out of memory): nothing saved then
+            advice = "it was killed by a signal: run the same command again to resume it from "
+            advice += "its last periodic last.ckpt"
+        else:
+            advice = "fix it and run the same command again"
         print(
             f"train_depthmaster.py: error: {err}; {advice} (finished stages are skipped, an "
             "interrupted one resumes).",

@@ -207,3 +207,49 @@ def test_readme_sweep_of_the_paper_recipe_prints_its_five_rows(capsys, monkeypat
         ),
     }
     assert all(cmd[:2] == ["python", "tools/train_depthmaster.py"] for cmd in printed)
+
+
+def test_a_row_stopped_by_a_signal_stops_the_sweep(monkeypatch):
+    """A pre-empted row (exit 143) must not be followed by the next row, which the scheduler
+    would kill half-way; an ordinary failure is marked and the sweep goes on."""
+    from dm_lightning import ablations
+    from dm_lightning.pipeline import Pipeline, PipelineError
+
+    calls = []
+
+    def fake_pipeline(pipeline, title):
+        calls.append(title)
+        raise PipelineError("stage1 (fit) failed", {"Ablation a": 1, "Ablation b": 143}[title])
+
+    monkeypatch.setattr(ablations, "run_pipeline", fake_pipeline)
+    rows = [
+        ablations.Row(
+            n, None, (), Pipeline((Stage("stage1", ("s1.yaml",)),), "data.yaml", f"runs/{n}")
+        )
+        for n in ("a", "b", "c")
+    ]
+    with pytest.raises(PipelineError) as stopped:
+        ablations.run_rows(rows)
+    assert stopped.value.status == 143
+    assert calls == ["Ablation a", "Ablation b"]  # row c never started
+
+
+def test_collect_writes_the_table_from_finished_rows_without_training(
+    sweep, tmp_path, data_config, tiny_model, capsys
+):
+    """After the printed commands ran elsewhere: --collect reads the rows' results only."""
+    table = (sweep / "ablations.md").read_text()
+    capsys.readouterr()
+    assert main(command(sweep, data_config, tiny_model, "--collect")) == 0
+    out = capsys.readouterr().out
+    assert "dm-lightning fit" not in out and "dm-lightning test" not in out
+    assert (sweep / "ablations.md").read_text() == table
+    # rows whose jobs have not finished: missing in the table, nothing trained here
+    empty = tmp_path / "pending"
+    assert main(command(empty, data_config, tiny_model, "--collect")) == 1
+    captured = capsys.readouterr()
+    assert "rows without results yet: baseline, stage2_no_gradient_loss" in captured.err
+    assert "dm-lightning fit" not in captured.out
+    assert not (empty / "baseline").exists()
+    # no row has results, so no split is known: the rows are listed without columns
+    assert "| model |\n|---|\n| baseline |\n" in (empty / "ablations.md").read_text()

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import cli_args
 from PIL import Image
 
 from dm_lightning import load_depthmaster, predict_images
-from dm_lightning.cli import run_cli
+from dm_lightning.cli import main, run_cli
 from dm_lightning.data.predict import ImageFolder
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.inference.outputs import BackgroundWriter, stretch_to_unit
@@ -285,3 +286,12 @@ def test_readme_python_snippet_runs(tiny_model):
     depth = scope["depth"]
     assert depth.shape == (640, 428) and depth.dtype == torch.float32
     assert 0.0 <= float(depth.min()) < float(depth.max()) <= 1.0
+
+
+def test_cli_predict_does_not_keep_the_maps_in_memory(capsys):
+    """The writer saves every map; Lightning's default (return_predictions on one device)
+    would also keep them all, so memory would grow with the folder."""
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", str(REPO / "configs" / "predict.yaml"), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["return_predictions"] is False

@@ -236,3 +236,19 @@ def test_tool_help_exits_zero():
     for option in ("--stage1 CONFIG", "--stage2 CONFIG", "--data CONFIG", "--run RUN"):
         assert option in shown.stdout
     assert "--stage1.KEY VALUE" in shown.stdout
+
+
+def test_child_killed_by_a_signal_reports_128_plus_the_signal(monkeypatch):
+    """Popen reports a child killed by SIGKILL (out of memory) as -9; the pipeline reports it
+    as a shell does, 137, so it reads as "killed by a signal", not as an ordinary failure."""
+    from dm_lightning import pipeline
+
+    class Killed:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def wait(self) -> int:
+            return -9
+
+    monkeypatch.setattr(pipeline.subprocess, "Popen", Killed)
+    assert pipeline.run_child(["fit"]) == 137

@@ -215,3 +215,21 @@ def test_predict_then_metric_depth_then_point_cloud(tiny_model, tmp_path):
     np.testing.assert_allclose(result.depth, depth, rtol=1e-4)
     points, colors = point_cloud(result.depth, load_rgb(PHOTO), Intrinsics.from_fov(1024, 811))
     assert len(points) == 811 * 1024 and colors.dtype == np.uint8
+
+
+def test_colours_come_from_the_photo_as_predict_reads_it(tmp_path):
+    """A phone photo stored landscape with "rotate 90" in EXIF: predict's depth map is
+    portrait, so the colours must be read portrait too, pixel for pixel."""
+    from PIL import Image
+
+    stored = np.asarray(Image.open(PHOTO).convert("RGB").resize((48, 30)))  # 30 x 48
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rotated = tmp_path / "phone.png"  # PNG: lossless, so pixels compare exactly
+    Image.fromarray(stored).save(rotated, exif=exif)
+    rgb = load_rgb(rotated)
+    assert rgb.shape == (48, 30, 3)
+    assert np.array_equal(rgb, np.rot90(stored, k=-1))  # clockwise
+    depth = np.ones((48, 30), dtype=np.float32)
+    _, colors = point_cloud(depth, rgb, Intrinsics.from_fov(30, 48))
+    assert np.array_equal(colors, rgb.reshape(-1, 3))

@@ -103,6 +103,12 @@ def test_eval_loader_length_with_worker_processes(uneven_shards):
     assert len(loader) == 3
     batches = list(loader)
     assert len(batches) == 3 and sum(len(b["key"]) for b in batches) == 10
+    # predict over the test splits has no length: on more ranks than shards a length of 0
+    # would make Lightning refuse the loader (or skip the loop and hang the writer's reduce)
+    (predict,) = dm.predict_dataloader()
+    with pytest.raises(TypeError, match="no index.json"):
+        len(predict)
+    assert sum(len(b["key"]) for b in predict) == 10
 
 
 def test_stale_index_stops_instead_of_dropping_batches(uneven_shards):

@@ -1062,7 +1062,11 @@ def lightning_predict(task, folder: Path, out: Path) -> float:
         callbacks=[DepthPredictionWriter(str(out))],
     )
     with contextlib.redirect_stdout(None):  # the writer's summary line
-        trainer.predict(task, datamodule=DepthDataModule(predict=str(folder), num_workers=0))
+        trainer.predict(
+            task,
+            datamodule=DepthDataModule(predict=str(folder), num_workers=0),
+            return_predictions=False,  # as dm-lightning predict: the writer keeps the maps
+        )
     return time.process_time() - start
 
 

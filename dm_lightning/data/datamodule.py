@@ -52,7 +52,12 @@ from dm_lightning.data.global_batch import rank_batches_per_epoch, split_global_
 from dm_lightning.data.packing import pack_training_batch
 from dm_lightning.data.predict import IMAGE_SUFFIXES, ImageFolder, collate_predict  # noqa: F401
 from dm_lightning.data.schema import depth_range, valid_mask
-from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count, is_shard_url
+from dm_lightning.data.shards import (
+    expand_shard_patterns,
+    indexed_sample_count,
+    indexed_shard_sizes,
+    is_shard_url,
+)
 from dm_lightning.data.streams import (
     DEFAULT_MAX_BAD_FRACTION,
     MixedSourceBatches,
@@ -390,15 +395,17 @@ class DepthDataModule(L.LightningDataModule):
             return self._benchmark_loader(stage, name, entry)
         key = f"data.{stage}[{name}]"
         urls = expand_shard_patterns(entry, key)
-        # Per-shard counts from index.json give the loader its length (progress totals).
-        sizes = [indexed_sample_count([url]) for url in urls]
+        # Per-shard counts from index.json give the loader its length (progress totals). Not
+        # for predict: a rank without a shard would have length 0, which Lightning refuses
+        # on several devices (and skipping the loop there would hang the writer's reduce).
+        sizes = indexed_shard_sizes(urls) if idle_batch else None
         dataset = ShardSamples(
             urls,
             self.eval_batch_size,
             sample_to_tensors,
             collate,
             key,
-            sizes=None if None in sizes else sizes,
+            sizes=sizes,
             idle_batch=idle_batch,
         )
         return StreamLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))

@@ -7,12 +7,11 @@ import glob
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from dm_lightning.data.packing import same_size
+from dm_lightning.data.photos import read_photo
 from dm_lightning.errors import ConfigError, MissingPathError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
@@ -88,10 +87,7 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, key = self.files[index], self.keys[index]
         try:
-            with Image.open(path) as image:
-                # Phones store portrait photos landscape plus an EXIF rotation: apply it, so
-                # the depth map has the size and orientation a viewer shows.
-                rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            rgb = read_photo(path)  # EXIF orientation applied: the size a viewer shows
         except Exception as err:  # any decoder failure: PIL raises OSError, SyntaxError, ...
             reason = f"{type(err).__name__}: {err}"
             return {"rgb": None, "key": key, "path": str(path), "error": reason}

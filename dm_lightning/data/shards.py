@@ -409,7 +409,14 @@ def indexed_sample_count(urls: Sequence[str]) -> int | None:
     """Samples in ``urls`` according to the ``index.json`` written with them (looked up in
     each shard's folder and its parent), or None if any shard is not in an index or is a
     URL (:func:`is_shard_url`: nothing local to look in)."""
-    total = 0
+    sizes = indexed_shard_sizes(urls)
+    return None if sizes is None else sum(sizes)
+
+
+def indexed_shard_sizes(urls: Sequence[str]) -> list[int] | None:
+    """Per-shard sample counts of ``urls`` (same order) from their ``index.json`` files, each
+    index read once; None as in :func:`indexed_sample_count`."""
+    sizes = []
     indexes: dict[str, dict[str, int]] = {}
     for url in urls:
         if is_shard_url(url):
@@ -424,8 +431,8 @@ def indexed_sample_count(urls: Sequence[str]) -> int | None:
                 break
         if count is None:
             return None
-        total += count
-    return total
+        sizes.append(count)
+    return sizes
 
 
 def _shard_sizes(index_path: str) -> dict[str, int]:

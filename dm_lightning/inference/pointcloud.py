@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from dm_lightning.data.photos import read_photo
 from dm_lightning.errors import MissingPathError
 from dm_lightning.inference.metric import InputFileError
 
@@ -71,7 +71,8 @@ class Intrinsics:
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """An image file (JPEG, PNG, ...) -> (H, W, 3) uint8 RGB.
+    """An image file (JPEG, PNG, ...) -> (H, W, 3) uint8 RGB, EXIF orientation applied (the
+    size and orientation of predict's depth map of it).
 
     Raises:
         MissingPathError: no such file.
@@ -81,8 +82,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise MissingPathError(f"{path}: no such file")
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+        return read_photo(path)  # EXIF orientation applied, as predict reads its inputs
     except (OSError, ValueError, SyntaxError) as err:
         raise InputFileError(f"{path}: cannot decode as an image ({err})") from err
 

@@ -89,8 +89,12 @@ def metrics_table(rows: dict[str, dict[str, float] | None], splits: list[str]) -
             as fractions), or None for a row without results (shown as ``–``).
         splits: the test splits, in column order.
     """
-    header = "| model | " + " | ".join(f"{s} AbsRel | {s} δ1" for s in splits) + " |"
-    lines = [header, "|" + "---|" * (1 + 2 * len(splits))]
+    columns = [f"{s} {name}" for s in splits for name in ("AbsRel", "δ1")]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    lines = [line(["model", *columns]), "|" + "---|" * (1 + len(columns))]
     for label, metrics in rows.items():
         cells = [
             MISSING
@@ -99,7 +103,7 @@ def metrics_table(rows: dict[str, dict[str, float] | None], splits: list[str]) -
             for s in splits
             for m in ("abs_rel", "delta1")
         ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(line([label, *cells]))
     return "\n".join(lines)
 
 
