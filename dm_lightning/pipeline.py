@@ -186,14 +186,6 @@ def recorded_model_path(version: Path) -> str | None:
     return (model.get("init_args") or {}).get("model_path")
 
 
-def export_target(export: str | Path) -> str | None:
-    """The depth target an export was trained on (its ``dm_lightning.json``), or None."""
-    from dm_lightning.models.depthmaster import METADATA_FILE
-
-    meta = Path(export) / METADATA_FILE
-    return json.loads(meta.read_text()).get("target") if meta.is_file() else None
-
-
 def run_dm_lightning(args: list[str], what: str, in_process: bool = False) -> None:
     """Run ``dm-lightning <args>``; raises :class:`PipelineError` naming ``what`` on a non-zero
     exit status.
@@ -311,7 +303,9 @@ def evaluate(pipeline: Pipeline, name: str, model: str, step: int | None) -> dic
         log(f"test of {name}: done earlier, skipping")
         return done["metrics"]
     log(f"test of {name}: {model}")
-    target = export_target(model)
+    from dm_lightning.models.loading import recorded_target
+
+    target = recorded_target(model)
     overrides = {"model__init_args__target": target} if target else {}
     test_folder = run / f"test-{name}"
     before = {p: p.stat().st_mtime for p in test_folder.glob(f"*/{TEST_METRICS}")}

@@ -163,6 +163,10 @@ def test_background_writer_raises_a_failed_write_and_checks_keys_at_once(tmp_pat
     assert np.load(tmp_path / "ok.npy").shape == (3, 4)  # the write before it is on disk
     with BackgroundWriter(tmp_path) as writer, pytest.raises(ConfigError, match="outside"):
         writer.submit("../x", np.zeros((3, 4), np.float32))
+    # an error already on its way is not replaced by a write that failed with it
+    with pytest.raises(KeyboardInterrupt), BackgroundWriter(tmp_path) as writer:
+        writer.submit("sub/y", np.zeros((3, 4), np.float32))  # fails: "sub" is a file
+        raise KeyboardInterrupt
 
 
 def test_colours_follow_the_target_recorded_with_the_model(tmp_path, photos):

@@ -16,6 +16,7 @@ For an input with key ``sub/img`` (its path relative to the input folder, suffix
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from torch import Tensor
 
 from dm_lightning.errors import ConfigError
 from dm_lightning.visualize import colorize_depth
+
+log = logging.getLogger(__name__)
 
 # Suffixes appended to an image's key; COLOR_SUFFIX is part of the file name, so an input
 # whose key is another key plus it would overwrite that key's colour image (ImageFolder
@@ -145,8 +148,14 @@ class BackgroundWriter:
     def __enter__(self) -> BackgroundWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # an error is already on its way: a failed write must not replace it
+            self.close()
+        except Exception as err:
+            log.warning("a depth map write also failed: %s", err)
 
 
 @dataclass

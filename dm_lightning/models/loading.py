@@ -344,7 +344,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise MissingPathError(f"checkpoint {path} not found")
-    return load_checkpoint_safely(file)
+    # Mapped: predicting from a full last.ckpt reads its weights, not its optimizer state.
+    return load_checkpoint_safely(file, mmap=True)
 
 
 def network_from_checkpoint(

@@ -333,7 +333,10 @@ class DepthPredictionWriter(BasePredictionWriter):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self._close_files()
+        try:  # the run's own error matters more than a write that failed with it
+            self._close_files()
+        except Exception as err:
+            log.warning("a depth map write also failed: %s", err)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from dm_lightning.inference.outputs import summary_line

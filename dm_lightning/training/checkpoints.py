@@ -25,15 +25,17 @@ CHECKPOINT_RECORD = "dm_lightning"
 LAST_CHECKPOINT = "last.ckpt"
 
 
-def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
+def load_checkpoint_safely(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a checkpoint: tensors and plain containers only,
-    never arbitrary pickled code.
+    never arbitrary pickled code. ``mmap``: map the file instead of reading it whole, so that
+    only the tensors used are read (the weights of a 10 GB ``last.ckpt`` that also holds the
+    Adam state).
 
     Raises:
         ConfigError: the file holds other objects (it is refused, not executed).
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise ConfigError(
             f"{path}: refused to load, it holds objects other than tensors and plain "

@@ -200,7 +200,10 @@ class TrainingMonitor(L.Callback):
             self._log_rate(trainer, step)
         if step != self._last_panel_step and step % self.every_n_steps == 0 and self._writers:
             self._last_panel_step = step
+            drawn = time.perf_counter()
             self._train_panel(trainer, pl_module, batch, step)
+            if self._started is not None:  # the panel's forward is not training time
+                self._started += time.perf_counter() - drawn
 
     def _log_rate(self, trainer: L.Trainer, step: int) -> None:
         now = time.perf_counter()
