@@ -113,6 +113,11 @@ class DepthMasterCLI(LightningCLI):
             config = self.config[subcommand]
             if subcommand == "fit":
                 pin_run_folder(config)
+                if config.get("ckpt_path"):
+                    # Resuming continues in the run folder: its checkpoints are expected there.
+                    warnings.filterwarnings(
+                        "ignore", message=r"Checkpoint directory .* exists and is not empty"
+                    )
             model = config.get("model")
             check_checkpoint_stage(config.get("ckpt_path"), getattr(model, "class_path", None))
         super()._parse_ckpt_path()

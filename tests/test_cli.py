@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -208,12 +209,17 @@ def test_overlay_configs_apply_on_the_recipe(overlay, capsys):
     )
 
 
-def test_console_script_and_module_help():
-    for cmd in (["dm-lightning", "--help"], [sys.executable, "-m", "dm_lightning", "--help"]):
-        exe = Path(sys.executable).parent / cmd[0] if cmd[0] == "dm-lightning" else cmd[0]
-        result = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True, cwd=REPO)
-        assert result.returncode == 0, result.stderr
-        assert "fit" in result.stdout and "predict" in result.stdout
+def test_console_script_and_module_help(capsys):
+    """The installed script's help (``python -m dm_lightning`` runs in test_recovery); usage
+    and error hints name ``dm-lightning`` whatever the entry point (argv[0] of ``python -m``
+    is ``__main__.py``)."""
+    exe = Path(sys.executable).parent / "dm-lightning"
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "fit" in result.stdout and "predict" in result.stdout
+    with mock.patch.object(sys, "argv", ["__main__.py"]), pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert capsys.readouterr().out.startswith("usage: dm-lightning [options] fit ")
 
 
 def test_readme_custom_encoder_trains_through_the_cli(

@@ -117,6 +117,8 @@ def test_interrupted_fit_resumes_in_the_same_run_folder(
 
     resumed = _run([*command, "--ckpt_path", "last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # its own checkpoints are expected in the folder it resumes in: no warning about them
+    assert "exists and is not empty" not in resumed.stderr + resumed.stdout
     assert sorted(p.name for p in (tmp_path / "stage1").iterdir()) == ["version_0"]
     final = load_checkpoint_safely(last)
     assert final["global_step"] == FINAL_STEP
