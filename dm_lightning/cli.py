@@ -28,7 +28,7 @@ from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
 from dm_lightning.training.base import DepthMasterTask
 from dm_lightning.training.checkpoints import check_checkpoint_stage
-from dm_lightning.training.evaluation import results_table
+from dm_lightning.training.evaluation import terminal_results_table
 from dm_lightning.training.run_folder import pin_run_folder
 
 # Imported so that their short names resolve on the command line (--model Stage1,
@@ -166,11 +166,12 @@ class DepthMasterCLI(LightningCLI):
 
     def print_results(self, stage: str) -> None:
         """Print (on global rank 0) the results table of the evaluation just run
-        (:func:`~dm_lightning.training.evaluation.results_table`)."""
+        (:func:`~dm_lightning.training.evaluation.terminal_results_table`)."""
         if not self.trainer.is_global_zero:
             return
         names = getattr(self.datamodule, "test_names" if stage == "test" else "val_names", None)
-        table = results_table(stage, list(names or ["default"]), self.trainer.callback_metrics)
+        metrics = self.trainer.callback_metrics
+        table = terminal_results_table(stage, list(names or ["default"]), metrics)
         if table is not None:
             print(f"\n{'test' if stage == 'test' else 'validation'} results:\n{table}")
 

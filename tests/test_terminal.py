@@ -24,7 +24,7 @@ from dm_lightning.data.streams import ShardSamples
 from dm_lightning.data.synthetic import generate
 from dm_lightning.errors import DataError
 from dm_lightning.training.base import DepthMasterTask
-from dm_lightning.training.evaluation import results_table
+from dm_lightning.training.evaluation import terminal_results_table
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -136,17 +136,17 @@ def test_results_table_rows_and_skip_columns():
         "test/kitti/skipped_samples": 0.0,
         "test/kitti/skipped_images": 0.0,
     }
-    assert results_table("test", ["nyu", "kitti"], metrics).splitlines() == [
+    assert terminal_results_table("test", ["nyu", "kitti"], metrics).splitlines() == [
         "| dataset | images | AbsRel x100 | δ1 x100 |",
         "|---------|-------:|------------:|--------:|",
         "| nyu     |    654 |        5.12 |   97.25 |",
         "| kitti   |    652 |        8.19 |   93.70 |",
     ]
     metrics["test/kitti/skipped_samples"] = 3.0
-    lines = results_table("test", ["nyu", "kitti"], metrics).splitlines()
+    lines = terminal_results_table("test", ["nyu", "kitti"], metrics).splitlines()
     assert lines[0] == "| dataset | images | AbsRel x100 | δ1 x100 | unreadable samples |"
     assert lines[3].endswith("|                  3 |")
-    assert results_table("val", ["nyu"], metrics) is None  # nothing logged for val
+    assert terminal_results_table("val", ["nyu"], metrics) is None  # nothing logged for val
 
 
 def test_help_names_the_model_arguments(capsys):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dm_lightning.data.photos import ImageDecodeError, read_uint16_png
 from dm_lightning.data.schema import UINT16_MAX, quantize_depth
 from dm_lightning.errors import DMLightningError, MissingPathError
 from dm_lightning.targets import MIN_DISPARITY, TARGETS, DepthTarget, get_target
@@ -172,14 +173,9 @@ def load_depth_map(path: str | Path, depth_scale: float | None = None) -> np.nda
             "(e.g. 0.001 for millimetres)"
         )
     try:
-        with Image.open(path) as image:
-            mode = image.mode
-            units = np.asarray(image)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise InputFileError(f"{path}: cannot decode as PNG ({err})") from err
-    # PIL opens 16-bit grey PNGs as "I;16" (uint16) or "I" (int32).
-    if units.ndim != 2 or units.dtype.kind not in "ui" or units.dtype.itemsize < 2:
-        raise InputFileError(f"{path}: expected a single-channel 16-bit PNG, got mode {mode}")
+        units = read_uint16_png(path)
+    except ImageDecodeError as err:
+        raise InputFileError(f"{path}: {err}") from err
     return units.astype(np.float64) * depth_scale
 
 

@@ -5,8 +5,8 @@
 skipped (both synchronised over ranks with ``dist_reduce_fx="sum"``), and for test splits the
 per-image metric rows, gathered over ranks at the end of the epoch. The LightningModule runs
 the network and hands the book its predictions; the book scores, logs and reports.
-:func:`results_table` formats the logged values for the terminal (``dm-lightning test`` and
-``validate`` print it).
+:func:`terminal_results_table` formats the logged values for the terminal (``dm-lightning
+test`` and ``validate`` print it).
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ def _rows_of(scored: list[_ScoredBatch]) -> list[dict[str, Any]]:
     ]
 
 
-# Columns of :func:`results_table`: (header, logged value, x100). The skip columns are shown
-# only when some split has a non-zero count.
+# Columns of :func:`terminal_results_table`: (header, logged value, x100). The skip columns are
+# shown only when some split has a non-zero count.
 _TABLE_COLUMNS = (
     ("images", "num_images", False),
     ("AbsRel x100", "abs_rel", True),
@@ -177,7 +177,9 @@ _SKIP_COLUMNS = (
 )
 
 
-def results_table(stage: str, names: Sequence[str], metrics: Mapping[str, Any]) -> str | None:
+def terminal_results_table(
+    stage: str, names: Sequence[str], metrics: Mapping[str, Any]
+) -> str | None:
     """The terminal's results table of an evaluation: one row per split, in ``names`` order.
 
     Args:

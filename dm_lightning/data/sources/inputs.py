@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from dm_lightning.data.photos import ImageDecodeError, read_uint16_png
 from dm_lightning.data.sources.engine import ItemError
 from dm_lightning.data.store import FileStore, locate
 
@@ -127,15 +128,9 @@ def decode_uint16_png(blob: Blob) -> np.ndarray:
     """A single-channel 16-bit PNG -> (H, W) int64 units; :class:`InputError` if it does not
     decode or is not 16-bit grey."""
     try:
-        with Image.open(io.BytesIO(blob.data)) as image:
-            mode = image.mode
-            units = np.asarray(image)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise InputError(f"{blob.where}: cannot decode image ({err})") from err
-    # PIL opens 16-bit grey PNGs as "I;16" (uint16) or "I" (int32).
-    if units.ndim != 2 or units.dtype.kind not in "ui" or units.dtype.itemsize < 2:
-        raise InputError(f"{blob.where}: expected a single-channel 16-bit PNG, got mode {mode}")
-    return units.astype(np.int64)
+        return read_uint16_png(io.BytesIO(blob.data)).astype(np.int64)
+    except ImageDecodeError as err:
+        raise InputError(f"{blob.where}: {err}") from err
 
 
 def decode_hdf5(blob: Blob) -> np.ndarray:
