@@ -165,6 +165,14 @@ def _fit(world: int, tiny_model, shards, tmp_path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.net.unet.state_dict().items()}
 
 
+def _initial_unet(tiny_model) -> dict[str, torch.Tensor]:
+    """The U-Net weights ``_fit`` starts from (the FE block is initialised from the seed)."""
+    from dm_lightning import Stage2
+
+    L.seed_everything(0)
+    return dict(Stage2(str(tiny_model), fourier=True).net.unet.state_dict())
+
+
 def _curve(tmp_path, world: int) -> list[float]:
     """Mean loss per optimizer step over the micro-batches of all ranks."""
     per_step: dict[int, list[float]] = {}
@@ -182,11 +190,22 @@ def test_two_ranks_follow_the_one_rank_loss_curve(tiny_model, shards, tmp_path, 
     two = _fit(2, tiny_model, shards, tmp_path)
     curve1, curve2 = _curve(tmp_path, 1), _curve(tmp_path, 2)
     assert len(curve1) == len(curve2) == 3
-    assert curve1 == pytest.approx(curve2, rel=1e-5)
+    # Same samples per step, same math; only the float32 summation order differs (one rank
+    # accumulates two micro-batches, two ranks all-reduce them), and that order differs by CPU
+    # and thread count: ~1e-7 relative per loss, far inside 1e-4.
+    assert curve1 == pytest.approx(curve2, rel=1e-4)
     assert curve1[0] != pytest.approx(curve1[2], rel=1e-3)  # it trained
-    worst = max(float((one[k] - two[k]).abs().max()) for k in one)
-    moved = max(float(v.abs().max()) for v in one.values())
-    assert worst < 1e-5 * moved, worst
+    # The weights, measured against the update itself (float64 norms over all U-Net weights):
+    # a grouping error (other samples in a step) changes the update by O(1) of its norm.
+    # Rounding does not, but Adam divides each gradient by its own magnitude, so an element
+    # whose gradient cancels to rounding level can move by a good part of a step: an
+    # element-wise bound is machine-dependent (1.4e-7 here, 1.1e-5 on an AMD EPYC), while
+    # the norm ratio stays near 1e-6 on both; 1e-2 keeps four orders of margin either way.
+    init = _initial_unet(tiny_model)
+    diff = torch.cat([(one[k].double() - two[k].double()).flatten() for k in one])
+    update = torch.cat([(one[k].double() - init[k].double()).flatten() for k in one])
+    assert float(update.norm()) > 0
+    assert float(diff.norm() / update.norm()) < 1e-2
 
 
 def test_the_recipe_sets_the_global_batch_not_the_accumulation(capsys):
