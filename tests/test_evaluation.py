@@ -26,7 +26,7 @@ from dm_lightning.training.report import PAPER_RESULTS
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 REAL = REPO / "tests" / "data" / "real_rgbd"
-FRAMES = {"tum": 1, "sun": 1, "redwood": 5}
+FRAMES = {"tum": 1, "sun": 1, "nyu_raw": 1, "redwood_synthetic": 5}
 # Low resolution keeps the CPU run short; the metrics are computed at the 480x640 GT size.
 RES = 64
 
@@ -130,10 +130,10 @@ def test_cli_logs_every_frame_and_writes_the_report(cli_run):
     assert float(row["delta1"]) == pytest.approx(delta1, rel=1e-6)
 
     table = (report / "results.md").read_text()
-    assert "| AbsRel / δ1 (x100) | tum (1) | sun (1) | redwood (5) |" in table
+    assert "| AbsRel / δ1 (x100) | tum (1) | sun (1) | nyu_raw (1) | redwood_synthetic (5) |" in table
     assert f"| this model | {abs_rel * 100:.1f} / {delta1 * 100:.1f} |" in table
     for method in PAPER_RESULTS:
-        assert f"| {method} | – | – | – |" in table
+        assert f"| {method} | – | – | – | – |" in table
 
 
 def test_spec_processing_res_is_honoured(cli_run):
