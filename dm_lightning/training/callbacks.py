@@ -20,7 +20,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from dm_lightning.errors import ConfigError
+from dm_lightning.training.checkpoint_io import replaced_on_success
 from dm_lightning.training.checkpoints import load_checkpoint_safely, resumable_checkpoint_path
+from dm_lightning.training.deferred_signals import deferred_signals
 from dm_lightning.training.ema import ema_callback
 from dm_lightning.training.run_folder import run_dir
 
@@ -71,7 +73,8 @@ class ExportDepthMaster(L.Callback):
         folder, target = self.run_folder, self.target
         ema = ema_callback(trainer)
         averaged = ema.averaged() if ema is not None and not self.best else contextlib.nullcontext()
-        with averaged:
+        # A SIGTERM / Ctrl-C now waits for the folder to be complete (see deferred_signals).
+        with averaged, deferred_signals(f"the export to {target}"):
             self._export(trainer, pl_module, folder, target)
         trainer.strategy.barrier()
         self.exported = target
@@ -131,8 +134,17 @@ class ResumableCheckpoint(L.Callback):
       weights after the last completed step. (On several ranks a crash is not collective, so
       the periodic ``last.ckpt`` of ``ModelCheckpoint(every_n_train_steps=N)`` covers it.)
 
-    A stop before the first optimizer step saves nothing. Resume with ``--ckpt_path last``:
-    the run continues in the same folder.
+    A stop before this process completed an optimizer step (since its start, or since the
+    checkpoint it resumed from was restored) saves nothing: a command that failed to start or
+    to restore (a weights-only ``--ckpt_path``) leaves the run's ``last.ckpt`` as it was.
+    Every save goes to a temporary file renamed into place.
+
+    At the end of ``fit`` (``max_steps``, ``max_epochs``, early stopping) ``last.ckpt`` holds
+    the final step: when the periodic save of ``ModelCheckpoint(save_last=True)`` fell
+    earlier (``max_steps`` 4 with a save every 3 steps), it is written once more. That save,
+    like the crash save, finishes before a SIGTERM or Ctrl-C takes effect.
+
+    Resume with ``--ckpt_path last``: the run continues in the same folder.
 
     On several ranks the callback replaces Lightning 2.6's SIGTERM handler during training:
     Lightning's handler calls ``dist.broadcast`` inside the signal handler, which pairs with
@@ -148,6 +160,18 @@ class ResumableCheckpoint(L.Callback):
         self._previous_usr1: Any = None
         self._previous_term: Any = None
         self._signalled = False
+        # global_step when training started in this process (after any restore); None
+        # until then, i.e. when the start or the restore failed.
+        self._start_step: int | None = None
+
+    def steps_trained(self, trainer: L.Trainer) -> int:
+        """Optimizer steps this process completed in the current ``fit`` (0 before training
+        started, and when the start or the restore failed)."""
+        return 0 if self._start_step is None else trainer.global_step - self._start_step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._start_step = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -161,6 +185,7 @@ class ResumableCheckpoint(L.Callback):
                 self._previous_usr1 = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_step = trainer.global_step  # after the checkpoint's loops were restored
         # After Lightning installed its own handler (Trainer._run, after on_fit_start).
         if trainer.world_size == 1:
             return
@@ -192,6 +217,23 @@ class ResumableCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigterm()
+        self._save_final_last(trainer)
+
+    def _save_final_last(self, trainer: L.Trainer) -> None:
+        """Bring the periodic ``last.ckpt`` to the final step (on every rank: the save is
+        collective), through the ``ModelCheckpoint`` that keeps it, so its naming and
+        bookkeeping hold; nothing when it is current or when nothing was trained here."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        if self.steps_trained(trainer) <= 0 or trainer.fast_dev_run:
+            return
+        for keeper in trainer.checkpoint_callbacks:
+            if not isinstance(keeper, ModelCheckpoint) or not keeper.save_last:
+                continue
+            if getattr(keeper, "_last_global_step_saved", None) == trainer.global_step:
+                continue  # saved at this very step already
+            with deferred_signals("the final save of last.ckpt"):
+                keeper._save_last_checkpoint(trainer, keeper._monitor_candidates(trainer))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_sigterm()
@@ -207,14 +249,18 @@ class ResumableCheckpoint(L.Callback):
         from dm_lightning.errors import TrainingStopped
 
         fn = getattr(trainer.state.fn, "value", trainer.state.fn)
-        if fn != "fit" or trainer.global_step == 0 or isinstance(exception, TrainingStopped):
-            return  # nothing trained yet, or the guard saved already
+        trained = self.steps_trained(trainer)
+        if fn != "fit" or trained <= 0 or isinstance(exception, TrainingStopped):
+            # Nothing trained in this process (a failed start or restore: what is in the
+            # model now is not a state to keep), or the guard saved already.
+            return
         collective = isinstance(exception, SIGTERMException)
         if not collective and trainer.world_size > 1:
             return
         path = resumable_checkpoint_path(trainer)
         try:
-            self._save(trainer, path)
+            with deferred_signals(f"the save of {path}"):
+                self._save(trainer, path)
         except Exception as err:  # the original error matters more: report, don't replace it
             print(f"[dm_lightning] could not save {path}: {err}", file=sys.stderr)
             return
@@ -228,14 +274,17 @@ class ResumableCheckpoint(L.Callback):
 
     @staticmethod
     def _save(trainer: L.Trainer, path: Path) -> None:
-        """Write the full state to ``path``. On several ranks rank 0 writes it without any
-        collective: every rank holds the same weights and optimizer state under DDP, and a
-        barrier would hang if a rank had stopped otherwise (a crash elsewhere)."""
+        """Write the full state to ``path`` through a temporary file renamed into place (a
+        failed or killed save leaves the previous file). On several ranks rank 0 writes it
+        without any collective: every rank holds the same weights and optimizer state under
+        DDP, and a barrier would hang if a rank had stopped otherwise (a crash elsewhere)."""
         if trainer.world_size == 1:
-            trainer.save_checkpoint(path, weights_only=False)
+            with replaced_on_success(path) as tmp:
+                trainer.save_checkpoint(tmp, weights_only=False)
         elif trainer.is_global_zero:
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+            with replaced_on_success(path) as tmp:
+                trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, tmp)
 
 
 def _forward_to_sigterm(signum: int, frame: Any) -> None:
