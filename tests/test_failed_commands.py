@@ -124,10 +124,11 @@ def _random(run: Path) -> Path:
     ids=["weights-only", "truncated", "text", "random"],
 )  # fmt: skip
 def test_a_ckpt_path_that_cannot_resume_is_one_line_and_changes_nothing(
-    make, words, root, fit_config, data_config, tiny_model, capsys
+    make, words, root, fit_config, data_config, tiny_model, capsys, monkeypatch
 ):
     path = make(root / "stage1" / "version_0")
     before = _hashes(root)
+    loads = _spy_on_torch_load(monkeypatch)
     code = _fit(fit_config, data_config, tiny_model, root, "--ckpt_path", str(path))
     line = _error_line(capsys.readouterr().err)
     assert code == 2
@@ -136,6 +137,21 @@ def test_a_ckpt_path_that_cannot_resume_is_one_line_and_changes_nothing(
         assert text.format(path=path) in line
     assert "pickled code" not in line and "weights_only=False" not in line
     assert _hashes(root) == before  # every file as it was, no new file or version folder
+    # the file was only ever mapped, never read whole
+    assert all(mmap for file, mmap in loads if Path(file) == path)
+
+
+def _spy_on_torch_load(monkeypatch) -> list[tuple[str, bool]]:
+    """(file, mmap) of every torch.load from now on."""
+    loads: list[tuple[str, bool]] = []
+    load = torch.load
+
+    def spy(f, *args, **kwargs):
+        loads.append((str(getattr(f, "name", f)), bool(kwargs.get("mmap"))))  # path or file
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    return loads
 
 
 def test_another_stage_and_bad_inputs_change_nothing(
@@ -230,12 +246,16 @@ def test_fit_then_a_bad_resume_then_a_good_resume(
         return save_pretrained(self, path, metadata)
 
     monkeypatch.setattr(DepthMaster, "save_pretrained", interrupted)
+    loads = _spy_on_torch_load(monkeypatch)
     try:
         code = _fit(fit_config, data_config, tiny_model, root, "--ckpt_path", "last",
                     "--trainer.max_steps", "6")  # fmt: skip
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert code == 0
+    # last.ckpt read whole once, by the restore; the check before it only mapped it
+    last_loads = [mmap for file, mmap in loads if file.endswith("last.ckpt")]
+    assert last_loads[0] and last_loads.count(False) == 1
     assert seen == [[]]  # delivered once, after the export: no temporary folder by then
     assert "SIGTERM received during the export to" in capsys.readouterr().err
     assert (run / "export" / "unet" / "config.json").is_file()
@@ -280,3 +300,37 @@ def test_ctrl_c_during_a_deferred_write_interrupts_after_it():
             done.append(True)
     assert done == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_unreadable_checkpoints_are_named_in_one_line(tiny_model, tmp_path):
+    """What --ckpt_path and a .ckpt model_path are read with."""
+    from dm_lightning.errors import ConfigError
+    from dm_lightning.models.loading import load_depthmaster_checkpoint
+    from dm_lightning.training.checkpoints import load_checkpoint_safely
+
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "text.ckpt").write_text("not a checkpoint\n")
+    (tmp_path / "random.ckpt").write_bytes(bytes(range(7, 256)) * 8)
+    (tmp_path / "pickle.ckpt").write_bytes(b"\x80\x02" + bytes(range(256)) * 8)
+    torch.save({"step": 1}, tmp_path / "full.ckpt")
+    data = (tmp_path / "full.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    for name, words in [
+        ("empty", "is not a PyTorch checkpoint: it is empty"),
+        ("text", "is not a PyTorch checkpoint"),
+        ("random", "is not a PyTorch checkpoint"),
+        ("pickle", "is not a readable PyTorch checkpoint"),
+        ("cut", "is truncated or damaged"),
+    ]:
+        for mmap in (True, False):
+            with pytest.raises(ConfigError) as raised:
+                load_checkpoint_safely(tmp_path / f"{name}.ckpt", mmap=mmap)
+            text = str(raised.value)
+            assert text.startswith(f"{tmp_path / name}.ckpt") and words in text, text
+            assert "\n" not in text
+    # a random file given as model_path: the same one line, no torch mmap message
+    with pytest.raises(ConfigError, match=r"random.ckpt is not a PyTorch checkpoint"):
+        load_depthmaster_checkpoint(tmp_path / "random.ckpt")
+    # a legacy (pre-zip) checkpoint cannot be mapped: it is read whole instead
+    torch.save({"step": 2}, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    assert load_checkpoint_safely(tmp_path / "legacy.ckpt", mmap=True) == {"step": 2}

@@ -17,6 +17,10 @@ before the trainer is built:
   requeue handler writes ``hpc_ckpt_<n>.ckpt`` and looks for it on restart. A SLURM job that
   resumes an explicit (or ``last``) checkpoint keeps that run's folder as its
   ``default_root_dir``, so its own requeue checkpoints land there too.
+
+A ``fit`` that fails before it trained a step leaves no trace (:func:`removed_if_start_fails`):
+the ``version_N`` folder it created goes, and a resumed run's folder keeps its files as they
+were.
 """
 
 from __future__ import annotations
