@@ -187,8 +187,8 @@ def _clean_failed_start(
 
 def _steps_trained(trainer: L.Trainer) -> int:
     """Optimizer steps this process trained in its ``fit``: as counted by a
-    :class:`~dm_lightning.training.callbacks.ResumableCheckpoint`, else ``global_step``."""
-    from dm_lightning.training.callbacks import ResumableCheckpoint
+    :class:`~dm_lightning.training.resumable.ResumableCheckpoint`, else ``global_step``."""
+    from dm_lightning.training.resumable import ResumableCheckpoint
 
     for callback in trainer.callbacks:
         if isinstance(callback, ResumableCheckpoint):
