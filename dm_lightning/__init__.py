@@ -27,7 +27,7 @@ _EXPORTS = {
     "ExportDepthMaster": "dm_lightning.training.callbacks",
     "FeatureAlignment": "dm_lightning.models.feature_alignment",
     "FourierEnhancement": "dm_lightning.models.fourier",
-    "ResumableCheckpoint": "dm_lightning.training.callbacks",
+    "ResumableCheckpoint": "dm_lightning.training.resumable",
     "SqrtDisparity": "dm_lightning.targets",
     "Stage1": "dm_lightning.training.stage1",
     "Stage2": "dm_lightning.training.stage2",
@@ -94,13 +94,10 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.models.stage1_network import AlignedDepthMaster
     from dm_lightning.targets import Depth, Disparity, SqrtDisparity
     from dm_lightning.training.base import DepthMasterTask
-    from dm_lightning.training.callbacks import (
-        DepthPredictionWriter,
-        ExportDepthMaster,
-        ResumableCheckpoint,
-    )
+    from dm_lightning.training.callbacks import DepthPredictionWriter, ExportDepthMaster
     from dm_lightning.training.ema import EMAWeights
     from dm_lightning.training.monitor import TrainingMonitor
     from dm_lightning.training.report import EvaluationReport
+    from dm_lightning.training.resumable import ResumableCheckpoint
     from dm_lightning.training.stage1 import Stage1
     from dm_lightning.training.stage2 import Stage2

@@ -29,7 +29,7 @@ from dm_lightning.errors import DMLightningError, clear_last_error, last_error
 from dm_lightning.training.base import DepthMasterTask
 from dm_lightning.training.checkpoints import check_checkpoint_stage
 from dm_lightning.training.evaluation import terminal_results_table
-from dm_lightning.training.run_folder import pin_run_folder
+from dm_lightning.training.run_folder import pin_run_folder, removed_if_start_fails
 
 # Imported so that their short names resolve on the command line (--model Stage1,
 # --model.help Stage2): jsonargparse knows the subclasses that have been imported.
@@ -119,8 +119,35 @@ class DepthMasterCLI(LightningCLI):
                         "ignore", message=r"Checkpoint directory .* exists and is not empty"
                     )
             model = config.get("model")
-            check_checkpoint_stage(config.get("ckpt_path"), getattr(model, "class_path", None))
+            checkpoint = check_checkpoint_stage(
+                config.get("ckpt_path"), getattr(model, "class_path", None), subcommand == "fit"
+            )
+            if checkpoint is not None:
+                self._config_from_checkpoint(subcommand, checkpoint)
+                return
         super()._parse_ckpt_path()
+
+    def _config_from_checkpoint(self, subcommand: str, checkpoint: dict[str, Any]) -> None:
+        # Lightning's _parse_ckpt_path (2.6) with the checkpoint already read, mapped: its own
+        # torch.load reads the whole file (10 GB for an SD-2 last.ckpt) for the hparams only.
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand != "fit":
+            return super()._run_subcommand(subcommand)
+        # A fit that fails before its first step leaves no empty version_N folder.
+        with removed_if_start_fails(self.trainer):
+            super()._run_subcommand(subcommand)
 
     def before_instantiate_classes(self) -> None:
         # Our checkpoints hold tensors and plain containers only: load them that way, so a
@@ -179,12 +206,29 @@ class DepthMasterCLI(LightningCLI):
 class RunConfigSaver(SaveConfigCallback):
     """Lightning's config saver, writing ``config.yaml`` into the run folder only when there is
     one (a logger): a run without a logger, such as ``predict`` with configs/predict.yaml,
-    would otherwise leave a ``config.yaml`` in the working directory."""
+    would otherwise leave a ``config.yaml`` in the working directory. A resumed ``fit``
+    writes it over the run's only once it has trained a step: a resume that fails (a
+    weights-only checkpoint) leaves the run folder as it was."""
+
+    _start_step: int | None = None
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if trainer.logger is None:
             return
+        if stage == "fit" and self.config.get("ckpt_path"):
+            self._start_step = -1  # deferred to the first trained step
+            return
         super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
+        if self._start_step is not None:
+            self._start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, *args: Any) -> None:
+        # On every rank at the same batch: Lightning's setup broadcasts.
+        if self._start_step is not None and 0 <= self._start_step < trainer.global_step:
+            self._start_step = None
+            super().setup(trainer, pl_module, "fit")
 
 
 STREAMING_CHECKPOINT_IO = "dm_lightning.training.checkpoint_io.StreamingCheckpointIO"

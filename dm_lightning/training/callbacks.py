@@ -1,5 +1,5 @@
-"""Callbacks: stage hand-off export, resumable checkpoints on signals and crashes, and
-prediction writing."""
+"""Callbacks: stage hand-off export and prediction writing. (Resumable checkpoints on
+signals and crashes: :mod:`dm_lightning.training.resumable`.)"""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -20,8 +18,10 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from dm_lightning.errors import ConfigError
-from dm_lightning.training.checkpoints import load_checkpoint_safely, resumable_checkpoint_path
+from dm_lightning.training.checkpoints import load_checkpoint_safely
+from dm_lightning.training.deferred_signals import deferred_signals
 from dm_lightning.training.ema import ema_callback
+from dm_lightning.training.resumable import ResumableCheckpoint  # noqa: F401 (its former home)
 from dm_lightning.training.run_folder import run_dir
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class ExportDepthMaster(L.Callback):
         folder, target = self.run_folder, self.target
         ema = ema_callback(trainer)
         averaged = ema.averaged() if ema is not None and not self.best else contextlib.nullcontext()
-        with averaged:
+        # A SIGTERM / Ctrl-C now waits for the folder to be complete (see deferred_signals).
+        with averaged, deferred_signals(f"the export to {target}"):
             self._export(trainer, pl_module, folder, target)
         trainer.strategy.barrier()
         self.exported = target
@@ -113,133 +114,6 @@ def replace_folder(target: Path, write: Any) -> None:
                 shutil.rmtree(leftover)
             elif leftover.exists() or leftover.is_symlink():
                 leftover.unlink()  # a file or link that stood at the target
-
-
-class ResumableCheckpoint(L.Callback):
-    """Nothing lost when a ``fit`` is stopped: a resumable ``last.ckpt`` on pre-emption and
-    on a crash.
-
-    * SIGTERM (what SLURM and most schedulers send before killing a job): Lightning stops at
-      the next batch boundary on every rank; this callback then saves ``last.ckpt`` in the
-      folder of the ``ModelCheckpoint`` that keeps one (``<run>/checkpoints/``), and the
-      command exits with status 143.
-    * SIGUSR1 (SLURM's ``--signal=USR1@<seconds>`` before the time limit): handled as SIGTERM,
-      unless Lightning's SLURM auto-requeue owns it (a job under SLURM), which saves
-      ``hpc_ckpt_<n>.ckpt`` in the run folder and requeues the job; the requeued job resumes
-      from it by itself.
-    * Any other exception or Ctrl-C during ``fit`` on a single process: ``last.ckpt`` of the
-      weights after the last completed step. (On several ranks a crash is not collective, so
-      the periodic ``last.ckpt`` of ``ModelCheckpoint(every_n_train_steps=N)`` covers it.)
-
-    A stop before the first optimizer step saves nothing. Resume with ``--ckpt_path last``:
-    the run continues in the same folder.
-
-    On several ranks the callback replaces Lightning 2.6's SIGTERM handler during training:
-    Lightning's handler calls ``dist.broadcast`` inside the signal handler, which pairs with
-    the other ranks only if their signals land between the same two collectives; signals a
-    fraction of a second apart (what a scheduler sends to several nodes) left both ranks
-    waiting forever, with no checkpoint. Here the handler only notes the signal; at each
-    training batch start the ranks combine their notes in one all-reduce (MAX) and, if any
-    rank got one, all stop at the end of that same batch. A signal during validation takes
-    effect at the next training batch.
-    """
-
-    def __init__(self) -> None:
-        self._previous_usr1: Any = None
-        self._previous_term: Any = None
-        self._signalled = False
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
-        env = trainer._accelerator_connector.cluster_environment
-        slurm_owns_usr1 = isinstance(env, SLURMEnvironment) and env.auto_requeue
-        if not slurm_owns_usr1 and hasattr(signal, "SIGUSR1"):
-            try:
-                self._previous_usr1 = signal.signal(signal.SIGUSR1, _forward_to_sigterm)
-            except ValueError:  # not the main thread: leave signals alone
-                self._previous_usr1 = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After Lightning installed its own handler (Trainer._run, after on_fit_start).
-        if trainer.world_size == 1:
-            return
-        self._signalled = False
-        try:
-            self._previous_term = signal.signal(signal.SIGTERM, self._note_signal)
-        except ValueError:  # not the main thread
-            self._previous_term = None
-
-    def _note_signal(self, signum: int, frame: Any) -> None:
-        self._signalled = True  # nothing collective inside a signal handler
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._previous_term is None:
-            return
-        flag = torch.tensor([int(self._signalled)], device=trainer.strategy.root_device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if bool(flag):
-            # Every rank sets it at the same batch; Lightning raises SIGTERMException at its end.
-            trainer._signal_connector.received_sigterm = True
-
-    def _restore_sigterm(self) -> None:
-        if self._previous_term is not None:
-            if signal.getsignal(signal.SIGTERM) == self._note_signal:
-                signal.signal(signal.SIGTERM, self._previous_term)
-            self._previous_term = None
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_sigterm()
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore_sigterm()
-        if self._previous_usr1 is not None:
-            signal.signal(signal.SIGUSR1, self._previous_usr1)
-            self._previous_usr1 = None
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        from dm_lightning.errors import TrainingStopped
-
-        fn = getattr(trainer.state.fn, "value", trainer.state.fn)
-        if fn != "fit" or trainer.global_step == 0 or isinstance(exception, TrainingStopped):
-            return  # nothing trained yet, or the guard saved already
-        collective = isinstance(exception, SIGTERMException)
-        if not collective and trainer.world_size > 1:
-            return
-        path = resumable_checkpoint_path(trainer)
-        try:
-            self._save(trainer, path)
-        except Exception as err:  # the original error matters more: report, don't replace it
-            print(f"[dm_lightning] could not save {path}: {err}", file=sys.stderr)
-            return
-        if trainer.is_global_zero:
-            why = "stopped by a signal" if collective else f"{type(exception).__name__}"
-            print(
-                f"[dm_lightning] {why} at step {trainer.global_step}: resumable checkpoint "
-                f"saved to {path} (resume with --ckpt_path last)",
-                file=sys.stderr,
-            )
-
-    @staticmethod
-    def _save(trainer: L.Trainer, path: Path) -> None:
-        """Write the full state to ``path``. On several ranks rank 0 writes it without any
-        collective: every rank holds the same weights and optimizer state under DDP, and a
-        barrier would hang if a rank had stopped otherwise (a crash elsewhere)."""
-        if trainer.world_size == 1:
-            trainer.save_checkpoint(path, weights_only=False)
-        elif trainer.is_global_zero:
-            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
-
-
-def _forward_to_sigterm(signum: int, frame: Any) -> None:
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class DepthPredictionWriter(BasePredictionWriter):

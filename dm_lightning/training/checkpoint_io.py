@@ -11,8 +11,10 @@ Object-store URLs (``s3://``...) keep Lightning's path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,24 @@ def is_local_path(path: str | os.PathLike) -> bool:
     """A plain file-system path (no ``scheme://`` URL)."""
     text = os.fspath(path)
     return "://" not in text or text.startswith("file://")
+
+
+@contextlib.contextmanager
+def replaced_on_success(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary sibling path of the local file ``path`` to write; when the block succeeds
+    it replaces ``path`` by rename, when it fails it is removed and ``path`` is untouched
+    (whatever checkpoint IO wrote it). An object-store URL is yielded as it is."""
+    if not is_local_path(path):
+        yield os.fspath(path)
+        return
+    target = Path(os.fspath(path).removeprefix("file://"))
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield str(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):

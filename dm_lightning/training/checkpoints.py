@@ -25,22 +25,53 @@ CHECKPOINT_RECORD = "dm_lightning"
 LAST_CHECKPOINT = "last.ckpt"
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+PICKLE_MAGIC = b"\x80"  # the legacy format starts with a pickle protocol opcode
+
+
 def load_checkpoint_safely(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a checkpoint: tensors and plain containers only,
     never arbitrary pickled code. ``mmap``: map the file instead of reading it whole, so that
     only the tensors used are read (the weights of a 10 GB ``last.ckpt`` that also holds the
-    Adam state).
+    Adam state); a legacy (pre-zip) checkpoint, which cannot be mapped, is read whole.
 
     Raises:
-        ConfigError: the file holds other objects (it is refused, not executed).
+        ConfigError: naming the file: it is not a PyTorch checkpoint (a text file, random
+            bytes, an empty file), it is truncated or damaged, or it holds objects other
+            than tensors and plain containers (it is refused, not executed).
     """
+    with open(path, "rb") as f:  # a missing file raises FileNotFoundError, as torch.load
+        head = f.read(len(ZIP_MAGIC))
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        what = "it is empty" if not head else "it is neither a torch.save archive nor a pickle"
+        raise ConfigError(f"{path} is not a PyTorch checkpoint: {what}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(
+            path, map_location="cpu", weights_only=True, mmap=mmap and head == ZIP_MAGIC
+        )
     except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Unsupported global" not in text and "GLOBAL" not in text:
+            raise ConfigError(
+                f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}"
+            ) from err
         raise ConfigError(
             f"{path}: refused to load, it holds objects other than tensors and plain "
-            f"containers (loading it would run pickled code): {str(err).splitlines()[0]}"
+            f"containers (loading it would run pickled code): {_first_line(err)}"
         ) from err
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as err:
+        # A torch.save archive cut short (an interrupted copy, a full disk) fails in the
+        # zip reader; a damaged legacy pickle in the unpickler.
+        raise ConfigError(
+            f"{path} is truncated or damaged, not a complete PyTorch checkpoint "
+            f"({type(err).__name__}: {_first_line(err)})"
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error's text, for a one-line message."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    return text.split(". ")[0][:200]
 
 
 def checkpoint_stage(checkpoint: dict[str, Any]) -> str:
@@ -82,19 +113,52 @@ def stage_mismatch_message(stage: str, task: str, path: str | Path = "--ckpt_pat
     return text + "; to evaluate or predict, use --model.init_args.model_path <run>/export"
 
 
-def check_checkpoint_stage(ckpt_path: str | None, model_class_path: str | None) -> None:
-    """Refuse, before anything is built, a ``--ckpt_path`` of another stage than the
-    configured model class.
+# What Lightning needs to resume a fit beyond the weights (a save_weights_only checkpoint,
+# such as the configs' best-*.ckpt, has neither).
+RESUME_KEYS = ("optimizer_states", "loops")
+
+
+def weights_only_message(path: str | Path) -> str:
+    """What to do when a weights-only checkpoint is given to ``fit --ckpt_path``."""
+    return (
+        f"--ckpt_path {path} holds weights only (no optimizer state or loop position), so a "
+        f"fit cannot resume from it: resuming needs the run's last.ckpt (--ckpt_path last); "
+        f"to start a new run from its weights, use --model.init_args.model_path {path} "
+        f"without --ckpt_path"
+    )
+
+
+def check_checkpoint_stage(
+    ckpt_path: str | None, model_class_path: str | None, resume: bool = False
+) -> dict[str, Any] | None:
+    """Refuse, before anything is built, a ``--ckpt_path`` that cannot serve: a file that is
+    not a readable PyTorch checkpoint, a checkpoint of another stage than the configured model
+    class, and with ``resume`` (``fit``) a weights-only checkpoint. The file is mapped, not
+    read whole: a 10 GB ``last.ckpt`` costs the pickled record only.
+
+    Returns:
+        the checkpoint (its tensors mapped), or None when ``ckpt_path`` is not a file (a
+        keyword such as ``last`` or ``best``, or nothing).
 
     Raises:
-        ConfigError: naming both stages and the way to start stage 2.
+        ConfigError: naming the file and what to do (for another stage, the way to start
+            stage 2; for weights only, ``--ckpt_path last`` or ``model_path``).
     """
-    if not ckpt_path or not model_class_path or not Path(ckpt_path).is_file():
-        return
-    stage = checkpoint_stage(load_checkpoint_safely(ckpt_path))
-    task = task_stage(model_class_path)
-    if stage not in ("unknown", task):
-        raise ConfigError(stage_mismatch_message(stage, task, ckpt_path))
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return None
+    checkpoint = load_checkpoint_safely(ckpt_path, mmap=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(
+            f"--ckpt_path {ckpt_path} is not a Lightning checkpoint: it has no state_dict"
+        )
+    if model_class_path:
+        stage = checkpoint_stage(checkpoint)
+        task = task_stage(model_class_path)
+        if stage not in ("unknown", task):
+            raise ConfigError(stage_mismatch_message(stage, task, ckpt_path))
+    if resume and not all(key in checkpoint for key in RESUME_KEYS):
+        raise ConfigError(weights_only_message(ckpt_path))
+    return checkpoint
 
 
 def resumable_checkpoint_path(trainer: L.Trainer) -> Path:
