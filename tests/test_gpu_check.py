@@ -1,0 +1,128 @@
+"""tools/gpu_check.py: the batch-size search on made-up answers, failures and the budget recorded
+per section, and the whole CPU smoke run (the same sections as on a GPU) through the script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dm_lightning.gpu_check import runner
+from dm_lightning.gpu_check.report import markdown
+from dm_lightning.gpu_check.search import largest_batch, oom_probe
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_search_doubles_then_bisects():
+    # Fits up to 37: 1..32 fit, 64 does not; then 48 no, 40 no, 36 yes, 38 no, 37 yes.
+    found = largest_batch(lambda n: n <= 37, limit=64)
+    assert found.batch == 37
+    assert not found.capped
+    assert [n for n, _ in found.probes] == [1, 2, 4, 8, 16, 32, 64, 48, 40, 36, 38, 37]
+    assert [ok for _, ok in found.probes] == [True] * 6 + [False, False, False, True, False, True]
+
+
+def test_search_edges():
+    assert largest_batch(lambda n: True, limit=24).probes == [
+        (1, True), (2, True), (4, True), (8, True), (16, True), (24, True),
+    ]  # fmt: skip
+    assert largest_batch(lambda n: True, limit=24).batch == 24
+    nothing = largest_batch(lambda n: False, limit=24)
+    assert (nothing.batch, nothing.probes, nothing.capped) == (0, [(1, False)], False)
+
+
+def test_search_stops_at_the_time_cap():
+    now = [0.0]
+
+    def fits(n: int) -> bool:
+        now[0] += 10.0  # each probe takes 10 s
+        return n <= 100
+
+    found = largest_batch(fits, limit=128, seconds=25.0, clock=lambda: now[0])
+    # Probes end at 10, 20, 30 s; no probe starts after 25 s.
+    assert (found.batch, found.capped) == (4, True)
+    assert found.probes == [(1, True), (2, True), (4, True)]
+
+
+def test_out_of_memory_is_a_no_and_other_errors_propagate():
+    def step(n: int) -> None:
+        if n > 3:
+            raise torch.OutOfMemoryError(f"tried {n}")
+
+    assert largest_batch(oom_probe(step, torch.device("cpu")), limit=8).batch == 3
+
+    def broken(n: int) -> None:
+        raise ValueError("not a memory problem")
+
+    with pytest.raises(ValueError, match="not a memory problem"):
+        oom_probe(broken, torch.device("cpu"))(1)
+
+
+def _check(tmp_path: Path, budget: float, count_flops) -> runner.GpuCheck:
+    plan = runner.smoke_plan()
+    plan.threads = None  # leave this pytest process's thread count alone
+    plan.budget_seconds = budget
+    return runner.GpuCheck(plan, tmp_path, REPO / "configs", {}, count_flops)
+
+
+def test_a_failing_section_is_recorded_and_the_budget_skips_the_rest(tmp_path):
+    def no_flops(network: str, height: int, width: int) -> dict:
+        raise ValueError(f"cannot count {network} at {height}x{width}")
+
+    results = _check(tmp_path, 300.0, no_flops).run(("flops",))
+    flops = results["sections"]["flops"]
+    assert not flops["ok"]
+    assert flops["error"] == "ValueError: cannot count tiny at 32x32"
+    assert "| flops | FAILED: ValueError: cannot count tiny at 32x32 |" in markdown(results)
+
+    skipped = _check(tmp_path, 0.0, no_flops).run(("flops", "ddp_fit"))["sections"]
+    assert list(skipped) == ["flops", "ddp_fit"]
+    for name, section in skipped.items():
+        assert not section["ok"]
+        assert f"budget left; run it alone with --sections {name}" in section["error"]
+
+
+def test_smoke_run_through_the_script(tmp_path):
+    """The CI run: every section on the CPU with the tiny model, exit 0, positive numbers."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "gpu_check.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "gpu_check.json").read_text())
+    sections = results["sections"]
+    assert list(sections) == list(runner.SECTIONS)
+    failed = {name: s["error"] for name, s in sections.items() if not s["ok"]}
+    assert not failed
+    plan = results["plan"]
+    assert results["mode"] == "smoke" and results["device"]["type"] == "cpu"
+    for stage in ("stage1", "stage2"):
+        assert sections["flops"]["result"][stage]["train_gflops"] > 0
+    for name in (*runner.TRAIN_SECTIONS, *runner.COMPILE_SECTIONS):
+        rows = sections[name]["result"]["rows"]
+        assert [r["checkpointing"] for r in rows] == (
+            [False, True] if name in runner.TRAIN_SECTIONS else [False]
+        )
+        for row in rows:
+            # Nothing runs out of memory on the CPU at 32x32: the cap is the answer.
+            assert row["batch"] == plan["max_batch"]
+            for key in ("samples_per_s", "peak_memory_gb", "tflops", "seconds_per_step"):
+                assert row[key] > 0, (name, key, row)
+    for row in sections["eval"]["result"]["rows"]:
+        assert row["images"] == plan["eval_images"] and row["images_per_s"] > 0
+    for row in sections["predict"]["result"]["rows"]:
+        assert row["latency_s"] > 0 and row["input"] == list(plan["predict_input"])
+    ddp = sections["ddp_fit"]["result"]
+    assert (ddp["exit_code"], ddp["backend"], ddp["world_size"]) == (0, "gloo", 1)
+    assert ddp["global_step"] == plan["ddp_steps"] and ddp["strategy"] == "DDPStrategy"
+    table = (out / "gpu_check.md").read_text()
+    for name in runner.SECTIONS:
+        assert f"| {name} | ok |" in table
+    assert table.count("| eager |") == 6 and table.count("| compiled (eager) |") == 2
+    assert "| DDPStrategy on cpu | gloo | 2 | 0 |" in table
