@@ -126,3 +126,14 @@ def test_smoke_run_through_the_script(tmp_path):
         assert f"| {name} | ok |" in table
     assert table.count("| eager |") == 6 and table.count("| compiled (eager) |") == 2
     assert "| DDPStrategy on cpu | gloo | 2 | 0 |" in table
+
+    # A row that failed (as a micro-batch of 1 that does not fit on a small GPU would): the
+    # other row keeps its line, the status table gives the error.
+    section = sections["train_stage1_32"]
+    error = "checkpointing False: MemoryError: micro-batch 1 does not fit"
+    section["result"]["rows"][0] = {"checkpointing": False, "error": error}
+    section.update(ok=False, error=error)
+    table = markdown(results)
+    assert table.count("| 1 | 32 | eager |") == 1
+    assert "| 1 | 32 | eager | on |" in table
+    assert f"| train_stage1_32 | FAILED: {error} |" in table

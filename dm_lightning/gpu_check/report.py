@@ -58,10 +58,11 @@ def _training_rows(sections: dict[str, Any]) -> list[str]:
     lines = []
     for name, section in sections.items():
         result = section.get("result") or {}
-        if not name.startswith(("train_", "compile_")) or not section["ok"]:
+        if not name.startswith(("train_", "compile_")) or not result:
             continue
         unet = result.get("unet", "eager")
-        for row in result.get("rows", []):
+        # A row that failed is left out here; the status table gives its error.
+        for row in (r for r in result.get("rows", []) if "error" not in r):
             if "largest_batch" in row:
                 batch = f"{row['largest_batch']} (of {row['searched_up_to']}"
                 batch += ", search capped)" if row["search_capped"] else ")"

@@ -67,7 +67,7 @@ def cuda_plan() -> Plan:
     """480x640 on the first CUDA device, SD-2 size; about 7 minutes (compiling the last 2-3)."""
     return Plan(
         device="cuda", network="sd2", height=480, width=640, max_batch=128,
-        search_seconds=30.0, timed_steps=2, eval_images=32, eval_batch=8,
+        search_seconds=20.0, timed_steps=2, eval_images=32, eval_batch=8,
         predict_input=(1536, 2048), predict_res=768, predict_repeats=5, ddp_steps=5,
         ddp_timeout=180.0, accelerator="gpu", compile_backend="inductor",
         budget_seconds=420.0, compile_min_seconds=90.0,

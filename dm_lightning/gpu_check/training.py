@@ -159,15 +159,19 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def timed_steps(runner: StepRunner, n: int, steps: int) -> dict[str, float]:
-    """One warm-up step, then ``steps`` timed ones at micro-batch ``n``: seconds per step
-    (wall clock, the device waited for), samples per second, the first step's seconds (a
-    compiled U-Net compiles there) and the peak memory of all of them (GiB)."""
+def timed_steps(runner: StepRunner, n: int, steps: int, warm: bool = False) -> dict[str, Any]:
+    """``steps`` timed steps at micro-batch ``n``, after one warm-up step unless ``warm`` (the
+    last step already ran at ``n``: kernels chosen, allocator cache grown): seconds per step
+    (wall clock, the device waited for), samples per second, the warm-up's seconds (a
+    compiled U-Net compiles there; None when skipped) and the peak memory of all of them
+    (GiB)."""
     reset_peak_memory(runner.device)
-    start = time.perf_counter()
-    loss = runner.step(n)
-    _sync(runner.device)
-    first = time.perf_counter() - start
+    first = None
+    if not warm:
+        start = time.perf_counter()
+        runner.step(n)
+        _sync(runner.device)
+        first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         loss = runner.step(n)
@@ -200,12 +204,14 @@ def search_and_time(
         "searched_up_to": limit,
         "search_capped": found.capped,
         "probes": [[n, ok] for n, ok in found.probes],
-        **timed_at_most(runner, found.batch, steps, train_gflops),
-    }
+        # The last probe ran at the answer (a search that ends on a "yes"): already warm.
+        **timed_at_most(runner, found.batch, steps, train_gflops,
+                        warm=found.probes[-1] == (found.batch, True)),
+    }  # fmt: skip
 
 
 def timed_at_most(
-    runner: StepRunner, batch: int, steps: int, train_gflops: float
+    runner: StepRunner, batch: int, steps: int, train_gflops: float, warm: bool = False
 ) -> dict[str, Any]:
     """:func:`timed_steps` at ``batch``, halving it while the steps run out of memory (a size
     one probe step fitted can fail over several steps, the allocator's cache fragmenting; a
@@ -215,14 +221,14 @@ def timed_at_most(
     counts it)."""
     while batch >= 1:
         try:
-            row = timed_steps(runner, batch, steps)
+            row = timed_steps(runner, batch, steps, warm)
         except torch.OutOfMemoryError:
             row = None  # memory freed below, outside the except block (see oom_probe)
         if row is not None:
             row.update(batch=batch, tflops=row["samples_per_s"] * train_gflops / 1e3)
             return row
         release_memory(runner.device)
-        batch //= 2
+        batch, warm = batch // 2, False
     raise MemoryError("the timed steps do not fit even at micro-batch 1")
 
 
