@@ -3,6 +3,7 @@ per section, and the whole CPU smoke run (the same sections as on a GPU) through
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -61,6 +62,33 @@ def test_out_of_memory_is_a_no_and_other_errors_propagate():
 
     with pytest.raises(ValueError, match="not a memory problem"):
         oom_probe(broken, torch.device("cpu"))(1)
+
+
+def _tool(monkeypatch):
+    """tools/gpu_check.py as a module (its directory on sys.path, as when run as a script)."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    spec = importlib.util.spec_from_file_location("gpu_check_tool", REPO / "tools" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tool_refuses_before_running_anything(tmp_path, monkeypatch, capsys):
+    tool = _tool(monkeypatch)
+    out = tmp_path / "out"
+    assert tool.main(["--smoke", "--out", str(out), "--sections", "flops", "nope"]) == 2
+    assert "gpu_check: error: unknown section(s) nope; expected some of flops, ddp_fit" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setattr(tool, "NEEDED", ("torch", "no_such_module_here", "diffusers"))
+    assert tool.main(["--smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "gpu_check: error: missing module(s) no_such_module_here; see the top of" in err
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(tool, "NEEDED", ())
+        assert tool.main(["--out", str(out)]) == 2
+        assert "gpu_check: error: no CUDA device" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def _check(tmp_path: Path, budget: float, count_flops) -> runner.GpuCheck:

@@ -18,37 +18,54 @@ Nothing assumes a particular GPU: memory limits are what the device has.
 Writes OUT/gpu_check.json and OUT/gpu_check.md (tables for BENCHMARKS.md); exit status 0 when
 every section succeeded, 1 otherwise.
 
-A machine without network access and without some of the project's dependencies (e.g. one
-with torch, lightning, timm, torchmetrics and tensorboard only): carry wheels over. Here, in
-this environment (pure-Python wheels, so they install on any Linux; the versions as here):
+A machine without network access may lack some of the project's dependencies (one had torch,
+lightning, timm, torchmetrics, tensorboard and onnxruntime, but not diffusers, webdataset,
+jsonargparse or braceexpand): carry wheels over. Here (the versions of this environment;
+with --no-deps pip fetches exactly these):
 
-    pip download --no-deps -d wheels diffusers webdataset braceexpand \
-        "jsonargparse[signatures]<4.49" docstring-parser typeshed-client accelerate rich
+    pip download --no-deps -d wheels diffusers==0.42.1 webdataset==1.0.2 braceexpand==0.1.7 \
+        jsonargparse==4.48.0 docstring-parser==0.18.0 typeshed-client==2.15.0 \
+        accelerate==1.16.0 importlib-metadata zipp
+    # diffusers also imports regex (a compiled wheel): if the machine lacks it, fetch the
+    # one for its Python, e.g. --only-binary=:all: --python-version 3.11 \
+    #     --platform manylinux2014_x86_64 regex
     tar czf wheels.tgz wheels
 
 There, in a copy of the repository:
 
     tar xzf wheels.tgz && pip install --no-deps wheels/*
-    python -c "import dm_lightning.cli, dm_lightning.real_size"   # names anything still missing
     PYTHONPATH=$PWD python tools/gpu_check.py --out gpu-check
 
-(``--no-deps`` keeps pip from replacing the machine's torch; a module the import line still
-names, e.g. one of diffusers' own requirements, goes into wheels/ the same way.)
+(``--no-deps`` keeps pip from replacing the machine's torch.) Before anything runs, the tool
+imports what its sections import and names the missing modules it meets (exit 2; one per
+import chain, so a rerun may name more): fetch those the same way. None of this has been
+tried on such a machine yet.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# What the sections import (the ddp fit's child needs jsonargparse, the data webdataset).
-NEEDED = ("torch", "lightning", "torchmetrics", "timm", "diffusers", "webdataset",
-          "braceexpand", "jsonargparse", "yaml", "dm_lightning")  # fmt: skip
+# What the sections import (the ddp fit's child: the CLI, so jsonargparse and the data stack).
+NEEDED = ("torch", "lightning", "yaml", "webdataset", "dm_lightning.cli",
+          "dm_lightning.real_size", "dm_lightning.gpu_check.runner")  # fmt: skip
+
+
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    """The modules that importing ``names`` finds missing (each name's first one)."""
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            missing.append(error.name or name)
+    return sorted(set(missing))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-batch", type=int, default=None, help="largest micro-batch tried")
     args = parser.parse_args(argv)
-    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    missing = missing_modules(NEEDED)
     if missing:
         print(f"gpu_check: error: missing module(s) {', '.join(missing)}; see the top of "
               f"{Path(__file__).name} for carrying wheels", file=sys.stderr)  # fmt: skip

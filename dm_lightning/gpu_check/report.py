@@ -74,7 +74,7 @@ def _training_rows(sections: dict[str, Any]) -> list[str]:
                 f"| {result['stage']} | {result['precision']} | {unet} "
                 f"| {'on' if row['checkpointing'] else 'off'} | {batch} "
                 f"| {_num(row['samples_per_s'])} | {_num(row['peak_memory_gb'])} "
-                f"| {_num(row.get('tflops'), 1)} |"
+                f"| {'-' if row.get('tflops') is None else format(row['tflops'], '.3g')} |"
             )
     return lines
 
