@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dm_lightning.gpu_check import runner
+from dm_lightning.gpu_check import runner, training
 from dm_lightning.gpu_check.report import markdown
 from dm_lightning.gpu_check.search import largest_batch, oom_probe
 
@@ -62,6 +62,37 @@ def test_out_of_memory_is_a_no_and_other_errors_propagate():
 
     with pytest.raises(ValueError, match="not a memory problem"):
         oom_probe(broken, torch.device("cpu"))(1)
+
+
+class _FakeRunner:
+    """A StepRunner stand-in: steps above ``fits_up_to`` run out of memory."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, fits_up_to: int) -> None:
+        self.fits_up_to, self.steps = fits_up_to, []
+
+    def step(self, n: int) -> torch.Tensor:
+        self.steps.append(n)
+        if n > self.fits_up_to:
+            raise torch.OutOfMemoryError(f"tried {n}")
+        return torch.tensor(1.0)
+
+
+def test_search_then_timed_steps_and_the_timed_fallback():
+    run = _FakeRunner(fits_up_to=3)
+    row = training.search_and_time(run, limit=8, search_seconds=60.0, steps=2, train_gflops=5.0)
+    # Probes 1, 2, 4 (no), 3; the last probe ran at 3, so no warm-up: 2 timed steps at 3.
+    assert run.steps == [1, 2, 4, 3, 3, 3]
+    assert (row["largest_batch"], row["batch"], row["first_step_s"]) == (3, 3, None)
+    assert row["probes"] == [[1, True], [2, True], [4, False], [3, True]]
+    assert row["tflops"] == pytest.approx(row["samples_per_s"] * 5.0 / 1e3)
+    # Timed steps that run out of memory at the given size halve it (4 -> 2 -> 1).
+    run = _FakeRunner(fits_up_to=1)
+    row = training.timed_at_most(run, 4, steps=1, train_gflops=5.0)
+    assert row["batch"] == 1 and run.steps == [4, 2, 1, 1]
+    with pytest.raises(MemoryError, match="micro-batch 1 does not fit"):
+        training.search_and_time(_FakeRunner(0), 8, 60.0, 1, 5.0)
 
 
 def _tool(monkeypatch):
