@@ -40,7 +40,7 @@ from typing import Any
 import lightning as L
 
 from dm_lightning.errors import ConfigError, DMLightningError
-from dm_lightning.pipeline_steps import INPUT, check_pipeline, fit_args, test_args
+from dm_lightning.pipeline_steps import INPUT, check_pipeline, evaluation_arguments, fit_arguments
 from dm_lightning.training.callbacks import EXPORT_RECORD
 from dm_lightning.training.report import metric_splits, metrics_table
 from dm_lightning.training.run_folder import latest_resumable
@@ -274,7 +274,7 @@ def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
         log(f"{stage.name}: interrupted earlier, resuming from {found}")
     else:
         log(f"{stage.name}: training into {run / stage.name}")
-    args = fit_args(pipeline, stage, model_path, resume)
+    args = fit_arguments(pipeline, stage, model_path, resume)
     run_dm_lightning(args, f"{stage.name} (fit)", pipeline.in_process)
     record = finished_export(run / stage.name)
     if record is None:
@@ -298,7 +298,7 @@ def evaluate(pipeline: Pipeline, name: str, model: str, step: int | None) -> dic
     overrides = {"model__init_args__target": target} if target else {}
     test_folder = run / f"test-{name}"
     before = {p: p.stat().st_mtime for p in test_folder.glob(f"*/{TEST_METRICS}")}
-    args = test_args(pipeline, name, model, overrides)
+    args = evaluation_arguments(pipeline, name, model, overrides)
     run_dm_lightning(args, f"test of {name}", pipeline.in_process)
     written = [
         p for p in test_folder.glob(f"*/{TEST_METRICS}") if before.get(p) != p.stat().st_mtime

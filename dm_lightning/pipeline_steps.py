@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ INPUT = "input"  # ``--test`` name of the model the first stage starts from
 TEST_METRICS_WRITER = "dm_lightning.pipeline.TestMetricsWriter"
 
 
-def fit_args(
+def fit_arguments(
     pipeline: Pipeline, stage: Stage, model_path: str | None, extra: Sequence[str] = ()
 ) -> list[str]:
     """The ``dm-lightning fit`` arguments of ``stage`` starting from ``model_path``."""
@@ -45,7 +46,7 @@ def fit_args(
     )
 
 
-def test_args(
+def evaluation_arguments(
     pipeline: Pipeline, name: str, model: str, overrides: dict[str, str] | None = None
 ) -> list[str]:
     """The ``dm-lightning test`` arguments of model ``name`` (folder ``model``)."""
@@ -76,7 +77,9 @@ def parsed_config(args: list[str], what: str) -> dict:
 
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+            # LightningCLI warns when given args while sys.argv holds the tool's own options.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             run_cli([*args, "--print_config"])
     except SystemExit as done:
         if done.code not in (0, None):
@@ -110,7 +113,7 @@ def check_pipeline(pipeline: Pipeline) -> str | None:
     input_model = pipeline.model_path
     model = input_model
     for index, stage in enumerate(pipeline.stages):
-        config = parsed_config(fit_args(pipeline, stage, model), f"{stage.name} (fit)")
+        config = parsed_config(fit_arguments(pipeline, stage, model), f"{stage.name} (fit)")
         if index == 0 and input_model is None:
             init_args = (config.get("model") or {}).get("init_args") or {}
             input_model = init_args.get("model_path")
@@ -124,5 +127,5 @@ def check_pipeline(pipeline: Pipeline) -> str | None:
                 "model with --model-path"
             )
         tested = input_model if name == INPUT else str(Path(pipeline.run) / name / "export")
-        parsed_config(test_args(pipeline, name, tested), f"test of {name}")
+        parsed_config(evaluation_arguments(pipeline, name, tested), f"test of {name}")
     return input_model
