@@ -357,3 +357,24 @@ def test_a_full_disk_during_an_export_is_one_line_through_the_cli(tmp_path, caps
     )
     assert (target / "model.safetensors").read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_a_full_disk_at_the_end_of_fit_is_one_line(
+    tiny_model, data_config, tmp_path, monkeypatch, capsys
+):
+    """The export at the end of a 1-step fit meets a full disk: one line naming the export
+    folder, exit status 1 (the run had trained), no half export under the final name."""
+    from dm_lightning.models.depthmaster import DepthMaster
+
+    def full_disk(self, path, metadata=None):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "part.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DepthMaster, "save_pretrained", full_disk)
+    args = _tiny_fit("stage1", tiny_model, data_config, tmp_path)
+    assert main([*args, "--trainer.enable_progress_bar", "false"]) == 1
+    line = error_line(capsys)
+    assert line.startswith("dm-lightning: error: the disk is full (no space or quota left) while ")
+    assert "model export" in line and "nothing was written there" in line
+    assert not [p for p in tmp_path.rglob("export*") if p.is_dir()]  # nor a temporary one
