@@ -34,17 +34,19 @@ def _in_chain(error: BaseException | None, kind: type) -> Any:
     return None
 
 
-def yaml_error_message(path: str, error: yaml.MarkedYAMLError) -> str:
-    """One line for a YAML file that does not parse: ``path``, 1-based line and column, what
-    YAML found, and a hint when the character there is a tab."""
+def yaml_error_message(path: str | None, error: yaml.MarkedYAMLError) -> str:
+    """One line for YAML that does not parse: the file ``path`` (None: a value given on the
+    command line), 1-based line and column, what YAML found, and a hint when the character
+    there is a tab."""
     mark = error.problem_mark or error.context_mark
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = " ".join(str(error.problem or error.context or "not valid YAML").split())
-    text = f"config file {path}: not valid YAML{where}: {problem}"
+    what = f"config file {path}" if path is not None else "a YAML value on the command line"
+    text = f"{what}: not valid YAML{where}: {problem}"
     context = error.context_mark
     if error.context and context is not None and mark is not None and context.line != mark.line:
         text += f" ({' '.join(error.context.split())} at line {context.line + 1})"
-    if mark is not None:
+    if mark is not None and path is not None:
         try:
             with open(path, encoding="utf-8", errors="replace") as stream:
                 lines = stream.read().splitlines()
@@ -55,8 +57,8 @@ def yaml_error_message(path: str, error: yaml.MarkedYAMLError) -> str:
     return text
 
 
-def _reason(key: str, reason: str) -> str:
-    """jsonargparse's reason for refusing the value of ``key``, shortened to what was given
+def _reason(reason: str) -> str:
+    """jsonargparse's reason for refusing a value, shortened to what was given
     and what was expected (its Union messages list every subtype tried and a namespace)."""
     in_class = re.search(r"Problem with given class_path '([^']+)': (.*)", reason)
     if in_class is not None:
@@ -66,7 +68,7 @@ def _reason(key: str, reason: str) -> str:
             return f"{class_path} has no option '{option.group(1)}'"
         inner = _PARSER_KEY.match(reason)
         if inner is not None:
-            return f"init_args.{inner.group(1)} of {class_path}: {_reason(key, inner.group(2))}"
+            return f"init_args.{inner.group(1)} of {class_path}: {_reason(inner.group(2))}"
     expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>|Expected a (\w+)", reason)]
     types = [a or b for a, b in expected if (a or b) != "NoneType"]
     given = re.search(r"Given value: (.*?)(?: Given value type:|$)", reason) or re.search(
@@ -109,7 +111,7 @@ class OneLineErrorParser(LightningArgumentParser):
         marked = _in_chain(ex, yaml.MarkedYAMLError)
         if marked is not None:
             # parse_path (a file) adds the file's name; a YAML string keeps this message.
-            raise _YAMLError(yaml_error_message("given on the command line", marked), marked)
+            raise _YAMLError(yaml_error_message(None, marked), marked)
         raise ConfigError(self.one_line(message))
 
     def one_line(self, message: str) -> str:
@@ -131,7 +133,7 @@ class OneLineErrorParser(LightningArgumentParser):
         keyed = _PARSER_KEY.match(message.strip())
         if keyed is not None:
             key, reason = keyed.groups()
-            message = f"--{key}: {_reason(key, ' '.join(reason.split()))}"
+            message = f"--{key}: {_reason(' '.join(reason.split()))}"
         text = " ".join(message.split())
         text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
         return f"{text} ({help_hint})"
