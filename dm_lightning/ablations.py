@@ -51,6 +51,7 @@ from dm_lightning.pipeline import (
     recipe_from_args,
     run_pipeline,
 )
+from dm_lightning.pipeline_steps import check_pipeline
 from dm_lightning.training.report import metric_splits, metrics_table
 
 BASELINE = "baseline"
@@ -328,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = plan_rows(recipe, args.overlays, args.run, baseline=not args.no_baseline)
         if not rows:
             raise ConfigError("nothing to run: no overlay and --no-baseline")
+        if not (args.print_commands or args.collect):
+            for row in rows:  # every row's options, before the first row trains
+                check_pipeline(row.pipeline)
     except DMLightningError as err:  # a missing overlay, an overlay no stage takes, ...
         print(f"run_ablations.py: error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
 from dm_lightning.training.base import DepthMasterTask
@@ -155,6 +156,8 @@ class DepthMasterCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else None
         if config is not None and "weights_only" in config and config.weights_only is None:
             config.weights_only = True
+        if config is not None:  # a missing GPU, a save_dir under a file: one line, not a traceback
+            check_trainer_config(config.get("trainer"))
 
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs: Any
@@ -246,6 +249,8 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
         seed_everything_default=0,
         save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
+        # Bad arguments and configs end in one line naming the key or file (no usage dump).
+        parser_class=OneLineErrorParser,
         parser_kwargs={
             # One name in usage and error hints, also under `python -m dm_lightning`.
             "prog": "dm-lightning",
@@ -300,7 +305,7 @@ def main(args: list[str] | None = None) -> int:
         )
         return 128 + signal.SIGTERM
     except Exception as err:
-        found = user_error(err)
+        found = user_error(err) or lightning_error(err)
         if found is None:
             raise
         print(f"dm-lightning: error: {user_message(found)}", file=sys.stderr)

@@ -17,7 +17,11 @@ recent :class:`DMLightningError` created in this process, so the CLI can print i
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import threading
+from collections.abc import Iterator
 
 _last = threading.local()
 
@@ -47,11 +51,60 @@ class DataError(DMLightningError, RuntimeError):
     exit_code = 1
 
 
+class StartupDataError(DataError):
+    """A :class:`DataError` found at start-up, before any step (e.g. a source whose first
+    shards are empty or unreadable, or of another schema version): a start-up error a user
+    can fix, so exit status 2."""
+
+    exit_code = 2
+
+
 class TrainingStopped(DMLightningError, RuntimeError):
     """A guard stopped a run (e.g. too many consecutive non-finite steps) after saving a
     checkpoint; the message says where and why."""
 
     exit_code = 1
+
+
+class DiskFullError(DMLightningError, OSError):
+    """A save or export ran out of disk space or quota (ENOSPC, EDQUOT); the message names
+    the file and says what on disk is intact (see :func:`disk_full_as_error`)."""
+
+    exit_code = 1
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` or one in its cause/context chain is an ``OSError`` with errno
+    ENOSPC or EDQUOT, or a torch writer error quoting that ``strerror``."""
+    texts = tuple(os.strerror(code) for code in _DISK_FULL)
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return True
+        if isinstance(error, RuntimeError) and any(t in str(error) for t in texts):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a full disk (:func:`is_disk_full`) while writing ``what`` at ``path`` through a
+    temporary file and a rename into a one-line :class:`DiskFullError`; what existed at
+    ``path`` before is intact then (the rename never happened)."""
+    existed = os.path.exists(path)
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err):
+            raise
+        kept = f"the previous {what} there is intact" if existed else "nothing was written there"
+        raise DiskFullError(
+            f"the disk is full (no space or quota left) while writing {what} {path}; {kept}. "
+            "Free some space, then run the same command again (fit: add --ckpt_path last)"
+        ) from err
 
 
 def last_error() -> DMLightningError | None:

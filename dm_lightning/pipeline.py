@@ -40,11 +40,11 @@ from typing import Any
 import lightning as L
 
 from dm_lightning.errors import ConfigError, DMLightningError
+from dm_lightning.pipeline_steps import INPUT, check_pipeline, evaluation_arguments, fit_arguments
 from dm_lightning.training.callbacks import EXPORT_RECORD
 from dm_lightning.training.report import metric_splits, metrics_table
 from dm_lightning.training.run_folder import latest_resumable
 
-INPUT = "input"
 """Name of the model the first stage starts from, as a model to test (the untrained row)."""
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -258,8 +258,6 @@ def run_child(args: list[str]) -> int:
 def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
     """Train ``stage`` (or skip / resume it, see the module docstring); returns its export
     record (``export``, ``global_step``, ``run``)."""
-    from dm_lightning.cli import cli_args
-
     run = Path(pipeline.run)
     state, found = stage_state(run, stage.name)
     if state == "finished":
@@ -276,14 +274,7 @@ def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
         log(f"{stage.name}: interrupted earlier, resuming from {found}")
     else:
         log(f"{stage.name}: training into {run / stage.name}")
-    args = cli_args(
-        "fit",
-        [*stage.configs, pipeline.data],
-        model_path,
-        run,
-        trainer__logger__init_args__name=stage.name,
-        extra=[*pipeline.fit_args, *stage.args, *resume],
-    )
+    args = fit_arguments(pipeline, stage, model_path, resume)
     run_dm_lightning(args, f"{stage.name} (fit)", pipeline.in_process)
     record = finished_export(run / stage.name)
     if record is None:
@@ -295,8 +286,6 @@ def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
 def evaluate(pipeline: Pipeline, name: str, model: str, step: int | None) -> dict[str, float]:
     """Test ``model`` on the data config's test splits as ``<run>/test-<name>``, unless
     ``results.json`` already holds this model's results; returns its ``test/...`` metrics."""
-    from dm_lightning.cli import cli_args
-
     run = Path(pipeline.run)
     done = read_results(run).get(name)
     if done is not None and done["model"] == str(model) and done["global_step"] == step:
@@ -309,18 +298,7 @@ def evaluate(pipeline: Pipeline, name: str, model: str, step: int | None) -> dic
     overrides = {"model__init_args__target": target} if target else {}
     test_folder = run / f"test-{name}"
     before = {p: p.stat().st_mtime for p in test_folder.glob(f"*/{TEST_METRICS}")}
-    args = cli_args(
-        "test",
-        [pipeline.eval_config, pipeline.test_data or pipeline.data],
-        model,
-        run,
-        trainer__logger__init_args__name=f"test-{name}",
-        extra=[
-            f"--trainer.callbacks+={TestMetricsWriter.__module__}.{TestMetricsWriter.__name__}",
-            *pipeline.test_args,
-        ],
-        **overrides,
-    )
+    args = evaluation_arguments(pipeline, name, model, overrides)
     run_dm_lightning(args, f"test of {name}", pipeline.in_process)
     written = [
         p for p in test_folder.glob(f"*/{TEST_METRICS}") if before.get(p) != p.stat().st_mtime
@@ -363,11 +341,14 @@ def run_pipeline(
     Raises:
         PipelineError: a stage or a test failed (the message names it, ``status`` is its exit
             status); finished stages are kept, so the same call goes on from there.
+        DMLightningError: a config file or a step's options are wrong
+            (:func:`~dm_lightning.pipeline_steps.check_pipeline`), before anything ran.
     """
+    input_model = check_pipeline(pipeline)  # every step's options, before any trains
     run = Path(pipeline.run)
     run.mkdir(parents=True, exist_ok=True)
     log(f"run folder {run.resolve()}  (tensorboard --logdir {run})")
-    models: dict[str, tuple[str | None, int | None]] = {INPUT: (pipeline.model_path, None)}
+    models: dict[str, tuple[str | None, int | None]] = {INPUT: (input_model, None)}
     model_path = pipeline.model_path
     for stage in pipeline.stages:
         record = fit_stage(pipeline, stage, model_path)

@@ -130,7 +130,8 @@ def test_cli_logs_every_frame_and_writes_the_report(cli_run):
     assert float(row["delta1"]) == pytest.approx(delta1, rel=1e-6)
 
     table = (report / "results.md").read_text()
-    assert "| AbsRel / δ1 (x100) | tum (1) | sun (1) | nyu_raw (1) | redwood_synthetic (5) |" in table
+    header = "| AbsRel / δ1 (x100) | tum (1) | sun (1) | nyu_raw (1) | redwood_synthetic (5) |"
+    assert header in table
     assert f"| this model | {abs_rel * 100:.1f} / {delta1 * 100:.1f} |" in table
     for method in PAPER_RESULTS:
         assert f"| {method} | – | – | – | – |" in table

@@ -213,11 +213,14 @@ def test_overrides_are_sorted_by_stage_and_the_command_round_trips():
 
 def test_a_failing_stage_is_named_with_its_exit_status(tmp_path, data_config, capfd):
     # The default: each step is a `python -m dm_lightning` child; its status is the tool's.
-    missing = tmp_path / "no_such_stage1.yaml"
+    # The options parse (checked before stage 1), the model folder is only opened by the child.
+    missing = tmp_path / "no_such_model"
     run = tmp_path / "run"
-    assert main(["--stage1", str(missing), "--data", str(data_config), "--run", str(run)]) == 2
+    stage1 = ["--stage1", str(TINY / "stage1.yaml"), "--eval", str(TINY / "eval.yaml")]
+    args = [*stage1, "--data", str(data_config), "--run", str(run)]
+    assert main([*args, "--stage1.model.init_args.model_path", str(missing)]) == 2
     captured = capfd.readouterr()
-    assert f"File does not exist: '{missing}'" in captured.err  # the child's own message
+    assert str(missing) in captured.err  # the child's own message
     assert "[pipeline] stage1: training into" in captured.out
     last = captured.err.strip().splitlines()[-1]
     assert last == (

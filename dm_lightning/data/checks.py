@@ -16,7 +16,7 @@ from typing import Any
 
 from dm_lightning.data.schema import CorruptSampleError, SchemaVersionError, decode_meta
 from dm_lightning.data.shards import ShardReadError, is_shard_url, iter_shard
-from dm_lightning.errors import ConfigError, DataError
+from dm_lightning.errors import ConfigError, StartupDataError
 
 FIRST_SAMPLE_SHARDS = 4
 """Shards :func:`first_sample_meta` looks through for a source's first readable sample."""
@@ -64,9 +64,9 @@ def first_sample_meta(key: str, urls: list[str]) -> dict[str, Any]:
     A shard is read only up to its first good sample; a URL's command is then stopped.
 
     Raises:
-        DataError: shards of another schema version, or no readable sample in those shards
-            (naming the key, the shards and why; for URLs whose command failed, the command
-            and its exit status).
+        StartupDataError: (exit status 2) shards of another schema version, or no readable
+            sample in those shards (naming the key, the shards and why; for URLs whose
+            command failed, the command and its exit status).
     """
     problems: list[str] = []
     looked = urls[:FIRST_SAMPLE_SHARDS]
@@ -80,7 +80,7 @@ def first_sample_meta(key: str, urls: list[str]) -> dict[str, Any]:
                     try:
                         meta = decode_meta(raw)
                     except SchemaVersionError as err:
-                        raise DataError(f"{key}: {err}") from err
+                        raise StartupDataError(f"{key}: {err}") from err
                     except CorruptSampleError as err:
                         problems.append(str(err))
                         continue
@@ -93,12 +93,12 @@ def first_sample_meta(key: str, urls: list[str]) -> dict[str, Any]:
             problems.append(f"shard {url} holds no sample (an empty tar)")
     shown = "; ".join(problems[:3])
     if failed_urls == len(looked):
-        raise DataError(
+        raise StartupDataError(
             f"{key}: cannot read its first {len(looked)} shard(s) {looked}: {shown}. A "
             "pipe:CMD shard is the output of the shell command CMD (http(s):// ones are read "
             "with curl): run the command by hand (`CMD | tar t`) to see why it fails"
         )
-    raise DataError(
+    raise StartupDataError(
         f"{key}: no sample with a readable JSON in its first {len(looked)} shard(s) "
         f"{looked}: {shown}. Expected shards written by this "
         "dm_lightning's converters (tools/inspect_shards.py shows what they hold)"

@@ -90,6 +90,12 @@ class SchemaVersionError(CorruptSampleError):
     """A sample written with another ``schema_version`` than this reader's."""
 
 
+class DepthFormatError(CorruptSampleError):
+    """``depth.png`` is an 8-bit PNG: a writer that broke the schema (16-bit units), not a
+    damaged sample. Read as depth it would be 0-255 units (0-0.255 m at the usual scale), so
+    the streams stop on it instead of skipping (see ``streams.skips.SkipCounter``)."""
+
+
 def quantize_depth(depth: np.ndarray, depth_scale: float) -> np.ndarray:
     """Metric depth -> uint16 PNG units.
 
@@ -215,7 +221,15 @@ def decode_sample(sample: dict[str, Any], depth_as_units: bool = False) -> dict[
         raise CorruptSampleError(
             f"{where}: cannot decode ({type(err).__name__}: {err})", shard, key
         ) from err
-    if units.dtype not in (np.uint16, np.int32, np.uint8) or units.ndim != 2:
+    if units.dtype == np.uint8 and units.ndim == 2:
+        raise DepthFormatError(
+            f"{where}: depth.png is an 8-bit PNG (mode {depth_img.mode}); the schema stores "
+            "depth as 16-bit PNG units (mode I;16, metres = units x depth_scale): write the "
+            "shard again with a 16-bit depth map (tools/convert_*.py do)",
+            shard,
+            key,
+        )
+    if units.dtype not in (np.uint16, np.int32) or units.ndim != 2:
         raise CorruptSampleError(
             f"{where}: depth.png must be single-channel 16-bit, got mode {depth_img.mode}",
             shard,

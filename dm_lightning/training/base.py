@@ -11,6 +11,7 @@ common. Evaluation state lives in an
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -107,6 +108,11 @@ class DepthMasterTask(L.LightningModule):
             raise ConfigError(
                 f"model.init_args.eval_alignment: unknown space {self.eval_alignment!r}; "
                 f"expected one of {', '.join(ALIGNMENT_SPACES)}"
+            )
+        if not (lr > 0 and math.isfinite(lr)):
+            # lr 0 trained "successfully" and exported the input weights unchanged.
+            raise ConfigError(
+                f"model.init_args.lr must be a finite number > 0 (Adam's learning rate), got {lr}"
             )
         if max_nonfinite_steps is not None and max_nonfinite_steps < 1:
             raise ConfigError(

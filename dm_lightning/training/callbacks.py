@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from dm_lightning.errors import ConfigError
+from dm_lightning.errors import ConfigError, disk_full_as_error
 from dm_lightning.training.checkpoints import load_checkpoint_safely
 from dm_lightning.training.deferred_signals import deferred_signals
 from dm_lightning.training.ema import ema_callback
@@ -86,25 +86,29 @@ class ExportDepthMaster(L.Callback):
                 "target": pl_module.hparams.get("target"),
                 "global_step": trainer.global_step,
             }
-            replace_folder(target, lambda tmp: pl_module.net.save_pretrained(tmp, metadata))
+            replace_folder(
+                target, lambda tmp: pl_module.net.save_pretrained(tmp, metadata), "model export"
+            )
             record = {"export": str(target.resolve()), "global_step": trainer.global_step}
             folder.mkdir(parents=True, exist_ok=True)
             (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
             print(f"[dm_lightning] exported {type(pl_module).__name__} model to {target}")
 
 
-def replace_folder(target: Path, write: Any) -> None:
+def replace_folder(target: Path, write: Any, what: str = "folder") -> None:
     """Write a folder atomically: ``write(tmp)`` fills a sibling temporary folder, which then
     replaces ``target`` by rename. A kill at any moment leaves either the previous complete
     folder or the new one at ``target`` (plus, at worst, a ``.tmp-*`` / ``.old-*`` sibling),
-    never a half-written model that loads."""
+    never a half-written model that loads. A full disk while writing is one
+    :class:`~dm_lightning.errors.DiskFullError` naming ``what`` and ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = target.with_name(f"{target.name}.tmp-{tag}")
     old = target.with_name(f"{target.name}.old-{tag}")
     try:
-        write(tmp)
+        with disk_full_as_error(target, what):
+            write(tmp)
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)

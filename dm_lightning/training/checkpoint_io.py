@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from dm_lightning.errors import disk_full_as_error
+
 
 def is_local_path(path: str | os.PathLike) -> bool:
     """A plain file-system path (no ``scheme://`` URL)."""
@@ -60,7 +62,7 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            with open(tmp, "wb") as f:
+            with disk_full_as_error(target, "checkpoint"), open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())  # on disk before it replaces the previous checkpoint

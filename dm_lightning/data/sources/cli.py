@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from dm_lightning.data.sources.engine import DEFAULT_PER_SHARD
 from dm_lightning.data.splits import available_splits
+from dm_lightning.errors import DMLightningError
 
 
 def converter_parser(
@@ -29,6 +31,7 @@ def converter_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_conversion_arguments(parser, source, default_list=default_list)
+    parser.set_defaults(prog=prog)  # names the tool in run_conversion's error line
     return parser
 
 
@@ -95,19 +98,29 @@ def run_conversion(
     args: argparse.Namespace, convert: Callable[..., dict[str, Any]], **extra: Any
 ) -> dict[str, Any]:
     """The converter CLIs' shared body: check ``args``, convert with ``convert(...)`` (plus
-    ``extra`` keyword arguments), print the summary; returns it."""
+    ``extra`` keyword arguments), print the summary; returns it.
+
+    Raises:
+        SystemExit: status 2 after one line ``PROG: error: ...`` on stderr, for an input a user
+            can fix (a :class:`~dm_lightning.errors.DMLightningError`: e.g. an input root that
+            does not exist, or none of the list's frames found in it).
+    """
     check_conversion_arguments(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    summary = convert(
-        args.inputs,
-        args.out,
-        split=args.split,
-        split_list=args.split_list,
-        limit=args.limit,
-        per_shard=args.per_shard,
-        workers=args.workers,
-        progress=not args.quiet,
-        **extra,
-    )
+    try:
+        summary = convert(
+            args.inputs,
+            args.out,
+            split=args.split,
+            split_list=args.split_list,
+            limit=args.limit,
+            per_shard=args.per_shard,
+            workers=args.workers,
+            progress=not args.quiet,
+            **extra,
+        )
+    except DMLightningError as err:
+        print(f"{getattr(args, 'prog', 'converter')}: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
     print("\n".join(summary_lines(summary)))
     return summary

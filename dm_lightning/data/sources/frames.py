@@ -27,6 +27,7 @@ from dm_lightning.data.sources.engine import (
 from dm_lightning.data.sources.inputs import Loader, Location, read_input, resolve_inputs
 from dm_lightning.data.sources.spec import SourceSpec
 from dm_lightning.data.splits import SplitEntry, available_splits, load_split, read_split_file
+from dm_lightning.errors import MissingPathError
 
 INDEX_FORMAT = "dm_lightning shards"
 """The ``format`` field of the ``index.json`` the converters write."""
@@ -153,13 +154,28 @@ def convert_frames(
         raise ValueError(f"per_shard must be >= 1, got {per_shard}")
     check_unique_keys(frame.key for frame in frames)
     roots = as_paths(inputs)
-    folder = os.path.join(os.fspath(out_dir), spec.name)
-    os.makedirs(folder, exist_ok=True)
+    for root in roots:
+        if not os.path.exists(root):
+            raise MissingPathError(
+                f"input {root} does not exist; expected a {spec.name} dataset folder or an "
+                "uncompressed .tar of one"
+            )
     found = resolve_inputs(roots, {name for frame in frames for name in frame.files.values()})
     located = [
         _Located(frame, {name: found[name] for name in frame.files.values() if name in found})
         for frame in frames
     ]
+    if frames and not any(len(item.locations) == len(item.frame.files) for item in located):
+        # Nothing to convert: a wrong folder, layout or split. Checked before anything is
+        # written, so no empty shard folder or index.json of no shards is left behind.
+        example = next(iter(frames[0].files.values()), "?")
+        raise MissingPathError(
+            f"none of the {len(frames)} {spec.name} frames of the list has its input files in "
+            f"{', '.join(roots)} (e.g. {example} not found): check the input folder, --split "
+            "and the layout"
+        )
+    folder = os.path.join(os.fspath(out_dir), spec.name)
+    os.makedirs(folder, exist_ok=True)
 
     def check(item: _Located) -> str | None:
         missing = [name for name in item.frame.files.values() if name not in item.locations]

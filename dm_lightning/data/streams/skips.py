@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from dm_lightning.data.schema import CorruptSampleError, decode_sample
+from dm_lightning.data.schema import CorruptSampleError, DepthFormatError, decode_sample
 from dm_lightning.data.shards import ShardReadError, iter_shard
 from dm_lightning.errors import DataError
 
@@ -35,7 +35,8 @@ class SkipCounter:
 
         Raises:
             DataError: the error is a shard that does not exist (any more): a listed shard
-                vanished during the run, which no skipping can make up for.
+                vanished during the run, which no skipping can make up for; or an 8-bit
+                depth PNG (:class:`DepthFormatError`), which would be read as wrong depth.
         """
         shard = getattr(error, "shard", None) or "?"
         if getattr(error, "missing", False):
@@ -43,6 +44,10 @@ class SkipCounter:
                 f"{self.stream}: shard {shard} does not exist any more (deleted or moved "
                 "during the run?); expected every shard listed at start to stay readable"
             ) from error
+        if isinstance(error, DepthFormatError):
+            # A whole shard written in the wrong format: skipping would train on nothing or
+            # evaluate a subset; the message names the shard and the sample.
+            raise DataError(f"{self.stream}: {error}") from error
         self.pending += 1
         self.total += 1
         self.by_shard[shard] += 1
