@@ -101,6 +101,17 @@ def test_predict_default_is_the_recorded_resolution(tiny_model, odd_photos, tmp_
     assert gaps[TINY_PROCESSING_RES] < 1e-6 and gaps[128] > 1e-3
 
 
+def test_a_checkpoint_records_its_own_resolution_else_its_base_models(tiny_model, tmp_path):
+    """A stage checkpoint's processing_res hyper-parameter, else its model_path's record."""
+    for own, expected in ((None, TINY_PROCESSING_RES), (96, 96)):
+        path = tmp_path / f"{own}.ckpt"
+        hparams = {"model_path": str(tiny_model), "processing_res": own}
+        torch.save({"hyper_parameters": hparams, "state_dict": {}}, path)
+        assert recorded_processing_res(path) == expected
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    assert recorded_processing_res(tmp_path / "text.ckpt") is None  # the loaders say why
+
+
 def test_predict_refuses_to_write_over_an_input_image(odd_photos, tmp_path):
     """Output folder = input folder: ``a.png``'s depth PNG would replace the photo."""
     folder = tmp_path / "same"
