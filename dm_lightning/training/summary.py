@@ -45,7 +45,7 @@ def fit_summary(trainer: L.Trainer) -> str:
         exported = getattr(callback, "exported", None)
         if exported is not None:
             lines.append(f"  export: {exported}")
-    if trainer.log_dir:
+    if trainer.loggers and trainer.log_dir:
         lines.append(f"  logs: {trainer.log_dir}")
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
