@@ -9,6 +9,7 @@ checkpoint (resume with ``--ckpt_path last``).
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import warnings
@@ -36,6 +37,7 @@ from dm_lightning.training.run_folder import pin_run_folder, removed_if_start_fa
 # --model.help Stage2): jsonargparse knows the subclasses that have been imported.
 from dm_lightning.training.stage1 import Stage1  # noqa: F401
 from dm_lightning.training.stage2 import Stage2  # noqa: F401
+from dm_lightning.training.summary import fit_summary
 
 HELP_EPILOG = (
     "The model's own arguments: dm-lightning fit --model.help Stage1 (or Stage2, "
@@ -64,15 +66,31 @@ class _NoTips(logging.Filter):
         return "Tip: For seamless cloud" not in record.getMessage()
 
 
+class _NoDeviceBanner(logging.Filter):
+    """Drops Lightning's device banner ("GPU available: False, used: False", "TPU available:
+    False, using: 0 TPU cores"), printed by every command; matched exactly, so its warnings
+    (a GPU available but not used) still show."""
+
+    BANNER = re.compile(
+        r"GPU available: (True|False)( \(\w+\))?, used: (True|False)"
+        r"|TPU available: (True|False), using: \d+ TPU cores"
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.BANNER.fullmatch(record.getMessage()) is None
+
+
 def silence_lightning_noise() -> None:
-    """Filter the Lightning messages that are noise for our users (see ``_NOISE_WARNINGS`` and
-    :class:`_NoTips`); idempotent. Everything else Lightning says is still shown."""
+    """Filter the Lightning messages that are noise for our users (see ``_NOISE_WARNINGS``,
+    :class:`_NoTips` and :class:`_NoDeviceBanner`); idempotent. Everything else Lightning says
+    is still shown."""
     for message, category in _NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoTips) for f in logger.filters):
-            logger.addFilter(_NoTips())
+        for kind in (_NoTips, _NoDeviceBanner):
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind())
 
 
 class StepProgressBar(RichProgressBar):
@@ -90,6 +108,13 @@ class StepProgressBar(RichProgressBar):
         trainer = self.trainer
         text = f"Epoch {current_epoch} · step {trainer.global_step}/{trainer.max_steps}"
         return f"{text:{len(self.validation_description)}}"
+
+    def get_metrics(self, trainer: Trainer, pl_module: Any) -> dict[str, Any]:
+        # Lightning's v_num shows the last 4 characters of the run folder's name ("on_2" for
+        # version_2): noise next to the loss.
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, *args, **kwargs)
@@ -187,6 +212,10 @@ class DepthMasterCLI(LightningCLI):
         ):
             kwargs["callbacks"] = [*listed, StepProgressBar()]
         return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"\n{fit_summary(self.trainer)}")
 
     def after_test(self) -> None:
         self.print_results("test")

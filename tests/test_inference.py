@@ -141,7 +141,7 @@ def test_predict_images_refuses_bad_arguments(tiny_model, photos, tmp_path):
     net = make_tiny_depthmaster(0)
     with pytest.raises(MissingPathError, match="predict folder or file not found: .*nowhere"):
         predict_images(net, tmp_path / "nowhere", tmp_path / "out")
-    with pytest.raises(ConfigError, match="processing_res must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"processing_res must be a long edge in pixels >= 8"):
         predict_images(net, photos, tmp_path / "out", processing_res=0)
     # images of different sizes cannot share a batch
     with pytest.raises(ConfigError, match="use batch 1"):

@@ -83,7 +83,7 @@ def test_scalars_of_a_run_are_in_the_event_file(run):
         assert tag in tags, (tag, sorted(tags))
     # Throughput once per logging interval (log_every_n_steps = 2), positive and finite.
     rates = events.Scalars("train/samples_per_sec")
-    assert [r.step for r in rates] == [2, 4, 6]
+    assert [r.step for r in rates] == [1, 3, 5]  # after optimizer steps 2, 4, 6
     assert all(0 < r.value < 1e5 for r in rates)
     # The schedule's warm-up (20 steps from 0) shows in the learning rate.
     lrs = [s.value for s in events.Scalars("lr-Adam")]
@@ -95,10 +95,28 @@ def test_panels_at_the_expected_steps_and_sizes(run):
     cli, events = run
     images = set(events.Tags()["images"])
     assert images == {"panels/train", "panels/val/synthetic_indoor", "panels/val/synthetic_outdoor"}
-    assert _steps(events, "images", "panels/train") == [2, 4, 6]
+    # Lightning's step numbers: optimizer steps completed before the batch (see
+    # monitor.logged_step): after steps 2, 4, 6 -> 1, 3, 5.
+    assert _steps(events, "images", "panels/train") == [1, 3, 5]
     # Validation ends each epoch of 3 batches; none at the sanity check (disabled anyway).
     for split in ("synthetic_indoor", "synthetic_outdoor"):
-        assert _steps(events, "images", f"panels/val/{split}") == [3, 6]
+        assert _steps(events, "images", f"panels/val/{split}") == [2, 5]
+
+
+def test_scalars_and_panels_of_one_step_share_its_number(run):
+    """What the task logs (loss, validation metrics), Lightning's LearningRateMonitor and
+    TrainingMonitor's panels and throughput agree on the step number (they differed by one)."""
+    _, events = run
+    train = _steps(events, "scalars", "train/loss")
+    assert train == [1, 3, 5]  # log_every_n_steps 2
+    assert _steps(events, "scalars", "train/samples_per_sec") == train
+    assert _steps(events, "images", "panels/train") == train
+    assert set(train) <= set(_steps(events, "scalars", "lr-Adam"))
+    val = _steps(events, "scalars", "val/abs_rel")
+    assert val == [2, 5]
+    for split in ("synthetic_indoor", "synthetic_outdoor"):
+        assert _steps(events, "scalars", f"val/{split}/abs_rel") == val
+        assert _steps(events, "images", f"panels/val/{split}") == val
     # Two samples as rows, four tiles side by side: indoor 96x128, outdoor 64x208 samples.
     for split, (h, w) in {"synthetic_indoor": (96, 128), "synthetic_outdoor": (64, 208)}.items():
         for image in events.Images(f"panels/val/{split}"):

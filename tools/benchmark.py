@@ -1039,7 +1039,7 @@ def api_predict(net, folder: Path, out: Path) -> float:
     from dm_lightning.inference.api import predict_images
 
     start = time.process_time()
-    predict_images(net, folder, out, device="cpu", progress=False)
+    predict_images(net, folder, out, device="cpu", progress=False, processing_res="native")
     return time.process_time() - start
 
 
@@ -1100,7 +1100,7 @@ def run_predict(args: argparse.Namespace) -> None:
     folder = model_folder(work, args.model)
     photos = write_photos(work / f"photos-{h}x{w}-{args.images}", args.images, h, w)
     net = load_depthmaster(folder).eval()
-    task = DepthMasterTask(str(folder)).eval()
+    task = DepthMasterTask(str(folder), processing_res="native").eval()  # as the bare forwards
     f = net.latent_factor
     if h % f or w % f:
         raise SystemExit(f"--height and --width must be multiples of {f} (no resize to time)")
@@ -1192,11 +1192,11 @@ def run_predict_stream_child(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     net = load_depthmaster(tiny_model_folder(Path(args.work))).eval()
     first = sorted(Path(args.folder).glob("*.jpg"))[0]
-    predict_images(net, first, Path(args.out) / "warm-up", progress=False)
+    predict_images(net, first, Path(args.out) / "warm-up", "native", progress=False)
     before = _rss_mb()
     reset = reset_peak_rss()
     start = time.perf_counter()
-    summary = predict_images(net, args.folder, args.out, progress=False)
+    summary = predict_images(net, args.folder, args.out, "native", progress=False)
     seconds = time.perf_counter() - start
     peak = _rss_mb("VmHWM" if reset else "VmPeak")
     rss = _rss_mb()

@@ -26,12 +26,13 @@ from dm_lightning.inference.metric import (
 
 PROG = "metric_depth"
 DESCRIPTION = """\
-Turn a relative prediction (the float32 .npy of `dm-lightning predict`, in [0, 1]) into
-metric depth. Its scale and shift are fitted to known depths, by least squares in the
-alignment space, with the evaluation's own code (docs/method.md §6): a reference depth map
-of the same size (a depth sensor, LiDAR; 0 / invalid pixels are ignored) or a few measured
-points. Writes OUT (float32 metres) and OUT with .png (16-bit, --png-scale metres per unit,
-0 = beyond its range).
+Turn a relative prediction (the float32 .npy of `dm-lightning predict`, in [0, 1]; values
+within 1e-6 outside [0, 1], float rounding, are clipped onto it) into metric depth. Its
+scale and shift are fitted to known depths, by least squares in the alignment space, with
+the evaluation's own code (docs/method.md §6): a reference depth map of the same size (a
+depth sensor, LiDAR; 0 / invalid pixels are ignored) or a few measured points. Writes OUT
+(float32 metres) and OUT with .png (16-bit, --png-scale metres per unit, 0 = beyond its
+range).
 
 Points CSV: a header row with the columns x, y, metres (any order); x is the pixel column,
 y the row, 0-based from the top-left pixel; at least 2 points at different distances.

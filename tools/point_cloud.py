@@ -36,7 +36,8 @@ horizontal field of view (--fov, default 60 degrees; principal point at the imag
 
 DEPTH.npy is metric depth (tools/metric_depth.py writes it; a 16-bit PNG works too with
 --depth-scale). With --relative it is a relative prediction of `dm-lightning predict`
-instead, in [0, 1], mapped to depths between --near and --far by inverting the model's
+instead, in [0, 1] (values within 1e-6 outside it, float rounding, are clipped onto it;
+others are refused), mapped to depths between --near and --far by inverting the model's
 target: for sqrt_disparity (the default), sqrt(1/depth) runs linearly from sqrt(1/far) at 0
 to sqrt(1/near) at 1 (for --space depth, 1 = far). The shape is then plausible, not
 measured: fit known depths (tools/metric_depth.py) for metres.
@@ -90,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     relative.add_argument(
         "--relative",
         action="store_true",
-        help="DEPTH.npy is a relative prediction in [0, 1]: map it to --near .. --far",
+        help=(
+            "DEPTH.npy is a relative prediction in [0, 1] (1e-6 tolerance): map it to "
+            "--near .. --far"
+        ),
     )
     relative.add_argument(
         "--near",

@@ -31,7 +31,8 @@ class ImageFolder(Dataset):
 
     A sample (``__getitem__``) is a dict: ``rgb`` (3, H, W) uint8, as a viewer shows the image
     (EXIF orientation applied: H and W of a rotated phone photo are swapped against its stored
-    pixels), or None when the file cannot be decoded (truncated, not an image); ``key``
+    pixels), or None when the file cannot be decoded (truncated, not an image) or is over
+    :data:`~dm_lightning.data.photos.MAX_PHOTO_PIXELS` (64 megapixels); ``key``
     (str); ``path`` (str); ``error`` (None, or the decoder's reason). Nothing is raised or
     logged for an unreadable file.
 

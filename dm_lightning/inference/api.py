@@ -18,15 +18,25 @@ from torch.utils.data import DataLoader
 
 from dm_lightning.data.predict import ImageFolder, collate_predict
 from dm_lightning.errors import ConfigError
-from dm_lightning.inference.outputs import BackgroundWriter, PredictionSummary
+from dm_lightning.inference.outputs import (
+    BackgroundWriter,
+    PredictionSummary,
+    refuse_writing_over_inputs,
+)
 from dm_lightning.models.depthmaster import DepthMaster
 from dm_lightning.models.loading import (
     is_checkpoint_path,
     load_depthmaster,
     network_from_checkpoint,
     read_checkpoint,
+    recorded_processing_res,
     recorded_target,
     resolve_model_path,
+)
+from dm_lightning.models.resolution import (
+    DEFAULT_PROCESSING_RES,
+    check_processing_res,
+    network_res,
 )
 
 log = logging.getLogger(__name__)
@@ -56,7 +66,7 @@ def predict_images(
     model: str | Path | DepthMaster,
     inputs: str | Path,
     output_dir: str | Path,
-    processing_res: int | None = None,
+    processing_res: int | str | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 1,
     num_workers: int = 0,
@@ -79,8 +89,11 @@ def predict_images(
             on its device unless ``device`` is given).
         inputs: one image file, a folder (searched recursively) or a glob (``**`` recurses).
         output_dir: folder for the files (created).
-        processing_res: long edge (pixels) the network runs at; None = each image's own size.
-            Outputs are at the input size either way.
+        processing_res: long edge (pixels, >= the VAE factor) the network runs at;
+            ``"native"`` = each image's own size; None = the one recorded with the model
+            (an export's ``dm_lightning.json``, a checkpoint's hyper-parameters), else 768
+            (:data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`; 768 for a loaded
+            :class:`DepthMaster`). Outputs are at the input size either way.
         device: e.g. ``"cuda"``, ``"cpu"``; default CUDA when available, else the CPU.
         batch_size: images per forward pass; above 1 all images must share one size.
         num_workers: DataLoader processes decoding images (0 = in this process).
@@ -94,23 +107,25 @@ def predict_images(
 
     Raises:
         MissingPathError: no image at ``inputs``, or a missing model.
-        ConfigError: a ``processing_res`` or ``batch_size`` below 1, or images of different
-            sizes in one batch.
+        ConfigError: a ``processing_res`` that is not a long edge >= the VAE factor, a
+            ``batch_size`` below 1, an output file that would replace an input image (the
+            output folder is the input folder), or images of different sizes in one batch.
     """
     from tqdm.auto import tqdm
 
-    if processing_res is not None and (not isinstance(processing_res, int) or processing_res < 1):
-        raise ConfigError(
-            f"processing_res must be a positive integer or None, got {processing_res!r}"
-        )
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     dataset = ImageFolder(str(inputs))
+    refuse_writing_over_inputs(output_dir, dataset.keys, dataset.files)
     if isinstance(model, DepthMaster):
-        net, recorded_near = model, True
+        net, recorded_near, recorded_res = model, True, None
     else:
         net, recorded_near = load_for_inference(model)
+        recorded_res = recorded_processing_res(model)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_processing_res(processing_res, net.latent_factor, "processing_res")
+    if processing_res is None:
+        processing_res = recorded_res or DEFAULT_PROCESSING_RES
     near = recorded_near if near_is_one is None else near_is_one
     if device is not None:
         net = net.to(device)
@@ -133,7 +148,8 @@ def predict_images(
                     log.warning("skipped unreadable image %s: %s", path, reason)
                     summary.skipped.append((path, reason))
                 if batch["rgb"] is not None:
-                    depth = net.predict(batch["rgb"], processing_res).float().cpu()
+                    depth = net.predict(batch["rgb"], network_res(processing_res))
+                    depth = depth.float().cpu()
                     for key, values in zip(batch["key"], depth):
                         writer.submit(key, values)
                         summary.written += 1

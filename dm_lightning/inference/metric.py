@@ -125,7 +125,9 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 
 
 def load_prediction(path: str | Path) -> np.ndarray:
-    """A relative prediction ``.npy`` (as ``dm-lightning predict`` writes) -> (H, W) float32.
+    """A relative prediction ``.npy`` (as ``dm-lightning predict`` writes) -> (H, W) float32;
+    values within :data:`RANGE_TOLERANCE` (1e-6) outside [0, 1] (float rounding, as older
+    ``predict`` outputs have) are clipped onto [0, 1], others are kept.
 
     Raises:
         MissingPathError: no such file.
@@ -142,7 +144,21 @@ def load_prediction(path: str | Path) -> np.ndarray:
     if not np.isfinite(pred).all():
         bad = int(np.count_nonzero(~np.isfinite(pred)))
         raise InputFileError(f"{path}: {bad} prediction values are NaN or infinite")
-    return pred
+    return clip_rounding(pred)
+
+
+#: How far outside [0, 1] a prediction value may lie and still count as rounding of [0, 1]:
+#: older ``predict`` outputs were resized after their clip, and antialiased bilinear resizing
+#: overshoots by float32 rounding (about 6e-8); 1e-6 is over ten float32 steps at 1.
+RANGE_TOLERANCE = 1e-6
+
+
+def clip_rounding(pred: np.ndarray) -> np.ndarray:
+    """``pred`` with values within :data:`RANGE_TOLERANCE` outside [0, 1] clipped onto 0 / 1;
+    values farther outside are kept as they are (callers that need [0, 1] refuse them)."""
+    low, high = -RANGE_TOLERANCE, 1.0 + RANGE_TOLERANCE
+    pred = np.where((pred < 0.0) & (pred >= low), 0.0, pred)
+    return np.where((pred > 1.0) & (pred <= high), 1.0, pred).astype(np.float32)
 
 
 def load_depth_map(path: str | Path, depth_scale: float | None = None) -> np.ndarray:
@@ -446,7 +462,8 @@ def relative_to_depth(
     scene's 2nd and 98th percentile depths.
 
     Args:
-        pred: (H, W) relative prediction in [0, 1].
+        pred: (H, W) relative prediction in [0, 1]; values within :data:`RANGE_TOLERANCE`
+            outside are clipped onto it.
         near, far: metres, 0 < near < far (far <= 1000 m in the disparity spaces).
         space: the target the model was trained with (``sqrt_disparity`` by default).
 
@@ -455,12 +472,12 @@ def relative_to_depth(
     """
     _check_space(space)
     _check_range(space, near, far)
-    pred = np.asarray(pred)
+    pred = clip_rounding(np.asarray(pred))
     low, high = float(pred.min(initial=0.0)), float(pred.max(initial=1.0))
     if low < 0.0 or high > 1.0:
         raise InputFileError(
-            f"a relative prediction must be in [0, 1] to map to near / far depths, got values "
-            f"in [{low:g}, {high:g}]"
+            f"a relative prediction must be in [0, 1] (within {RANGE_TOLERANCE:g}) to map to "
+            f"near / far depths, got values in [{low:g}, {high:g}]"
         )
     target = get_target(space)
     at_near, at_far = _target_value(target, near), _target_value(target, far)

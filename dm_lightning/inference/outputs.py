@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,28 @@ def output_paths(folder: str | Path, key: str) -> dict[str, Path]:
         "png16": base.with_name(base.name + PNG16_SUFFIX),
         "color": base.with_name(base.name + COLOR_SUFFIX),
     }
+
+
+def refuse_writing_over_inputs(
+    folder: str | Path, keys: Sequence[str], inputs: Sequence[str | Path]
+) -> None:
+    """Raise before anything is written when an output file of ``keys`` under ``folder`` is
+    one of the ``inputs`` (the output folder is the input folder and ``a.png`` is an input:
+    its 16-bit depth PNG would replace the photo).
+
+    Raises:
+        ConfigError: naming the input file and the output folder.
+    """
+    inputs_by_path = {Path(f).resolve(): Path(f) for f in inputs}
+    for key in keys:
+        for path in output_paths(folder, key).values():
+            hit = inputs_by_path.get(path.resolve())
+            if hit is not None:
+                raise ConfigError(
+                    f"predict would write its depth map over the input image {hit} (output "
+                    f"folder {folder}): choose an output folder that holds no input image "
+                    f"named <name>{PNG16_SUFFIX} / <name>{COLOR_SUFFIX} / <name>{NPY_SUFFIX}"
+                )
 
 
 def stretch_to_unit(values: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError
+from dm_lightning.models.resolution import check_processing_res, network_res
 from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE
 
 EMPTY_PROMPT_FILE = "empty_prompt_embedding.safetensors"
@@ -130,13 +131,14 @@ class DepthMaster(nn.Module):
         return self.decode(self.denoise(self.encode(image)))
 
     @torch.no_grad()
-    def predict(self, image: Tensor, processing_res: int | None = None) -> Tensor:
+    def predict(self, image: Tensor, processing_res: int | str | None = None) -> Tensor:
         """Relative depth of an image batch at its own size.
 
         Args:
             image: (B, 3, H, W), uint8 in [0, 255] or float in [0, 1].
-            processing_res: long-edge size to run the network at (None = native size); the
-                working size is rounded to a multiple of the VAE factor.
+            processing_res: long-edge size to run the network at, an integer >= the VAE factor
+                (None or ``"native"`` = native size); the working size is rounded to a
+                multiple of the VAE factor.
 
         Returns:
             (B, 1, H, W) float in [0, 1]; for the default target 1 = near (normalised
@@ -158,11 +160,23 @@ class DepthMaster(nn.Module):
             raw = F.interpolate(
                 raw, size=(h, w), mode="bilinear", align_corners=False, antialias=True
             )
-        return (raw + 1.0) / 2.0
+        # Clip again after the resize: antialiased bilinear overshoots its input range by
+        # float rounding (-6e-8 below 0), and [0, 1] is promised exactly.
+        return ((raw + 1.0) / 2.0).clamp(0.0, 1.0)
 
-    def working_size(self, height: int, width: int, processing_res: int | None) -> tuple[int, int]:
+    def working_size(
+        self, height: int, width: int, processing_res: int | str | None
+    ) -> tuple[int, int]:
         """Network input size: long edge scaled to ``processing_res``, rounded to multiples of
-        the VAE factor."""
+        the VAE factor.
+
+        Raises:
+            ConfigError: ``processing_res`` is not None and not an integer >= the VAE factor.
+        """
+        if processing_res is not None:
+            processing_res = network_res(
+                check_processing_res(processing_res, self.latent_factor, "processing_res")
+            )
         scale = 1.0 if processing_res is None else processing_res / max(height, width)
         f = self.latent_factor
         return (max(f, round(height * scale / f) * f), max(f, round(width * scale / f) * f))

@@ -406,6 +406,25 @@ def recorded_target(path: str | Path) -> str | None:
     ``depth``): an export's ``dm_lightning.json`` ``target``, a checkpoint's ``target``
     hyper-parameter. None when nothing is recorded or readable (the released model, SD-2
     weights, a hub id, a missing path). A checkpoint is memory-mapped, not read whole."""
+    target = _recorded(path, "target")
+    return str(target) if target else None
+
+
+def recorded_processing_res(path: str | Path) -> int | None:
+    """The long edge (pixels) ``predict`` runs a model at by default, as recorded with it: an
+    export's ``dm_lightning.json`` ``processing_res``; a checkpoint's ``processing_res``
+    hyper-parameter, else the one recorded with its ``model_path``. None when nothing usable
+    is recorded (then :data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`)."""
+    value = _recorded(path, "processing_res")
+    if value is None and is_checkpoint_path(path):
+        base = _recorded(path, "model_path")
+        value = _recorded(base, "processing_res") if base and not is_checkpoint_path(base) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _recorded(path: str | Path, key: str) -> Any:
+    """``key`` of an export's ``dm_lightning.json`` or of a checkpoint's hyper-parameters
+    (memory-mapped); None when absent or unreadable (the loaders name what is wrong)."""
     if not str(path):
         return None
     try:
@@ -413,10 +432,8 @@ def recorded_target(path: str | Path) -> str | None:
             checkpoint = torch.load(
                 Path(path).expanduser(), map_location="cpu", weights_only=True, mmap=True
             )
-            target = (checkpoint.get("hyper_parameters") or {}).get("target")
-        else:
-            meta = Path(path).expanduser() / METADATA_FILE
-            target = json.loads(meta.read_text()).get("target") if meta.is_file() else None
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError):
-        return None  # the loaders themselves name what is wrong with the file
-    return str(target) if target else None
+            return (checkpoint.get("hyper_parameters") or {}).get(key)
+        meta = Path(path).expanduser() / METADATA_FILE
+        return json.loads(meta.read_text()).get(key) if meta.is_file() else None
+    except (OSError, ValueError, RuntimeError, AttributeError, pickle.UnpicklingError):
+        return None

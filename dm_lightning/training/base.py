@@ -23,7 +23,12 @@ from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError, TrainingStopped
 from dm_lightning.metrics import ALIGNMENT_SPACES
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
-from dm_lightning.models.loading import load_depthmaster
+from dm_lightning.models.loading import load_depthmaster, recorded_processing_res
+from dm_lightning.models.resolution import (
+    DEFAULT_PROCESSING_RES,
+    check_processing_res,
+    network_res,
+)
 from dm_lightning.targets import get_target
 from dm_lightning.training.checkpoints import (
     CHECKPOINT_RECORD,
@@ -60,7 +65,11 @@ class DepthMasterTask(L.LightningModule):
         lr: Adam learning rate.
         warmup_steps, decay_steps, final_lr_ratio: the warm-up + exponential decay schedule,
             in optimizer steps.
-        processing_res: long edge at which validation/test/predict run (None = native size).
+        processing_res: long edge in pixels (>= the VAE factor) at which validation, test and
+            predict run, or ``"native"`` (each image's own size); None: each benchmark's own
+            at validation and test (native size for shard splits), and for ``predict`` of
+            image files the model's recorded one (export metadata), else 768
+            (:mod:`dm_lightning.models.resolution`).
         max_nonfinite_steps: consecutive optimizer steps with a non-finite loss or gradient
             (each skipped without changing the weights) after which the run saves a
             checkpoint and stops; None never stops.
@@ -93,7 +102,7 @@ class DepthMasterTask(L.LightningModule):
         warmup_steps: int = 100,
         decay_steps: int = 25_000,
         final_lr_ratio: float = 0.01,
-        processing_res: int | None = None,
+        processing_res: int | str | None = None,
         max_nonfinite_steps: int | None = 20,
         gradient_checkpointing: bool = False,
         channels_last: bool = False,
@@ -128,6 +137,9 @@ class DepthMasterTask(L.LightningModule):
         # Long edge per eval dataloader, stage -> [int | None], resolved in setup().
         self.loader_processing_res: dict[str, list[int | None]] = {}
         self.configure_models()
+        check_processing_res(
+            processing_res, self.net.latent_factor, "model.init_args.processing_res"
+        )
         self.configure_memory()
         self.configure_losses()
         self.configure_metrics()
@@ -343,11 +355,11 @@ class DepthMasterTask(L.LightningModule):
         once of the DataModule: a benchmark split's own (None = native size), else the
         ``processing_res`` hyper-parameter. Predict runs over the test splits unless the
         DataModule has a ``predict`` folder (or there is no DataModule)."""
-        default = self.hparams.processing_res
+        default = network_res(self.hparams.processing_res)
         dm = getattr(self.trainer, "datamodule", None)
         split = "test" if stage == "predict" else stage
         if stage == "predict" and getattr(dm, "predict_path", None) is not None:
-            return [default]
+            return [network_res(self.predict_processing_res)]
         resolve = getattr(dm, "processing_res", None)
         names = getattr(dm, "val_names" if split == "val" else "test_names", None)
         if resolve is None or not names:
@@ -360,7 +372,18 @@ class DepthMasterTask(L.LightningModule):
         resolved = self.loader_processing_res.get(stage, [])
         if dataloader_idx < len(resolved):
             return resolved[dataloader_idx]
-        return self.hparams.processing_res
+        return network_res(self.hparams.processing_res)
+
+    @property
+    def predict_processing_res(self) -> int | str:
+        """Long edge ``predict`` runs image files at (or ``"native"``): the
+        ``processing_res`` hyper-parameter, else the one recorded with ``model_path``, else
+        :data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`. Exports record it."""
+        if self.hparams.processing_res is not None:
+            return self.hparams.processing_res
+        if not hasattr(self, "_recorded_res"):
+            self._recorded_res = recorded_processing_res(self.hparams.model_path)
+        return self._recorded_res or DEFAULT_PROCESSING_RES
 
     def _eval_names(self, stage: str) -> list[str]:
         dm = getattr(self.trainer, "datamodule", None)

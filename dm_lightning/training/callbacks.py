@@ -86,6 +86,10 @@ class ExportDepthMaster(L.Callback):
                 "target": pl_module.hparams.get("target"),
                 "global_step": trainer.global_step,
             }
+            # predict's default long edge for this model (models/resolution.py)
+            res = getattr(pl_module, "predict_processing_res", None)
+            if isinstance(res, int):
+                metadata["processing_res"] = res
             replace_folder(
                 target, lambda tmp: pl_module.net.save_pretrained(tmp, metadata), "model export"
             )
@@ -144,8 +148,8 @@ class DepthPredictionWriter(BasePredictionWriter):
 
     Raises:
         ConfigError: in ``setup``, before any batch runs: the output folder cannot be created or
-            written; later, a key that would write outside it, or keys that do not match the
-            depth maps.
+            written, or a file written there would replace an input image; later, a key
+            that would write outside it, or keys that do not match the depth maps.
     """
 
     def __init__(self, output_dir: str | None = None) -> None:
@@ -159,6 +163,13 @@ class DepthPredictionWriter(BasePredictionWriter):
         super().setup(trainer, pl_module, stage)
         self.folder = output_folder(trainer, self.output_dir, "predictions")
         if stage == "predict":
+            predict_path = getattr(trainer.datamodule, "predict_path", None)
+            if predict_path is not None:  # image files: none of them may be overwritten
+                from dm_lightning.data.predict import ImageFolder
+                from dm_lightning.inference.outputs import refuse_writing_over_inputs
+
+                images = ImageFolder(str(predict_path))
+                refuse_writing_over_inputs(self.folder, images.keys, images.files)
             check_writable_folder(self.folder, "prediction output folder")
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

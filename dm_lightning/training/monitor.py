@@ -117,7 +117,10 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 class TrainingMonitor(L.Callback):
     """Depth panels and training throughput in TensorBoard.
 
-    * ``panels/train``: every ``every_n_steps`` optimizer steps, the first ``num_samples``
+    Everything is written at Lightning's step number (:func:`logged_step`), that of the scalars
+logged by the task at the same step: after the 10th optimizer step, 9.
+
+* ``panels/train``: every ``every_n_steps`` optimizer steps, the first ``num_samples``
       samples of the current training batch (as the loss saw them: metres, valid mask, flip),
       predicted in eval mode without gradients.
     * ``panels/val/<split>``: at every validation, the same ``num_samples`` samples of each
@@ -195,13 +198,15 @@ class TrainingMonitor(L.Callback):
         if not trainer.is_global_zero:
             return
         self._samples += _batch_size(batch)
+        # Which steps draw: by optimizer steps done, as Lightning picks its logging steps;
+        # the number they are written at: Lightning's own (see logged_step).
         step, log_every = trainer.global_step, trainer.log_every_n_steps
         if step != self._last_rate_step and log_every and step % log_every == 0:
             self._log_rate(trainer, step)
         if step != self._last_panel_step and step % self.every_n_steps == 0 and self._writers:
             self._last_panel_step = step
             drawn = time.perf_counter()
-            self._train_panel(trainer, pl_module, batch, step)
+            self._train_panel(trainer, pl_module, batch, logged_step(trainer))
             if self._started is not None:  # the panel's forward is not training time
                 self._started += time.perf_counter() - drawn
 
@@ -211,7 +216,7 @@ class TrainingMonitor(L.Callback):
         if elapsed > 0:
             rate = self._samples * trainer.world_size / elapsed
             for logger in trainer.loggers:
-                logger.log_metrics({SAMPLES_PER_SEC: rate}, step=step)
+                logger.log_metrics({SAMPLES_PER_SEC: rate}, step=logged_step(trainer))
         self._samples, self._started, self._last_rate_step = 0, now, step
 
     def _train_panel(
@@ -267,7 +272,7 @@ class TrainingMonitor(L.Callback):
             split = names[idx] if names and idx < len(names) else str(idx)
             res = pl_module.processing_res_of("val", idx)
             tag = VAL_PANEL_TAG.format(split=split)
-            self._write(trainer, pl_module, tag, samples, trainer.global_step, res)
+            self._write(trainer, pl_module, tag, samples, logged_step(trainer), res)
 
     # ---- drawing ------------------------------------------------------------------------
     def _write(
@@ -295,6 +300,17 @@ class TrainingMonitor(L.Callback):
         )
         for writer in self._writers:
             writer.add_image(tag, panel, step, dataformats="HWC")
+
+
+def logged_step(trainer: L.Trainer) -> int:
+    """The step number Lightning writes the scalars logged now under (``self.log`` in
+    ``training_step`` and at validation's end, ``LearningRateMonitor``): the optimizer steps
+    completed before the current batch (the loss of the 10th step is at 9, the validation
+    after step 100 at 99). Panels and throughput use it too, so that everything of one step
+    shares one number in TensorBoard. Falls back to ``global_step`` for a trainer without a
+    fit loop (unit tests)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
 
 
 def _batch_size(batch: Any) -> int:

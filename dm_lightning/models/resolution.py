@@ -1,0 +1,53 @@
+"""The long edge (pixels) the network runs at when predicting: checked, recorded with a model,
+and read back as ``predict``'s default.
+
+``processing_res`` is spelled the same everywhere (``--model.init_args.processing_res``,
+``predict_images(processing_res=...)``, an export's ``dm_lightning.json``):
+
+- a positive integer >= the VAE's downsampling factor (8 for SD-2): the long edge in pixels,
+  the other edge scaled to keep the aspect ratio (both rounded to multiples of the factor);
+  outputs are resized back to the input's size;
+- ``"native"``: each image's own size (memory and time grow with the image's pixels);
+- ``None``: the model's recorded one (:func:`~dm_lightning.models.loading.
+  recorded_processing_res`), else :data:`DEFAULT_PROCESSING_RES`, for ``predict``; at
+  validation and test, each benchmark's own (native size for shard splits).
+"""
+
+from __future__ import annotations
+
+from dm_lightning.errors import ConfigError
+
+#: predict's long edge when a model records none: Marigold's and the DepthMaster recipe's
+#: 768 pixels (the released model, SD-2 base weights and recipe exports).
+DEFAULT_PROCESSING_RES = 768
+#: The ``processing_res`` value that runs every image at its own size.
+NATIVE = "native"
+
+
+def check_processing_res(value: object, factor: int, where: str) -> int | str | None:
+    """``value`` if it is a valid ``processing_res`` (see the module docstring), else raise.
+
+    Args:
+        value: what the user gave.
+        factor: the VAE's downsampling factor (the smallest long edge the network can run at).
+        where: the option's name for the message (``model.init_args.processing_res``).
+
+    Raises:
+        ConfigError: anything else (0, negatives, edges below ``factor``, floats, other
+            strings, booleans), naming the value and what is expected.
+    """
+    if value is None or value == NATIVE:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= factor:
+        return value
+    raise ConfigError(
+        f"{where} must be a long edge in pixels >= {factor} (the VAE's downsampling factor), "
+        f"'{NATIVE}' (each image's own size) or null (the model's recorded default, else "
+        f"{DEFAULT_PROCESSING_RES}); got {value!r}"
+    )
+
+
+def network_res(value: int | str | None) -> int | None:
+    """The ``processing_res`` argument of :meth:`DepthMaster.predict` for a checked value:
+    ``"native"`` and None run at the image's own size (None)."""
+    return None if value in (None, NATIVE) else int(value)  # type: ignore[arg-type]
