@@ -214,8 +214,10 @@ class DepthMasterCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
+        # trainer.log_dir broadcasts under DDP: resolve it on every rank, print on rank 0.
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if self.trainer.is_global_zero:
-            print(f"\n{fit_summary(self.trainer)}")
+            print(f"\n{fit_summary(self.trainer, log_dir)}")
 
     def after_test(self) -> None:
         self.print_results("test")

@@ -15,8 +15,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 SHOWN_METRICS = ("abs_rel", "delta1")
 
 
-def fit_summary(trainer: L.Trainer) -> str:
+def fit_summary(trainer: L.Trainer, log_dir: str | None) -> str:
     """The closing summary of a finished ``fit`` (print it on global rank 0 only).
+
+    ``log_dir`` is ``trainer.log_dir``, resolved by the caller on every rank: under DDP it is a
+    collective (a broadcast), which rank 0 alone would wait on forever, or fail on once the
+    other ranks have exited.
 
     Values come from ``trainer.callback_metrics`` (the latest logged: the last step's
     ``train/loss``, the last validation's ``val/<split>/<metric>``) and the callbacks'
@@ -45,8 +49,8 @@ def fit_summary(trainer: L.Trainer) -> str:
         exported = getattr(callback, "exported", None)
         if exported is not None:
             lines.append(f"  export: {exported}")
-    if trainer.loggers and trainer.log_dir:
-        lines.append(f"  logs: {trainer.log_dir}")
+    if log_dir:
+        lines.append(f"  logs: {log_dir}")
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             lines.append(f"  TensorBoard: tensorboard --logdir {logger.root_dir}")
