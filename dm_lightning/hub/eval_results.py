@@ -49,15 +49,16 @@ class BenchmarkResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
+    def dataset_type(self) -> str:
+        """The ``model-index`` data set id: a known benchmark kind, else the split name (a
+        generic kind such as ``rgbd_folder`` says nothing)."""
+        return self.kind if self.kind in BENCHMARK_NAMES else self.name
+
+    @property
     def pretty_name(self) -> str:
+        """``NYUv2 (nyu_test)`` for a known benchmark kind, else the split name."""
         known = BENCHMARK_NAMES.get(self.kind)
-        return (
-            self.name
-            if known is None
-            else f"{known} ({self.name})"
-            if known != self.name
-            else known
-        )
+        return self.name if known is None else f"{known} ({self.name})"
 
 
 @dataclass

@@ -202,7 +202,7 @@ def eval_results_metadata(results: EvalResults) -> list[EvalResult]:
                     EvalResult(
                         task_type="depth-estimation",
                         task_name="Monocular relative depth estimation (zero-shot)",
-                        dataset_type=bench.kind,
+                        dataset_type=bench.dataset_type,
                         dataset_name=bench.pretty_name,
                         dataset_split="test",
                         metric_type=metric_type,
@@ -331,7 +331,8 @@ def write_model_card(
         results = EvalResults.from_json(json.loads(stored.read_text()), str(stored))
     previous = _previous_metadata(folder / CARD_FILE)
     base_model = base_model or read_training_facts(folder).base_model or previous.get("base_model")
-    license = license or previous.get("license")
+    if license is None and previous.get("license") != default_license(previous.get("base_model")):
+        license = previous.get("license")  # chosen by hand (--license) for the previous card
     card = build_model_card(folder, model_ref, results, base_model, license)
     path = folder / CARD_FILE
     card.save(path)

@@ -6,19 +6,21 @@ spelling (``depthmaster``, ``Depth-Master``, ``depthmaster-v2``...) unless force
 name is ``<owner>/dm-lightning-depthmaster-<stage>-<target>``
 (:func:`~dm_lightning.hub.model_card.model_title`).
 
-The upload is huggingface_hub's own ``HfApi.create_repo`` + ``HfApi.upload_folder``; before
-it the card is rewritten with the repository id in its usage snippets. Any failure of the
+The upload is huggingface_hub's own ``HfApi.create_repo`` + ``HfApi.upload_folder``; between
+them the card is rewritten with the repository id in its usage snippets. Any failure of the
 hub calls (no network, a refused token, a name taken) is one :class:`PushError` line.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
-from dm_lightning.hub.model_card import model_title, write_model_card
-from dm_lightning.hub.training_facts import read_training_facts
+
+# The card modules (torch, diffusers) are imported only once the hub answered: without a
+# network the tool fails in about a second.
 
 REQUIRED_PARTS = ("unet", "vae")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -75,7 +77,26 @@ def check_repo_name(repo_id: str, force: bool = False) -> str:
 
 def suggested_repo(folder: Path, owner: str = "<user>") -> str:
     """``<owner>/dm-lightning-depthmaster-<stage>-<target>`` for the export ``folder``."""
+    from dm_lightning.hub.model_card import model_title
+    from dm_lightning.hub.training_facts import read_training_facts
+
     return f"{owner}/{model_title(read_training_facts(Path(folder)))}"
+
+
+def _unreachable(error: BaseException | None) -> bool:
+    """Whether ``error`` (or one it came from) is a failed connection or a timeout: the HTTP
+    client's transport errors (httpx ``ConnectError``, ``ConnectTimeout``...) or a
+    connection ``OSError`` (refused, reset, a name that does not resolve, a timeout)."""
+    while error is not None:
+        names = {cls.__name__ for cls in type(error).__mro__}
+        if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        if names & {"TransportError", "Timeout"}:
+            return True
+        if any(n.startswith(("Connect", "Timeout")) or n.endswith("Timeout") for n in names):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _one_line(error: BaseException) -> str:
@@ -111,19 +132,30 @@ def push_export(
 
     folder = check_export_folder(folder)
     check_repo_name(repo_id, force)
-    write_model_card(folder, model_ref=repo_id)
     api = HfApi(token=token)
     try:
+        # First the repository: a hub that cannot be reached fails here, before the card
+        # in the folder is touched.
         api.create_repo(repo_id, private=private, exist_ok=True)
+        from dm_lightning.hub.model_card import write_model_card
+
+        write_model_card(folder, model_ref=repo_id)
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
             commit_message="Upload DepthMaster (dm_lightning) export",
         )
+    except DMLightningError:
+        raise
     except Exception as err:  # every hub failure: network, auth, quota, a name taken
-        where = constants.ENDPOINT
+        reason = f"{type(err).__name__}: {_one_line(err)}"
+        if _unreachable(err):
+            raise PushError(
+                f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({reason}); nothing "
+                f"was uploaded from {folder} (no network? check HF_ENDPOINT and proxies)"
+            ) from err
         raise PushError(
-            f"upload of {folder} to {repo_id} at {where} failed ({type(err).__name__}: "
-            f"{_one_line(err)}); check the network and the token (HF_TOKEN or hf auth login)"
+            f"upload of {folder} to {repo_id} at {constants.ENDPOINT} failed ({reason}); "
+            "check the repository name and the token (HF_TOKEN or hf auth login)"
         ) from err
     return str(getattr(info, "commit_url", info))
