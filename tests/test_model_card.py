@@ -260,6 +260,9 @@ def test_push_refuses_bare_names_and_folders_that_are_not_exports(fitted, tmp_pa
         in capsys.readouterr().err
     )
     assert check_repo_name("alice/DepthMaster", force=True) == "alice/DepthMaster"
+    # The card tool's --repo (the name its snippets load) is held to the same rule.
+    assert model_card_tool.main([str(export), "--repo", "alice/depth_master"]) == 2
+    assert "a bare DepthMaster name would pass for" in capsys.readouterr().err
 
 
 def test_push_without_network_is_one_line_and_exit_1(tiny_model, tmp_path):

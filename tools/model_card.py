@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-model", metavar="ID", help="hub id of the base weights")
     parser.add_argument("--license", metavar="ID", help="licence id (default from the base)")
     parser.add_argument(
-        "--force", action="store_true", help="accept results recorded for another model folder"
+        "--force",
+        action="store_true",
+        help="accept results recorded for another model folder, or a bare DepthMaster --repo",
     )
     return parser
 
@@ -54,9 +56,11 @@ def run(args: argparse.Namespace) -> Path:
     """Write the card; returns its path."""
     from dm_lightning.hub.eval_results import check_results_model, read_eval_results
     from dm_lightning.hub.model_card import write_model_card
-    from dm_lightning.hub.push import check_export_folder
+    from dm_lightning.hub.push import check_export_folder, check_repo_name
 
     export = check_export_folder(Path(args.export))
+    if args.repo:
+        check_repo_name(args.repo, args.force)
     results = None
     if args.results:
         results = read_eval_results(args.results, export)
