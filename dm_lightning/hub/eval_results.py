@@ -58,7 +58,9 @@ class BenchmarkResult:
     def pretty_name(self) -> str:
         """``NYUv2 (nyu_test)`` for a known benchmark kind, else the split name."""
         known = BENCHMARK_NAMES.get(self.kind)
-        return self.name if known is None else f"{known} ({self.name})"
+        if known is None or self.name == self.kind:
+            return known or self.name
+        return f"{known} ({self.name})"
 
 
 @dataclass

@@ -184,9 +184,10 @@ def _eval_section(results: EvalResults) -> str:
     )
     return (
         "## Evaluation\n\n"
-        "Zero-shot, affine-invariant (scale and shift fitted per image, docs/method.md §6 of "
-        "dm_lightning); AbsRel (lower is better) / δ1 (higher is better), x100. Columns: test "
-        "split (images). The paper rows are published numbers, for reference.\n\n"
+        "Affine-invariant (scale and shift fitted per image, docs/method.md §6 of dm_lightning), "
+        "zero-shot on benchmarks outside the training data; AbsRel (lower is better) / δ1 "
+        "(higher is better), x100. Columns: test split (images). The paper rows are published "
+        "zero-shot numbers, for reference.\n\n"
         f"{table}"
     )
 
@@ -201,7 +202,7 @@ def eval_results_metadata(results: EvalResults) -> list[EvalResult]:
                 entries.append(
                     EvalResult(
                         task_type="depth-estimation",
-                        task_name="Monocular relative depth estimation (zero-shot)",
+                        task_name="Monocular relative depth estimation",
                         dataset_type=bench.dataset_type,
                         dataset_name=bench.pretty_name,
                         dataset_split="test",
