@@ -89,6 +89,12 @@ def test_stage2_starts_from_stage1_export(stage_runs):
     } <= keys
     metrics = cli.trainer.callback_metrics
     assert "train/pixel_mse" in metrics and "train/gradient" in metrics
+    # Its model card (tests/test_model_card.py) describes stage 2 and where it started.
+    card = (run / "export" / "README.md").read_text()
+    assert "# DM-Lightning DepthMaster (stage 2): single-step diffusion" in card
+    assert "- Optimizer steps trained: 3.\n" in card
+    assert f"- Started from: `{stage_runs['dir1'] / 'export'}`.\n" in card
+    assert "- Fourier Enhancement block in the U-Net: yes.\n" in card
 
 
 def test_test_and_predict_on_export(stage_runs, data_config, tmp_path, capsys):

@@ -6,6 +6,7 @@ checked against an independent numpy recomputation, not for quality)."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import lightning as L
@@ -135,6 +136,16 @@ def test_cli_logs_every_frame_and_writes_the_report(cli_run):
     assert f"| this model | {abs_rel * 100:.1f} / {delta1 * 100:.1f} |" in table
     for method in PAPER_RESULTS:
         assert f"| {method} | – | – | – | – |" in table
+    # results.json (read by the model card): the logged numbers, every split, in order.
+    record = json.loads((report / "results.json").read_text())
+    assert record["model"] == str(cli.model.hparams.model_path)
+    assert [(b["name"], b["kind"], b["num_images"]) for b in record["benchmarks"]] == [
+        (name, "rgbd_folder", count) for name, count in FRAMES.items()
+    ]
+    for bench in record["benchmarks"]:
+        assert bench["metrics"] == {
+            m: float(metrics[f"test/{bench['name']}/{m}"]) for m in METRIC_NAMES
+        }
 
 
 def test_spec_processing_res_is_honoured(cli_run):

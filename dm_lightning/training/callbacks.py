@@ -90,13 +90,32 @@ class ExportDepthMaster(L.Callback):
             res = getattr(pl_module, "predict_processing_res", None)
             if isinstance(res, int):
                 metadata["processing_res"] = res
-            replace_folder(
-                target, lambda tmp: pl_module.net.save_pretrained(tmp, metadata), "model export"
-            )
+
+            def write(tmp: Path) -> None:
+                pl_module.net.save_pretrained(tmp, metadata)
+                write_export_card(tmp, folder / "config.yaml", target)
+
+            replace_folder(target, write, "model export")
             record = {"export": str(target.resolve()), "global_step": trainer.global_step}
             folder.mkdir(parents=True, exist_ok=True)
             (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
             print(f"[dm_lightning] exported {type(pl_module).__name__} model to {target}")
+
+
+def write_export_card(tmp: Path, run_config: Path, target: Path) -> None:
+    """The export's model card (:func:`~dm_lightning.hub.model_card.write_model_card`), written
+    into the temporary folder so it is renamed with the weights. A card that cannot be built is
+    a warning, not a lost export: ``tools/model_card.py`` writes it later."""
+    from dm_lightning.hub.model_card import write_model_card
+
+    try:
+        write_model_card(tmp, run_config, model_ref=str(Path(target).resolve()))
+    except OSError:
+        raise  # a full disk is the export's problem too (disk_full_as_error names it)
+    except Exception as err:
+        log.warning(
+            "model card of %s not written (%s); write it with tools/model_card.py", target, err
+        )
 
 
 def replace_folder(target: Path, write: Any, what: str = "folder") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import lightning as L
 
@@ -36,6 +37,7 @@ PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
 both x100."""
 
 MISSING = "–"
+RESULTS_JSON = "results.json"
 
 
 def results_table(
@@ -115,7 +117,11 @@ class EvaluationReport(L.Callback):
     - ``per_image_<name>.csv`` per test split: ``key`` and the 8 metrics (fractions, not x100;
       images without a valid pixel are left out, as in the logged means), sorted by key;
     - ``results.md``: AbsRel and delta1 (x100) of this model per split, next to the published
-      DepthMaster, Marigold and Lotus numbers (docs/method.md §6) for benchmarks that have them.
+      DepthMaster, Marigold and Lotus numbers (docs/method.md §6) for benchmarks that have them;
+    - ``results.json``: the same numbers for programs (the model card,
+      :mod:`dm_lightning.hub.eval_results`): ``model`` (the evaluated ``model_path``) and
+      ``benchmarks``, a list of ``name``, ``kind``, ``num_images`` and ``metrics`` (the 8
+      metrics as fractions, as logged; empty for a split without an evaluated image).
 
     The folder is printed. Splits are matched to paper columns by their ``kind`` in a
     :class:`~dm_lightning.data.datamodule.BenchmarkDataModule`, else by their name.
@@ -163,5 +169,20 @@ class EvaluationReport(L.Callback):
         (out / "results.md").write_text(
             f"# Zero-shot evaluation\n\nModel: `{model}`. Columns: benchmark (images).\n\n{table}"
         )
+        benchmarks = [
+            {
+                "name": n,
+                "kind": kinds[n],
+                "num_images": num_images[n],
+                "metrics": {
+                    m: float(metrics[f"test/{n}/{m}"])
+                    for m in METRIC_NAMES
+                    if num_images[n] and f"test/{n}/{m}" in metrics
+                },
+            }
+            for n in results
+        ]
+        record = {"model": str(model), "benchmarks": benchmarks}
+        (out / RESULTS_JSON).write_text(json.dumps(record, indent=2) + "\n")
         # The terminal's table (datasets as rows) is the CLI's, printed after the test.
         print(f"[dm_lightning] evaluation report (per-image CSVs, results.md) in {out}")

@@ -1,0 +1,349 @@
+"""The model card (``README.md``) of an export folder, built with huggingface_hub's
+``ModelCard`` / ``ModelCardData``.
+
+:func:`write_model_card` writes it from what the folder records
+(:mod:`~dm_lightning.hub.training_facts`) and, once the model has been evaluated, from its
+results (:mod:`~dm_lightning.hub.eval_results`, stored in the folder as
+:data:`~dm_lightning.hub.eval_results.EVAL_FILE` so a later rewrite keeps them). The export
+writes it (``ExportDepthMaster``); ``tools/model_card.py`` rewrites it after an evaluation and
+``tools/push_to_hub.py`` before an upload (with the repository id in its usage snippet).
+
+Metadata: ``library_name`` is ``diffusers`` when the folder has a ``model_index.json`` (then
+``DiffusionPipeline.from_pretrained`` loads it, and the hub's own snippet and download counts
+work), else ``dm_lightning``: a hub "Use with diffusers" button on a folder diffusers cannot
+load would hand users code that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from dm_lightning.hub.eval_results import EVAL_FILE, EvalResults
+from dm_lightning.hub.training_facts import (
+    TrainingFacts,
+    copy_run_config,
+    read_training_facts,
+)
+
+CARD_FILE = "README.md"
+PIPELINE_INDEX = "model_index.json"
+TAGS = [
+    "depth-estimation",
+    "monocular-depth",
+    "diffusion",
+    "single-step",
+    "depthmaster",
+    "dm-lightning",
+]
+PAPER = "https://arxiv.org/abs/2501.02576"
+DEFAULT_IMAGE = "photo.jpg"
+DEFAULT_RES = 768
+
+# The model-index metrics: (metric key, hub metric type, shown name). Values are x100 (as the
+# paper reports them), rounded to 2 decimals.
+INDEX_METRICS = (("abs_rel", "abs_rel", "AbsRel (x100)"), ("delta1", "delta1", "δ1 (x100)"))
+
+TARGET_WORDS = {
+    "sqrt_disparity": "normalised square-root disparity",
+    "disparity": "normalised disparity",
+    "depth": "normalised depth",
+}
+
+NOT_THIS = (
+    "Not to be confused with PolyU-VCLab's **DepthMaster** (2026), an unrelated model for "
+    "panoramic *metric* depth: this model predicts *relative* depth of ordinary perspective images."
+)
+
+
+def default_license(base_model: str | None) -> str:
+    """``openrail++`` for weights fine-tuned from Stable Diffusion 2 (its CreativeML Open
+    RAIL++-M licence carries over to derived weights), else the code's ``apache-2.0``."""
+    return (
+        "openrail++"
+        if base_model and base_model.startswith("stabilityai/stable-diffusion-2")
+        else "apache-2.0"
+    )
+
+
+def model_title(facts: TrainingFacts) -> str:
+    """``dm-lightning-depthmaster-<stage>-<target>``: the model-index name and the suggested
+    hub repository name (never a bare "DepthMaster", see :mod:`dm_lightning.hub.push`)."""
+    stage = f"stage{facts.stage}" if facts.stage else "model"
+    target = (facts.target or "sqrt_disparity").replace("_", "-")
+    return f"dm-lightning-depthmaster-{stage}-{target}"
+
+
+def python_usage(model_ref: str, facts: TrainingFacts, image: str = DEFAULT_IMAGE) -> str:
+    """The Python usage snippet (dm_lightning's ``load_depthmaster(...).predict(...)``)."""
+    res = facts.processing_res or DEFAULT_RES
+    near = "1 = near" if facts.near_is_one else "1 = far"
+    return f"""import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from dm_lightning import load_depthmaster
+
+model = load_depthmaster({json.dumps(model_ref)}).eval()
+image = ImageOps.exif_transpose(Image.open({json.dumps(image)})).convert("RGB")
+rgb = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
+depth = model.predict(rgb, processing_res={res})[0, 0]  # (H, W) float in [0, 1], {near}
+"""
+
+
+def cli_usage(model_ref: str) -> str:
+    """The ``dm-lightning predict`` command (run from a dm_lightning checkout: its config)."""
+    return (
+        "dm-lightning predict --config configs/predict.yaml \\\n"
+        f"    --model.init_args.model_path {shlex.quote(model_ref)} \\\n"
+        "    --data.init_args.predict photos/ \\\n"
+        "    --trainer.callbacks.init_args.output_dir depth/\n"
+    )
+
+
+def diffusers_usage(model_ref: str) -> str:
+    """The diffusers snippet, shown only when the folder has ``model_index.json``.
+
+    PLACE FOR THE DIFFUSERS PIPELINE (issue 18, point 1): adjust the call and output field to
+    ``DepthMasterPipeline``'s once it lands, and execute it in tests/test_model_card.py
+    (``test_diffusers_snippet_only_with_model_index``)."""
+    return f"""from diffusers import DiffusionPipeline
+from PIL import Image
+
+pipe = DiffusionPipeline.from_pretrained({json.dumps(model_ref)}, trust_remote_code=True)
+depth = pipe(Image.open("photo.jpg")).prediction
+"""
+
+
+def _training_section(facts: TrainingFacts) -> str:
+    lines = ["## Training", ""]
+    stage_text = {
+        1: "stage 1 of DepthMaster: the U-Net learns the depth latent from the image latent "
+        "(latent MSE) with Feature Alignment of its features to a frozen DINOv2-type encoder",
+        2: "stage 2 of DepthMaster: fine-tuned from a stage-1 model in pixel space through the "
+        "frozen VAE decoder (MSE + gradient loss), with the Fourier Enhancement block",
+    }
+    if facts.stage in stage_text:
+        lines.append(f"- Stage: {stage_text[facts.stage]}.")
+    elif facts.task:
+        lines.append(f"- Trained by: `{facts.task}`.")
+    if facts.global_step is not None:
+        lines.append(f"- Optimizer steps trained: {facts.global_step}.")
+    if facts.target:
+        lines.append(
+            f"- Target space: `{facts.target}` ({TARGET_WORDS.get(facts.target, facts.target)})."
+        )
+    if facts.started_from:
+        lines.append(f"- Started from: `{facts.started_from}`.")
+    if facts.sources:
+        parts = [
+            f"`{s.name}`" + (f" (p = {s.probability})" if s.probability is not None else "")
+            for s in facts.sources
+        ]
+        lines.append(f"- Training data: {', '.join(parts)}.")
+    lines.append(f"- Fourier Enhancement block in the U-Net: {'yes' if facts.fourier else 'no'}.")
+    if facts.settings:
+        lines += ["", "| setting | value |", "|---|---|"]
+        lines += [f"| {label} | `{value}` |" for label, value in facts.settings]
+    if facts.config_text:
+        lines += [
+            "",
+            "<details><summary>The run's full config (LightningCLI <code>config.yaml</code>, "
+            "also in this folder as <code>dm_lightning_config.yaml</code>)</summary>",
+            "",
+            "```yaml",
+            facts.config_text.rstrip(),
+            "```",
+            "",
+            "</details>",
+        ]
+    else:
+        lines += ["", "The run's config was not found when this card was written."]
+    return "\n".join(lines) + "\n"
+
+
+def _eval_section(results: EvalResults) -> str:
+    # Lazily: the report module imports Lightning, which the card otherwise does not need.
+    from dm_lightning.training.report import results_table
+
+    evaluated = {b.name: b for b in results.benchmarks}
+    ours = {
+        n: (b.metrics["abs_rel"], b.metrics["delta1"])
+        if b.num_images and {"abs_rel", "delta1"} <= set(b.metrics)
+        else None
+        for n, b in evaluated.items()
+    }
+    table = results_table(
+        ours,
+        {n: b.kind for n, b in evaluated.items()},
+        {n: b.num_images for n, b in evaluated.items()},
+    )
+    return (
+        "## Evaluation\n\n"
+        "Affine-invariant (scale and shift fitted per image, docs/method.md §6 of dm_lightning), "
+        "zero-shot on benchmarks outside the training data; AbsRel (lower is better) / δ1 "
+        "(higher is better), x100. Columns: test split (images). The paper rows are published "
+        "zero-shot numbers, for reference.\n\n"
+        f"{table}"
+    )
+
+
+def eval_results_metadata(results: EvalResults) -> list[EvalResult]:
+    """The card's ``model-index`` entries: AbsRel and δ1 (x100, 2 decimals) per benchmark with
+    evaluated images."""
+    entries = []
+    for bench in results.benchmarks:
+        for key, metric_type, name in INDEX_METRICS:
+            if bench.num_images and key in bench.metrics:
+                entries.append(
+                    EvalResult(
+                        task_type="depth-estimation",
+                        task_name="Monocular relative depth estimation",
+                        dataset_type=bench.dataset_type,
+                        dataset_name=bench.pretty_name,
+                        dataset_split="test",
+                        metric_type=metric_type,
+                        metric_name=name,
+                        metric_value=round(100.0 * bench.metrics[key], 2),
+                    )
+                )
+    return entries
+
+
+def build_model_card(
+    folder: Path,
+    model_ref: str | None = None,
+    results: EvalResults | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The card of export ``folder``.
+
+    Args:
+        folder: the export (``unet/``, ``vae/``, ``dm_lightning.json``, optionally
+            ``dm_lightning_config.yaml`` and a diffusers ``model_index.json``).
+        model_ref: what the usage snippets load: a hub id or the folder's final path
+            (default ``folder``).
+        results: evaluation results to show (table and ``model-index``); None: none.
+        base_model: hub id of the base weights; default the recorded one.
+        license: licence id; default :func:`default_license` of the base model.
+    """
+    folder = Path(folder)
+    facts = read_training_facts(folder)
+    base = base_model or facts.base_model
+    ref = model_ref or str(folder)
+    diffusers_ready = (folder / PIPELINE_INDEX).is_file()
+    index = eval_results_metadata(results) if results is not None else []
+    data = ModelCardData(
+        library_name="diffusers" if diffusers_ready else "dm_lightning",
+        pipeline_tag="depth-estimation",
+        license=license or default_license(base),
+        base_model=base,
+        datasets=facts.datasets or None,
+        tags=list(TAGS),
+        model_name=model_title(facts) if index else None,
+        eval_results=index or None,
+    )
+    stage = f"stage {facts.stage}" if facts.stage else "model"
+    near = "1 = near, 0 = far" if facts.near_is_one else "1 = far, 0 = near"
+    target = TARGET_WORDS.get(facts.target or "sqrt_disparity", facts.target)
+    body = [
+        f"# DM-Lightning DepthMaster ({stage}): single-step diffusion monocular relative depth",
+        "",
+        f'This is a model of the **DepthMaster** method (Song et al. 2025, "DepthMaster: Taming '
+        f'Diffusion Models for Monocular Depth Estimation", [arXiv:2501.02576]({PAPER})), trained '
+        "with dm_lightning: a Stable Diffusion 2 U-Net and VAE turned into "
+        "a deterministic one-step depth estimator (one U-Net pass, no noise, no scheduler).",
+        "",
+        NOT_THIS,
+        "",
+        "## What it predicts",
+        "",
+        f"Relative (affine-invariant) depth of one RGB image, at the image's size: {target} in "
+        f"[0, 1], {near}. It is known up to a scale and shift; fit them to a few known depths "
+        "for metres (dm_lightning's `tools/metric_depth.py`). The network runs at a long edge of "
+        f"{facts.processing_res or DEFAULT_RES} pixels by default.",
+        "",
+        _training_section(facts),
+        "## Usage",
+        "",
+        "With dm_lightning installed (Python):",
+        "",
+        "```python",
+        python_usage(ref, facts).rstrip(),
+        "```",
+        "",
+        "A folder (searched recursively) or glob of images, from a dm_lightning checkout: per "
+        "image a float32 `.npy` in [0, 1], a 16-bit PNG and a colour PNG.",
+        "",
+        "```bash",
+        cli_usage(ref).rstrip(),
+        "```",
+        "",
+    ]
+    if diffusers_ready:
+        body += ["With diffusers only:", "", "```python", diffusers_usage(ref).rstrip(), "```", ""]
+    if results is not None:
+        body += [_eval_section(results)]
+    body += [
+        "## Limitations",
+        "",
+        "- Relative depth only: no metric scale, no camera intrinsics.",
+        "- Trained on the data listed above only; check it on images like yours.",
+        "",
+        "## Citation",
+        "",
+        "The method: Song et al., *DepthMaster: Taming Diffusion Models for Monocular Depth "
+        f"Estimation*, 2025, [arXiv:2501.02576]({PAPER}).",
+        "",
+    ]
+    template = "---\n{{ card_data }}\n---\n\n{{ body }}"
+    return ModelCard.from_template(data, template_str=template, body="\n".join(body))
+
+
+def write_model_card(
+    folder: Path,
+    run_config: Path | None = None,
+    model_ref: str | None = None,
+    results: EvalResults | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+) -> Path:
+    """Write ``folder/README.md`` (and keep its inputs in the folder).
+
+    ``run_config`` (the run's ``config.yaml``) is copied in as ``dm_lightning_config.yaml``;
+    ``results`` are stored as :data:`~dm_lightning.hub.eval_results.EVAL_FILE`. Without
+    ``results``, those stored earlier are shown again; ``base_model`` and ``license`` default
+    to the previous card's when the folder does not record them.
+
+    Returns:
+        The card's path.
+    """
+    folder = Path(folder)
+    copy_run_config(folder, run_config)
+    stored = folder / EVAL_FILE
+    if results is not None:
+        stored.write_text(json.dumps(results.to_json(), indent=2) + "\n")
+    elif stored.is_file():
+        results = EvalResults.from_json(json.loads(stored.read_text()), str(stored))
+    previous = _previous_metadata(folder / CARD_FILE)
+    base_model = base_model or read_training_facts(folder).base_model or previous.get("base_model")
+    if license is None and previous.get("license") != default_license(previous.get("base_model")):
+        license = previous.get("license")  # chosen by hand (--license) for the previous card
+    card = build_model_card(folder, model_ref, results, base_model, license)
+    path = folder / CARD_FILE
+    card.save(path)
+    return path
+
+
+def _previous_metadata(card: Path) -> dict[str, Any]:
+    if not card.is_file():
+        return {}
+    try:
+        return ModelCard.load(card).data.to_dict()
+    except Exception:  # a hand-written README: nothing to keep
+        return {}
