@@ -152,6 +152,8 @@ def test_predict_metric_depth_and_point_clouds(recipe, world, monkeypatch):
     done = subprocess.run([str(SCRIPT), *predict[1:]], capture_output=True, text=True, cwd=world)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wrote 3 depth maps to predictions" in done.stdout + done.stderr
+    for banner in ("GPU available", "TPU available"):
+        assert banner not in done.stdout + done.stderr
     for name, (w, h) in SIZES.items():
         depth = np.load(world / "predictions" / Path(name).with_suffix(".npy"))
         assert depth.shape == (h, w) and depth.dtype == np.float32

@@ -6,9 +6,8 @@ odd sizes and aspect ratios (257x199 and 199x311, made from tests/data/in_the_wi
   ``processing_res``;
 - fit -> export -> test -> predict, with fit's closing summary.
 
-The installed ``dm-lightning`` script and one tool run as subprocesses (their exit codes and
-output are what a user sees); the rest runs in-process (each subprocess costs ~15 s of
-imports).
+Everything runs in-process (each subprocess costs ~15 s of imports): the installed
+``dm-lightning`` script runs README's commands word for word in test_readme_paths.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -34,7 +31,6 @@ from dm_lightning.tiny_model import TINY_PROCESSING_RES
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 WILD = REPO / "tests" / "data" / "in_the_wild"
-SCRIPT = Path(sys.executable).parent / "dm-lightning"
 # name -> (source photo, (width, height)): neither edge a multiple of the VAE factor 8
 ODD = {"wide": ("02.jpg", (257, 199)), "tall": ("07.jpg", (199, 311))}
 
@@ -57,22 +53,17 @@ def odd_photos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predicted(tiny_model, odd_photos, tmp_path_factory) -> Path:
-    """README's predict command, run by the installed script (default processing_res)."""
+    """README's predict command at the default processing_res, in this process (the installed
+    script runs README's predict word for word in test_readme_paths)."""
     out = tmp_path_factory.mktemp("predictions")
-    result = subprocess.run(
-        [
-            str(SCRIPT), "predict", "--config", str(CONFIGS / "predict.yaml"),
-            "--model.init_args.model_path", str(tiny_model),
-            "--data.init_args.predict", str(odd_photos),
-            "--trainer.callbacks.init_args.output_dir", str(out),
-            "--data.init_args.num_workers", "0",
-        ],
-        capture_output=True, text=True, timeout=300, cwd=out,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"wrote 2 depth maps to {out}, skipped 0 unreadable files" in result.stdout
-    for banner in ("GPU available", "TPU available"):
-        assert banner not in result.stdout + result.stderr
+    args = [
+        "predict", "--config", str(CONFIGS / "predict.yaml"),
+        "--model.init_args.model_path", str(tiny_model),
+        "--data.init_args.predict", str(odd_photos),
+        "--trainer.callbacks.init_args.output_dir", str(out),
+        "--data.init_args.num_workers", "0",
+    ]  # fmt: skip
+    assert main(args) == 0
     return out
 
 
@@ -120,20 +111,18 @@ def test_metric_depth_then_point_clouds(predicted, odd_photos, tmp_path, capsys)
 
 
 def test_point_cloud_script_takes_an_older_prediction_with_float_rounding(
-    predicted, odd_photos, tmp_path
+    predicted, odd_photos, tmp_path, capsys
 ):
     """Outputs of predict before the clip-after-resize fix held values down to -5.96e-08; the
     tool accepts what lies within its stated 1e-6 tolerance."""
     old = np.load(predicted / "tall.npy")
     old[old == old.min()] = -5.96e-8
     np.save(tmp_path / "old.npy", old)
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "point_cloud.py"), str(odd_photos / "tall.jpg"),
-         str(tmp_path / "old.npy"), "--out", str(tmp_path / "old.ply"), "--relative"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert f"{199 * 311} points of 311x199 pixels" in result.stdout
+    point_cloud = load_tool("point_cloud")
+    capsys.readouterr()
+    args = [str(odd_photos / "tall.jpg"), str(tmp_path / "old.npy"), "--relative"]
+    assert point_cloud.main([*args, "--out", str(tmp_path / "old.ply")]) == 0
+    assert f"{199 * 311} points of 311x199 pixels" in capsys.readouterr().out
 
 
 def test_predict_refuses_output_over_inputs_and_bad_processing_res(
