@@ -19,7 +19,8 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import dm_lightning.models.pipeline_depthmaster as pipeline_module
+import dm_lightning.models.modeling_depthmaster as modeling
+import dm_lightning.models.pipeline_depthmaster as pipeline
 from dm_lightning.errors import ConfigError
 from dm_lightning.models.loading import load_depthmaster, load_unet
 from dm_lightning.models.pipeline_depthmaster import DepthMasterPipeline, DepthMasterUNet
@@ -67,13 +68,16 @@ def expected_depth(net, image: Image.Image, res: int | None = RES) -> np.ndarray
 def test_export_is_a_diffusers_pipeline_folder_with_its_own_code(export):
     index = json.loads((export / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_depthmaster", "DepthMasterPipeline"]
-    assert index["unet"] == ["pipeline_depthmaster", "DepthMasterUNet"]
-    assert index["empty_prompt"] == ["pipeline_depthmaster", "EmptyPromptEmbedding"]
+    assert index["unet"] == ["modeling_depthmaster", "DepthMasterUNet"]
+    assert index["empty_prompt"] == ["modeling_depthmaster", "EmptyPromptEmbedding"]
     assert index["vae"] == ["diffusers", "AutoencoderKL"]
     assert (index["target"], index["default_processing_resolution"]) == ("disparity", RES)
-    source = Path(pipeline_module.__file__).read_bytes()
-    for where in (".", "unet", "empty_prompt"):  # the package's module, not a drifting copy
-        assert (export / where / "pipeline_depthmaster.py").read_bytes() == source
+    # the package's modules, not copies that could drift
+    assert (export / "pipeline_depthmaster.py").read_bytes() == Path(pipeline.__file__).read_bytes()
+    modeling_source = Path(modeling.__file__).read_bytes()
+    for where in (".", "unet", "empty_prompt"):
+        assert (export / where / "modeling_depthmaster.py").read_bytes() == modeling_source
+    assert not (export / "unet" / "pipeline_depthmaster.py").exists()
     unet_config = json.loads((export / "unet" / "config.json").read_text())
     assert unet_config["_class_name"] == "DepthMasterUNet"
     assert (unet_config["fourier_enhancement"], unet_config["fourier_groups"]) == (True, 8)

@@ -50,7 +50,7 @@ class DepthMaster(nn.Module):
     Args:
         vae: SD-2 ``AutoencoderKL`` (frozen by the trainers).
         unet: a ``UNet2DConditionModel`` with 4 input channels; a stock one becomes a
-            :class:`~dm_lightning.models.pipeline_depthmaster.DepthMasterUNet` (in place), which
+            :class:`~dm_lightning.models.modeling_depthmaster.DepthMasterUNet` (in place), which
             may carry an FE block as ``unet.fftblock`` (see
             :func:`~dm_lightning.models.unet_hooks.attach_fourier_enhancement`).
         empty_prompt_embedding: (1, T, cross_attention_dim) text embedding of ``""``.

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, METADATA_FILE, DepthMaster
-from dm_lightning.models.pipeline_depthmaster import DepthMasterUNet
+from dm_lightning.models.modeling_depthmaster import DepthMasterUNet
 from dm_lightning.models.state_dicts import SHOWN_KEYS, describe_keys, load_state_dict_file
 from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, attach_fourier_enhancement
 

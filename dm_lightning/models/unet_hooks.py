@@ -1,6 +1,6 @@
 """DepthMaster's additions to a diffusers U-Net: feature taps (forward hooks reading a block's
 output, for Feature Alignment) and the Fourier Enhancement block, which
-:class:`~dm_lightning.models.pipeline_depthmaster.DepthMasterUNet` carries as a config flag.
+:class:`~dm_lightning.models.modeling_depthmaster.DepthMasterUNet` carries as a config flag.
 
 No U-Net code is copied: hooks read or replace block outputs.
 """
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from dm_lightning.errors import ConfigError
-from dm_lightning.models.pipeline_depthmaster import (
+from dm_lightning.models.modeling_depthmaster import (
     FFT_ATTRIBUTE,
     DepthMasterUNet,
     FourierEnhancement,
