@@ -120,6 +120,19 @@ def test_fe_config_without_fe_weights_is_an_error_naming_the_keys(export, tmp_pa
         load_unet(folder)
 
 
+def test_the_loader_without_dm_lightning_is_strict_too(export, tmp_path):
+    """What ``from_pretrained`` runs where dm_lightning is absent (the remote test loads a good
+    folder through it): a component's weights that do not fit its config raise."""
+    folder = tmp_path / "export"
+    shutil.copytree(export, folder)
+    weights = folder / "empty_prompt" / "diffusion_pytorch_model.safetensors"
+    save_file({**load_file(str(weights)), "extra": torch.zeros(1)}, str(weights))
+    with pytest.raises(
+        ValueError, match=r"empty_prompt do not match .*'unexpected_keys': \['extra'\]"
+    ):
+        DepthMasterPipeline._from_export(str(folder))
+
+
 def test_pipeline_gives_predicts_numbers_through_its_options(export, loaded_net, photo):
     pipe = DepthMasterPipeline.from_pretrained(export)
     assert pipe.config.default_processing_resolution == RES

@@ -295,6 +295,8 @@ class DepthMasterPipeline(DiffusionPipeline):
 
     @classmethod
     def _from_export(cls, path: str, **kwargs: Any) -> DepthMasterPipeline:
+        """A folder (or hub repository) written by :meth:`save_pretrained`, each component's
+        weights checked against its config (diffusers alone only logs keys that do not fit)."""
         folder = Path(path).expanduser()
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
@@ -302,16 +304,23 @@ class DepthMasterPipeline(DiffusionPipeline):
             folder = Path(snapshot_download(path, **kwargs))
         index_file = folder / "model_index.json"
         index = json.loads(index_file.read_text()) if index_file.is_file() else {}
-        unet, info = DepthMasterUNet.from_pretrained(folder / "unet", output_loading_info=True)
-        bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
-        if bad:
-            raise ValueError(f"U-Net weights in {folder / 'unet'} do not match its config: {bad}")
+        vae = _load_strictly(AutoencoderKL, folder / "vae")
+        unet = _load_strictly(DepthMasterUNet, folder / "unet")
         if (folder / EMPTY_PROMPT_FOLDER).is_dir():
-            empty_prompt = EmptyPromptEmbedding.from_pretrained(folder / EMPTY_PROMPT_FOLDER)
+            empty_prompt = _load_strictly(EmptyPromptEmbedding, folder / EMPTY_PROMPT_FOLDER)
         else:  # an export written before model_index.json
             from safetensors.torch import load_file
 
             tensor = load_file(str(folder / LEGACY_EMPTY_PROMPT_FILE))["embedding"]
             empty_prompt = EmptyPromptEmbedding.from_tensor(tensor)
         config = {k: index[k] for k in ("target", "default_processing_resolution") if k in index}
-        return cls(AutoencoderKL.from_pretrained(folder / "vae"), unet, empty_prompt, **config)
+        return cls(vae, unet, empty_prompt, **config)
+
+
+def _load_strictly(model_class: type, folder: Path) -> Any:
+    """``model_class.from_pretrained(folder)``; weights that do not fit its config raise."""
+    model, info = model_class.from_pretrained(folder, output_loading_info=True)
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
+    if bad:
+        raise ValueError(f"weights in {folder} do not match its config.json: {bad}")
+    return model
