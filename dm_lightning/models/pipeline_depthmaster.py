@@ -249,10 +249,10 @@ class DepthMasterPipeline(DiffusionPipeline):
         )
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
-        """diffusers' ``save_pretrained``, then this file beside the pipeline and in the folders
-        of its own components, named in ``model_index.json`` as ``[file, class]``, so
-        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` needs no
-        dm_lightning."""
+        """diffusers' ``save_pretrained``, then the code: this file and ``modeling_depthmaster.py``
+        beside ``model_index.json``, the latter also in ``unet/`` and ``empty_prompt/``, named
+        there as ``[file, class]``, so ``DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)`` needs no dm_lightning."""
         super().save_pretrained(save_directory, **kwargs)
         folder = Path(save_directory)
         index = json.loads((folder / "model_index.json").read_text())
