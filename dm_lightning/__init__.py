@@ -19,6 +19,7 @@ _EXPORTS = {
     "Depth": "dm_lightning.targets",
     "DepthDataModule": "dm_lightning.data.datamodule",
     "DepthMaster": "dm_lightning.models.depthmaster",
+    "DepthMasterPipeline": "dm_lightning.models.pipeline_depthmaster",
     "DepthMasterTask": "dm_lightning.training.base",
     "DepthPredictionWriter": "dm_lightning.training.callbacks",
     "Disparity": "dm_lightning.targets",
@@ -47,6 +48,7 @@ __all__ = [
     "Depth",
     "DepthDataModule",
     "DepthMaster",
+    "DepthMasterPipeline",
     "DepthMasterTask",
     "DepthPredictionWriter",
     "Disparity",
@@ -91,6 +93,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.models.feature_alignment import FeatureAlignment
     from dm_lightning.models.fourier import FourierEnhancement
     from dm_lightning.models.loading import load_depthmaster
+    from dm_lightning.models.pipeline_depthmaster import DepthMasterPipeline
     from dm_lightning.models.stage1_network import AlignedDepthMaster
     from dm_lightning.targets import Depth, Disparity, SqrtDisparity
     from dm_lightning.training.base import DepthMasterTask

@@ -130,7 +130,7 @@ def test_compile_unet_compiles_in_place_and_keeps_names(tiny_model, batch, monke
     monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
     plain = Stage2(str(tiny_model), fourier=False)
     compiled = Stage2(str(tiny_model), fourier=False, compile_unet=True)
-    assert calls == ["UNet2DConditionModel"]
+    assert calls == ["DepthMasterUNet"]  # the U-Net, loaded as the pipeline's class
     assert compiled.net.unet._compiled_call_impl is not None
     assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints unchanged
     x = finish_training_batch(batch)

@@ -24,6 +24,7 @@ from dm_lightning.inference.metric import (
     load_prediction,
     relative_to_depth,
 )
+from dm_lightning.models import pipeline_depthmaster
 from dm_lightning.models.loading import recorded_processing_res
 from dm_lightning.models.resolution import DEFAULT_PROCESSING_RES
 from dm_lightning.tiny_model import TINY_PROCESSING_RES, make_tiny_depthmaster
@@ -52,7 +53,8 @@ def test_prediction_is_in_unit_range_after_the_resize_back(monkeypatch):
         f = net.latent_factor
         return (torch.rand(b, 1, h * f, w * f, generator=generator) > 0.5).float() * 2 - 1
 
-    monkeypatch.setattr(net, "decode", saturated)
+    # predict runs the pipeline's inference function, which decodes through decode_depth
+    monkeypatch.setattr(pipeline_depthmaster, "decode_depth", lambda vae, latent: saturated(latent))
     rgb = torch.randint(0, 256, (1, 3, 199, 257), dtype=torch.uint8)
     raw = saturated(torch.zeros(1, 4, 25, 32))
     resized = torch.nn.functional.interpolate(

@@ -80,15 +80,20 @@ def test_scale_benchmark_counts_and_times_both_stages_tiny():
         assert float(row[5]) > 0
 
 
-def test_predict_benchmark_times_both_paths_and_streams_growing_folders(tmp_path):
+def test_predict_benchmark_times_the_three_paths_and_streams_growing_folders(tmp_path):
     out = run(
         "predict", "--work", str(tmp_path), "--model", "tiny", "--images", "1", "--height",
         "32", "--width", "48", "--repeats", "1", "--stream-counts", "2", "5",
         "--stream-size", "16",
     )  # fmt: skip
     rows = rows_of(out)  # overhead rows, stream header, stream rows
-    paths = {r[0]: r for r in rows if r[0].startswith(("predict_images", "dm-lightning"))}
-    assert set(paths) == {"predict_images (API)", "dm-lightning predict (Trainer + writer)"}
+    names = ("DepthMasterPipeline", "predict_images", "dm-lightning")
+    paths = {r[0]: r for r in rows if r[0].startswith(names)}
+    assert set(paths) == {
+        "DepthMasterPipeline (diffusers, no files)",
+        "predict_images (API)",
+        "dm-lightning predict (Trainer + writer)",
+    }
     for row in paths.values():
         bare, predict = float(row[1]), float(row[2])
         assert 0 < bare and 0 < predict

@@ -1043,6 +1043,15 @@ def api_predict(net, folder: Path, out: Path) -> float:
     return time.process_time() - start
 
 
+def pipeline_predict(pipe, images: list) -> float:
+    """Seconds of ``DepthMasterPipeline`` (diffusers) over decoded PIL images, one call each at
+    native size, numpy output: input conversion, the network, output conversion; no files."""
+    start = time.process_time()
+    for image in images:
+        pipe(image, processing_resolution=0)
+    return time.process_time() - start
+
+
 def lightning_predict(task, folder: Path, out: Path) -> float:
     """Seconds of ``Trainer.predict`` as ``dm-lightning predict --config configs/predict.yaml``
     runs it: DepthMasterTask.predict_step, DepthDataModule's image loader (no workers) and
@@ -1106,7 +1115,14 @@ def run_predict(args: argparse.Namespace) -> None:
         raise SystemExit(f"--height and --width must be multiples of {f} (no resize to time)")
     images = [signed_rgb(s["rgb"][None]) for s in ImageFolder(str(photos))]
     out = work / "out"
+    from PIL import Image
+
+    from dm_lightning.models.pipeline_loading import pipeline_from_network
+
+    pipe = pipeline_from_network(net)
+    pil = [Image.open(p).convert("RGB") for p in sorted(photos.glob("*.jpg"))]
     paths = {
+        "DepthMasterPipeline (diffusers, no files)": partial(pipeline_predict, pipe, pil),
         "predict_images (API)": partial(api_predict, net, photos, out / "api"),
         "dm-lightning predict (Trainer + writer)": partial(
             lightning_predict, task, photos, out / "cli"
@@ -1134,7 +1150,7 @@ def run_predict(args: argparse.Namespace) -> None:
             f"| {(best[name] - best['bare']) / n * 1e3:.1f} | {ratio:.3f}x | {verdict} |",
             flush=True,
         )
-    del paths, task, images
+    del paths, task, images, pipe, pil
 
     # Streaming: the tiny model over folders of growing size, each in a fresh process whose
     # heap returns freed buffers (so RSS follows live memory); RSS must not follow the count.

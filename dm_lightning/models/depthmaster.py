@@ -14,15 +14,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError
+from dm_lightning.models.pipeline_depthmaster import (
+    DEFAULT_PROCESSING_RESOLUTION,
+    DEFAULT_TARGET,
+    LEGACY_EMPTY_PROMPT_FILE,
+    DepthMasterPipeline,
+    EmptyPromptEmbedding,
+    decode_depth,
+    denoise,
+    encode_rgb,
+    latent_factor,
+    predict_relative_depth,
+    working_size,
+)
 from dm_lightning.models.resolution import check_processing_res, network_res
-from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE
+from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, as_depthmaster_unet
 
-EMPTY_PROMPT_FILE = "empty_prompt_embedding.safetensors"
+# Still written beside model_index.json's empty_prompt/ so older dm_lightning versions read exports.
+EMPTY_PROMPT_FILE = LEGACY_EMPTY_PROMPT_FILE
 METADATA_FILE = "dm_lightning.json"
 
 
@@ -36,8 +49,9 @@ class DepthMaster(nn.Module):
 
     Args:
         vae: SD-2 ``AutoencoderKL`` (frozen by the trainers).
-        unet: stock ``UNet2DConditionModel`` with 4 input channels, optionally carrying an FE
-            block as ``unet.fftblock`` (see
+        unet: a ``UNet2DConditionModel`` with 4 input channels; a stock one becomes a
+            :class:`~dm_lightning.models.modeling_depthmaster.DepthMasterUNet` (in place), which
+            may carry an FE block as ``unet.fftblock`` (see
             :func:`~dm_lightning.models.unet_hooks.attach_fourier_enhancement`).
         empty_prompt_embedding: (1, T, cross_attention_dim) text embedding of ``""``.
     """
@@ -59,7 +73,7 @@ class DepthMaster(nn.Module):
                 f"got {tuple(empty_prompt_embedding.shape)}"
             )
         self.vae = vae
-        self.unet = unet
+        self.unet = as_depthmaster_unet(unet)
         self._encoder_original: dict[str, Tensor] | None = None  # see cast_frozen_encoder
         # Not persistent: it comes with the model folder, checkpoints need not carry it.
         self.register_buffer("empty_prompt_embedding", empty_prompt_embedding, persistent=False)
@@ -71,15 +85,13 @@ class DepthMaster(nn.Module):
     @property
     def latent_factor(self) -> int:
         """Pixels per latent cell (8 for SD-2), derived from the VAE config."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return latent_factor(self.vae)
 
     def encode(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) latent = posterior mean x scaling factor,
         in ``image``'s dtype (the VAE encoder may be held in another, see
         :meth:`cast_frozen_encoder`)."""
-        weight = self.vae.encoder.conv_in.weight
-        latent = self.vae.encode(image.to(weight.dtype)).latent_dist.mean
-        return latent.to(image.dtype) * self.scaling_factor
+        return encode_rgb(self.vae, image)
 
     def cast_frozen_encoder(self, dtype: torch.dtype) -> None:
         """Hold the VAE encoder (and its ``quant_conv``) in ``dtype``, e.g. bf16 under
@@ -117,14 +129,11 @@ class DepthMaster(nn.Module):
 
     def denoise(self, latent: Tensor) -> Tensor:
         """One U-Net pass at timestep 1: RGB latent -> depth latent, both (B, 4, h, w)."""
-        b = latent.shape[0]
-        context = self.empty_prompt_embedding.to(latent.dtype).expand(b, -1, -1)
-        timestep = torch.ones(b, device=latent.device, dtype=torch.long)
-        return self.unet(latent, timestep, encoder_hidden_states=context).sample
+        return denoise(self.unet, self.empty_prompt_embedding, latent)
 
     def decode(self, latent: Tensor) -> Tensor:
         """(B, 4, h, w) depth latent -> (B, 1, h*f, w*f), mean of the 3 decoded channels."""
-        return self.vae.decode(latent / self.scaling_factor).sample.mean(dim=1, keepdim=True)
+        return decode_depth(self.vae, latent)
 
     def forward(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> raw decoded depth (B, 1, H, W), nominally in [-1, 1]."""
@@ -145,24 +154,9 @@ class DepthMaster(nn.Module):
             square-root disparity).
         """
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-        h, w = x.shape[-2:]
-        size = self.working_size(h, w, processing_res)
-        if size != (h, w):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        param = next(self.unet.parameters())
-        latent = self.denoise(self.encode(x.to(param.device, param.dtype) * 2.0 - 1.0))
-        # Decode in fp32 even under bf16 autocast: bf16's step (~0.004) on [-1, 1] would move
-        # aligned depth by over 1% at far range.
-        with torch.autocast(device_type=latent.device.type, enabled=False):
-            # clip before resizing (docs/method.md §1)
-            raw = self.decode(latent.float()).clamp(-1.0, 1.0)
-        if size != (h, w):
-            raw = F.interpolate(
-                raw, size=(h, w), mode="bilinear", align_corners=False, antialias=True
-            )
-        # Clip again after the resize: antialiased bilinear overshoots its input range by
-        # float rounding (-6e-8 below 0), and [0, 1] is promised exactly.
-        return ((raw + 1.0) / 2.0).clamp(0.0, 1.0)
+        size = self.working_size(*x.shape[-2:], processing_res)
+        # the pipeline's own function (DepthMasterPipeline runs the same): one inference path
+        return predict_relative_depth(self.vae, self.unet, self.empty_prompt_embedding, x, size)
 
     def working_size(
         self, height: int, width: int, processing_res: int | str | None
@@ -177,25 +171,31 @@ class DepthMaster(nn.Module):
             processing_res = network_res(
                 check_processing_res(processing_res, self.latent_factor, "processing_res")
             )
-        scale = 1.0 if processing_res is None else processing_res / max(height, width)
-        f = self.latent_factor
-        return (max(f, round(height * scale / f) * f), max(f, round(width * scale / f) * f))
+        return working_size(height, width, processing_res, self.latent_factor)
 
     def save_pretrained(self, path: str | Path, metadata: dict | None = None) -> Path:
-        """Write a diffusers-layout folder: ``unet/`` (with ``fftblock.*`` if present), ``vae/``,
-        the empty-prompt embedding and ``dm_lightning.json``;
-        :func:`~dm_lightning.models.loading.load_depthmaster` reads it."""
+        """Write a diffusers pipeline folder (:class:`~dm_lightning.models.pipeline_depthmaster.
+        DepthMasterPipeline`): ``model_index.json`` with the target and processing resolution
+        from ``metadata``, ``unet/`` (``fftblock.*`` and the config flag if present), ``vae/``,
+        ``empty_prompt/`` and the pipeline's code; plus the empty-prompt embedding file and
+        ``dm_lightning.json`` that :func:`~dm_lightning.models.loading.load_depthmaster` reads."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(path / "unet", safe_serialization=True)
-        with self.original_vae() as vae:
-            vae.save_pretrained(path / "vae", safe_serialization=True)
-        save_file(
-            {"embedding": self.empty_prompt_embedding.detach().cpu().contiguous()},
-            str(path / EMPTY_PROMPT_FILE),
-        )
         meta = {"fourier_enhancement": hasattr(self.unet, FFT_ATTRIBUTE), **(metadata or {})}
+        res = meta.get("processing_res")
+        embedding = self.empty_prompt_embedding.detach().cpu().contiguous()
+        with self.original_vae() as vae:
+            DepthMasterPipeline(
+                vae,
+                self.unet,
+                EmptyPromptEmbedding.from_tensor(embedding),
+                target=meta.get("target") or DEFAULT_TARGET,
+                default_processing_resolution=res
+                if isinstance(res, int)
+                else DEFAULT_PROCESSING_RESOLUTION,
+            ).save_pretrained(path)
+        save_file({"embedding": embedding}, str(path / EMPTY_PROMPT_FILE))
         (path / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return path

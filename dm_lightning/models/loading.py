@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, METADATA_FILE, DepthMaster
+from dm_lightning.models.modeling_depthmaster import DepthMasterUNet
 from dm_lightning.models.state_dicts import SHOWN_KEYS, describe_keys, load_state_dict_file
 from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, attach_fourier_enhancement
 
@@ -104,11 +105,11 @@ def _fetch_from_hub(repo: str, subfolders: tuple[str, ...]) -> Path:
         ) from err
 
 
-def load_unet(folder: str | Path) -> UNet2DConditionModel:
-    """Load a U-Net folder (``config.json`` + weights), attaching the FE block when the weights
-    carry ``fftblock.*`` keys (the released DepthMaster model, our stage-2 exports).
+def load_unet(folder: str | Path) -> DepthMasterUNet:
+    """Load a U-Net folder (``config.json`` + weights) as a ``DepthMasterUNet``, its FE block on
+    when the weights carry ``fftblock.*`` keys (the released model's stock config omits it).
 
-    Both paths are strict: stock folders go through ``UNet2DConditionModel.from_pretrained``
+    Both paths are strict: stock folders go through ``DepthMasterUNet.from_pretrained``
     (which only logs keys that do not fit; here they are an error), FE folders through
     ``load_state_dict``.
 
@@ -120,7 +121,7 @@ def load_unet(folder: str | Path) -> UNet2DConditionModel:
     folder = Path(folder)
     weights = _model_folder_files(folder, "U-Net")
     if weights is None:  # sharded: diffusers reads the index
-        return _from_pretrained_strict(UNet2DConditionModel, folder, "U-Net")
+        return _from_pretrained_strict(DepthMasterUNet, folder, "U-Net")
     state = None
     if weights.suffix == ".safetensors":
         keys = _safetensors_keys(weights)
@@ -128,11 +129,10 @@ def load_unet(folder: str | Path) -> UNet2DConditionModel:
         state = load_state_dict_file(weights, "U-Net weights")
         keys = list(state)
     if not any(k.startswith(FFT_ATTRIBUTE + ".") for k in keys):
-        return _from_pretrained_strict(UNet2DConditionModel, folder, "U-Net")
-    if state is None:
-        state = load_state_dict_file(weights, "U-Net weights")
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
-    attach_fourier_enhancement(unet)
+        return _from_pretrained_strict(DepthMasterUNet, folder, "U-Net")
+    state = load_state_dict_file(weights, "U-Net weights") if state is None else state
+    config = {**DepthMasterUNet.load_config(folder), "fourier_enhancement": True}
+    unet = DepthMasterUNet.from_config(config)
     _load_state_dict_strict(unet, state, weights)
     return unet
 

@@ -1,12 +1,12 @@
-"""Attach DepthMaster's additions to a stock diffusers ``UNet2DConditionModel`` via hooks.
+"""DepthMaster's additions to a diffusers U-Net: feature taps (forward hooks reading a block's
+output, for Feature Alignment) and the Fourier Enhancement block, which
+:class:`~dm_lightning.models.modeling_depthmaster.DepthMasterUNet` carries as a config flag.
 
-No U-Net code is copied: a forward hook on a block reads its output (feature taps for Feature
-Alignment) or replaces it (the Fourier Enhancement block after the mid block).
+No U-Net code is copied: hooks read or replace block outputs.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from diffusers import UNet2DConditionModel
@@ -14,10 +14,13 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from dm_lightning.errors import ConfigError
-from dm_lightning.models.fourier import FourierEnhancement
+from dm_lightning.models.modeling_depthmaster import (
+    FFT_ATTRIBUTE,
+    DepthMasterUNet,
+    FourierEnhancement,
+)
 
 TAP_LOCATIONS = ("mid", "down1", "down2", "down3", "down4")
-FFT_ATTRIBUTE = "fftblock"  # the released checkpoint's attribute name
 
 
 def tap_module(unet: UNet2DConditionModel, location: str) -> nn.Module:
@@ -68,28 +71,36 @@ class FeatureTap:
         self._handle.remove()
 
 
-def _replace_output(block: nn.Module, module: nn.Module, args: Any, output: Tensor) -> Tensor:
-    # A module-level function in a partial (not a lambda) keeps the U-Net picklable, which
-    # ddp_spawn and copy.deepcopy need.
-    return block(output)
+def as_depthmaster_unet(unet: UNet2DConditionModel) -> DepthMasterUNet:
+    """``unet`` as a :class:`DepthMasterUNet` (itself if it is one).
+
+    A stock ``UNet2DConditionModel`` (built by hand, or loaded by code that predates the class)
+    is converted in place, without copying its weights: with ``fourier_enhancement`` off a
+    :class:`DepthMasterUNet` holds exactly the stock U-Net's state, only its class and two
+    config entries differ.
+
+    Raises:
+        TypeError: another subclass of ``UNet2DConditionModel`` (its own behaviour would be lost).
+    """
+    if isinstance(unet, DepthMasterUNet):
+        return unet
+    if type(unet) is not UNet2DConditionModel:
+        raise TypeError(f"expected a diffusers UNet2DConditionModel, got {type(unet).__name__}")
+    unet.__class__ = DepthMasterUNet
+    unet.register_to_config(fourier_enhancement=False, fourier_groups=8)
+    return unet  # type: ignore[return-value]
 
 
 def attach_fourier_enhancement(
     unet: UNet2DConditionModel, block: FourierEnhancement | None = None
 ) -> FourierEnhancement:
-    """Insert an FE block between the mid block and the first up block.
+    """Insert an FE block between the mid block and the first up block (stage 2).
 
     The block becomes ``unet.fftblock`` (so ``unet.state_dict()`` and ``save_pretrained`` carry
-    ``fftblock.*`` keys exactly as the released DepthMaster U-Net does) and a forward hook on
-    ``unet.mid_block`` replaces the mid output with ``fftblock(mid_output)``.
+    ``fftblock.*`` keys exactly as the released DepthMaster U-Net does) and the U-Net's config
+    records it (``fourier_enhancement: true``), so a saved U-Net loads with it.
     """
-    if has_fourier_enhancement(unet):
-        raise ValueError("this U-Net already has a Fourier Enhancement block")
-    if block is None:
-        block = FourierEnhancement(unet.config.block_out_channels[-1])
-    unet.add_module(FFT_ATTRIBUTE, block)
-    unet.mid_block.register_forward_hook(functools.partial(_replace_output, block))
-    return block
+    return as_depthmaster_unet(unet).enable_fourier_enhancement(block)
 
 
 def has_fourier_enhancement(unet: nn.Module) -> bool:
