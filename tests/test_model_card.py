@@ -60,7 +60,7 @@ def test_export_carries_a_card_with_its_metadata_and_training(fitted, tiny_model
     export = fitted / "export"
     card = ModelCard.load(export / CARD_FILE)
     data = card.data
-    assert data.library_name == "dm_lightning"  # no model_index.json: diffusers cannot load it
+    assert data.library_name == "diffusers"  # every export is a diffusers pipeline folder
     assert data.pipeline_tag == "depth-estimation"
     assert data.license == "apache-2.0"  # the tiny model is no SD-2 derivative
     assert data.base_model is None  # started from a local folder without a card
@@ -108,7 +108,7 @@ def test_card_of_a_recipe_run_names_sd2_and_the_datasets(fitted, tmp_path):
 def test_python_snippet_runs_as_written(fitted, tmp_path, monkeypatch):
     export = fitted / "export"
     text = (export / CARD_FILE).read_text()
-    (snippet,) = code_blocks(text, "python")
+    (snippet,) = [s for s in code_blocks(text, "python") if "load_depthmaster" in s]
     rgb = np.random.default_rng(0).integers(0, 255, (61, 93, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=95)
     monkeypatch.chdir(tmp_path)  # the snippet opens "photo.jpg"
@@ -143,11 +143,29 @@ def test_cli_snippet_runs_as_written(fitted, tmp_path, monkeypatch, capsys):
 def test_diffusers_snippet_only_with_model_index(fitted, tmp_path):
     export = tmp_path / "export"
     shutil.copytree(fitted / "export", export)
-    assert "DiffusionPipeline" not in build_model_card(export).text
-    (export / "model_index.json").write_text("{}")  # what the diffusers export will write
+    assert (export / "model_index.json").is_file()  # every export is a diffusers pipeline
     card = build_model_card(export, model_ref="alice/dm-lightning-depthmaster-stage1")
     assert card.data.library_name == "diffusers"
     assert diffusers_usage("alice/dm-lightning-depthmaster-stage1") in card.text
+    (export / "model_index.json").unlink()  # an export of an older dm_lightning
+    card = build_model_card(export)
+    assert "DiffusionPipeline" not in card.text and card.data.library_name == "dm_lightning"
+
+
+def test_diffusers_snippet_runs_as_written(fitted, tmp_path, monkeypatch):
+    """The card's diffusers snippet gives what its dm_lightning snippet gives."""
+    snippets = code_blocks((fitted / "export" / CARD_FILE).read_text(), "python")
+    (ours,) = [s for s in snippets if "load_depthmaster" in s]
+    (theirs,) = [s for s in snippets if "DiffusionPipeline" in s]
+    rgb = np.random.default_rng(1).integers(0, 255, (53, 75, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=95)
+    monkeypatch.chdir(tmp_path)
+    scopes: list[dict] = [{}, {}]
+    for code, scope in zip((ours, theirs), scopes):
+        exec(compile(code, "README.md", "exec"), scope)
+    depth = scopes[1]["depth"]
+    assert depth.shape == (1, 53, 75, 1)  # diffusers' (N, H, W, 1) at the input's size
+    np.testing.assert_array_equal(depth[0, :, :, 0], scopes[0]["depth"].numpy())
 
 
 def report_results(model: Path) -> dict:

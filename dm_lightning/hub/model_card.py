@@ -106,11 +106,9 @@ def cli_usage(model_ref: str) -> str:
 
 
 def diffusers_usage(model_ref: str) -> str:
-    """The diffusers snippet, shown only when the folder has ``model_index.json``.
-
-    PLACE FOR THE DIFFUSERS PIPELINE (issue 18, point 1): adjust the call and output field to
-    ``DepthMasterPipeline``'s once it lands, and execute it in tests/test_model_card.py
-    (``test_diffusers_snippet_only_with_model_index``)."""
+    """The diffusers snippet, shown only when the folder has ``model_index.json`` (every export
+    since the pipeline landed; ``depth`` is DepthMasterPipeline's (1, H, W, 1) prediction in
+    [0, 1]). tests/test_model_card.py runs it against the dm_lightning snippet."""
     return f"""from diffusers import DiffusionPipeline
 from PIL import Image
 
