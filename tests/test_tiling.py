@@ -175,10 +175,17 @@ def test_api_and_cli_options_reach_the_tiled_path(tiny_model, big_photo, tmp_pat
         "--model.init_args.processing_res", "48",
         "--model.init_args.tile_size", "32",
         "--model.init_args.tile_overlap", "8",
+        "--model.init_args.inference_dtype", "bf16",
     ]  # fmt: skip
     assert main(args) == 0
-    np.testing.assert_array_equal(np.load(tmp_path / "cli" / "photo.npy"), expected)
+    predict_images(
+        tiny_model, big_photo, tmp_path / "bf16", 48, "cpu", tile_size=32, tile_overlap=8,
+        dtype="bf16", progress=False,
+    )  # fmt: skip
+    bf16 = np.load(tmp_path / "bf16" / "photo.npy")
+    assert np.abs(bf16 - expected).max() > 0  # the dtype reached the network
+    np.testing.assert_array_equal(np.load(tmp_path / "cli" / "photo.npy"), bf16)
     capsys.readouterr()
-    assert main([*args[:-4], "--model.init_args.tile_size", "30"]) == 2
+    assert main([*args[:-6], "--model.init_args.tile_size", "30"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("dm-lightning: error: tile_size must be a tile edge in pixels")
