@@ -17,7 +17,8 @@ edge sharpness, the mean gradient magnitude of the prediction on ground-truth de
 (pixels whose neighbour's depth differs by > ``EDGE_JUMP``) over its mean elsewhere (higher =
 sharper edges); and for the tiled map and for the same tiles pasted without alignment or
 blending, the 99th percentile and maximum of |difference between neighbouring pixels| across
-the tile borders (where tiles meet) and elsewhere. Timing: the tiled call's seconds per
+the tile borders (where tiles meet), elsewhere, and on the other latent-cell boundaries of the
+tiles (see :func:`border_jumps`). Timing: the tiled call's seconds per
 megapixel and its ratio to the summed seconds inside the network calls it made (global pass
 + tiles): the tiling overhead (resizes, fits, blending); CPU time of the process with
 ``--threads`` torch threads (1 by default), so other jobs on a shared machine do not count.
@@ -68,23 +69,32 @@ def sharpness(pred: np.ndarray, edges: np.ndarray, valid: np.ndarray) -> float:
     return float(g[edges & valid].mean() / g[~edges & valid].mean())
 
 
-def border_jumps(pred: np.ndarray, tops: list[int], lefts: list[int], th: int, tw: int) -> dict:
-    """p99 / max of |neighbour difference| across tile borders and elsewhere."""
-    border, inner = [], []
+def border_jumps(
+    pred: np.ndarray, tops: list[int], lefts: list[int], th: int, tw: int, factor: int
+) -> dict:
+    """p99 / max of |neighbour difference| across tile borders and elsewhere; and (``cell``)
+    on the other lines that lie, like most borders, between two latent cells of a tile (a
+    multiple of ``factor`` from its start): a decoder's latent grid can make every such line
+    a little steeper than lines inside a cell, so that is the like-for-like comparison."""
+    border, inner, cell = [], [], []
     for axis, starts, span in ((1, lefts, tw), (0, tops, th)):
         d = np.abs(np.diff(pred.astype(np.float64), axis=axis))
         d = np.moveaxis(d, axis, 0)  # d[c] = jump between line c and c + 1
         cuts = {s - 1 for s in starts[1:]} | {s + span - 1 for s in starts[:-1]}
+        grid = {s + k - 1 for s in starts for k in range(factor, span, factor)} - cuts
         mask = np.zeros(d.shape[0], bool)
         mask[sorted(cuts)] = True
         border.append(d[mask].ravel())
         inner.append(d[~mask].ravel())
-    b, i = np.concatenate(border), np.concatenate(inner)
+        cell.append(d[sorted(c for c in grid if c < d.shape[0])].ravel())
+    b, i, c = np.concatenate(border), np.concatenate(inner), np.concatenate(cell)
     return {
         "border_p99": float(np.percentile(b, 99)),
         "border_max": float(b.max()),
         "inside_p99": float(np.percentile(i, 99)),
         "inside_max": float(i.max()),
+        "cell_p99": float(np.percentile(c, 99)),
+        "cell_max": float(c.max()),
     }
 
 
@@ -156,9 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
             "abs_rel": float(metrics["abs_rel"][0]),
             "delta1": float(metrics["delta1"][0]),
             "edge_sharpness": sharpness(pred, edges, depth > 0),
-            **border_jumps(pred, tops, lefts, th, tw),
+            **border_jumps(pred, tops, lefts, th, tw, net.latent_factor),
         }
-    results["pasted_unaligned"] = border_jumps(pasted, tops, lefts, th, tw)
+    results["pasted_unaligned"] = border_jumps(pasted, tops, lefts, th, tw, net.latent_factor)
     megapixels = height * width / 1e6
     results["timing"] = {
         "tiled_s": total,
