@@ -145,9 +145,9 @@ def test_tiling_options_are_checked():
 
 @pytest.fixture(scope="module")
 def big_photo(tmp_path_factory) -> Path:
-    """A 96 x 136 photo (real JPEG content, resized): larger than the 32-pixel tiles."""
+    """A 64 x 96 photo (real JPEG content, resized): larger than the 32-pixel tiles."""
     folder = tmp_path_factory.mktemp("big")
-    Image.open(REPO / "tests" / "data" / "in_the_wild" / "07.jpg").resize((136, 96)).save(
+    Image.open(REPO / "tests" / "data" / "in_the_wild" / "07.jpg").resize((96, 64)).save(
         folder / "photo.png"
     )
     return folder / "photo.png"

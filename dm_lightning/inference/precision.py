@@ -38,8 +38,7 @@ def inference_dtype(value: str | torch.dtype | None, where: str = "dtype") -> to
     if isinstance(value, str) and value in INFERENCE_DTYPES:
         return INFERENCE_DTYPES[value]
     raise ConfigError(
-        f"{where} must be one of {', '.join(INFERENCE_DTYPES)} (or null: as loaded), "
-        f"got {value!r}"
+        f"{where} must be one of {', '.join(INFERENCE_DTYPES)} (or null: as loaded), got {value!r}"
     )
 
 

@@ -204,8 +204,11 @@ def check_tiling(tile_size: int | None, overlap: int | None, factor: int) -> Non
     multiple of ``factor`` or an ``overlap`` (None = default) outside ``[0, tile_size)``."""
     if tile_size is None:
         return
-    if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < factor or (
-        tile_size % factor
+    if (
+        not isinstance(tile_size, int)
+        or isinstance(tile_size, bool)
+        or tile_size < factor
+        or (tile_size % factor)
     ):
         raise ConfigError(
             f"tile_size must be a tile edge in pixels, a positive multiple of the VAE factor "
