@@ -145,11 +145,12 @@ def test_tiling_options_are_checked():
 
 @pytest.fixture(scope="module")
 def big_photo(tmp_path_factory) -> Path:
-    """A 64 x 96 photo (real JPEG content, resized): larger than the 32-pixel tiles."""
+    """A 64 x 96 photo (real JPEG content, resized), larger than the 32-pixel tiles, and a
+    smaller one of another size beside it (``b.png``, 40 x 56)."""
     folder = tmp_path_factory.mktemp("big")
-    Image.open(REPO / "tests" / "data" / "in_the_wild" / "07.jpg").resize((96, 64)).save(
-        folder / "photo.png"
-    )
+    photo = Image.open(REPO / "tests" / "data" / "in_the_wild" / "07.jpg")
+    photo.resize((96, 64)).save(folder / "photo.png")
+    photo.resize((56, 40)).save(folder / "b.png")
     return folder / "photo.png"
 
 
@@ -168,7 +169,8 @@ def test_api_and_cli_options_reach_the_tiled_path(tiny_model, big_photo, tmp_pat
     args = [
         "predict", "--config", str(REPO / "configs" / "predict.yaml"),
         "--model.init_args.model_path", str(tiny_model),
-        "--data.init_args.predict", str(big_photo),
+        "--data.init_args.predict", str(big_photo.parent),  # both sizes in one batch
+        "--data.init_args.predict_batch_size", "2",
         "--data.init_args.num_workers", "0",
         "--trainer.accelerator", "cpu",
         "--trainer.callbacks.init_args.output_dir", str(tmp_path / "cli"),
@@ -185,6 +187,7 @@ def test_api_and_cli_options_reach_the_tiled_path(tiny_model, big_photo, tmp_pat
     bf16 = np.load(tmp_path / "bf16" / "photo.npy")
     assert np.abs(bf16 - expected).max() > 0  # the dtype reached the network
     np.testing.assert_array_equal(np.load(tmp_path / "cli" / "photo.npy"), bf16)
+    assert np.load(tmp_path / "cli" / "b.npy").shape == (40, 56)
     capsys.readouterr()
     assert main([*args[:-6], "--model.init_args.tile_size", "30"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
