@@ -192,6 +192,10 @@ def test_api_and_cli_options_reach_the_tiled_path(tiny_model, big_photo, tmp_pat
     assert main([*args[:-6], "--model.init_args.tile_size", "30"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("dm-lightning: error: tile_size must be a tile edge in pixels")
+    native = [*args[:-7], "native", "--model.init_args.tile_size", "32"]
+    assert main(native) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dm-lightning: error: model.init_args.tile_size needs a")
 
 
 def test_benchmark_tool_runs_and_reports_every_figure(tiny_model, tmp_path):

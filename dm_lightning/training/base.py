@@ -205,6 +205,13 @@ class DepthMasterTask(L.LightningModule):
         if self.hparams.cast_frozen:
             self.cast_frozen_modules(str(self.trainer.precision))
         if stage == "predict":
+            native = None in self.loader_processing_res.get("predict", [])
+            if self.hparams.get("tile_size") is not None and native:
+                raise ConfigError(
+                    "model.init_args.tile_size needs a processing_res in pixels for the "
+                    "global pass of tiled prediction, not native size: set "
+                    "model.init_args.processing_res"
+                )
             cast_for_inference(self.net, self.inference_dtype)
 
     def cast_frozen_modules(self, precision: str) -> None:
@@ -437,13 +444,8 @@ class DepthMasterTask(L.LightningModule):
         if batch["rgb"] is None:
             return {"key": [], "depth": None, "skipped_files": skipped}
         res = self.processing_res_of("predict", dataloader_idx)
-        tile = self.hparams.get("tile_size")
-        if tile is not None and res is None:
-            raise ConfigError(
-                "model.init_args.tile_size needs a processing_res in pixels for the global "
-                "pass, not native size"
-            )
-        depth = predict_batch(self.net, batch["rgb"], res, tile, self.hparams.get("tile_overlap"))
+        tiles = self.hparams.get("tile_size"), self.hparams.get("tile_overlap")
+        depth = predict_batch(self.net, batch["rgb"], res, *tiles)
         depth = depth.cpu() if isinstance(depth, Tensor) else depth
         return {"key": batch["key"], "depth": depth, "skipped_files": skipped}
 
