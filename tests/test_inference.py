@@ -143,9 +143,6 @@ def test_predict_images_refuses_bad_arguments(tiny_model, photos, tmp_path):
         predict_images(net, tmp_path / "nowhere", tmp_path / "out")
     with pytest.raises(ConfigError, match=r"processing_res must be a long edge in pixels >= 8"):
         predict_images(net, photos, tmp_path / "out", processing_res=0)
-    # images of different sizes cannot share a batch
-    with pytest.raises(ConfigError, match="use batch 1"):
-        predict_images(net, photos, tmp_path / "out", batch_size=2, progress=False)
     (tmp_path / "clash").mkdir()
     for name in ("a.jpg", "a_color.png"):
         shutil.copy(WILD / "02.jpg", tmp_path / "clash" / name)

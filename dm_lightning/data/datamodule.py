@@ -163,6 +163,9 @@ class DepthDataModule(L.LightningDataModule):
             most skips. The default 0.1 lets a few truncated or corrupt shards be skipped but
             stops a source whose data is broken throughout (wrong depth scale or range, a
             converter bug); 1 never stops.
+        predict_batch_size: images per forward pass of ``predict`` over a ``predict`` folder;
+            images of different sizes may share a batch (those of one working size run
+            together: :func:`~dm_lightning.inference.batching.predict_batch`).
 
     Raises:
         ConfigError: a batch size < 1, ``batches_per_epoch`` < 1, mixing probabilities that
@@ -185,6 +188,7 @@ class DepthDataModule(L.LightningDataModule):
         seed: int = 0,
         max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
         global_batch_size: int | None = None,
+        predict_batch_size: int = 1,
     ) -> None:
         super().__init__()
         self.train_sources = list(train or [])
@@ -193,6 +197,8 @@ class DepthDataModule(L.LightningDataModule):
                 [s.name for s in self.train_sources], [s.probability for s in self.train_sources]
             )
         check_batch_size(eval_batch_size, "data.eval_batch_size")
+        check_batch_size(predict_batch_size, "data.predict_batch_size")
+        self.predict_batch_size = predict_batch_size
         if batches_per_epoch is not None:
             check_batch_size(batches_per_epoch, "data.batches_per_epoch")
         check_bad_fraction(max_bad_fraction, "data.max_bad_fraction")
@@ -463,11 +469,11 @@ class DepthDataModule(L.LightningDataModule):
                 self._eval_loader("test", n, e, idle_batch=False)
                 for n, e in self.test_splits.items()
             ]
-        # Images differ in size: one per batch. Unreadable ones come as ``skipped_files``
-        # (batch contract: ImageFolder).
+        # Images may differ in size (collate_predict keeps mixed sizes apart). Unreadable ones
+        # come as ``skipped_files`` (batch contract: ImageFolder).
         return DataLoader(
             ImageFolder(self.predict_path),
-            batch_size=1,
+            batch_size=self.predict_batch_size,
             num_workers=min(self.num_workers, 2),
             collate_fn=collate_predict,
         )

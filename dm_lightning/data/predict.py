@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from dm_lightning.data.packing import same_size
 from dm_lightning.data.photos import read_photo
 from dm_lightning.errors import ConfigError, MissingPathError
 
@@ -38,14 +37,18 @@ class ImageFolder(Dataset):
 
     A batch (:func:`collate_predict`, what ``predict_step`` receives) is a dict:
 
-    - ``rgb``: (B, 3, H, W) uint8 of the B readable images, or None when none is readable;
+    - ``rgb``: (B, 3, H, W) uint8 of the B readable images when they share one size, a list
+      of B (3, H_i, W_i) uint8 when they do not
+      (:func:`~dm_lightning.inference.batching.predict_batch` runs both), or None when none
+      is readable;
     - ``key``: list of the B keys of the readable images, in the order of ``rgb``;
     - ``skipped_files``: list of ``(path, reason)`` for the unreadable files of the batch
       (usually empty).
 
     ``predict_step`` must return ``{"key": batch["key"], "depth": (B, 1, H, W) float in
-    [0, 1]}``, and for a batch with ``rgb`` None ``{"key": [], "depth": None,
-    "skipped_files": batch["skipped_files"]}`` without running the network.
+    [0, 1]}`` (or a list of B (1, H_i, W_i)), and for a batch with ``rgb`` None
+    ``{"key": [], "depth": None, "skipped_files": batch["skipped_files"]}`` without running
+    the network.
     ``DepthPredictionWriter`` writes the readable ones and counts and names ``skipped_files``.
 
     Raises:
@@ -121,13 +124,16 @@ def _hidden(relative: Path) -> bool:
 
 def collate_predict(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch of :class:`ImageFolder` samples (contract in its docstring): the readable images
-    stacked (one size per batch), the unreadable ones as ``skipped_files``. Module-level so
-    that spawned workers can pickle it."""
+    stacked when they share one size, else a list of them; the unreadable ones as
+    ``skipped_files``. Module-level so that spawned workers can pickle it."""
     readable = [s for s in samples if s["rgb"] is not None]
-    if readable:
-        same_size([s["rgb"].shape for s in readable], [s["key"] for s in readable], "use batch 1")
+    images = [s["rgb"] for s in readable]
+    if len({tuple(image.shape) for image in images}) > 1:
+        rgb: torch.Tensor | list[torch.Tensor] | None = images  # mixed sizes: kept apart
+    else:
+        rgb = torch.stack(images) if images else None
     return {
-        "rgb": torch.stack([s["rgb"] for s in readable]) if readable else None,
+        "rgb": rgb,
         "key": [s["key"] for s in readable],
         "skipped_files": [(s["path"], s["error"]) for s in samples if s["rgb"] is None],
     }

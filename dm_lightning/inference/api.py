@@ -18,11 +18,14 @@ from torch.utils.data import DataLoader
 
 from dm_lightning.data.predict import ImageFolder, collate_predict
 from dm_lightning.errors import ConfigError
+from dm_lightning.inference.batching import predict_batch
 from dm_lightning.inference.outputs import (
     BackgroundWriter,
     PredictionSummary,
     refuse_writing_over_inputs,
 )
+from dm_lightning.inference.precision import cast_for_inference, inference_dtype
+from dm_lightning.inference.tiling import check_tiling
 from dm_lightning.models.depthmaster import DepthMaster
 from dm_lightning.models.loading import (
     is_checkpoint_path,
@@ -72,6 +75,9 @@ def predict_images(
     num_workers: int = 0,
     near_is_one: bool | None = None,
     progress: bool = True,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> PredictionSummary:
     """Predict relative depth for image files and write the ``.npy``, 16-bit PNG and colour PNG
     of each (:func:`~dm_lightning.inference.outputs.write_depth_outputs`) under
@@ -95,11 +101,21 @@ def predict_images(
             (:data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`; 768 for a loaded
             :class:`DepthMaster`). Outputs are at the input size either way.
         device: e.g. ``"cuda"``, ``"cpu"``; default CUDA when available, else the CPU.
-        batch_size: images per forward pass; above 1 all images must share one size.
+        batch_size: images per forward pass; images of different sizes may share a batch
+            (those of one working size run together, results as with batch size 1).
         num_workers: DataLoader processes decoding images (0 = in this process).
         near_is_one: whether the model's 1 means near (colours put near in red); default from
             the model's recorded target (True for a :class:`DepthMaster` object).
         progress: show a progress bar over the images and print the closing summary.
+        tile_size: None (default): one pass per image. A tile edge in pixels (a multiple of
+            the VAE factor, e.g. the processing resolution): a global pass at
+            ``processing_res`` plus overlapping full-detail tiles aligned to it and blended
+            (:mod:`dm_lightning.inference.tiling`), for images much larger than
+            ``processing_res``; device memory bounded by the tile, not the image.
+        tile_overlap: least overlap of neighbouring tiles in pixels (default a quarter tile).
+        dtype: ``"bf16"`` / ``"fp16"`` hold the U-Net and VAE encoder in half precision (the
+            decode and the FE block stay fp32; :mod:`dm_lightning.inference.precision`);
+            None / ``"fp32"``: as loaded. A loaded :class:`DepthMaster` is cast in place.
 
     Returns:
         :class:`~dm_lightning.inference.outputs.PredictionSummary`: output folder, number
@@ -109,7 +125,8 @@ def predict_images(
         MissingPathError: no image at ``inputs``, or a missing model.
         ConfigError: a ``processing_res`` that is not a long edge >= the VAE factor, a
             ``batch_size`` below 1, an output file that would replace an input image (the
-            output folder is the input folder), or images of different sizes in one batch.
+            output folder is the input folder), a bad ``tile_size``, ``tile_overlap`` or
+            ``dtype``, or tiling with ``processing_res="native"``.
     """
     from tqdm.auto import tqdm
 
@@ -124,8 +141,14 @@ def predict_images(
         recorded_res = recorded_processing_res(model)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_processing_res(processing_res, net.latent_factor, "processing_res")
+    check_tiling(tile_size, tile_overlap, net.latent_factor)
     if processing_res is None:
         processing_res = recorded_res or DEFAULT_PROCESSING_RES
+    if tile_size is not None and network_res(processing_res) is None:
+        raise ConfigError(
+            "tile_size needs a processing_res in pixels for the global pass, not 'native'"
+        )
+    cast_for_inference(net, inference_dtype(dtype, "dtype"))
     near = recorded_near if near_is_one is None else near_is_one
     if device is not None:
         net = net.to(device)
@@ -148,10 +171,11 @@ def predict_images(
                     log.warning("skipped unreadable image %s: %s", path, reason)
                     summary.skipped.append((path, reason))
                 if batch["rgb"] is not None:
-                    depth = net.predict(batch["rgb"], network_res(processing_res))
-                    depth = depth.float().cpu()
+                    depth = predict_batch(
+                        net, batch["rgb"], network_res(processing_res), tile_size, tile_overlap
+                    )
                     for key, values in zip(batch["key"], depth):
-                        writer.submit(key, values)
+                        writer.submit(key, values.float().cpu())
                         summary.written += 1
                 bar.update(len(batch["key"]) + len(batch["skipped_files"]))
     finally:

@@ -21,6 +21,10 @@ from torch import Tensor, nn
 
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError, TrainingStopped
+from dm_lightning.inference.batching import predict_batch
+from dm_lightning.inference.precision import cast_for_inference
+from dm_lightning.inference.precision import inference_dtype as cast_dtype
+from dm_lightning.inference.tiling import check_tiling
 from dm_lightning.metrics import ALIGNMENT_SPACES
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
 from dm_lightning.models.loading import load_depthmaster, recorded_processing_res
@@ -86,6 +90,14 @@ class DepthMasterTask(L.LightningModule):
         compile_unet: ``torch.compile`` the U-Net in place (``nn.Module.compile``: parameter
             names, checkpoints and exports unchanged); the first steps are slow while it
             compiles.
+        tile_size, tile_overlap: ``predict`` of image files only: a tile edge in pixels (a
+            multiple of the VAE factor) turns on tiled high-resolution prediction, a global
+            pass at ``processing_res`` plus overlapping full-detail tiles aligned to it and
+            blended (:mod:`dm_lightning.inference.tiling`; overlap default a quarter tile);
+            None (default): one pass per image.
+        inference_dtype: ``predict`` only: ``bf16`` or ``fp16`` hold the U-Net and VAE
+            encoder in that dtype (the decode and the FE block stay fp32,
+            :mod:`dm_lightning.inference.precision`); None / ``fp32``: as loaded.
     """
 
     stage_name = "DepthMasterTask"
@@ -108,6 +120,9 @@ class DepthMasterTask(L.LightningModule):
         channels_last: bool = False,
         cast_frozen: bool = False,
         compile_unet: bool = False,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        inference_dtype: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
@@ -140,6 +155,8 @@ class DepthMasterTask(L.LightningModule):
         check_processing_res(
             processing_res, self.net.latent_factor, "model.init_args.processing_res"
         )
+        check_tiling(tile_size, tile_overlap, self.net.latent_factor)
+        self.inference_dtype = cast_dtype(inference_dtype, "model.init_args.inference_dtype")
         self.configure_memory()
         self.configure_losses()
         self.configure_metrics()
@@ -187,6 +204,15 @@ class DepthMasterTask(L.LightningModule):
         self.loader_processing_res[loader_stage] = self._resolve_processing_res(loader_stage)
         if self.hparams.cast_frozen:
             self.cast_frozen_modules(str(self.trainer.precision))
+        if stage == "predict":
+            native = None in self.loader_processing_res.get("predict", [])
+            if self.hparams.get("tile_size") is not None and native:
+                raise ConfigError(
+                    "model.init_args.tile_size needs a processing_res in pixels for the "
+                    "global pass of tiled prediction, not native size: set "
+                    "model.init_args.processing_res"
+                )
+            cast_for_inference(self.net, self.inference_dtype)
 
     def cast_frozen_modules(self, precision: str) -> None:
         """Hold the frozen VAE encoder and alignment encoder (if any) in the compute dtype of
@@ -417,8 +443,11 @@ class DepthMasterTask(L.LightningModule):
         skipped = batch.get("skipped_files", [])
         if batch["rgb"] is None:
             return {"key": [], "depth": None, "skipped_files": skipped}
-        depth = self.net.predict(batch["rgb"], self.processing_res_of("predict", dataloader_idx))
-        return {"key": batch["key"], "depth": depth.cpu(), "skipped_files": skipped}
+        res = self.processing_res_of("predict", dataloader_idx)
+        tiles = self.hparams.get("tile_size"), self.hparams.get("tile_overlap")
+        depth = predict_batch(self.net, batch["rgb"], res, *tiles)
+        depth = depth.cpu() if isinstance(depth, Tensor) else depth
+        return {"key": batch["key"], "depth": depth, "skipped_files": skipped}
 
     # ---- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -229,7 +229,7 @@ class DepthPredictionWriter(BasePredictionWriter):
             hparams = getattr(pl_module, "hparams", None) or {}
             target = recorded_target(hparams.get("model_path") or "") or hparams.get("target")
             self._files = BackgroundWriter(self.folder, target != "depth")
-        for key, values in zip(keys, depth.detach().float().cpu()):
+        for key, values in zip(keys, (d.detach().float().cpu() for d in depth)):
             self._files.submit(key, values)
             self.written += 1
 
