@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError
-from dm_lightning.models.resolution import check_processing_res, network_res
+from dm_lightning.models.resolution import working_size
 from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE
 
 EMPTY_PROMPT_FILE = "empty_prompt_embedding.safetensors"
@@ -168,18 +168,12 @@ class DepthMaster(nn.Module):
         self, height: int, width: int, processing_res: int | str | None
     ) -> tuple[int, int]:
         """Network input size: long edge scaled to ``processing_res``, rounded to multiples of
-        the VAE factor.
+        the VAE factor (:func:`~dm_lightning.models.resolution.working_size`).
 
         Raises:
             ConfigError: ``processing_res`` is not None and not an integer >= the VAE factor.
         """
-        if processing_res is not None:
-            processing_res = network_res(
-                check_processing_res(processing_res, self.latent_factor, "processing_res")
-            )
-        scale = 1.0 if processing_res is None else processing_res / max(height, width)
-        f = self.latent_factor
-        return (max(f, round(height * scale / f) * f), max(f, round(width * scale / f) * f))
+        return working_size(height, width, processing_res, self.latent_factor)
 
     def save_pretrained(self, path: str | Path, metadata: dict | None = None) -> Path:
         """Write a diffusers-layout folder: ``unet/`` (with ``fftblock.*`` if present), ``vae/``,

@@ -51,3 +51,24 @@ def network_res(value: int | str | None) -> int | None:
     """The ``processing_res`` argument of :meth:`DepthMaster.predict` for a checked value:
     ``"native"`` and None run at the image's own size (None)."""
     return None if value in (None, NATIVE) else int(value)  # type: ignore[arg-type]
+
+
+def working_size(
+    height: int, width: int, processing_res: int | str | None, factor: int
+) -> tuple[int, int]:
+    """(height, width) the network runs an image of ``height`` x ``width`` pixels at: the long
+    edge scaled to ``processing_res`` (None or ``"native"``: the image's own size), both edges
+    rounded to multiples of the VAE factor ``factor`` (at least one factor). Shared by
+    :meth:`DepthMaster.working_size <dm_lightning.models.depthmaster.DepthMaster.working_size>`
+    and the onnxruntime backend, which must resize exactly as PyTorch does.
+
+    Raises:
+        ConfigError: ``processing_res`` is not None and not an integer >= ``factor``.
+    """
+    if processing_res is not None:
+        processing_res = network_res(check_processing_res(processing_res, factor, "processing_res"))
+    scale = 1.0 if processing_res is None else processing_res / max(height, width)
+    return (
+        max(factor, round(height * scale / factor) * factor),
+        max(factor, round(width * scale / factor) * factor),
+    )
