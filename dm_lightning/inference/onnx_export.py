@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError, MissingPathError
@@ -103,11 +104,24 @@ def graph_metadata(
     }
 
 
+def check_export_target(out: str | Path, opset: int) -> Path:
+    """``out`` as a Path if it names an ``.onnx`` file and ``opset`` is >= 18, else raise
+    :class:`ConfigError` (before a model is loaded)."""
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ConfigError(f"ONNX output {out}: expected a file name ending in .onnx")
+    if opset < 18:
+        raise ConfigError(f"opset {opset}: the FFTs of the FE block need ONNX opset >= 18")
+    return out
+
+
 def export_onnx(
     model: str | Path | DepthMaster,
     out: str | Path,
     opset: int = DEFAULT_OPSET,
     optimize: bool = True,
+    processing_res: int | None = None,
+    target: str | None = None,
 ) -> Path:
     """Write ``model`` as one ONNX graph at ``out`` (see the module docstring for its contract).
 
@@ -120,6 +134,8 @@ def export_onnx(
         opset: ONNX opset (>= 18: the exporter's DFT translation needs it).
         optimize: run onnxscript's graph optimiser after the export (constant folding, fewer
             nodes); the numbers do not change beyond float rounding.
+        processing_res, target: predict's default long edge and the training target to
+            record in the graph (for a loaded model; a path's recorded ones otherwise).
 
     Returns:
         ``out`` as a :class:`~pathlib.Path`.
@@ -134,16 +150,13 @@ def export_onnx(
         recorded_target,
     )
 
-    out = Path(out)
-    if out.suffix != ".onnx":
-        raise ConfigError(f"ONNX output {out}: expected a file name ending in .onnx")
-    if opset < 18:
-        raise ConfigError(f"opset {opset}: the FFTs of the FE block need ONNX opset >= 18")
+    out = check_export_target(out, opset)
     if isinstance(model, DepthMaster):
-        net, processing_res, target = model, None, None
+        net = model
     else:
         net = load_depthmaster(model)
-        processing_res, target = recorded_processing_res(model), recorded_target(model)
+        processing_res = processing_res or recorded_processing_res(model)
+        target = target or recorded_target(model)
     dtypes = {p.dtype for p in net.parameters()}
     if dtypes != {torch.float32}:
         raise ConfigError(
@@ -210,3 +223,47 @@ def read_graph_metadata(path: str | Path) -> dict[str, object]:
             "latent_factor): export it with tools/export_onnx.py"
         ) from err
     return facts
+
+
+def check_image(seed: int = 0, height: int = 199, width: int = 263) -> Tensor:
+    """A photo-like check input without a file: smooth seeded colour fields with edges,
+    (1, 3, ``height``, ``width``) uint8. Odd default sizes, so the host resize runs."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 6, 8, generator=generator)
+    smooth = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    edges = (torch.rand(1, 3, 3, 4, generator=generator) > 0.5).float()
+    blocks = F.interpolate(edges, size=(height, width), mode="nearest")
+    return ((0.7 * smooth + 0.3 * blocks).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def check_export(
+    net: DepthMaster,
+    graph: str | Path,
+    images: dict[str, Tensor],
+    processing_res: int | str | None,
+) -> dict[str, float]:
+    """Max absolute difference between onnxruntime and PyTorch on the [0, 1] prediction
+    (``predict`` of each, host resize included), per image.
+
+    Args:
+        net: the exported network (float32, any device).
+        graph: its ``.onnx`` file.
+        images: name -> (1, 3, H, W) uint8 or float in [0, 1].
+        processing_res: as :meth:`DepthMaster.predict` (None: native size).
+    """
+    from dm_lightning.inference.onnx_runtime import OnnxDepthModel
+
+    session = OnnxDepthModel(graph)
+    was_training = net.training
+    net.eval()
+    try:
+        return {
+            name: float(
+                (session.predict(image, processing_res) - net.predict(image, processing_res).cpu())
+                .abs()
+                .max()
+            )
+            for name, image in images.items()
+        }
+    finally:
+        net.train(was_training)

@@ -266,7 +266,8 @@ class DepthMasterTask(L.LightningModule):
 
     def train(self, mode: bool = True) -> DepthMasterTask:
         super().train(mode)
-        self.net.vae.eval()  # frozen: no dropout / norm-statistics changes
+        if isinstance(self.net, DepthMaster):  # not an onnxruntime graph
+            self.net.vae.eval()  # frozen: no dropout / norm-statistics changes
         return self
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
