@@ -166,8 +166,12 @@ def export_onnx(
     was_training = net.training
     graph = DepthGraph(net).eval()
     f = net.latent_factor
-    # Batch 2 and edges of a few factors: a batch or edge of 1 would be specialised.
-    sample = torch.rand(2, 3, 4 * f, 6 * f, device=next(net.parameters()).device)
+    # Batch 2, and a latent of 3 x 5 cells at the U-Net's deepest level: a size of 1 anywhere
+    # in the trace (batch or any level's edge) would be specialised to 1 in the graph.
+    deepest = 2 ** (len(net.unet.config.block_out_channels) - 1)
+    sample = torch.rand(
+        2, 3, 3 * deepest * f, 5 * deepest * f, device=next(net.parameters()).device
+    )
     height = torch.export.Dim("height_blocks", min=1)
     width = torch.export.Dim("width_blocks", min=1)
     # Dim.DYNAMIC: diffusers' `shape[0] >= 64` check (a .contiguous()) bounds the batch while
