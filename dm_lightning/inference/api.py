@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from dm_lightning.data.predict import ImageFolder, collate_predict
 from dm_lightning.errors import ConfigError
 from dm_lightning.inference.batching import predict_batch
+from dm_lightning.inference.onnx_runtime import OnnxDepthModel, is_onnx_path
 from dm_lightning.inference.outputs import (
     BackgroundWriter,
     PredictionSummary,
@@ -45,14 +46,19 @@ from dm_lightning.models.resolution import (
 log = logging.getLogger(__name__)
 
 
-def load_for_inference(model: str | Path) -> tuple[DepthMaster, bool]:
+def load_for_inference(model: str | Path) -> tuple[DepthMaster | OnnxDepthModel, bool]:
     """(network in eval mode on the CPU, whether 1 = near) of a model folder, hub id or
-    ``.ckpt`` (see :func:`~dm_lightning.models.loading.load_depthmaster`).
+    ``.ckpt`` (see :func:`~dm_lightning.models.loading.load_depthmaster`), or of an ``.onnx``
+    graph (an :class:`~dm_lightning.inference.onnx_runtime.OnnxDepthModel`, run with
+    onnxruntime).
 
     Whether 1 means near comes from the training target recorded with the model (an export's
     ``dm_lightning.json``, a checkpoint's hyper-parameters): False only for the ``depth``
     target; True when nothing is recorded (the released model, SD-2 base weights).
     """
+    if is_onnx_path(model):
+        graph = OnnxDepthModel(model)
+        return graph, graph.recorded_target != "depth"
     if is_checkpoint_path(model):
         checkpoint = read_checkpoint(model)
         target = (checkpoint.get("hyper_parameters") or {}).get("target")
@@ -66,7 +72,7 @@ def load_for_inference(model: str | Path) -> tuple[DepthMaster, bool]:
 
 
 def predict_images(
-    model: str | Path | DepthMaster,
+    model: str | Path | DepthMaster | OnnxDepthModel,
     inputs: str | Path,
     output_dir: str | Path,
     processing_res: int | str | None = None,
@@ -92,7 +98,10 @@ def predict_images(
     Args:
         model: a model folder or hub id (an export, the released DepthMaster model), a
             ``Stage1`` / ``Stage2`` ``.ckpt``, or a loaded :class:`DepthMaster` (used as it is,
-            on its device unless ``device`` is given).
+            on its device unless ``device`` is given); an ``.onnx`` graph
+            (:mod:`~dm_lightning.inference.onnx_export`) or a loaded
+            :class:`~dm_lightning.inference.onnx_runtime.OnnxDepthModel` runs with onnxruntime
+            (its providers decide the device).
         inputs: one image file, a folder (searched recursively) or a glob (``**`` recurses).
         output_dir: folder for the files (created).
         processing_res: long edge (pixels, >= the VAE factor) the network runs at;
@@ -134,7 +143,10 @@ def predict_images(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     dataset = ImageFolder(str(inputs))
     refuse_writing_over_inputs(output_dir, dataset.keys, dataset.files)
-    if isinstance(model, DepthMaster):
+    if isinstance(model, OnnxDepthModel):
+        net, recorded_near = model, model.recorded_target != "depth"
+        recorded_res = model.recorded_processing_res
+    elif isinstance(model, DepthMaster):
         net, recorded_near, recorded_res = model, True, None
     else:
         net, recorded_near = load_for_inference(model)

@@ -29,9 +29,8 @@ from dm_lightning.models.pipeline_depthmaster import (
     encode_rgb,
     latent_factor,
     predict_relative_depth,
-    working_size,
 )
-from dm_lightning.models.resolution import check_processing_res, network_res
+from dm_lightning.models.resolution import working_size as checked_working_size
 from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, as_depthmaster_unet
 
 # Still written beside model_index.json's empty_prompt/ so older dm_lightning versions read exports.
@@ -162,16 +161,12 @@ class DepthMaster(nn.Module):
         self, height: int, width: int, processing_res: int | str | None
     ) -> tuple[int, int]:
         """Network input size: long edge scaled to ``processing_res``, rounded to multiples of
-        the VAE factor.
+        the VAE factor (:func:`~dm_lightning.models.resolution.working_size`).
 
         Raises:
             ConfigError: ``processing_res`` is not None and not an integer >= the VAE factor.
         """
-        if processing_res is not None:
-            processing_res = network_res(
-                check_processing_res(processing_res, self.latent_factor, "processing_res")
-            )
-        return working_size(height, width, processing_res, self.latent_factor)
+        return checked_working_size(height, width, processing_res, self.latent_factor)
 
     def save_pretrained(self, path: str | Path, metadata: dict | None = None) -> Path:
         """Write a diffusers pipeline folder (:class:`~dm_lightning.models.pipeline_depthmaster.

@@ -4,6 +4,6 @@ It lives in :mod:`dm_lightning.models.modeling_depthmaster`, the self-contained 
 ships to diffusers users; this is its historical import path.
 """
 
-from dm_lightning.models.modeling_depthmaster import FourierEnhancement
+from dm_lightning.models.modeling_depthmaster import FourierEnhancement, spectrum_phase
 
-__all__ = ["FourierEnhancement"]
+__all__ = ["FourierEnhancement", "spectrum_phase"]

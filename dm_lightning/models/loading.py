@@ -404,17 +404,19 @@ def _ema_average(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
 def recorded_target(path: str | Path) -> str | None:
     """The training target recorded with a model (``sqrt_disparity``, ``disparity``,
     ``depth``): an export's ``dm_lightning.json`` ``target``, a checkpoint's ``target``
-    hyper-parameter. None when nothing is recorded or readable (the released model, SD-2
-    weights, a hub id, a missing path). A checkpoint is memory-mapped, not read whole."""
+    hyper-parameter, an ONNX graph's metadata. None when nothing is recorded or readable
+    (the released model, SD-2 weights, a hub id, a missing path). A checkpoint is
+    memory-mapped, not read whole."""
     target = _recorded(path, "target")
     return str(target) if target else None
 
 
 def recorded_processing_res(path: str | Path) -> int | None:
     """The long edge (pixels) ``predict`` runs a model at by default, as recorded with it: an
-    export's ``dm_lightning.json`` ``processing_res``; a checkpoint's ``processing_res``
-    hyper-parameter, else the one recorded with its ``model_path``. None when nothing usable
-    is recorded (then :data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`)."""
+    export's ``dm_lightning.json`` ``processing_res`` (an ONNX graph's metadata); a
+    checkpoint's ``processing_res`` hyper-parameter, else the one recorded with its
+    ``model_path``. None when nothing usable is recorded (then
+    :data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`)."""
     value = _recorded(path, "processing_res")
     if value is None and is_checkpoint_path(path):
         base = _recorded(path, "model_path")
@@ -433,6 +435,10 @@ def _recorded(path: str | Path, key: str) -> Any:
                 Path(path).expanduser(), map_location="cpu", weights_only=True, mmap=True
             )
             return (checkpoint.get("hyper_parameters") or {}).get(key)
+        if str(path).endswith(".onnx"):  # an exported graph records the same facts
+            from dm_lightning.inference.onnx_export import read_graph_metadata
+
+            return read_graph_metadata(path).get(key)
         meta = Path(path).expanduser() / METADATA_FILE
         return json.loads(meta.read_text()).get(key) if meta.is_file() else None
     except (OSError, ValueError, RuntimeError, AttributeError, pickle.UnpicklingError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,45 @@ class FourierEnhancement(nn.Module):
             a = F.silu(self.conv_f1(x0))
             spectrum = torch.fft.rfft2(a, norm="ortho")
             amplitude = F.silu(self.conv_f2(spectrum.abs()))
-            phase = F.silu(self.conv_f4(spectrum.angle()))
+            phase = F.silu(self.conv_f4(spectrum_phase(spectrum, w)))
             spectrum = torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
             freq = self.conv_f3(torch.fft.irfft2(spectrum, s=(h, w), norm="ortho") + a)
             spatial = self.conv_s2(F.silu(self.conv_s1(x0))) + x0
             out = self.fuse(torch.cat([spatial, freq], dim=1))
         return out.to(dtype)
+
+
+def spectrum_phase(spectrum: Tensor, width: int) -> Tensor:
+    """``spectrum.angle()`` of an ``rfft2`` of a real (..., h, ``width``) input, in radians in
+    (-pi, pi], with the bins that are real by construction given exactly 0 or pi.
+
+    The DC and Nyquist rows and columns' corner bins ((0 or h/2) x (0 or width/2)) are real for
+    every real input. PyTorch's FFT gives them an imaginary part of exactly +0, so ``angle`` is
+    0 or +pi there. Other FFTs (onnxruntime's DFT) leave float noise of either sign (~1e-7) in
+    that imaginary part, and the angle of a negative real bin flips between +pi and -pi (the
+    branch cut); the FE block's phase branch then differs by 2 pi there. Choosing those bins'
+    phase from the sign of the real part alone, with a shape-derived mask (``torch.where``,
+    which no graph optimiser folds away for dynamic sizes), gives every runtime PyTorch's own
+    numbers: bit-identical in PyTorch, exact under onnxruntime.
+
+    Args:
+        spectrum: (..., h, width // 2 + 1) complex, ``torch.fft.rfft2`` of a real input.
+        width: the real input's last size (the column count the spectrum came from).
+
+    Returns:
+        (..., h, width // 2 + 1) real phase, the dtype of ``spectrum.real``.
+    """
+    real = spectrum.real
+    h, columns = spectrum.shape[-2:]
+    rows = torch.arange(h, device=real.device)
+    cols = torch.arange(columns, device=real.device)
+    real_rows = (rows == 0) | (rows * 2 == h)
+    real_cols = (cols == 0) | (cols * 2 == width)
+    real_bins = real_rows[:, None] & real_cols[None, :]
+    zero = torch.zeros((), dtype=real.dtype, device=real.device)
+    pi = torch.full((), math.pi, dtype=real.dtype, device=real.device)
+    return torch.where(real_bins, torch.where(real < 0, pi, zero), spectrum.angle())
+
 
 
 def _replace_output(block: nn.Module, module: nn.Module, args: Any, output: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ and read back as ``predict``'s default.
 from __future__ import annotations
 
 from dm_lightning.errors import ConfigError
+from dm_lightning.models.pipeline_depthmaster import working_size as pipeline_working_size
 
 #: predict's long edge when a model records none: Marigold's and the DepthMaster recipe's
 #: 768 pixels (the released model, SD-2 base weights and recipe exports).
@@ -51,3 +52,21 @@ def network_res(value: int | str | None) -> int | None:
     """The ``processing_res`` argument of :meth:`DepthMaster.predict` for a checked value:
     ``"native"`` and None run at the image's own size (None)."""
     return None if value in (None, NATIVE) else int(value)  # type: ignore[arg-type]
+
+
+def working_size(
+    height: int, width: int, processing_res: int | str | None, factor: int
+) -> tuple[int, int]:
+    """(height, width) the network runs an image of ``height`` x ``width`` pixels at: the long
+    edge scaled to ``processing_res`` (None or ``"native"``: the image's own size), both edges
+    rounded to multiples of the VAE factor ``factor`` (at least one factor). Shared by
+    :meth:`DepthMaster.working_size <dm_lightning.models.depthmaster.DepthMaster.working_size>`
+    and the onnxruntime backend, which must resize exactly as PyTorch does; the arithmetic is
+    the diffusers pipeline's (its module ships alone with exports), after the value check.
+
+    Raises:
+        ConfigError: ``processing_res`` is not None and not an integer >= ``factor``.
+    """
+    if processing_res is not None:
+        processing_res = network_res(check_processing_res(processing_res, factor, "processing_res"))
+    return pipeline_working_size(height, width, processing_res, factor)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError, TrainingStopped
 from dm_lightning.inference.batching import predict_batch
+from dm_lightning.inference.onnx_runtime import OnnxDepthModel, is_onnx_path
 from dm_lightning.inference.precision import cast_for_inference
 from dm_lightning.inference.precision import inference_dtype as cast_dtype
 from dm_lightning.inference.tiling import check_tiling
@@ -163,7 +164,19 @@ class DepthMasterTask(L.LightningModule):
 
     # ---- construction hooks -------------------------------------------------------------
     def configure_models(self) -> None:
-        """The DepthMaster network ``net`` (frozen VAE); subclasses add their parts after it."""
+        """The DepthMaster network ``net`` (frozen VAE); subclasses add their parts after it.
+        An ``.onnx`` ``model_path`` gives an onnxruntime session with the same ``predict``
+        (:class:`~dm_lightning.inference.onnx_runtime.OnnxDepthModel`): predict, validate
+        and test with this base task only, nothing to train."""
+        if is_onnx_path(self.hparams.model_path):
+            if self.stage_name != DepthMasterTask.stage_name or self.hparams.unet_path:
+                raise ConfigError(
+                    f"model.init_args.model_path {self.hparams.model_path} is an ONNX graph: it "
+                    f"runs predict, validate and test with dm_lightning.DepthMasterTask, without "
+                    f"unet_path; {type(self).__name__} trains from a model folder or checkpoint"
+                )
+            self.net = OnnxDepthModel(self.hparams.model_path)  # type: ignore[assignment]
+            return
         self.net: DepthMaster = load_depthmaster(self.hparams.model_path, self.hparams.unet_path)
         self.net.vae.requires_grad_(False).eval()
         # from_pretrained leaves modules in eval mode and Lightning keeps module modes as found.
@@ -279,7 +292,8 @@ class DepthMasterTask(L.LightningModule):
 
     def train(self, mode: bool = True) -> DepthMasterTask:
         super().train(mode)
-        self.net.vae.eval()  # frozen: no dropout / norm-statistics changes
+        if isinstance(self.net, DepthMaster):  # not an onnxruntime graph
+            self.net.vae.eval()  # frozen: no dropout / norm-statistics changes
         return self
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
