@@ -18,8 +18,16 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m dm_lightning.demo
 
+# Two workers with one thread each fill 2 cores (each file runs whole on one worker, so module
+# fixtures are built once); then the two-"node" torchrun tests alone, since their gloo ranks
+# share the cores and a third busy process made a resumed two-node fit miss its timeout.
+# `$(PY) -m pytest -q` runs the same suite in one process.
+TEST_WORKERS ?= 2
+SERIAL_TESTS := tests/test_multinode.py
 test: install
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+		$(addprefix --ignore=,$(SERIAL_TESTS))
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q $(SERIAL_TESTS)
 
 lint: install
 	$(VENV)/bin/ruff check dm_lightning tools tests

@@ -147,7 +147,9 @@ def test_stage_by_stage_then_test(recipe, world, monkeypatch, capsys):
 
 def test_predict_metric_depth_and_point_clouds(recipe, world, monkeypatch):
     monkeypatch.chdir(world)
-    predict = find("dm-lightning", "predict")
+    (predict,) = [
+        c for c in containing("predictions/") if c[:2] == ["dm-lightning", "predict"]
+    ]
     # the installed script, as a user types it
     done = subprocess.run([str(SCRIPT), *predict[1:]], capture_output=True, text=True, cwd=world)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -199,3 +201,23 @@ def test_own_alignment_encoder(recipe, world, monkeypatch):
     ]
     monkeypatch.syspath_prepend(str(world))  # what PYTHONPATH=. does
     assert cli_main([*args, *FIT_BUDGET]) == 0
+
+
+def test_large_photos_and_diffusers_snippet(recipe, world, monkeypatch):
+    """README's tiled / bf16 / batched predict command, then its diffusers snippet, which loads
+    the recipe's stage-2 export with diffusers alone (trust_remote_code) and writes its files."""
+    monkeypatch.chdir(world)
+    (tiled,) = containing("--model.init_args.tile_size")
+    assert run_cli(tiled, "--data.init_args.num_workers", "0") == 0
+    for name, (w, h) in SIZES.items():
+        depth = np.load(world / "depth" / Path(name).with_suffix(".npy"))
+        assert depth.shape == (h, w) and 0.0 <= depth.min() and depth.max() <= 1.0
+    (snippet,) = [b for b in readme_code("python") if "DiffusionPipeline" in b]
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    out = scope["out"]
+    assert out.prediction.shape == (1, *SIZES["photo.jpg"][::-1], 1)
+    assert out.target == "sqrt_disparity" and out.near_is_one
+    assert 0.0 <= out.prediction.min() and out.prediction.max() <= 1.0
+    assert Image.open(world / "depth_color.png").size == SIZES["photo.jpg"]
+    assert Image.open(world / "depth16.png").size == SIZES["photo.jpg"]
