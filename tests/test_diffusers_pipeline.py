@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 import dm_lightning.models.modeling_depthmaster as modeling
 import dm_lightning.models.pipeline_depthmaster as pipeline
 from dm_lightning.errors import ConfigError
+from dm_lightning.inference.batching import predict_batch
 from dm_lightning.models.loading import load_depthmaster, load_unet
 from dm_lightning.models.pipeline_depthmaster import DepthMasterPipeline, DepthMasterUNet
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement
@@ -78,6 +79,8 @@ def test_export_is_a_diffusers_pipeline_folder_with_its_own_code(export):
     for where in (".", "unet", "empty_prompt"):
         assert (export / where / "modeling_depthmaster.py").read_bytes() == modeling_source
     assert not (export / "unet" / "pipeline_depthmaster.py").exists()
+    tiling_source = Path(modeling.__file__).with_name("tiling_depthmaster.py").read_bytes()
+    assert (export / "tiling_depthmaster.py").read_bytes() == tiling_source
     unet_config = json.loads((export / "unet" / "config.json").read_text())
     assert unet_config["_class_name"] == "DepthMasterUNet"
     assert (unet_config["fourier_enhancement"], unet_config["fourier_groups"]) == (True, 8)
@@ -213,7 +216,8 @@ class Blocker:
             raise ImportError("dm_lightning is blocked in this test")
 sys.meta_path.insert(0, Blocker())
 """
-REMOTE = """
+TILE = 256  # 2 x 3 tiles over the 428 x 640 photo
+REMOTE = f"TILE = {TILE}\n" + """
 import sys, json
 import numpy as np, torch
 from PIL import Image
@@ -223,6 +227,7 @@ torch.set_num_threads(int(threads))
 pipe = DiffusionPipeline.from_pretrained(export, trust_remote_code=True)
 image = Image.open(photo).convert("RGB")
 np.save(out + "/remote.npy", pipe(image).prediction)
+np.save(out + "/tiled.npy", pipe(image, tile_size=TILE).prediction)  # tiling ships too
 again = type(pipe).from_pretrained(export)  # the class's own loader, without dm_lightning
 np.save(out + "/own.npy", again(image).prediction)
 try:
@@ -254,3 +259,10 @@ def test_export_runs_in_diffusers_without_dm_lightning(export, loaded_net, photo
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), ours)
     np.testing.assert_array_equal(np.load(tmp_path / "own.npy"), ours)
     np.testing.assert_array_equal(ours, expected_depth(loaded_net, photo))
+    # Tiled: the pipeline's option runs the tiling code shipped in the export, and gives what
+    # dm_lightning's predict gives with the same tile size (same functions, same operations).
+    rgb = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None]
+    (tiled,) = predict_batch(loaded_net, rgb, RES, TILE)
+    remote = np.load(tmp_path / "tiled.npy")
+    assert remote.shape == (1, 640, 428, 1)  # (N, H, W, 1) of the 428 x 640 (W x H) photo
+    np.testing.assert_array_equal(remote[0, :, :, 0], tiled[0].numpy())

@@ -33,6 +33,9 @@ from torch import Tensor, nn
 from .modeling_depthmaster import MODULE_NAME as MODELING_MODULE
 from .modeling_depthmaster import DepthMasterUNet, EmptyPromptEmbedding
 
+# The tiling code's module, shipped beside this one (imported where tile_size is used).
+TILING_MODULE = "tiling_depthmaster"
+
 MODULE_NAME = Path(__file__).stem  # the file's name inside an export, for model_index.json
 EMPTY_PROMPT_FOLDER = "empty_prompt"
 LEGACY_EMPTY_PROMPT_FILE = "empty_prompt_embedding.safetensors"  # exports before model_index
@@ -194,6 +197,8 @@ class DepthMasterPipeline(DiffusionPipeline):
         match_input_resolution: bool = True,
         batch_size: int = 1,
         output_type: str = "np",
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
     ) -> DepthMasterDepthOutput:
         """Relative depth of one image or a list of images of one size.
 
@@ -206,6 +211,14 @@ class DepthMasterPipeline(DiffusionPipeline):
                 processing size).
             batch_size: images per forward pass.
             output_type: ``"np"`` or ``"pt"``.
+            tile_size: None (default): one pass per image. Else tiled high-resolution depth
+                (``tiling_depthmaster.predict_tiled``, shipped beside this file): a global
+                pass at the processing resolution plus overlapping ``tile_size`` tiles at the
+                image's own pixels, each aligned to the global pass and blended; one tile on
+                the device at a time; needs a processing resolution in pixels (not 0); the
+                output is at the input size.
+            tile_overlap: least overlap of neighbouring tiles in pixels (default a quarter
+                tile).
         """
         res = self.config.default_processing_resolution
         res = res if processing_resolution is None else processing_resolution
@@ -228,6 +241,22 @@ class DepthMasterPipeline(DiffusionPipeline):
         self.image_processor.check_image_values_range(x)
         size = working_size(*x.shape[-2:], res or None, factor)
         embedding = self.empty_prompt.embedding
+        if tile_size is not None:
+            from .tiling_depthmaster import predict_tiled  # shipped beside this file
+
+            def network(tile: Tensor) -> Tensor:  # at its own size, a multiple of the factor
+                tile = tile.to(self._execution_device)
+                return predict_relative_depth(
+                    self.vae, self.unet, embedding, tile, tuple(tile.shape[-2:]), True
+                )
+
+            prediction = torch.cat(
+                [
+                    predict_tiled(network, one, res, tile_size, tile_overlap, factor)
+                    for one in x.split(1)
+                ]
+            )
+            return self._output(prediction, output_type)
         prediction = torch.cat(
             [
                 predict_relative_depth(
@@ -241,6 +270,10 @@ class DepthMasterPipeline(DiffusionPipeline):
                 for chunk in x.split(batch_size)
             ]
         )
+        return self._output(prediction, output_type)
+
+    def _output(self, prediction: Tensor, output_type: str) -> DepthMasterDepthOutput:
+        """(N, 1, H, W) prediction -> the output dataclass in ``output_type``."""
         if output_type == "np":
             prediction = self.image_processor.pt_to_numpy(prediction.cpu())
         target = self.config.target
@@ -249,9 +282,10 @@ class DepthMasterPipeline(DiffusionPipeline):
         )
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
-        """diffusers' ``save_pretrained``, then the code: this file and ``modeling_depthmaster.py``
-        beside ``model_index.json``, the latter also in ``unet/`` and ``empty_prompt/``, named
-        there as ``[file, class]``, so ``DiffusionPipeline.from_pretrained(folder,
+        """diffusers' ``save_pretrained``, then the code: this file, ``modeling_depthmaster.py``
+        and ``tiling_depthmaster.py`` beside ``model_index.json``, the modeling file also in
+        ``unet/`` and ``empty_prompt/``, named there as ``[file, class]``, so
+        ``DiffusionPipeline.from_pretrained(folder,
         trust_remote_code=True)`` needs no dm_lightning."""
         super().save_pretrained(save_directory, **kwargs)
         folder = Path(save_directory)
@@ -260,6 +294,8 @@ class DepthMasterPipeline(DiffusionPipeline):
         modeling = inspect.getfile(DepthMasterUNet)
         shutil.copyfile(__file__, folder / f"{MODULE_NAME}.py")
         shutil.copyfile(modeling, folder / f"{MODELING_MODULE}.py")
+        tiling = Path(__file__).with_name(f"{TILING_MODULE}.py")
+        shutil.copyfile(tiling, folder / f"{TILING_MODULE}.py")
         for name in ("unet", "empty_prompt"):
             component = getattr(self, name)
             if isinstance(component, (DepthMasterUNet, EmptyPromptEmbedding)):
