@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dm_lightning.data.synthetic import SOURCES, render_scene
 from dm_lightning.inference.tiling import axis_tiles, predict_tiled
@@ -112,14 +113,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--target", default="sqrt_disparity", help="the model's target space")
     parser.add_argument("--json", default=None, help="write the results here too")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument(
+        "--photo",
+        default=None,
+        help="a real photo instead of a synthetic scene, resized to --photo-size: no ground "
+        "truth, so seams and cost only",
+    )
+    parser.add_argument("--photo-size", default="3840x2160", help="WxH for --photo (4K UHD)")
     args = parser.parse_args(argv)
     # CPU time of this process with a fixed thread count: other jobs on a shared machine
     # do not count (as tools/benchmark.py measures).
     torch.set_num_threads(args.threads)
 
     spec = SOURCES[args.source]
-    height, width = spec.height * args.scale, spec.width * args.scale
-    rgb, depth, _ = render_scene(args.source, args.seed, height, width)
+    if args.photo:
+        width, height = (int(v) for v in args.photo_size.lower().split("x"))
+        photo = Image.open(args.photo).convert("RGB").resize((width, height), Image.BICUBIC)
+        rgb, depth = np.asarray(photo), None
+    else:
+        height, width = spec.height * args.scale, spec.width * args.scale
+        rgb, depth, _ = render_scene(args.source, args.seed, height, width)
     net = load_depthmaster(args.model).eval()
     image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]
     forward_seconds: list[float] = []
@@ -141,33 +154,33 @@ def main(argv: list[str] | None = None) -> dict:
         )[0, 0].numpy()
         total = time.process_time() - start
 
-    gt = torch.from_numpy(depth)[None].double()
-    valid = gt > 0
-    edges = depth_edges(depth)
     th, tops = axis_tiles(height, args.tile_size, args.overlap, net.latent_factor)
     tw, lefts = axis_tiles(width, args.tile_size, args.overlap, net.latent_factor)
     pasted = np.zeros_like(tiled)
     for (top, left), tile in zip(((t, x) for t in tops for x in lefts), tiles[1:]):
         pasted[top : top + th, left : left + tw] = tile
     results: dict = {
-        "image": f"{args.source} seed {args.seed}, {height}x{width} ({args.scale}x training)",
+        "image": f"{args.photo}, {height}x{width}"
+        if args.photo
+        else f"{args.source} seed {args.seed}, {height}x{width} ({args.scale}x training)",
         "processing_res": args.processing_res,
         "tile_size": args.tile_size,
         "overlap": args.overlap,
         "tiles": len(tiles) - 1,
-        "edge_pixels": int(edges.sum()),
     }
     for name, pred in (("global", glob), ("tiled", tiled)):
-        metrics, _ = evaluate_batch(
-            torch.from_numpy(pred)[None].double(), gt, valid, spec.min_depth, spec.max_depth,
-            args.target,
-        )  # fmt: skip
-        results[name] = {
-            "abs_rel": float(metrics["abs_rel"][0]),
-            "delta1": float(metrics["delta1"][0]),
-            "edge_sharpness": sharpness(pred, edges, depth > 0),
-            **border_jumps(pred, tops, lefts, th, tw, net.latent_factor),
-        }
+        results[name] = border_jumps(pred, tops, lefts, th, tw, net.latent_factor)
+        if depth is not None:  # a synthetic scene: its ground truth scores the prediction
+            gt = torch.from_numpy(depth)[None].double()
+            metrics, _ = evaluate_batch(
+                torch.from_numpy(pred)[None].double(), gt, gt > 0, spec.min_depth,
+                spec.max_depth, args.target,
+            )  # fmt: skip
+            results[name].update(
+                abs_rel=float(metrics["abs_rel"][0]),
+                delta1=float(metrics["delta1"][0]),
+                edge_sharpness=sharpness(pred, depth_edges(depth), depth > 0),
+            )
     results["pasted_unaligned"] = border_jumps(pasted, tops, lefts, th, tw, net.latent_factor)
     megapixels = height * width / 1e6
     results["timing"] = {
