@@ -55,6 +55,7 @@ def prepare_inputs(work: Path, configs: Path, steps: int) -> tuple[Path, Path]:
     batches per epoch so that one validation runs at the end, no loader workers); returns
     (model folder, data config)."""
     from dm_lightning.data.synthetic.writer import generate
+    from dm_lightning.demo import data_config
     from dm_lightning.tiny_model import make_tiny_depthmaster, save_tiny_model
 
     model = work / "tiny-sd2"
@@ -64,18 +65,14 @@ def prepare_inputs(work: Path, configs: Path, steps: int) -> tuple[Path, Path]:
     if not (shards / "index.json").is_file():
         counts = {"train": 8, "val": 4, "test": 4}
         generate(str(shards), counts=counts, samples_per_shard=8, seed=1, progress=False)
-    cfg = yaml.safe_load((configs / "data" / "synthetic.yaml").read_text())
+    # The demo's own rewrite of the shipped config's shard paths, then the check's sizes.
+    data = data_config(configs / "data" / "synthetic.yaml", shards, work)
+    cfg = yaml.safe_load(data.read_text())
     args = cfg["data"]["init_args"]
     for source in args["train"]:
-        source["shards"] = source["shards"].replace("shards/synthetic", str(shards))
         source["batch_size"] = 2
-    for split in ("val", "test"):
-        args[split] = {
-            k: v.replace("shards/synthetic", str(shards)) for k, v in args[split].items()
-        }
     args.update(batches_per_epoch=steps, eval_batch_size=4, num_workers=0)
-    data = work / "data.yaml"
-    data.write_text(yaml.safe_dump(cfg))
+    data.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return model, data
 
 
