@@ -341,7 +341,20 @@ def main(args: list[str] | None = None) -> int:
             raise
         print(f"dm-lightning: error: {user_message(found)}", file=sys.stderr)
         return found.exit_code
+    close_process_group()
     return 0
+
+
+def close_process_group() -> None:
+    """Destroy the default process group that a multi-process run (torchrun, SLURM) left
+    open. Lightning does not; without it Gloo's worker threads are torn down at interpreter
+    exit and rank 0 can abort ("terminate called without an active exception", SIGABRT) after
+    a fit that succeeded. Called on success only: after a failure another rank may still be
+    in a collective, and destroying the group then can deadlock."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def cli_args(
