@@ -8,11 +8,11 @@ CLI and the API take the same path.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dm_lightning.inference.tiling import predict_tiled
 from dm_lightning.models.depthmaster import DepthMaster
+from dm_lightning.models.pipeline_depthmaster import resize_bilinear
 
 
 def predict_batch(
@@ -71,9 +71,7 @@ def predict_batch(
         for i, d in zip(members, depth):
             h, w = rgb[i].shape[-2:]
             if (h, w) != size:
-                d = F.interpolate(
-                    d[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True
-                )[0]
+                d = resize_bilinear(d[None], (h, w))[0]
             # Clip after the last resize: antialiased bilinear overshoots by float rounding.
             out[i] = d.clamp(0.0, 1.0).cpu()
     return out  # type: ignore[return-value]
@@ -83,5 +81,5 @@ def _resized(image: Tensor, size: tuple[int, int]) -> Tensor:
     """(3, H, W) uint8 -> (1, 3, *size) float in [0, 1], resized as DepthMaster.predict does."""
     x = image[None].float() / 255.0
     if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = resize_bilinear(x, size)
     return x

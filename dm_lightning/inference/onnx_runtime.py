@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dm_lightning.errors import ConfigError
 from dm_lightning.inference.onnx_export import INPUT_NAME, read_graph_metadata
+from dm_lightning.models.pipeline_depthmaster import resize_bilinear
 from dm_lightning.models.resolution import working_size
 
 ONNX_SUFFIX = ".onnx"
@@ -114,12 +114,10 @@ class OnnxDepthModel:
         h, w = x.shape[-2:]
         size = self.working_size(h, w, processing_res)
         if size != (h, w):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            x = resize_bilinear(x, size)
         depth = self.run(x)
         if size != (h, w):
             # The graph clipped before this resize, as DepthMaster.predict does.
-            depth = F.interpolate(
-                depth, size=(h, w), mode="bilinear", align_corners=False, antialias=True
-            )
+            depth = resize_bilinear(depth, (h, w))
         # Again after the resize: antialiased bilinear overshoots [0, 1] by float rounding.
         return depth.clamp(0.0, 1.0)

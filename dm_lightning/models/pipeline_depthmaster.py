@@ -80,6 +80,14 @@ def decode_depth(vae: AutoencoderKL, latent: Tensor) -> Tensor:
     return vae.decode(latent / float(vae.config.scaling_factor)).sample.mean(dim=1, keepdim=True)
 
 
+def resize_bilinear(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, C, H, W) float -> (B, C, *size): bilinear, ``align_corners=False``, antialiased
+    (when shrinking, the filter widens with the scale). The one resize of the inference path,
+    both ways: the RGB to the working size and the prediction back to the input's size (the
+    evaluation protocol's resize to the ground truth, docs/method.md §6)."""
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
 @torch.no_grad()
 def predict_relative_depth(
     vae: AutoencoderKL,
@@ -105,7 +113,7 @@ def predict_relative_depth(
     x = image.float().contiguous()
     h, w = x.shape[-2:]
     if size != (h, w):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = resize_bilinear(x, size)
     param = next(unet.parameters())
     latent = denoise(
         unet, empty_prompt, encode_rgb(vae, x.to(param.device, param.dtype) * 2.0 - 1.0)
@@ -116,7 +124,7 @@ def predict_relative_depth(
         dtype = vae.decoder.conv_in.weight.dtype
         raw = decode_depth(vae, latent.float().to(dtype)).float().clamp(-1.0, 1.0)
     if match_input_resolution and size != (h, w):
-        raw = F.interpolate(raw, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        raw = resize_bilinear(raw, (h, w))
     # Clip again after the resize: antialiased bilinear overshoots its input range by float
     # rounding (-6e-8 below 0), and [0, 1] is promised exactly.
     return ((raw + 1.0) / 2.0).clamp(0.0, 1.0)
