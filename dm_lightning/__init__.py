@@ -28,6 +28,7 @@ _EXPORTS = {
     "ExportDepthMaster": "dm_lightning.training.callbacks",
     "FeatureAlignment": "dm_lightning.models.feature_alignment",
     "FourierEnhancement": "dm_lightning.models.fourier",
+    "PredictionFolder": "dm_lightning.training.prediction_folder",
     "ResumableCheckpoint": "dm_lightning.training.resumable",
     "SqrtDisparity": "dm_lightning.targets",
     "Stage1": "dm_lightning.training.stage1",
@@ -57,6 +58,7 @@ __all__ = [
     "ExportDepthMaster",
     "FeatureAlignment",
     "FourierEnhancement",
+    "PredictionFolder",
     "ResumableCheckpoint",
     "SqrtDisparity",
     "Stage1",
@@ -100,6 +102,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.training.callbacks import DepthPredictionWriter, ExportDepthMaster
     from dm_lightning.training.ema import EMAWeights
     from dm_lightning.training.monitor import TrainingMonitor
+    from dm_lightning.training.prediction_folder import PredictionFolder
     from dm_lightning.training.report import EvaluationReport
     from dm_lightning.training.resumable import ResumableCheckpoint
     from dm_lightning.training.stage1 import Stage1

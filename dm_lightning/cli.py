@@ -28,20 +28,24 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
-from dm_lightning.training.base import DepthMasterTask
-from dm_lightning.training.checkpoints import check_checkpoint_stage
-from dm_lightning.training.evaluation import terminal_results_table
-from dm_lightning.training.run_folder import pin_run_folder, removed_if_start_fails
 
-# Imported so that their short names resolve on the command line (--model Stage1,
-# --model.help Stage2): jsonargparse knows the subclasses that have been imported.
+# The model classes are imported so that their short names resolve on the command line
+# (--model Stage1, --model.help PredictionFolder): jsonargparse knows the subclasses that have
+# been imported.
+from dm_lightning.training.base import DepthMasterTask  # noqa: F401
+from dm_lightning.training.checkpoints import check_checkpoint_stage
+from dm_lightning.training.eval_task import EvaluationTask
+from dm_lightning.training.evaluation import terminal_results_table
+from dm_lightning.training.prediction_folder import PredictionFolder  # noqa: F401
+from dm_lightning.training.run_folder import pin_run_folder, removed_if_start_fails
 from dm_lightning.training.stage1 import Stage1  # noqa: F401
 from dm_lightning.training.stage2 import Stage2  # noqa: F401
 from dm_lightning.training.summary import fit_summary
 
 HELP_EPILOG = (
     "The model's own arguments: dm-lightning fit --model.help Stage1 (or Stage2, "
-    "DepthMasterTask, or a class path); the data's: --data.help DepthDataModule; a callback's: "
+    "DepthMasterTask, PredictionFolder, or a class path); the data's: --data.help "
+    "DepthDataModule; a callback's: "
     "--trainer.callbacks.help ModelCheckpoint. --print_config prints the composed config."
 )
 
@@ -273,7 +277,9 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
     Errors propagate; :func:`main` turns them into messages and exit codes."""
     silence_lightning_noise()
     return DepthMasterCLI(
-        model_class=DepthMasterTask,
+        # A network (DepthMasterTask and its stages) or another model's prediction files
+        # (PredictionFolder): every task validate and test evaluate the same way.
+        model_class=EvaluationTask,
         datamodule_class=DepthDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

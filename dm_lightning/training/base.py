@@ -5,8 +5,10 @@ Built through hooks, as torchgeo's ``BaseTask``: ``__init__`` saves the hyper-pa
 ``configure_losses`` and ``configure_metrics``. Subclasses (:class:`Stage1`, :class:`Stage2`)
 build their extra parts and losses in those hooks and define ``training_loss``; the shared
 ``training_step`` finishes the packed batch and guards the loss; everything after training is
-common. Evaluation state lives in an
-:class:`~dm_lightning.training.evaluation.EvaluationBook`.
+common. The validation and test steps, and their
+:class:`~dm_lightning.training.evaluation.EvaluationBook`, are
+:class:`~dm_lightning.training.eval_task.EvaluationTask`'s: this class only says how a batch is
+predicted (:meth:`DepthMasterTask.eval_prediction`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ from dm_lightning.training.checkpoints import (
     stage_mismatch_message,
 )
 from dm_lightning.training.ema import ema_callback
-from dm_lightning.training.evaluation import EvaluationBook
+from dm_lightning.training.eval_task import EvaluationTask
 from dm_lightning.training.schedule import warmup_exponential_decay
 
 # Frozen parts: rebuilt from the model folder at start-up, so checkpoints leave them out.
@@ -51,7 +52,7 @@ FROZEN_PREFIXES = ("net.vae.", "encoder.")
 MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-class DepthMasterTask(L.LightningModule):
+class DepthMasterTask(EvaluationTask):
     """Base task.
 
     ``stage_name`` is recorded in every checkpoint; ``--ckpt_path`` only resumes a task of
@@ -198,21 +199,12 @@ class DepthMasterTask(L.LightningModule):
     def configure_losses(self) -> None:
         """The training losses and their weights (the training stages define them)."""
 
-    def configure_metrics(self) -> None:
-        """The evaluation book; its per-split state is built in :meth:`setup`."""
-        self.evaluation = EvaluationBook(self.eval_alignment)
-
-    @property
-    def per_image_results(self) -> dict[str, list[dict[str, Any]]]:
-        """Test split name -> [{"key": str, <metric>: float, ...}] of all ranks, sorted by key."""
-        return self.evaluation.per_image_results
-
     def setup(self, stage: str) -> None:
         # Our buffers are constants (prompt embedding, encoder mean/std). Left to DDP, they are
         # broadcast before every forward, a collective that hangs when ranks run different
         # numbers of validation batches (exactly-once eval splits are uneven).
         self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
-        self.evaluation.build({s: self._eval_names(s) for s in ("val", "test")}, self.device)
+        super().setup(stage)  # the evaluation book's splits
         loader_stage = {"fit": "val", "validate": "val"}.get(stage, stage)
         self.loader_processing_res[loader_stage] = self._resolve_processing_res(loader_stage)
         if self.hparams.cast_frozen:
@@ -425,30 +417,24 @@ class DepthMasterTask(L.LightningModule):
             self._recorded_res = recorded_processing_res(self.hparams.model_path)
         return self._recorded_res or DEFAULT_PROCESSING_RES
 
-    def _eval_names(self, stage: str) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None)
-        names = getattr(dm, "val_names" if stage == "val" else "test_names", None)
-        return list(names) if names else ["default"]
+    def eval_prediction(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> Tensor:
+        """The network's relative depth of the batch's RGB, run at the split's processing
+        resolution and resized back to the GT size (:meth:`DepthMaster.predict`)."""
+        return self.net.predict(batch["rgb"], self.processing_res_of(stage, dataloader_idx))
 
-    def _eval_step(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> None:
-        pred = None
-        if len(batch["key"]):  # else a stream's report of samples it skipped before any batch
-            pred = self.net.predict(batch["rgb"], self.processing_res_of(stage, dataloader_idx))
-        self.evaluation.update(stage, self._eval_names(stage)[dataloader_idx], batch, pred)
-
-    def validation_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._eval_step(batch, "val", dataloader_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self.evaluation.compute_and_log("val", self._eval_names("val"), self.log)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, "test", dataloader_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self.evaluation.compute_and_log("test", self._eval_names("test"), self.log)
+    def evaluation_settings(self, stage: str = "test") -> dict[str, Any]:
+        """The model (``model_path``, ``unet_path``), its ``target`` (the space of its
+        output), the fit space and each split's processing resolution (pixels, or
+        ``"native"``), recorded with the results."""
+        names = self._eval_names(stage)
+        resolutions = [self.processing_res_of(stage, i) for i in range(len(names))]
+        return {
+            "model": str(self.hparams.model_path),
+            **({"unet": str(self.hparams.unet_path)} if self.hparams.unet_path else {}),
+            "target": self.target.name,
+            **super().evaluation_settings(stage),
+            "processing_res": {n: "native" if r is None else r for n, r in zip(names, resolutions)},
+        }
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Relative depth (B, 1, H, W) in [0, 1] at input size, with the sample keys; unreadable
