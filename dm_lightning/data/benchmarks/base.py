@@ -9,6 +9,7 @@ is in :mod:`dm_lightning.data.benchmarks`); :class:`BenchmarkDataset` adds the r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -91,6 +92,10 @@ class DepthPairDataset(Dataset):
     processing_res: int | None = None
     layout: str = ""
     depth_decoder: DepthDecoder
+    #: The crop of RGB and GT (:meth:`crop`) and the evaluated pixels (:meth:`valid_mask`)
+    #: in words, recorded with every result (:meth:`settings`).
+    crop_rule: str = "none"
+    mask_rule: str = "GT strictly inside the depth range"
 
     def __init__(self, root: str | os.PathLike | FileStore, entries: Sequence[ListEntry]) -> None:
         super().__init__()
@@ -108,6 +113,21 @@ class DepthPairDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def settings(self) -> dict[str, Any]:
+        """What this reader evaluates, recorded with results so that two numbers can be
+        compared: ``reader`` (class name), ``root``, ``images`` (samples), ``crop`` and
+        ``mask`` (:attr:`crop_rule`, :attr:`mask_rule`), ``depth_range`` ([min, max] metres,
+        None for no bound; aligned predictions are clipped to it)."""
+        bound = [None if math.isinf(x) else x for x in (self.min_depth, self.max_depth)]
+        return {
+            "reader": type(self).__name__,
+            "root": str(self.store.root.resolve()),
+            "images": len(self),
+            "crop": self.crop_rule,
+            "mask": self.mask_rule,
+            "depth_range": bound,
+        }
 
     def read_depth(self, entry: ListEntry) -> np.ndarray:
         """(H, W) float32 metres of an entry, as decoded (before crops).
@@ -214,3 +234,9 @@ class BenchmarkDataset(DepthPairDataset):
         list_path = resolve_list_file(list_file, self.name)
         self.list_file = list_path
         super().__init__(root, read_list(list_path, self.min_fields))
+
+    def settings(self) -> dict[str, Any]:
+        """:meth:`DepthPairDataset.settings` plus the reference list: ``list_file`` (its
+        path) and ``list_sha256`` (of its bytes: the same list under any path)."""
+        digest = hashlib.sha256(Path(self.list_file).read_bytes()).hexdigest()
+        return {**super().settings(), "list_file": str(self.list_file), "list_sha256": digest}

@@ -27,6 +27,7 @@ class DIODE(BenchmarkDataset):
         "<name>_depth_mask.npy per the list"
     )
     depth_decoder = staticmethod(decode_npy)
+    mask_rule = "the provided <name>_depth_mask.npy and d > 0 (the range clips predictions only)"
 
     def valid_mask(self, entry: ListEntry, depth: np.ndarray) -> np.ndarray:
         rel = entry.extra[0]

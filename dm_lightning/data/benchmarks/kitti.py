@@ -6,7 +6,13 @@ import numpy as np
 
 from dm_lightning.data.benchmarks.base import BenchmarkDataset, ListEntry
 from dm_lightning.data.benchmarks.decoders import ScaledDepthDecoder
-from dm_lightning.data.crops import kitti_benchmark_crop, kitti_eigen_mask
+from dm_lightning.data.crops import (
+    KB_CROP_HEIGHT,
+    KB_CROP_WIDTH,
+    KITTI_EIGEN_FRACTIONS,
+    kitti_benchmark_crop,
+    kitti_eigen_mask,
+)
 
 
 class KITTIEigen(BenchmarkDataset):
@@ -26,6 +32,11 @@ class KITTIEigen(BenchmarkDataset):
         "<drive>/proj_depth/groundtruth/image_02/<frame>.png (uint16 / 256) per the list"
     )
     depth_decoder = staticmethod(ScaledDepthDecoder(1 / 256))
+    crop_rule = f"KB crop {KB_CROP_HEIGHT}x{KB_CROP_WIDTH} (bottom rows, centred columns)"
+    mask_rule = (
+        "GT strictly inside the depth range, in the Eigen crop rows int({} H):int({} H), "
+        "cols int({} W):int({} W)"
+    ).format(*KITTI_EIGEN_FRACTIONS)
 
     def crop(self, image: np.ndarray, rel: str) -> np.ndarray:
         try:

@@ -22,6 +22,10 @@ class NYUv2(BenchmarkDataset):
     min_depth, max_depth = 1e-3, 10.0
     layout = "test/<scene>/rgb_NNNN.png and depth_NNNN.png (uint16 mm) per the list"
     depth_decoder = staticmethod(ScaledDepthDecoder(1e-3))
+    mask_rule = (
+        f"GT strictly inside the depth range, in the Eigen crop rows {NYU_EIGEN_CROP[0].start}:"
+        f"{NYU_EIGEN_CROP[0].stop}, cols {NYU_EIGEN_CROP[1].start}:{NYU_EIGEN_CROP[1].stop}"
+    )
 
     def region(self, entry: ListEntry, shape: tuple[int, int]) -> np.ndarray:
         if shape != (480, 640):

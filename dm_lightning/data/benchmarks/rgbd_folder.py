@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from typing import Any
 
 from dm_lightning.data.benchmarks.base import DepthPairDataset, ListEntry, sample_key
 from dm_lightning.data.benchmarks.decoders import DEPTH_DECODERS, DepthDecoder, ScaledDepthDecoder
@@ -99,6 +100,12 @@ class RGBDFolder(DepthPairDataset):
 
     def entry_key(self, entry: ListEntry) -> str:
         return sample_key(entry.extra[0])
+
+    def settings(self) -> dict[str, Any]:
+        """:meth:`DepthPairDataset.settings` plus ``layout`` (the two patterns) and
+        ``decoder`` (the depth decoding)."""
+        decoder = getattr(self.depth_decoder, "__name__", None) or repr(self.depth_decoder)
+        return {**super().settings(), "layout": self.layout, "decoder": decoder}
 
 
 def _key_pattern(pattern: str) -> re.Pattern[str]:
