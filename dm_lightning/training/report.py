@@ -9,6 +9,12 @@ import lightning as L
 
 from dm_lightning.metrics import METRIC_NAMES
 from dm_lightning.training.callbacks import check_writable_folder, output_folder
+from dm_lightning.training.eval_settings import (
+    MISSING,
+    dm_lightning_version,
+    settings_markdown,
+    split_settings,
+)
 
 PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
     "DepthMaster (paper)": {
@@ -36,8 +42,11 @@ PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
 """Published zero-shot results (docs/method.md §6): method -> benchmark kind -> (AbsRel, delta1),
 both x100."""
 
-MISSING = "–"
 RESULTS_JSON = "results.json"
+PAPER_ROWS_NOTE = (
+    "The (paper) rows are the published numbers (docs/method.md §6), made with their authors' "
+    "own settings; the settings above are the first row's."
+)
 
 
 def results_table(
@@ -117,11 +126,18 @@ class EvaluationReport(L.Callback):
     - ``per_image_<name>.csv`` per test split: ``key`` and the 8 metrics (fractions, not x100;
       images without a valid pixel are left out, as in the logged means), sorted by key;
     - ``results.md``: AbsRel and delta1 (x100) of this model per split, next to the published
-      DepthMaster, Marigold and Lotus numbers (docs/method.md §6) for benchmarks that have them;
+      DepthMaster, Marigold and Lotus numbers (docs/method.md §6) for benchmarks that have them,
+      and under the table the settings that produced them
+      (:func:`~dm_lightning.training.eval_settings.settings_markdown`);
     - ``results.json``: the same numbers for programs (the model card,
-      :mod:`dm_lightning.hub.eval_results`): ``model`` (the evaluated ``model_path``) and
-      ``benchmarks``, a list of ``name``, ``kind``, ``num_images`` and ``metrics`` (the 8
-      metrics as fractions, as logged; empty for a split without an evaluated image).
+      :mod:`dm_lightning.hub.eval_results`): ``model`` (the evaluated ``model_path``, or the
+      prediction folder), ``settings`` (``dm_lightning``: the version, and the task's
+      :meth:`~dm_lightning.training.eval_task.EvaluationTask.evaluation_settings`: fit space,
+      model and target or prediction folder and space) and ``benchmarks``, a list of ``name``,
+      ``kind``, ``num_images``, ``metrics`` (the 8 metrics as fractions, as logged; empty for
+      a split without an evaluated image) and ``settings`` (``processing_res``, and the
+      reader's list file and sha256, images, crop, mask and depth range:
+      :func:`~dm_lightning.training.eval_settings.split_settings`).
 
     The folder is printed. Splits are matched to paper columns by their ``kind`` in a
     :class:`~dm_lightning.data.datamodule.BenchmarkDataModule`, else by their name.
@@ -144,8 +160,8 @@ class EvaluationReport(L.Callback):
         results = getattr(pl_module, "per_image_results", None)
         if results is None:
             raise TypeError(
-                f"EvaluationReport needs a DepthMasterTask (per_image_results); got "
-                f"{type(pl_module).__name__}"
+                f"EvaluationReport needs an EvaluationTask such as DepthMasterTask or "
+                f"PredictionFolder (per_image_results); got {type(pl_module).__name__}"
             )
         out = self.folder
         out.mkdir(parents=True, exist_ok=True)
@@ -162,12 +178,29 @@ class EvaluationReport(L.Callback):
             else None
             for n in results
         }
-        specs = getattr(trainer.datamodule, "benchmarks", {})
+        datamodule = getattr(trainer, "datamodule", None)
+        specs = getattr(datamodule, "benchmarks", {})
         kinds = {n: specs[n].kind if n in specs else n for n in results}
         table = results_table(ours, kinds, num_images)
-        model = pl_module.hparams.get("model_path", "")
+        task_settings = getattr(pl_module, "evaluation_settings", None)
+        settings = {
+            "dm_lightning": dm_lightning_version(),
+            **(task_settings("test") if callable(task_settings) else {}),
+        }
+        resolutions = settings.pop("processing_res", {})
+        splits = {
+            n: {"processing_res": resolutions.get(n), **split_settings(datamodule, "test", n)}
+            for n in results
+        }
+        if "predictions" in settings:
+            model = settings["predictions"]
+            what = f"Predictions: `{model}` ({settings.get('prediction_space')} space)"
+        else:
+            model = settings.get("model", pl_module.hparams.get("model_path", ""))
+            what = f"Model: `{model}`"
         (out / "results.md").write_text(
-            f"# Zero-shot evaluation\n\nModel: `{model}`. Columns: benchmark (images).\n\n{table}"
+            f"# Zero-shot evaluation\n\n{what}. Columns: benchmark (images).\n\n{table}\n"
+            f"{settings_markdown(settings, splits)}\n{PAPER_ROWS_NOTE}\n"
         )
         benchmarks = [
             {
@@ -179,10 +212,11 @@ class EvaluationReport(L.Callback):
                     for m in METRIC_NAMES
                     if num_images[n] and f"test/{n}/{m}" in metrics
                 },
+                "settings": splits[n],
             }
             for n in results
         ]
-        record = {"model": str(model), "benchmarks": benchmarks}
+        record = {"model": str(model), "settings": settings, "benchmarks": benchmarks}
         (out / RESULTS_JSON).write_text(json.dumps(record, indent=2) + "\n")
         # The terminal's table (datasets as rows) is the CLI's, printed after the test.
         print(f"[dm_lightning] evaluation report (per-image CSVs, results.md) in {out}")
