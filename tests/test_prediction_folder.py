@@ -195,6 +195,17 @@ def test_depth_known_up_to_scale_fits_in_another_space(tmp_path, fit_space):
         _evaluate(PredictionFolder(str(tmp_path / "pred"), "depth", fit_space), spec)
 
 
+def test_other_aspect_ratio_is_warned_about(tmp_path):
+    """A transposed map is resized like any other size, but said once."""
+    list_file = _diode(tmp_path / "diode", np.full(GT_SHAPE, 5.0))
+    stem = tmp_path / "pred" / "indoors/scene_00001/scan_00001/00001_00001_indoors_000_010"
+    stem.parent.mkdir(parents=True)
+    np.save(f"{stem}.npy", np.random.default_rng(0).uniform(1, 2, GT_SHAPE[::-1]))
+    spec = {"diode": BenchmarkSpec("diode", str(tmp_path / "diode"), str(list_file))}
+    with pytest.warns(UserWarning, match=r"00_010\.npy: the prediction is 40x30 and the ground "):
+        _evaluate(PredictionFolder(str(tmp_path / "pred"), "depth"), spec)
+
+
 def test_space_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"space: unknown space 'metric'; expected one of"):
         PredictionFolder(str(tmp_path), "metric")

@@ -429,8 +429,8 @@ class DepthMasterTask(EvaluationTask):
         names = self._eval_names(stage)
         resolutions = [self.processing_res_of(stage, i) for i in range(len(names))]
         return {
-            "model": str(self.hparams.model_path),
-            **({"unet": str(self.hparams.unet_path)} if self.hparams.unet_path else {}),
+            "model": str(self.hparams.get("model_path", "")),
+            **({"unet": str(self.hparams.unet_path)} if self.hparams.get("unet_path") else {}),
             "target": self.target.name,
             **super().evaluation_settings(stage),
             "processing_res": {n: "native" if r is None else r for n, r in zip(names, resolutions)},

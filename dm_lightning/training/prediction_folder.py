@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
@@ -51,6 +52,9 @@ from dm_lightning.training.eval_task import EvaluationTask
 CONVERTIBLE_SPACES = ("depth", "disparity")
 #: What the settings record as the processing resolution of predictions made elsewhere.
 AS_PREDICTED = "as predicted"
+#: Relative aspect-ratio difference from the GT's beyond which a prediction is warned about:
+#: a working size rounded to multiples of 8 or 14 pixels stays well within 5%.
+ASPECT_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class PredictionFolder(EvaluationTask):
         self.configure_metrics()
         # (stage, split) -> sample key -> its file, for the benchmark splits (set up in setup)
         self._listed: dict[tuple[str, str], dict[str, _Listed]] = {}
+        self._warned_aspect: set[tuple[str, str]] = set()
 
     def folder_of(self, split: str) -> Path:
         """The prediction folder of split ``split``.
@@ -209,8 +214,24 @@ class PredictionFolder(EvaluationTask):
             array = _as_listed(read_prediction(path), listed, size)
         values = torch.from_numpy(np.ascontiguousarray(array))[None, None]
         if tuple(values.shape[-2:]) != size:
+            self._check_aspect(stage, split, path, array.shape, size)
             values = resize_bilinear(values, size)
         return self._in_fit_space(values[0], path)
+
+    def _check_aspect(
+        self, stage: str, split: str, path: Path, shape: tuple[int, ...], size: tuple[int, int]
+    ) -> None:
+        """Warn (once per split) about a prediction whose aspect ratio is not the GT's: it is
+        resized anyway, as the network's output is, but a transposed map or another crop
+        would score badly for reasons that are not the model's."""
+        ratio = (shape[0] / shape[1]) / (size[0] / size[1])
+        if abs(ratio - 1.0) > ASPECT_TOLERANCE and (stage, split) not in self._warned_aspect:
+            self._warned_aspect.add((stage, split))
+            rank_zero_warn(
+                f"{path}: the prediction is {shape[0]}x{shape[1]} and the ground truth "
+                f"{size[0]}x{size[1]}, aspect ratios {abs(ratio - 1.0):.0%} apart: resized to "
+                f"the ground truth anyway (further ones of split {split!r} are not reported)"
+            )
 
     def _in_fit_space(self, values: Tensor, path: Path) -> Tensor:
         """``values`` (in ``space``) in the fit space: unchanged when they are the same,
