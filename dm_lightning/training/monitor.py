@@ -117,28 +117,28 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 class TrainingMonitor(L.Callback):
     """Depth panels and training throughput in TensorBoard.
 
-        Everything is written at Lightning's step number (:func:`logged_step`), that of the scalars
-    logged by the task at the same step: after the 10th optimizer step, 9.
+    Everything is written at Lightning's step number (:func:`logged_step`), that of the scalars
+logged by the task at the same step: after the 10th optimizer step, 9.
 
-    * ``panels/train``: every ``every_n_steps`` optimizer steps, the first ``num_samples``
-          samples of the current training batch (as the loss saw them: metres, valid mask, flip),
-          predicted in eval mode without gradients.
-        * ``panels/val/<split>``: at every validation, the same ``num_samples`` samples of each
-          validation split (the first of its first batches on rank 0, kept on the CPU).
-        * ``train/samples_per_sec``: every ``log_every_n_steps`` optimizer steps, the training
-          samples of all ranks (rank 0's micro-batch sizes times the world size: every rank
-          draws micro-batches of one size with ``data.global_batch_size``) per second of wall
-          time since the last value, validation excluded. Counted from batch sizes on the host.
+* ``panels/train``: every ``every_n_steps`` optimizer steps, the first ``num_samples``
+      samples of the current training batch (as the loss saw them: metres, valid mask, flip),
+      predicted in eval mode without gradients.
+    * ``panels/val/<split>``: at every validation, the same ``num_samples`` samples of each
+      validation split (the first of its first batches on rank 0, kept on the CPU).
+    * ``train/samples_per_sec``: every ``log_every_n_steps`` optimizer steps, the training
+      samples of all ranks (rank 0's micro-batch sizes times the world size: every rank
+      draws micro-batches of one size with ``data.global_batch_size``) per second of wall
+      time since the last value, validation excluded. Counted from batch sizes on the host.
 
-        All on global rank 0: panels go to every
-        :class:`~lightning.pytorch.loggers.TensorBoardLogger` of the trainer, the throughput to
-        every logger; other steps only compare integers (no device work, no host sync). See
-        :mod:`dm_lightning.training.monitor` for what the tiles show.
+    All on global rank 0: panels go to every
+    :class:`~lightning.pytorch.loggers.TensorBoardLogger` of the trainer, the throughput to
+    every logger; other steps only compare integers (no device work, no host sync). See
+    :mod:`dm_lightning.training.monitor` for what the tiles show.
 
-        Args:
-            every_n_steps: optimizer steps between training panels (>= 1).
-            num_samples: rows per panel image (>= 1).
-            error_max: the error (difference of [0, 1] normalised target values) drawn brightest.
+    Args:
+        every_n_steps: optimizer steps between training panels (>= 1).
+        num_samples: rows per panel image (>= 1).
+        error_max: the error (difference of [0, 1] normalised target values) drawn brightest.
     """
 
     def __init__(self, every_n_steps: int = 500, num_samples: int = 2, error_max: float = 0.2):
