@@ -363,18 +363,23 @@ def cli_args(
     model_path: str | PathLike | None = None,
     save_dir: str | PathLike | None = None,
     *,
+    model_class: str | None = None,
     extra: Sequence[str] = (),
     **overrides: object,
 ) -> list[str]:
     """The argument list of one ``dm-lightning`` run, for :func:`run_cli` / :func:`main` or a
     subprocess: ``subcommand``, ``--config C`` per config in order, then
-    ``--model.init_args.model_path`` and ``--trainer.logger.init_args.save_dir`` when given,
+    ``--model MODEL_CLASS`` (another task class than the configs', e.g. a baseline's, before
+    its arguments), ``--model.init_args.model_path`` and
+    ``--trainer.logger.init_args.save_dir`` when given,
     then ``--KEY VALUE`` per override (``__`` in KEY spells ``.``:
     ``trainer__max_steps=4`` -> ``--trainer.max_steps 4``), then ``extra`` as written
     (``--trainer.callbacks+=...``, ``--print_config``)."""
     args = [subcommand]
     for config in configs:
         args += ["--config", str(config)]
+    if model_class is not None:
+        args += ["--model", model_class]
     if model_path is not None:
         args += ["--model.init_args.model_path", str(model_path)]
     if save_dir is not None:

@@ -285,6 +285,19 @@ def load_depthmaster(
                 "checkpoint holds its own U-Net"
             )
         return load_depthmaster_checkpoint(path, cache_dir)
+    check_method(path, "dm_lightning.DepthMasterTask (DepthMaster)")
+    return DepthMaster(*load_model_parts(path, unet_path, cache_dir))
+
+
+def load_model_parts(
+    path: str | Path,
+    unet_path: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[AutoencoderKL, DepthMasterUNet, Tensor]:
+    """The VAE, the U-Net (``unet_path`` or ``path/unet``) and the empty-prompt embedding
+    (1, T, D) of a diffusers-layout folder or hub id, each loaded strictly; what
+    :class:`DepthMaster` and the baselines (:mod:`dm_lightning.baselines`) are built from.
+    Raises as :func:`load_depthmaster`."""
     folder = resolve_model_path(path)
     where = str(folder) if str(folder) == str(path) else f"{path} ({folder})"
     for sub in ("vae",) if unet_path else ("vae", "unet"):
@@ -297,7 +310,20 @@ def load_depthmaster(
     vae = _from_pretrained_strict(AutoencoderKL, folder / "vae", "VAE")
     unet = load_unet(Path(unet_path).expanduser() if unet_path else folder / "unet")
     embedding = load_empty_prompt_embedding(folder, cache_dir)
-    return DepthMaster(vae, unet, embedding)
+    return vae, unet, embedding
+
+
+def check_method(path: str | Path, wanted: str, method: str | None = None) -> None:
+    """Refuse a model folder that records another method (``dm_lightning.json``'s ``method``
+    and ``task``, written by the baselines' exports) than ``method`` (None: DepthMaster,
+    whose exports record no method): its network needs its own task class."""
+    recorded = recorded_method(path)
+    if recorded != method:
+        task = _recorded(path, "task") or "its own task class"
+        raise ConfigError(
+            f"model folder {path} holds a {recorded or 'DepthMaster'} model, not one for "
+            f"{wanted}: load it with --model {task if recorded else 'dm_lightning.DepthMasterTask'}"
+        )
 
 
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -409,6 +435,20 @@ def recorded_target(path: str | Path) -> str | None:
     memory-mapped, not read whole."""
     target = _recorded(path, "target")
     return str(target) if target else None
+
+
+def recorded_method(path: str | Path) -> str | None:
+    """The method a model folder's ``dm_lightning.json`` records (a baseline's export, e.g.
+    ``"marigold"``); None for DepthMaster's folders, SD-2 and anything unreadable."""
+    method = _recorded(path, "method")
+    return method if isinstance(method, str) and method else None
+
+
+def recorded_task(path: str | Path) -> str | None:
+    """The task class (``dm_lightning.E2EFT``, ...) that loads a baseline's export, as its
+    ``dm_lightning.json`` records it; None for DepthMaster's folders and anything else."""
+    task = _recorded(path, "task")
+    return task if isinstance(task, str) and task else None
 
 
 def recorded_processing_res(path: str | Path) -> int | None:
