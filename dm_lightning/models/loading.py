@@ -23,7 +23,12 @@ from torch import Tensor, nn
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, METADATA_FILE, DepthMaster
 from dm_lightning.models.modeling_depthmaster import DepthMasterUNet
-from dm_lightning.models.state_dicts import SHOWN_KEYS, describe_keys, load_state_dict_file
+from dm_lightning.models.state_dicts import (
+    SHOWN_KEYS,
+    describe_keys,
+    load_state_dict_file,
+    load_torch_file,
+)
 from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, attach_fourier_enhancement
 
 log = logging.getLogger(__name__)
@@ -347,7 +352,7 @@ def load_depthmaster_checkpoint(
     loaded. A full checkpoint written with :class:`~dm_lightning.training.ema.EMAWeights`
     gives the averaged weights (what the export would hold), as a weights-only one does
     already. The file is read with ``weights_only=True``
-    (:func:`~dm_lightning.training.checkpoints.load_checkpoint_safely`).
+    (:func:`~dm_lightning.models.state_dicts.load_torch_file`).
 
     Raises:
         MissingPathError: no file at ``path``, or the checkpoint's ``model_path`` is gone.
@@ -365,13 +370,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         MissingPathError: no file at ``path``.
         ConfigError: it holds pickled objects other than tensors and plain containers.
     """
-    from dm_lightning.training.checkpoints import load_checkpoint_safely
-
     file = Path(path).expanduser()
     if not file.is_file():
         raise MissingPathError(f"checkpoint {path} not found")
     # Mapped: predicting from a full last.ckpt reads its weights, not its optimizer state.
-    return load_checkpoint_safely(file, mmap=True)
+    return load_torch_file(file, mmap=True)
 
 
 def network_from_checkpoint(
@@ -471,9 +474,7 @@ def _recorded(path: str | Path, key: str) -> Any:
         return None
     try:
         if is_checkpoint_path(path):
-            checkpoint = torch.load(
-                Path(path).expanduser(), map_location="cpu", weights_only=True, mmap=True
-            )
+            checkpoint = load_torch_file(Path(path).expanduser(), mmap=True)
             return (checkpoint.get("hyper_parameters") or {}).get(key)
         if str(path).endswith(".onnx"):  # an exported graph records the same facts
             from dm_lightning.inference.onnx_export import read_graph_metadata
@@ -481,5 +482,5 @@ def _recorded(path: str | Path, key: str) -> Any:
             return read_graph_metadata(path).get(key)
         meta = Path(path).expanduser() / METADATA_FILE
         return json.loads(meta.read_text()).get(key) if meta.is_file() else None
-    except (OSError, ValueError, RuntimeError, AttributeError, pickle.UnpicklingError):
+    except (OSError, ValueError, RuntimeError, AttributeError, pickle.UnpicklingError, ConfigError):
         return None
