@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dm_lightning.errors import ConfigError
 from dm_lightning.models.state_dicts import load_torch_file
-
-if TYPE_CHECKING:
-    import lightning as L
 
 CHECKPOINT_RECORD = "dm_lightning"
 LAST_CHECKPOINT = "last.ckpt"
@@ -115,18 +112,3 @@ def check_checkpoint_stage(
     if resume and not all(key in checkpoint for key in RESUME_KEYS):
         raise ConfigError(weights_only_message(ckpt_path))
     return checkpoint
-
-
-def resumable_checkpoint_path(trainer: L.Trainer) -> Path:
-    """Where a resumable checkpoint goes: ``last.ckpt`` in the folder of the first
-    ``ModelCheckpoint`` that keeps one (so ``--ckpt_path last`` finds it), else in
-    ``<run>/checkpoints/``."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from dm_lightning.training.run_folder import run_dir
-
-    keepers = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-    keepers.sort(key=lambda c: not c.save_last)
-    if keepers and keepers[0].dirpath:
-        return Path(keepers[0].dirpath) / LAST_CHECKPOINT
-    return run_dir(trainer) / "checkpoints" / LAST_CHECKPOINT
