@@ -32,7 +32,6 @@ is shown as missing; a plain re-run would train it here).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import json
@@ -58,6 +57,7 @@ from dm_lightning.pipeline import (
     run_pipeline,
 )
 from dm_lightning.pipeline_steps import check_pipeline
+from dm_lightning.tool_cli import tool_parser
 from dm_lightning.training.report import metric_splits, metrics_table
 
 BASELINE = "baseline"
@@ -299,11 +299,10 @@ def write_report(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tools/run_ablations.py``; returns the exit status (1 if a row
     failed, 2 for a usage error)."""
-    parser = argparse.ArgumentParser(
-        prog="run_ablations.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Other options are dm-lightning options for every row, as in "
+    parser = tool_parser(
+        "run_ablations.py",
+        __doc__,
+        "Other options are dm-lightning options for every row, as in "
         "train_depthmaster.py: --KEY VALUE for every fit, --stage1.KEY VALUE / --stage2.KEY "
         "VALUE for one stage, --test.KEY VALUE for the tests.",
     )
