@@ -238,6 +238,7 @@ def test_lotus_d_doubles_the_batch_with_the_rgb_switch_and_rgb_latent_target(tin
     net.x0 = spy
     try:
         loss, parts = task.training_loss(batch)
+        loss, parts = loss.detach(), {k: v.detach() for k, v in parts.items()}
     finally:
         handle.remove()
         del net.x0
@@ -337,3 +338,22 @@ def test_tiny_baseline_fits_exports_and_tests_with_its_task(
         f"DepthMasterTask (DepthMaster): load it with --model {task_name}"
     )
     assert capsys.readouterr().err.strip().endswith(message)
+
+
+def test_lotus_d_without_the_preserver_runs_the_depth_half_alone(tiny_model):
+    task = LotusD(str(tiny_model), preserver_weight=0.0)
+    gen = torch.Generator().manual_seed(6)
+    batch = {
+        "rgb": torch.randint(0, 256, (2, 3, 16, 16), generator=gen, dtype=torch.uint8),
+        "depth": torch.rand(2, 1, 16, 16, generator=gen) + 1,
+        "valid": torch.ones(2, 1, 16, 16, dtype=torch.bool),
+    }
+    with torch.no_grad():
+        loss, parts = task.training_loss(batch)
+        z_rgb = task.net.encode(task.rgb_signed(batch))
+        z_depth = task.net.encode(task.normalized_target(batch).expand(-1, 3, -1, -1))
+        expected = F.mse_loss(task.net.predict_latent(z_rgb), z_depth)
+    assert set(parts) == {"latent_mse", "loss"}
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    with pytest.raises(ConfigError, match="preserver_weight must be >= 0.*got -1"):
+        LotusD(str(tiny_model), preserver_weight=-1.0)
