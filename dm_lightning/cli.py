@@ -25,6 +25,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+# The baselines' tasks, imported for the same reason as Stage1 and Stage2 below (--model E2EFT).
+from dm_lightning.baselines.e2e_ft import E2EFT  # noqa: F401
+from dm_lightning.baselines.lotus import LotusD  # noqa: F401
 from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
@@ -40,7 +43,7 @@ from dm_lightning.training.stage2 import Stage2  # noqa: F401
 from dm_lightning.training.summary import fit_summary
 
 HELP_EPILOG = (
-    "The model's own arguments: dm-lightning fit --model.help Stage1 (or Stage2, "
+    "The model's own arguments: dm-lightning fit --model.help Stage1 (or Stage2, E2EFT, LotusD, "
     "DepthMasterTask, or a class path); the data's: --data.help DepthDataModule; a callback's: "
     "--trainer.callbacks.help ModelCheckpoint. --print_config prints the composed config."
 )
