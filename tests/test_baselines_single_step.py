@@ -334,7 +334,7 @@ def test_tiny_baseline_fits_exports_and_tests_with_its_task(
     status = main(cli_args("test", eval_configs, export, tmp_path / "refused"))
     assert status == 2
     message = (
-        f"model folder {export} holds a {method} model, not one for dm_lightning."
+        f"model folder {export} holds a model of the {method} method, not one for dm_lightning."
         f"DepthMasterTask (DepthMaster): load it with --model {task_name}"
     )
     assert capsys.readouterr().err.strip().endswith(message)

@@ -141,7 +141,7 @@ class DepthMaster(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> raw decoded depth (B, 1, H, W), nominally in [-1, 1]."""
-        return self.decode(self.denoise(self.encode(image)))
+        return self.decode(self.predict_latent(self.encode(image)))
 
     @torch.no_grad()
     def predict(self, image: Tensor, processing_res: int | str | None = None) -> Tensor:

@@ -326,7 +326,8 @@ def check_method(path: str | Path, wanted: str, method: str | None = None) -> No
     if recorded != method:
         task = _recorded(path, "task") or "its own task class"
         raise ConfigError(
-            f"model folder {path} holds a {recorded or 'DepthMaster'} model, not one for "
+            f"model folder {path} holds a model of the {recorded or 'DepthMaster'} method, not "
+            f"one for "
             f"{wanted}: load it with --model {task if recorded else 'dm_lightning.DepthMasterTask'}"
         )
 
