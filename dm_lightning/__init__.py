@@ -28,6 +28,8 @@ _EXPORTS = {
     "ExportDepthMaster": "dm_lightning.training.callbacks",
     "FeatureAlignment": "dm_lightning.models.feature_alignment",
     "FourierEnhancement": "dm_lightning.models.fourier",
+    "Marigold": "dm_lightning.baselines.marigold_task",
+    "MarigoldNetwork": "dm_lightning.baselines.marigold",
     "ResumableCheckpoint": "dm_lightning.training.resumable",
     "SqrtDisparity": "dm_lightning.targets",
     "Stage1": "dm_lightning.training.stage1",
@@ -57,6 +59,8 @@ __all__ = [
     "ExportDepthMaster",
     "FeatureAlignment",
     "FourierEnhancement",
+    "Marigold",
+    "MarigoldNetwork",
     "ResumableCheckpoint",
     "SqrtDisparity",
     "Stage1",
@@ -84,6 +88,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from dm_lightning.baselines.marigold import MarigoldNetwork
+    from dm_lightning.baselines.marigold_task import Marigold
     from dm_lightning.data.benchmarks import BenchmarkSpec
     from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
     from dm_lightning.inference.api import predict_images

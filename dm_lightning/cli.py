@@ -25,6 +25,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+# Imported so that --model Marigold resolves (as Stage1 and Stage2 below).
+from dm_lightning.baselines.marigold_task import Marigold  # noqa: F401
 from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
