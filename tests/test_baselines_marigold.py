@@ -149,8 +149,8 @@ def test_multi_res_noise_matches_numpy(strength):
         white = torch.randn(shape, generator=generator)
         torch.rand(1, generator=generator)
         white = white + torch.randn(shape, generator=generator)
-        share = (noise[0] * white[0].std() / white[0]).double()
-        assert torch.allclose(share, share.flatten()[0].expand_as(share), rtol=1e-5)
+        scale = float(white[0].norm() / noise[0].norm())
+        assert (noise[0] * scale - white[0]).abs().max() <= 16 * EPS32 * white[0].abs().max()
 
 
 # ---- training target and loss ----------------------------------------------------------------
@@ -273,12 +273,18 @@ def test_affine_members_ensemble_to_the_normalised_map():
     d = torch.rand(2, 1, 12, 16, generator=torch.Generator().manual_seed(1)) * 5 + 1
     scales = torch.tensor([0.5, 3.0, 1.0, 20.0]).view(1, 4, 1, 1)
     shifts = torch.tensor([-2.0, 0.1, 7.0, -40.0]).view(1, 4, 1, 1)
-    out = ensemble_depth(d * scales + shifts)
+    members = d * scales + shifts
+    out = ensemble_depth(members)
+    d = d.double()
     lo, hi = d.amin(dim=(-2, -1), keepdim=True), d.amax(dim=(-2, -1), keepdim=True)
     want = (d - lo) / (hi - lo)
     assert out.shape == (2, 1, 12, 16) and out.dtype == torch.float32
-    # float32 inputs carry 20 x 46 x eps of rounding at most, relative to the range
-    assert (out - want).abs().max() <= 64 * 46 * EPS32
+    # Each float32 member value is off by <= eps |m| (a product and a sum, rounded); min-max
+    # normalising turns that into eps |m| / range(m), counted twice (value and minimum), again
+    # by the final normalisation, plus the float32 output's own rounding.
+    span = members.amax(dim=(-2, -1)) - members.amin(dim=(-2, -1))
+    ratio = float((members.abs().amax(dim=(-2, -1)) / span).max())
+    assert (out.double() - want).abs().max() <= 8 * ratio * EPS32 + EPS32
 
 
 def test_median_of_members_on_a_hand_case():
