@@ -30,6 +30,8 @@ _EXPORTS = {
     "FeatureAlignment": "dm_lightning.models.feature_alignment",
     "FourierEnhancement": "dm_lightning.models.fourier",
     "LotusD": "dm_lightning.baselines.lotus",
+    "Marigold": "dm_lightning.baselines.marigold_task",
+    "MarigoldNetwork": "dm_lightning.baselines.marigold",
     "ResumableCheckpoint": "dm_lightning.training.resumable",
     "SqrtDisparity": "dm_lightning.targets",
     "Stage1": "dm_lightning.training.stage1",
@@ -61,6 +63,8 @@ __all__ = [
     "FeatureAlignment",
     "FourierEnhancement",
     "LotusD",
+    "Marigold",
+    "MarigoldNetwork",
     "ResumableCheckpoint",
     "SqrtDisparity",
     "Stage1",
@@ -90,6 +94,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.baselines.e2e_ft import E2EFT
     from dm_lightning.baselines.lotus import LotusD
+    from dm_lightning.baselines.marigold import MarigoldNetwork
+    from dm_lightning.baselines.marigold_task import Marigold
     from dm_lightning.data.benchmarks import BenchmarkSpec
     from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
     from dm_lightning.inference.api import predict_images

@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 # The baselines' tasks, imported for the same reason as Stage1 and Stage2 below (--model E2EFT).
 from dm_lightning.baselines.e2e_ft import E2EFT  # noqa: F401
 from dm_lightning.baselines.lotus import LotusD  # noqa: F401
+from dm_lightning.baselines.marigold_task import Marigold  # noqa: F401
 from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error

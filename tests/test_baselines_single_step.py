@@ -1,4 +1,4 @@
-"""The single-step baselines E2E-FT and Lotus-D (dm_lightning.baselines, docs/method.md §9):
+"""The single-step baselines E2E-FT and Lotus-D (dm_lightning.baselines, docs/method.md §8):
 their losses against hand-computed numbers and independent numpy versions, E2E-FT's
 v -> x0 step and 8-channel input, Lotus-D's task switcher and doubled batch, and each trained
 by ``dm-lightning fit`` of its tiny config, its export evaluated by ``dm-lightning test`` with

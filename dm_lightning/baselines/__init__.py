@@ -1,4 +1,4 @@
-"""The single-step family as baselines, trained and tested as DepthMaster is (docs/method.md §9).
+"""The single-step family as baselines, trained and tested as DepthMaster is (docs/method.md §8).
 
 Each method is a network (a :class:`~dm_lightning.baselines.network.BaselineNetwork`: SD-2's
 VAE and U-Net with the method's own latent inference) and a task (a

@@ -1,5 +1,5 @@
 """E2E-FT (Garcia Martin et al. 2024, "Fine-Tuning Image-Conditional Diffusion Models is
-Easier than You Think", arXiv:2409.11355) as a baseline: docs/method.md §9.1.
+Easier than You Think", arXiv:2409.11355) as a baseline: docs/method.md §8.1.
 
 SD-2's U-Net at timestep 999 with no noise; its output read as a v-prediction and turned into
 the x0 latent with SD-2's noise schedule (diffusers' ``DDPMScheduler``), decoded by the frozen
@@ -37,7 +37,7 @@ def sd2_noise_schedule() -> DDPMScheduler:
 
 
 def v_to_x0(v: Tensor, sample: Tensor, alpha_cumprod: float) -> Tensor:
-    """The x0 estimate of a v-prediction (docs/method.md §9.1, Eq. 9.2):
+    """The x0 estimate of a v-prediction (docs/method.md §8.1, Eq. 8.2):
     ``sqrt(abar_t) * sample - sqrt(1 - abar_t) * v`` (what diffusers' schedulers compute as
     ``pred_original_sample`` for ``prediction_type="v_prediction"``).
 
@@ -118,7 +118,7 @@ class E2EFTNetwork(BaselineNetwork):
         return torch.cat([latent, zeros], dim=1), zeros
 
     def predict_latent(self, latent: Tensor) -> Tensor:
-        """RGB latent -> x0 depth latent, (B, 4, h, w) both (Eq. 9.1 and 9.2)."""
+        """RGB latent -> x0 depth latent, (B, 4, h, w) both (Eq. 8.1 and 8.2)."""
         unet_input, sample = self.unet_input(latent)
         v = last_timestep_pass(self.unet, self.empty_prompt_embedding, unet_input)
         return v_to_x0(v, sample, self.alpha_cumprod)
@@ -129,7 +129,7 @@ class E2EFTNetwork(BaselineNetwork):
 
 class E2EFT(BaselineTask):
     """E2E-FT training: the affine-invariant L1 of the decoded, clipped depth against the
-    normalised target (docs/method.md §9.1).
+    normalised target (docs/method.md §8.1).
 
     Args:
         model_path: SD-2 (or Marigold's weights, or an E2E-FT export).

@@ -1,4 +1,4 @@
-"""The baselines' training losses (docs/method.md §9), one function each: E2E-FT's
+"""The baselines' training losses (docs/method.md §8), one function each: E2E-FT's
 affine-invariant L1 and Lotus-D's two latent MSE terms. They compute in fp32 or better
 (:func:`~dm_lightning.losses.at_least_fp32`) under any mixed precision."""
 
@@ -17,7 +17,7 @@ DEGENERATE_VARIANCE = 1e-10
 
 def least_squares_scale_shift(pred: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Per image, the ``scale, shift`` minimising ``sum_valid (scale p + shift - t)^2``, in
-    closed form and differentiable (docs/method.md §9.1, Eq. 9.3).
+    closed form and differentiable (docs/method.md §8.1, Eq. 8.3).
 
     Computed centred, ``scale = cov(p, t) / var(p)``, ``shift = mean t - scale mean p``
     (the normal equations' solution, free of the cancellation of the raw-sum form in fp32).
@@ -51,7 +51,7 @@ def least_squares_scale_shift(pred: Tensor, target: Tensor, valid: Tensor) -> tu
 def affine_invariant_l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """E2E-FT's loss: the L1 error after the per-image least-squares scale and shift of the
     prediction to the target (:func:`least_squares_scale_shift`, gradients through the fit),
-    averaged over the valid pixels of the batch (docs/method.md §9.1, Eq. 9.4).
+    averaged over the valid pixels of the batch (docs/method.md §8.1, Eq. 8.4).
 
     Args:
         pred: (B, 1, H, W) decoded depth, nominally in [-1, 1].
@@ -72,7 +72,7 @@ def affine_invariant_l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
 def lotus_d_loss(
     pred: Tensor, target: Tensor, pixel_valid: Tensor, factor: int, preserver_weight: float
 ) -> dict[str, Tensor]:
-    """Lotus-D's loss (docs/method.md §9.2, Eq. 9.6): the masked latent MSE of the depth
+    """Lotus-D's loss (docs/method.md §8.2, Eq. 8.6): the masked latent MSE of the depth
     prediction plus ``preserver_weight`` x the MSE of the detail preserver's RGB
     reconstruction (every latent element: the RGB latent has no invalid pixel).
 

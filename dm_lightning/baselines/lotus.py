@@ -1,5 +1,5 @@
 """Lotus-D (He et al. 2025, "Lotus: Diffusion-based Visual Foundation Model for High-quality
-Dense Prediction", ICLR 2025) as a baseline: docs/method.md §9.2.
+Dense Prediction", ICLR 2025) as a baseline: docs/method.md §8.2.
 
 SD-2's U-Net at timestep 999 predicting the depth latent itself (x0) from the RGB latent,
 trained with the latent MSE against the VAE-encoded normalised disparity, plus the detail
@@ -29,7 +29,7 @@ DEPTH, RGB = 0, 1
 def task_switch(task: int, batch: int) -> Tensor:
     """Lotus' task switcher input for ``batch`` samples of ``task`` (:data:`DEPTH` or
     :data:`RGB`): ``concat(sin(onehot), cos(onehot))``, (batch, 4) float32; depth is
-    ``[sin 1, 0, cos 1, 1]``, RGB ``[0, sin 1, 1, cos 1]`` (docs/method.md §9.2, Eq. 9.5)."""
+    ``[sin 1, 0, cos 1, 1]``, RGB ``[0, sin 1, 1, cos 1]`` (docs/method.md §8.2, Eq. 8.5)."""
     onehot = torch.zeros(batch, 2)
     onehot[:, task] = 1.0
     return torch.cat([onehot.sin(), onehot.cos()], dim=1)
@@ -66,7 +66,7 @@ class LotusDNetwork(BaselineNetwork):
 
 class LotusD(BaselineTask):
     """Lotus-D training: the masked latent MSE of the depth prediction plus the detail
-    preserver's RGB-reconstruction MSE on the doubled batch (docs/method.md §9.2).
+    preserver's RGB-reconstruction MSE on the doubled batch (docs/method.md §8.2).
 
     Args:
         model_path: SD-2 (or a Lotus-D export).

@@ -1,4 +1,4 @@
-"""What E2E-FT and Lotus-D share (docs/method.md §9): one U-Net pass at SD-2's last training
+"""What E2E-FT and Lotus-D share (docs/method.md §8): one U-Net pass at SD-2's last training
 timestep, conditioned on the empty prompt, from no noise."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reshaping SD-2's U-Net for the baselines (docs/method.md §9): a wider ``conv_in`` for
+"""Reshaping SD-2's U-Net for the baselines (docs/method.md §8): a wider ``conv_in`` for
 inputs that concatenate latents (Marigold, E2E-FT's published start) and a projection class
 embedding for Lotus-D's task switcher.
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from dm_lightning.errors import ConfigError
 
-# Lotus' task switcher: sin and cos of a 2-way one-hot, 4 numbers (docs/method.md §9.2).
+# Lotus' task switcher: sin and cos of a 2-way one-hot, 4 numbers (docs/method.md §8.2).
 SWITCH_INPUTS = 4
 
 
@@ -48,12 +48,17 @@ def widen_conv_in(unet: UNet2DConditionModel, latents: int = 2) -> UNet2DConditi
         kernel_size=old.kernel_size,
         stride=old.stride,
         padding=old.padding,
+        dilation=old.dilation,
+        groups=old.groups,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
         device=old.weight.device,
         dtype=old.weight.dtype,
     )
     with torch.no_grad():
         new.weight.copy_(old.weight.repeat(1, latents, 1, 1) / latents)
-        new.bias.copy_(old.bias)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
     unet.conv_in = new
     unet.register_to_config(in_channels=new.in_channels)
     return unet

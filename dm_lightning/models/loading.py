@@ -455,6 +455,13 @@ def recorded_task(path: str | Path) -> str | None:
     return task if isinstance(task, str) and task else None
 
 
+def recorded_setting(path: str | Path, key: str) -> Any:
+    """``key`` of a model folder's ``dm_lightning.json`` (a checkpoint's hyper-parameters), e.g.
+    a baseline's inference settings; None when absent or unreadable. The caller checks the
+    type."""
+    return _recorded(path, key)
+
+
 def recorded_processing_res(path: str | Path) -> int | None:
     """The long edge (pixels) ``predict`` runs a model at by default, as recorded with it: an
     export's ``dm_lightning.json`` ``processing_res`` (an ONNX graph's metadata); a
