@@ -23,11 +23,15 @@ _EXPORTS = {
     "DepthMasterTask": "dm_lightning.training.base",
     "DepthPredictionWriter": "dm_lightning.training.callbacks",
     "Disparity": "dm_lightning.targets",
+    "E2EFT": "dm_lightning.baselines.e2e_ft",
     "EMAWeights": "dm_lightning.training.ema",
     "EvaluationReport": "dm_lightning.training.report",
     "ExportDepthMaster": "dm_lightning.training.callbacks",
     "FeatureAlignment": "dm_lightning.models.feature_alignment",
     "FourierEnhancement": "dm_lightning.models.fourier",
+    "LotusD": "dm_lightning.baselines.lotus",
+    "Marigold": "dm_lightning.baselines.marigold_task",
+    "MarigoldNetwork": "dm_lightning.baselines.marigold",
     "PredictionFolder": "dm_lightning.training.prediction_folder",
     "ResumableCheckpoint": "dm_lightning.training.resumable",
     "SqrtDisparity": "dm_lightning.targets",
@@ -53,11 +57,15 @@ __all__ = [
     "DepthMasterTask",
     "DepthPredictionWriter",
     "Disparity",
+    "E2EFT",
     "EMAWeights",
     "EvaluationReport",
     "ExportDepthMaster",
     "FeatureAlignment",
     "FourierEnhancement",
+    "LotusD",
+    "Marigold",
+    "MarigoldNetwork",
     "PredictionFolder",
     "ResumableCheckpoint",
     "SqrtDisparity",
@@ -86,6 +94,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from dm_lightning.baselines.e2e_ft import E2EFT
+    from dm_lightning.baselines.lotus import LotusD
+    from dm_lightning.baselines.marigold import MarigoldNetwork
+    from dm_lightning.baselines.marigold_task import Marigold
     from dm_lightning.data.benchmarks import BenchmarkSpec
     from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
     from dm_lightning.inference.api import predict_images

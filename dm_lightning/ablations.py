@@ -18,6 +18,11 @@ tested on the data config's test splits, and the sweep writes, in ``<run>/``:
 * ``ablations.png``: grouped bars of AbsRel and δ1 per test split and row;
 * ``ablations.json``: per row its overlay, stages, run folder and every logged test metric.
 
+A baseline config given as an overlay (``configs/baselines/*.yaml``, whose model is a
+:class:`~dm_lightning.baselines.task.BaselineTask`: E2E-FT, Lotus-D, Marigold) is a row of
+that method alone: one stage from ``--model-path`` on the same data, schedule and test, so the
+single-step family lands in the same table as DepthMaster.
+
 Rows run one after another; re-running the same command skips finished rows and resumes an
 interrupted one. ``--print-commands`` prints one ``tools/train_depthmaster.py`` command per row
 instead (for a cluster); once those jobs have run, the same options plus ``--collect`` write the
@@ -27,7 +32,6 @@ is shown as missing; a plain re-run would train it here).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import json
@@ -40,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from dm_lightning.ablation_chart import write_chart
 from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
 from dm_lightning.pipeline import (
     Pipeline,
@@ -52,6 +57,7 @@ from dm_lightning.pipeline import (
     run_pipeline,
 )
 from dm_lightning.pipeline_steps import check_pipeline
+from dm_lightning.tool_cli import tool_parser
 from dm_lightning.training.report import metric_splits, metrics_table
 
 BASELINE = "baseline"
@@ -66,12 +72,14 @@ def log(message: str) -> None:
 class Row:
     """One row of the sweep: ``name`` (its folder under the sweep's run folder), the
     ``overlay`` file (None for the baseline), the ``stages`` it was added to, and the
-    ``pipeline`` that runs it."""
+    ``pipeline`` that runs it; a method row (``method``, the task class its config names)
+    is that method alone, one stage, instead of the recipe."""
 
     name: str
     overlay: str | None
     stages: tuple[str, ...]
     pipeline: Pipeline
+    method: str | None = None  # the task class of a method row (a baseline config)
 
 
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
@@ -115,6 +123,33 @@ def model_parameters(stage: Stage) -> set[str] | None:
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break  # the bases get nothing more than this signature passes on
     return names - {"self"}
+
+
+def method_task(path: str | Path) -> str | None:
+    """The task class a config names when it is another method of its own (a baseline of
+    ``configs/baselines/``: a :class:`~dm_lightning.baselines.task.BaselineTask`), else None."""
+    model = read_yaml(path, "overlay").get("model")
+    class_path = model.get("class_path") if isinstance(model, dict) else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return None
+    from dm_lightning.baselines.task import BaselineTask
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"overlay {path}: model.class_path {class_path!r}: {err}") from err
+    return class_path if isinstance(cls, type) and issubclass(cls, BaselineTask) else None
+
+
+def method_row(recipe: Pipeline, run: Path, name: str, path: str, task: str) -> Row:
+    """The row of a baseline config: that method alone, trained from the recipe's model path
+    with the sweep's fit options (not the recipe stages' own), its export tested as the
+    others. Its one stage is ``stage1`` (the first stage), so the printed
+    ``tools/train_depthmaster.py`` command runs it as ``--stage1 <config>``."""
+    stage = Stage("stage1", (path,))
+    pipeline = replace(recipe, stages=(stage,), run=str(run), test=(stage.name,))
+    return Row(name, path, (stage.name,), pipeline, method=task)
 
 
 def overlay_stages(spec: str, stages: Sequence[Stage]) -> tuple[str, tuple[str, ...]]:
@@ -169,14 +204,18 @@ def plan_rows(
         rows.append(Row(BASELINE, None, (), row_pipeline(recipe, run / BASELINE, None, ())))
     names = {BASELINE} if baseline else set()
     for spec in overlays:
-        path, stages = overlay_stages(spec, recipe.stages)
+        task = None if "=" in spec else method_task(spec)
+        path, stages = (spec, ()) if task else overlay_stages(spec, recipe.stages)
         name = Path(path).stem
         if name in names:  # configs/ablations/x.yaml and configs/encoders/x.yaml
             name = f"{Path(path).parent.name}-{name}"
         if name in names:
             raise ConfigError(f"overlay {path}: a row named {name} exists already")
         names.add(name)
-        rows.append(Row(name, path, stages, row_pipeline(recipe, run / name, path, stages)))
+        if task:
+            rows.append(method_row(recipe, run / name, name, path, task))
+        else:
+            rows.append(Row(name, path, stages, row_pipeline(recipe, run / name, path, stages)))
     return rows
 
 
@@ -188,6 +227,8 @@ def row_pipeline(recipe: Pipeline, run: Path, overlay: str | None, stages: tuple
 
 
 def row_label(row: Row) -> str:
+    if row.method:
+        return f"{row.name} ({row.method.rpartition('.')[2]})"
     return row.name if row.overlay is None else f"{row.name} ({', '.join(row.stages)})"
 
 
@@ -198,6 +239,7 @@ def run_rows(rows: Sequence[Row]) -> dict[str, dict[str, float] | None]:
     results: dict[str, dict[str, float] | None] = {}
     for index, row in enumerate(rows, 1):
         where = f"with {row.overlay} in {', '.join(row.stages)}" if row.overlay else "no overlay"
+        where = f"{row.method} alone" if row.method else where
         log(f"row {index}/{len(rows)}: {row.name} ({where}) in {row.pipeline.run}")
         try:
             metrics = run_pipeline(row.pipeline, title=f"Ablation {row.name}")
@@ -223,43 +265,6 @@ def collect_rows(rows: Sequence[Row]) -> dict[str, dict[str, float] | None]:
     return results
 
 
-def write_chart(path: Path, results: dict[str, dict[str, float] | None], splits: list[str]) -> None:
-    """Grouped bars: one panel per metric (AbsRel, δ1, x100), one group per test split, one
-    bar per row with results."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    from matplotlib.figure import Figure
-
-    rows = {name: metrics for name, metrics in results.items() if metrics is not None}
-    columns = min(4, max(1, len(rows)))
-    legend_rows = -(-max(1, len(rows)) // columns)
-    height = 4.0 + 0.3 * legend_rows
-    # About 0.3 inch per bar, between a readable minimum and a page's width.
-    bars_per_panel = len(splits) * max(1, len(rows))
-    figure = Figure(figsize=(min(16.0, max(7.0, 2 * (0.3 * bars_per_panel + 1.2))), height))
-    axes = figure.subplots(1, 2)
-    width = 0.8 / max(1, len(rows))
-    panels = (
-        ("abs_rel", "AbsRel x100 (lower is better)"),
-        ("delta1", "δ1 x100 (higher is better)"),
-    )
-    for ax, (metric, title) in zip(axes, panels):
-        for i, (name, metrics) in enumerate(rows.items()):
-            values = [100 * metrics.get(f"test/{s}/{metric}", float("nan")) for s in splits]
-            positions = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(splits))]
-            bars = ax.bar(positions, values, width, label=name, color=f"C{i % 10}")
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks(range(len(splits)), splits, rotation=20 if len(splits) > 3 else 0)
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    # One legend under both panels, where it never covers a bar.
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.3 * legend_rows / height + 0.02, 1, 1))
-    figure.savefig(path, dpi=100)
-
-
 def write_report(
     run: Path, rows: Sequence[Row], results: dict[str, dict[str, float] | None]
 ) -> str:
@@ -272,7 +277,8 @@ def write_report(
     (run / TABLE).write_text(
         f"# Ablations in {run.name}\n\nAbsRel and δ1 (x100) of each row's final model on the "
         f"test splits of `{recipe.test_data or recipe.data}`; a row is the recipe plus one "
-        "overlay, added to the stages in brackets; `–`: no result (failed or not run yet)."
+        "overlay, added to the stages in brackets, or another method alone (its task class in "
+        "brackets: the same data, schedule and test); `–`: no result (failed or not run yet)."
         f"\n\n{table}\n"
     )
     write_chart(run / CHART, results, splits)
@@ -280,6 +286,7 @@ def write_report(
         r.name: {
             "overlay": r.overlay,
             "stages": list(r.stages),
+            "method": r.method,
             "run": r.pipeline.run,
             "metrics": results.get(r.name),
         }
@@ -292,11 +299,10 @@ def write_report(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tools/run_ablations.py``; returns the exit status (1 if a row
     failed, 2 for a usage error)."""
-    parser = argparse.ArgumentParser(
-        prog="run_ablations.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Other options are dm-lightning options for every row, as in "
+    parser = tool_parser(
+        "run_ablations.py",
+        __doc__,
+        "Other options are dm-lightning options for every row, as in "
         "train_depthmaster.py: --KEY VALUE for every fit, --stage1.KEY VALUE / --stage2.KEY "
         "VALUE for one stage, --test.KEY VALUE for the tests.",
     )
@@ -307,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[],
         metavar="[STAGE=]FILE",
-        help="ablation overlays (configs/ablations/*.yaml, configs/encoders/*.yaml), one row each",
+        help="ablation overlays (configs/ablations/*.yaml, configs/encoders/*.yaml), one row "
+        "each; a baseline config (configs/baselines/*.yaml) is a row of that method alone",
     )
     parser.add_argument("--no-baseline", action="store_true", help="no row without overlay")
     parser.add_argument(

@@ -25,6 +25,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+# The baselines' tasks, imported for the same reason as Stage1 and Stage2 below (--model E2EFT).
+from dm_lightning.baselines.e2e_ft import E2EFT  # noqa: F401
+from dm_lightning.baselines.lotus import LotusD  # noqa: F401
+from dm_lightning.baselines.marigold_task import Marigold  # noqa: F401
 from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
@@ -43,8 +47,8 @@ from dm_lightning.training.stage2 import Stage2  # noqa: F401
 from dm_lightning.training.summary import fit_summary
 
 HELP_EPILOG = (
-    "The model's own arguments: dm-lightning fit --model.help Stage1 (or Stage2, "
-    "DepthMasterTask, PredictionFolder, or a class path); the data's: --data.help "
+    "The model's own arguments: dm-lightning fit --model.help Stage1 (or Stage2, E2EFT, LotusD, "
+    "Marigold, DepthMasterTask, PredictionFolder, or a class path); the data's: --data.help "
     "DepthDataModule; a callback's: "
     "--trainer.callbacks.help ModelCheckpoint. --print_config prints the composed config."
 )
@@ -369,18 +373,23 @@ def cli_args(
     model_path: str | PathLike | None = None,
     save_dir: str | PathLike | None = None,
     *,
+    model_class: str | None = None,
     extra: Sequence[str] = (),
     **overrides: object,
 ) -> list[str]:
     """The argument list of one ``dm-lightning`` run, for :func:`run_cli` / :func:`main` or a
     subprocess: ``subcommand``, ``--config C`` per config in order, then
-    ``--model.init_args.model_path`` and ``--trainer.logger.init_args.save_dir`` when given,
+    ``--model MODEL_CLASS`` (another task class than the configs', e.g. a baseline's, before
+    its arguments), ``--model.init_args.model_path`` and
+    ``--trainer.logger.init_args.save_dir`` when given,
     then ``--KEY VALUE`` per override (``__`` in KEY spells ``.``:
     ``trainer__max_steps=4`` -> ``--trainer.max_steps 4``), then ``extra`` as written
     (``--trainer.callbacks+=...``, ``--print_config``)."""
     args = [subcommand]
     for config in configs:
         args += ["--config", str(config)]
+    if model_class is not None:
+        args += ["--model", model_class]
     if model_path is not None:
         args += ["--model.init_args.model_path", str(model_path)]
     if save_dir is not None:

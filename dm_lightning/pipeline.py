@@ -41,6 +41,7 @@ import lightning as L
 
 from dm_lightning.errors import ConfigError, DMLightningError
 from dm_lightning.pipeline_steps import INPUT, check_pipeline, evaluation_arguments, fit_arguments
+from dm_lightning.tool_cli import tool_parser
 from dm_lightning.training.callbacks import EXPORT_RECORD
 from dm_lightning.training.report import metric_splits, metrics_table
 from dm_lightning.training.run_folder import latest_resumable
@@ -486,11 +487,10 @@ def prefixed(prefix: str, args: Sequence[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tools/train_depthmaster.py``; returns the exit status (0, or the
     failed step's)."""
-    parser = argparse.ArgumentParser(
-        prog="train_depthmaster.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Other options are dm-lightning options: --KEY VALUE for every stage's fit "
+    parser = tool_parser(
+        "train_depthmaster.py",
+        __doc__,
+        "Other options are dm-lightning options: --KEY VALUE for every stage's fit "
         "(--trainer.devices 4), --stage1.KEY VALUE / --stage2.KEY VALUE for one stage "
         "(--stage1.trainer.max_steps 100), --test.KEY VALUE for the tests.",
     )

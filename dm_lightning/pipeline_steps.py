@@ -49,20 +49,21 @@ def fit_arguments(
 def evaluation_arguments(
     pipeline: Pipeline, name: str, model: str, overrides: dict[str, str] | None = None
 ) -> list[str]:
-    """The ``dm-lightning test`` arguments of model ``name`` (folder ``model``)."""
+    """The ``dm-lightning test`` arguments of model ``name`` (folder ``model``), with the task
+    class a baseline's export records (the eval config's otherwise)."""
     from dm_lightning.cli import cli_args
+    from dm_lightning.models.loading import recorded_task
 
     return cli_args(
         "test",
         [pipeline.eval_config, pipeline.test_data or pipeline.data],
         model,
         pipeline.run,
+        model_class=recorded_task(model),
         trainer__logger__init_args__name=f"test-{name}",
         extra=[f"--trainer.callbacks+={TEST_METRICS_WRITER}", *pipeline.test_args],
         **(overrides or {}),
     )
-
-
 
 
 def parsed_config(args: list[str], what: str) -> dict:

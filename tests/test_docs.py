@@ -16,7 +16,9 @@ def _sections() -> list[int]:
 
 
 def test_sections_are_numbered_in_order():
-    assert _sections() == list(range(1, 8))
+    sections = _sections()
+    assert sections == list(range(1, len(sections) + 1))
+    assert len(sections) >= 8  # §8: the baselines
 
 
 def test_every_citation_names_an_existing_section():

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dm_lightning.errors import DMLightningError
+from dm_lightning.tool_cli import run_tool, tool_parser
 
 PROG = "export_onnx"
 #: The documented bound on |onnxruntime - PyTorch| on the [0, 1] prediction.
@@ -36,9 +36,7 @@ DEFAULT_TOLERANCE = 1e-4
 def build_parser() -> argparse.ArgumentParser:
     from dm_lightning.inference.onnx_export import DEFAULT_OPSET
 
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(PROG, __doc__)
     parser.add_argument("model", help="model folder, hub id or Stage1/Stage2 .ckpt")
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument(
@@ -129,12 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run; 0 on success, 1 when onnxruntime
     differs from PyTorch beyond --tolerance, 2 on bad input (one line
     ``export_onnx: error: ...`` on stderr)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except DMLightningError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    status, result = run_tool(PROG, build_parser(), run, argv)
+    return status or result
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dm_lightning.errors import DMLightningError
 from dm_lightning.inference.metric import (
     ALIGNMENT_SPACES,
     DEFAULT_MAX_DEPTH,
@@ -23,6 +22,7 @@ from dm_lightning.inference.metric import (
     read_points,
     save_depth,
 )
+from dm_lightning.tool_cli import run_tool, tool_parser
 
 PROG = "metric_depth"
 DESCRIPTION = """\
@@ -56,12 +56,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(PROG, DESCRIPTION, EPILOG)
     parser.add_argument("prediction", metavar="PRED.npy", help="relative prediction (H, W)")
     known = parser.add_mutually_exclusive_group(required=True)
     known.add_argument(
@@ -145,13 +140,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run; 0 on success, 2 on bad input (one
     line ``metric_depth: error: ...`` on stderr)."""
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except DMLightningError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(PROG, build_parser(), run, argv)[0]
 
 
 if __name__ == "__main__":

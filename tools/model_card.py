@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dm_lightning.errors import DMLightningError
+from dm_lightning.tool_cli import run_tool, tool_parser
 
 PROG = "model_card"
 DESCRIPTION = """\
@@ -32,12 +32,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(PROG, DESCRIPTION, EPILOG)
     parser.add_argument("export", metavar="EXPORT", help="export folder (unet/, vae/)")
     parser.add_argument("--results", metavar="PATH", help="evaluation results (file or folder)")
     parser.add_argument("--config", metavar="YAML", help="the run's config.yaml, if not kept")
@@ -81,14 +76,10 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run; 0 on success, 2 on bad input (one
     line ``model_card: error: ...`` on stderr)."""
-    args = build_parser().parse_args(argv)
-    try:
-        path = run(args)
-    except DMLightningError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+    status, path = run_tool(PROG, build_parser(), run, argv)
+    if not status:
+        print(f"wrote {path}")
+    return status
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dm_lightning.errors import DMLightningError
 from dm_lightning.inference.metric import (
     ALIGNMENT_SPACES,
     DEFAULT_SPACE,
@@ -22,6 +21,7 @@ from dm_lightning.inference.pointcloud import (
     point_cloud,
     write_ply,
 )
+from dm_lightning.tool_cli import run_tool, tool_parser
 
 PROG = "point_cloud"
 DESCRIPTION = """\
@@ -54,12 +54,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(PROG, DESCRIPTION, EPILOG)
     parser.add_argument("image", metavar="IMAGE", help="RGB image (JPEG, PNG, ...)")
     parser.add_argument("depth", metavar="DEPTH.npy", help="depth map of the same size")
     parser.add_argument("--out", required=True, metavar="CLOUD.ply", help="PLY file to write")
@@ -154,13 +149,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run; 0 on success, 2 on bad input (one
     line ``point_cloud: error: ...`` on stderr)."""
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except DMLightningError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(PROG, build_parser(), run, argv)[0]
 
 
 if __name__ == "__main__":

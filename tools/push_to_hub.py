@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dm_lightning.errors import DMLightningError
+from dm_lightning.tool_cli import run_tool, tool_parser
 
 PROG = "push_to_hub"
 DESCRIPTION = """\
@@ -32,12 +32,7 @@ example:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(PROG, DESCRIPTION, EPILOG)
     parser.add_argument("export", metavar="EXPORT", help="export folder (unet/, vae/)")
     parser.add_argument("--repo", metavar="OWNER/NAME", help="hub repository id")
     parser.add_argument("--private", action="store_true", help="create the repository private")
@@ -53,17 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dm_lightning.errors import ConfigError
     from dm_lightning.hub.push import check_export_folder, push_export, suggested_repo
 
-    args = build_parser().parse_args(argv)
-    try:
+    def push(args: argparse.Namespace) -> str:
         if not args.repo:
             folder = check_export_folder(Path(args.export))
             raise ConfigError(f"--repo is required, e.g. --repo {suggested_repo(folder)}")
         url = push_export(Path(args.export), args.repo, args.private, args.token, args.force)
-    except DMLightningError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    print(f"uploaded {args.export} to {url}")
-    return 0
+        print(f"uploaded {args.export} to {url}")
+        return url
+
+    return run_tool(PROG, build_parser(), push, argv, error_status=None)[0]
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ import json
 import os
 import re
 import tarfile
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from dm_lightning import atomic
 from dm_lightning.data.schema import SCHEMA_KEYS, CorruptSampleError
 from dm_lightning.errors import ConfigError, MissingPathError
 
@@ -84,11 +84,6 @@ def shard_names(split: str, num_samples: int, samples_per_shard: int) -> list[st
     return [f"{split}-{i:06d}.tar" for i in range(count)]
 
 
-def temporary_name(path: str) -> str:
-    """``<path>.<pid>-<random>.tmp``: a sibling name no other process or call uses."""
-    return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-
-
 def read_shard_keys(path: str | os.PathLike) -> set[str] | None:
     """Sample keys of a complete shard.
 
@@ -120,18 +115,16 @@ def write_shard(
 ) -> int:
     """Write samples (dicts from :func:`~dm_lightning.data.schema.encode_sample`) as a tar.
 
-    The file is written to :func:`temporary_name` and renamed to ``path`` once complete and
-    synced. If ``samples`` raises (or the process is interrupted), the temporary file is removed
-    and ``path`` is left as it was. If ``samples`` yields nothing, no file is created (and an
-    existing ``path`` is left as it was).
+    The file is written under a temporary name (:mod:`dm_lightning.atomic`) and renamed to ``path``
+    once complete and synced. If ``samples`` raises (or the process is interrupted), the temporary
+    file is removed and ``path`` is left as it was. If ``samples`` yields nothing, no file is
+    created (and an existing ``path`` is left as it was).
 
     Returns:
         The number of samples written.
     """
-    path = os.fspath(path)
-    tmp = temporary_name(path)
     count = 0
-    try:
+    with atomic.replaced_on_success(path) as tmp:
         with open(tmp, "wb") as stream:
             # USTAR: no per-member PAX headers (webdataset.TarWriter writes PAX for its float
             # mtime); every webdataset and tar reader accepts both.
@@ -139,16 +132,9 @@ def write_shard(
                 for sample in samples:
                     _add_sample(tar, sample, mtime)
                     count += 1
-            stream.flush()
-            os.fsync(stream.fileno())
-        if count:
-            os.replace(tmp, path)
-        else:
-            os.remove(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+            atomic.synced(stream)
+        if not count:
+            tmp.unlink()  # nothing written: no file, an existing one left as it was
     return count
 
 
@@ -478,16 +464,9 @@ def update_index(
                 sources = {}  # an unreadable index is rebuilt from what this writer knows
         update(sources)
         index = {"format": label, "sources": sources}
-        tmp = temporary_name(path)
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(index, f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic.replaced_on_success(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2)
+            f.write("\n")
     return index
 
 

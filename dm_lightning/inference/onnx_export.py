@@ -60,7 +60,7 @@ class DepthGraph(nn.Module):
         self.net = net
 
     def forward(self, image: Tensor) -> Tensor:
-        latent = self.net.denoise(self.net.encode(image * 2.0 - 1.0))
+        latent = self.net.predict_latent(self.net.encode(image * 2.0 - 1.0))
         raw = self.net.decode(latent).clamp(-1.0, 1.0)
         return ((raw + 1.0) / 2.0).clamp(0.0, 1.0)
 

@@ -55,15 +55,20 @@ class DepthMaster(nn.Module):
         empty_prompt_embedding: (1, T, cross_attention_dim) text embedding of ``""``.
     """
 
+    # Latents the U-Net's input concatenates: the RGB latent alone here; Marigold's widened
+    # conv_in takes the RGB latent and the noisy depth latent (dm_lightning.baselines).
+    latent_inputs = 1
+
     def __init__(
         self, vae: AutoencoderKL, unet: UNet2DConditionModel, empty_prompt_embedding: Tensor
     ) -> None:
         super().__init__()
-        if unet.config.in_channels != vae.config.latent_channels:
+        expected = self.latent_inputs * vae.config.latent_channels
+        if unet.config.in_channels != expected:
             raise ConfigError(
-                f"U-Net in_channels={unet.config.in_channels} but the VAE has "
-                f"latent_channels={vae.config.latent_channels}: DepthMaster feeds the RGB "
-                "latent alone"
+                f"U-Net in_channels={unet.config.in_channels} but {type(self).__name__} feeds "
+                f"{self.latent_inputs} latent(s) of the VAE's latent_channels="
+                f"{vae.config.latent_channels}, {expected} channels"
             )
         emb_dim = empty_prompt_embedding.shape[-1]
         if empty_prompt_embedding.ndim != 3 or emb_dim != unet.config.cross_attention_dim:
@@ -136,7 +141,7 @@ class DepthMaster(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> raw decoded depth (B, 1, H, W), nominally in [-1, 1]."""
-        return self.decode(self.denoise(self.encode(image)))
+        return self.decode(self.predict_latent(self.encode(image)))
 
     @torch.no_grad()
     def predict(self, image: Tensor, processing_res: int | str | None = None) -> Tensor:
@@ -155,7 +160,20 @@ class DepthMaster(nn.Module):
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         size = self.working_size(*x.shape[-2:], processing_res)
         # the pipeline's own function (DepthMasterPipeline runs the same): one inference path
-        return predict_relative_depth(self.vae, self.unet, self.empty_prompt_embedding, x, size)
+        return predict_relative_depth(
+            self.vae,
+            self.unet,
+            self.empty_prompt_embedding,
+            x,
+            size,
+            latent_step=self.predict_latent,
+        )
+
+    def predict_latent(self, latent: Tensor) -> Tensor:
+        """Inference from the RGB latent to the depth latent, (B, 4, h, w) both: DepthMaster's
+        single pass (:meth:`denoise`); the baselines of :mod:`dm_lightning.baselines` override
+        it (several DDIM steps for Marigold, a timestep-999 x0 for E2E-FT)."""
+        return self.denoise(latent)
 
     def working_size(
         self, height: int, width: int, processing_res: int | str | None

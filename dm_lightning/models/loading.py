@@ -23,7 +23,12 @@ from torch import Tensor, nn
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, METADATA_FILE, DepthMaster
 from dm_lightning.models.modeling_depthmaster import DepthMasterUNet
-from dm_lightning.models.state_dicts import SHOWN_KEYS, describe_keys, load_state_dict_file
+from dm_lightning.models.state_dicts import (
+    SHOWN_KEYS,
+    describe_keys,
+    load_state_dict_file,
+    load_torch_file,
+)
 from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, attach_fourier_enhancement
 
 log = logging.getLogger(__name__)
@@ -285,6 +290,19 @@ def load_depthmaster(
                 "checkpoint holds its own U-Net"
             )
         return load_depthmaster_checkpoint(path, cache_dir)
+    check_method(path, "dm_lightning.DepthMasterTask (DepthMaster)")
+    return DepthMaster(*load_model_parts(path, unet_path, cache_dir))
+
+
+def load_model_parts(
+    path: str | Path,
+    unet_path: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[AutoencoderKL, DepthMasterUNet, Tensor]:
+    """The VAE, the U-Net (``unet_path`` or ``path/unet``) and the empty-prompt embedding
+    (1, T, D) of a diffusers-layout folder or hub id, each loaded strictly; what
+    :class:`DepthMaster` and the baselines (:mod:`dm_lightning.baselines`) are built from.
+    Raises as :func:`load_depthmaster`."""
     folder = resolve_model_path(path)
     where = str(folder) if str(folder) == str(path) else f"{path} ({folder})"
     for sub in ("vae",) if unet_path else ("vae", "unet"):
@@ -297,7 +315,21 @@ def load_depthmaster(
     vae = _from_pretrained_strict(AutoencoderKL, folder / "vae", "VAE")
     unet = load_unet(Path(unet_path).expanduser() if unet_path else folder / "unet")
     embedding = load_empty_prompt_embedding(folder, cache_dir)
-    return DepthMaster(vae, unet, embedding)
+    return vae, unet, embedding
+
+
+def check_method(path: str | Path, wanted: str, method: str | None = None) -> None:
+    """Refuse a model folder that records another method (``dm_lightning.json``'s ``method``
+    and ``task``, written by the baselines' exports) than ``method`` (None: DepthMaster,
+    whose exports record no method): its network needs its own task class."""
+    recorded = recorded_method(path)
+    if recorded != method:
+        task = _recorded(path, "task") or "its own task class"
+        raise ConfigError(
+            f"model folder {path} holds a model of the {recorded or 'DepthMaster'} method, not "
+            f"one for "
+            f"{wanted}: load it with --model {task if recorded else 'dm_lightning.DepthMasterTask'}"
+        )
 
 
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -321,7 +353,7 @@ def load_depthmaster_checkpoint(
     loaded. A full checkpoint written with :class:`~dm_lightning.training.ema.EMAWeights`
     gives the averaged weights (what the export would hold), as a weights-only one does
     already. The file is read with ``weights_only=True``
-    (:func:`~dm_lightning.training.checkpoints.load_checkpoint_safely`).
+    (:func:`~dm_lightning.models.state_dicts.load_torch_file`).
 
     Raises:
         MissingPathError: no file at ``path``, or the checkpoint's ``model_path`` is gone.
@@ -339,13 +371,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         MissingPathError: no file at ``path``.
         ConfigError: it holds pickled objects other than tensors and plain containers.
     """
-    from dm_lightning.training.checkpoints import load_checkpoint_safely
-
     file = Path(path).expanduser()
     if not file.is_file():
         raise MissingPathError(f"checkpoint {path} not found")
     # Mapped: predicting from a full last.ckpt reads its weights, not its optimizer state.
-    return load_checkpoint_safely(file, mmap=True)
+    return load_torch_file(file, mmap=True)
 
 
 def network_from_checkpoint(
@@ -411,6 +441,27 @@ def recorded_target(path: str | Path) -> str | None:
     return str(target) if target else None
 
 
+def recorded_method(path: str | Path) -> str | None:
+    """The method a model folder's ``dm_lightning.json`` records (a baseline's export, e.g.
+    ``"marigold"``); None for DepthMaster's folders, SD-2 and anything unreadable."""
+    method = _recorded(path, "method")
+    return method if isinstance(method, str) and method else None
+
+
+def recorded_task(path: str | Path) -> str | None:
+    """The task class (``dm_lightning.E2EFT``, ...) that loads a baseline's export, as its
+    ``dm_lightning.json`` records it; None for DepthMaster's folders and anything else."""
+    task = _recorded(path, "task")
+    return task if isinstance(task, str) and task else None
+
+
+def recorded_setting(path: str | Path, key: str) -> Any:
+    """``key`` of a model folder's ``dm_lightning.json`` (a checkpoint's hyper-parameters), e.g.
+    a baseline's inference settings; None when absent or unreadable. The caller checks the
+    type."""
+    return _recorded(path, key)
+
+
 def recorded_processing_res(path: str | Path) -> int | None:
     """The long edge (pixels) ``predict`` runs a model at by default, as recorded with it: an
     export's ``dm_lightning.json`` ``processing_res`` (an ONNX graph's metadata); a
@@ -431,9 +482,7 @@ def _recorded(path: str | Path, key: str) -> Any:
         return None
     try:
         if is_checkpoint_path(path):
-            checkpoint = torch.load(
-                Path(path).expanduser(), map_location="cpu", weights_only=True, mmap=True
-            )
+            checkpoint = load_torch_file(Path(path).expanduser(), mmap=True)
             return (checkpoint.get("hyper_parameters") or {}).get(key)
         if str(path).endswith(".onnx"):  # an exported graph records the same facts
             from dm_lightning.inference.onnx_export import read_graph_metadata
@@ -441,5 +490,5 @@ def _recorded(path: str | Path, key: str) -> Any:
             return read_graph_metadata(path).get(key)
         meta = Path(path).expanduser() / METADATA_FILE
         return json.loads(meta.read_text()).get(key) if meta.is_file() else None
-    except (OSError, ValueError, RuntimeError, AttributeError, pickle.UnpicklingError):
+    except (OSError, ValueError, RuntimeError, AttributeError, pickle.UnpicklingError, ConfigError):
         return None

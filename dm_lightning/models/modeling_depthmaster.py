@@ -107,7 +107,6 @@ def spectrum_phase(spectrum: Tensor, width: int) -> Tensor:
     return torch.where(real_bins, torch.where(real < 0, pi, zero), spectrum.angle())
 
 
-
 def _replace_output(block: nn.Module, module: nn.Module, args: Any, output: Tensor) -> Tensor:
     # A module-level function in a partial (not a lambda) keeps the U-Net picklable, which
     # ddp_spawn and copy.deepcopy need.

@@ -12,10 +12,12 @@ loads them without dm_lightning (``model_index.json`` names ``["pipeline_depthma
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,7 @@ def predict_relative_depth(
     image: Tensor,
     size: tuple[int, int],
     match_input_resolution: bool = True,
+    latent_step: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """The inference path of DepthMaster (docs/method.md §1), shared by every caller.
 
@@ -104,6 +107,9 @@ def predict_relative_depth(
         size: (height, width) the network runs at, multiples of the VAE factor
             (:func:`working_size`).
         match_input_resolution: resize the prediction back to (H, W); else it stays at ``size``.
+        latent_step: RGB latent -> depth latent; default DepthMaster's single U-Net pass
+            (:func:`denoise`). The single-step family's baselines (E2E-FT, Lotus-D, Marigold)
+            pass their own and share the rest: resize, encode, fp32 decode, clip, resize back.
 
     Returns:
         (B, 1, H, W) (or ``size``) float32 in [0, 1] exactly; 1 = near for the disparity targets.
@@ -115,9 +121,9 @@ def predict_relative_depth(
     if size != (h, w):
         x = resize_bilinear(x, size)
     param = next(unet.parameters())
-    latent = denoise(
-        unet, empty_prompt, encode_rgb(vae, x.to(param.device, param.dtype) * 2.0 - 1.0)
-    )
+    if latent_step is None:
+        latent_step = functools.partial(denoise, unet, empty_prompt)
+    latent = latent_step(encode_rgb(vae, x.to(param.device, param.dtype) * 2.0 - 1.0))
     # Decode in fp32 under autocast too: bf16's step (~0.004) on [-1, 1] would move aligned
     # depth by over 1% at far range. Clip before resizing (docs/method.md §1).
     with torch.autocast(device_type=latent.device.type, enabled=False):

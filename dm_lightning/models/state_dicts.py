@@ -1,8 +1,10 @@
 """Reading weight files safely, and naming the keys that do not fit a model.
 
-Every ``torch.load`` in the model code goes through :func:`load_state_dict_file`, with
-``weights_only=True``: a pickle that holds anything but tensors and plain containers could run
-code when unpickled, so such a file is refused with a :class:`ConfigError` naming it.
+Every ``torch.load`` of dm_lightning goes through :func:`load_torch_file` (weight files,
+Lightning checkpoints, checkpoint hyper-parameters), with ``weights_only=True``: a pickle that
+holds anything but tensors and plain containers could run code when unpickled, so such a file
+is refused with a :class:`ConfigError` naming it; zip archives are memory-mapped when asked, so
+only the tensors used are read.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,6 +20,65 @@ from torch import Tensor
 from dm_lightning.errors import ConfigError, MissingPathError
 
 SHOWN_KEYS = 10
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+PICKLE_MAGIC = b"\x80"  # the legacy format starts with a pickle protocol opcode
+
+
+def load_torch_file(
+    path: str | Path, what: str = "", mmap: bool = False, kind: str = "checkpoint"
+) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only, never
+    arbitrary pickled code. ``mmap``: map the file instead of reading it whole, so that only
+    the tensors used are read (the weights of a 10 GB ``last.ckpt`` that also holds the Adam
+    state); a legacy (pre-zip) file, which cannot be mapped, is read whole.
+
+    Args:
+        path: the file (a missing one raises ``FileNotFoundError``, as ``torch.load``).
+        what: what the file is for the messages (``"encoder weights"``); "" names the path
+            alone.
+        kind: what a PyTorch file of this use is called (``checkpoint``, ``weights file``).
+
+    Raises:
+        ConfigError: naming the file: it is not a PyTorch file (a text file, random bytes,
+            an empty file), it is truncated or damaged, or it holds objects other than
+            tensors and plain containers (it is refused, not executed).
+    """
+    label = f"{what} {path}" if what else str(path)
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        why = "it is empty" if not head else "it is neither a torch.save archive nor a pickle"
+        raise ConfigError(f"{label} is not a PyTorch {kind}: {why}")
+    try:
+        return torch.load(
+            path, map_location="cpu", weights_only=True, mmap=mmap and head == ZIP_MAGIC
+        )
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Unsupported global" not in text and "GLOBAL" not in text:
+            raise ConfigError(
+                f"{label} is not a readable PyTorch {kind}: {_first_line(err)}"
+            ) from err
+        raise ConfigError(
+            f"{label} is not a plain state dict: it holds objects other than tensors and plain "
+            f"containers, refused because loading it would run pickled code "
+            f"({_unpickling_reason(err)}); re-save the tensors alone or as .safetensors"
+        ) from err
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as err:
+        # A torch.save archive cut short (an interrupted copy, a full disk) fails in the
+        # zip reader; a damaged legacy pickle in the unpickler.
+        raise ConfigError(
+            f"{label} is truncated or damaged, not a complete PyTorch {kind} "
+            f"({type(err).__name__}: {_first_line(err)})"
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error's text, for a one-line message."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    return text.split(". ")[0][:200]
 
 
 def load_state_dict_file(path: str | Path, what: str = "weights") -> dict[str, Tensor]:
@@ -41,16 +103,7 @@ def load_state_dict_file(path: str | Path, what: str = "weights") -> dict[str, T
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own SafetensorError
             raise ConfigError(f"{what} {path} is not a readable safetensors file: {err}") from err
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ConfigError(
-            f"{what} {path} is not a plain state dict (only tensors in dicts/lists are loaded): "
-            f"torch.load(weights_only=True) refused it ({_unpickling_reason(err)}); unpickling "
-            "other objects can run arbitrary code. Re-save the state dict alone or as .safetensors"
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:  # truncated zip, empty file, ...
-        raise ConfigError(f"{what} {path} is not a readable torch file: {err}") from err
+    state = load_torch_file(path, what, kind="weights file")
     if not isinstance(state, dict):
         raise ConfigError(
             f"{what} {path} holds a {type(state).__name__}, expected a state dict "

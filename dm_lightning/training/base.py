@@ -39,11 +39,11 @@ from dm_lightning.targets import get_target
 from dm_lightning.training.checkpoints import (
     CHECKPOINT_RECORD,
     checkpoint_stage,
-    resumable_checkpoint_path,
     stage_mismatch_message,
 )
 from dm_lightning.training.ema import ema_callback
 from dm_lightning.training.eval_task import EvaluationTask
+from dm_lightning.training.run_folder import resumable_checkpoint_path
 from dm_lightning.training.schedule import warmup_exponential_decay
 
 # Frozen parts: rebuilt from the model folder at start-up, so checkpoints leave them out.

@@ -6,10 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from dm_lightning import atomic
 from dm_lightning.errors import ConfigError, disk_full_as_error
 from dm_lightning.training.checkpoints import load_checkpoint_safely
 from dm_lightning.training.deferred_signals import deferred_signals
@@ -120,27 +118,15 @@ def write_export_card(tmp: Path, run_config: Path, target: Path) -> None:
 
 def replace_folder(target: Path, write: Any, what: str = "folder") -> None:
     """Write a folder atomically: ``write(tmp)`` fills a sibling temporary folder, which then
-    replaces ``target`` by rename. A kill at any moment leaves either the previous complete
-    folder or the new one at ``target`` (plus, at worst, a ``.tmp-*`` / ``.old-*`` sibling),
-    never a half-written model that loads. A full disk while writing is one
-    :class:`~dm_lightning.errors.DiskFullError` naming ``what`` and ``target``."""
+    replaces ``target`` by rename (:mod:`dm_lightning.atomic`). A kill at any moment leaves
+    either the previous complete folder or the new one at ``target`` (plus, at worst, a hidden
+    ``*.tmp`` / ``*.old`` sibling), never a half-written model that loads. A full disk while
+    writing is one :class:`~dm_lightning.errors.DiskFullError` naming ``what`` and
+    ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = target.with_name(f"{target.name}.tmp-{tag}")
-    old = target.with_name(f"{target.name}.old-{tag}")
-    try:
-        with disk_full_as_error(target, what):
-            write(tmp)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        for leftover in (tmp, old):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover)
-            elif leftover.exists() or leftover.is_symlink():
-                leftover.unlink()  # a file or link that stood at the target
+    with atomic.replaced_on_success(target) as tmp, disk_full_as_error(target, what):
+        write(tmp)
 
 
 class DepthPredictionWriter(BasePredictionWriter):

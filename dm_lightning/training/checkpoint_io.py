@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from dm_lightning import atomic
 from dm_lightning.errors import disk_full_as_error
 
 
@@ -38,14 +38,8 @@ def replaced_on_success(path: str | os.PathLike) -> Iterator[str]:
     if not is_local_path(path):
         yield os.fspath(path)
         return
-    target = Path(os.fspath(path).removeprefix("file://"))
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic.replaced_on_success(os.fspath(path).removeprefix("file://")) as tmp:
         yield str(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
@@ -60,13 +54,7 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             return
         target = Path(os.fspath(path).removeprefix("file://"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
+        with atomic.replaced_on_success(target) as tmp:
             with disk_full_as_error(target, "checkpoint"), open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())  # on disk before it replaces the previous checkpoint
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+                atomic.synced(f)  # on disk before it replaces the previous checkpoint

@@ -10,68 +10,21 @@ starts from the stage-1 *export* through ``model_path`` (the checkpoint would re
 from __future__ import annotations
 
 import importlib
-import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import Any
 
 from dm_lightning.errors import ConfigError
-
-if TYPE_CHECKING:
-    import lightning as L
+from dm_lightning.models.state_dicts import load_torch_file
 
 CHECKPOINT_RECORD = "dm_lightning"
 LAST_CHECKPOINT = "last.ckpt"
 
 
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
-PICKLE_MAGIC = b"\x80"  # the legacy format starts with a pickle protocol opcode
-
-
 def load_checkpoint_safely(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a checkpoint: tensors and plain containers only,
-    never arbitrary pickled code. ``mmap``: map the file instead of reading it whole, so that
-    only the tensors used are read (the weights of a 10 GB ``last.ckpt`` that also holds the
-    Adam state); a legacy (pre-zip) checkpoint, which cannot be mapped, is read whole.
-
-    Raises:
-        ConfigError: naming the file: it is not a PyTorch checkpoint (a text file, random
-            bytes, an empty file), it is truncated or damaged, or it holds objects other
-            than tensors and plain containers (it is refused, not executed).
-    """
-    with open(path, "rb") as f:  # a missing file raises FileNotFoundError, as torch.load
-        head = f.read(len(ZIP_MAGIC))
-    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
-        what = "it is empty" if not head else "it is neither a torch.save archive nor a pickle"
-        raise ConfigError(f"{path} is not a PyTorch checkpoint: {what}")
-    try:
-        return torch.load(
-            path, map_location="cpu", weights_only=True, mmap=mmap and head == ZIP_MAGIC
-        )
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "Unsupported global" not in text and "GLOBAL" not in text:
-            raise ConfigError(
-                f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}"
-            ) from err
-        raise ConfigError(
-            f"{path}: refused to load, it holds objects other than tensors and plain "
-            f"containers (loading it would run pickled code): {_first_line(err)}"
-        ) from err
-    except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as err:
-        # A torch.save archive cut short (an interrupted copy, a full disk) fails in the
-        # zip reader; a damaged legacy pickle in the unpickler.
-        raise ConfigError(
-            f"{path} is truncated or damaged, not a complete PyTorch checkpoint "
-            f"({type(err).__name__}: {_first_line(err)})"
-        ) from err
-
-
-def _first_line(err: BaseException) -> str:
-    """The first sentence of an error's text, for a one-line message."""
-    text = (str(err).strip().splitlines() or [""])[0]
-    return text.split(". ")[0][:200]
+    """A Lightning checkpoint read by the one safe loader
+    (:func:`~dm_lightning.models.state_dicts.load_torch_file`: weights only, memory-mapped
+    when ``mmap``; one-line :class:`ConfigError` naming the file otherwise)."""
+    return load_torch_file(path, mmap=mmap)
 
 
 def checkpoint_stage(checkpoint: dict[str, Any]) -> str:
@@ -159,18 +112,3 @@ def check_checkpoint_stage(
     if resume and not all(key in checkpoint for key in RESUME_KEYS):
         raise ConfigError(weights_only_message(ckpt_path))
     return checkpoint
-
-
-def resumable_checkpoint_path(trainer: L.Trainer) -> Path:
-    """Where a resumable checkpoint goes: ``last.ckpt`` in the folder of the first
-    ``ModelCheckpoint`` that keeps one (so ``--ckpt_path last`` finds it), else in
-    ``<run>/checkpoints/``."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from dm_lightning.training.run_folder import run_dir
-
-    keepers = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-    keepers.sort(key=lambda c: not c.save_last)
-    if keepers and keepers[0].dirpath:
-        return Path(keepers[0].dirpath) / LAST_CHECKPOINT
-    return run_dir(trainer) / "checkpoints" / LAST_CHECKPOINT

@@ -3,7 +3,7 @@
 At the end of ``fit`` Lightning has already given SIGTERM and SIGINT back to their original
 handlers (the default: terminate at once), so a scheduler's SIGTERM or a Ctrl-C during the
 export used to kill the process in the middle of ``save_pretrained``, leaving an
-``export.tmp-*`` folder and no ``export/`` (once even a C++ abort from a writer thread).
+temporary export folder and no ``export/`` (once even a C++ abort from a writer thread).
 :func:`deferred_signals` holds such signals back until the block is done, then delivers each
 one to the handler that was there before, so the command still stops, with its files whole.
 """

@@ -118,9 +118,9 @@ class TrainingMonitor(L.Callback):
     """Depth panels and training throughput in TensorBoard.
 
     Everything is written at Lightning's step number (:func:`logged_step`), that of the scalars
-logged by the task at the same step: after the 10th optimizer step, 9.
+    logged by the task at the same step: after the 10th optimizer step, 9.
 
-* ``panels/train``: every ``every_n_steps`` optimizer steps, the first ``num_samples``
+    * ``panels/train``: every ``every_n_steps`` optimizer steps, the first ``num_samples``
       samples of the current training batch (as the loss saw them: metres, valid mask, flip),
       predicted in eval mode without gradients.
     * ``panels/val/<split>``: at every validation, the same ``num_samples`` samples of each

@@ -13,8 +13,8 @@ import lightning as L
 import torch
 
 from dm_lightning.training.checkpoint_io import replaced_on_success
-from dm_lightning.training.checkpoints import resumable_checkpoint_path
 from dm_lightning.training.deferred_signals import deferred_signals
+from dm_lightning.training.run_folder import resumable_checkpoint_path
 
 
 class ResumableCheckpoint(L.Callback):

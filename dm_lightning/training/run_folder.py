@@ -194,3 +194,16 @@ def _steps_trained(trainer: L.Trainer) -> int:
         if isinstance(callback, ResumableCheckpoint):
             return callback.steps_trained(trainer)
     return trainer.global_step
+
+
+def resumable_checkpoint_path(trainer: L.Trainer) -> Path:
+    """Where a resumable checkpoint goes: ``last.ckpt`` in the folder of the first
+    ``ModelCheckpoint`` that keeps one (so ``--ckpt_path last`` finds it), else in
+    ``<run>/checkpoints/``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    keepers = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    keepers.sort(key=lambda c: not c.save_last)
+    if keepers and keepers[0].dirpath:
+        return Path(keepers[0].dirpath) / LAST_CHECKPOINT
+    return run_dir(trainer) / "checkpoints" / LAST_CHECKPOINT

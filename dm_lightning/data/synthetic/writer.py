@@ -93,12 +93,13 @@ def write_split(
 
     Writes ``out_dir/<source>/<split>-NNNNNN.tar`` holding samples keyed
     ``<source>-<split>-NNNNNN`` (global sample index, no dots) in the
-    :mod:`~dm_lightning.data.schema` format. Each shard is written under a temporary name
-    unique to the process (``<name>.<pid>-<random>.tmp``) and renamed when complete, so an
-    interrupted run never leaves a truncated shard under a final name, and processes that
-    generate the same folder at once (e.g. several ranks) cannot corrupt each other's shards
-    (they write byte-identical files). A shard that already exists with exactly the expected
-    sample keys is skipped; one with other keys (e.g. written with another ``num_samples`` or
+    :mod:`~dm_lightning.data.schema` format. Each shard is written under a temporary
+    name unique to the process (``.<name>.<pid>-<random>.tmp``, :mod:`dm_lightning.atomic`)
+    and renamed when complete, so an interrupted run never leaves a truncated shard under a
+    final name, and processes that generate the same folder at once (e.g. several ranks)
+    cannot corrupt each other's shards (they write byte-identical files).
+    A shard that already exists with exactly the expected sample keys is skipped; one with
+    other keys (e.g. written with another ``num_samples`` or
     ``samples_per_shard``) or an unreadable one is rewritten. Existing shards are not checked
     against ``base_seed`` or the image size: delete the folder to regenerate with others.
     Only a killed process (SIGKILL, power loss) leaves a ``*.tmp`` file behind; it is safe to
