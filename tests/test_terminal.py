@@ -155,7 +155,12 @@ def test_help_names_the_model_arguments(capsys):
     assert exit_.value.code == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "dm-lightning fit --model.help Stage1" in printed
-    assert "known subclasses: dm_lightning.DepthMasterTask, dm_lightning.Stage1" in printed
+    model_help = printed.split("for any subclass of EvaluationTask.", 1)[1]
+    known = model_help.split("known subclasses: ", 1)[1].split(")", 1)[0].split(", ")
+    # every task the CLI evaluates, the network's stages and baselines and prediction folders
+    for task in ("DepthMasterTask", "Stage1", "Stage2", "E2EFT", "LotusD", "Marigold"):
+        assert f"dm_lightning.{task}" in known, known
+    assert "dm_lightning.PredictionFolder" in known, known
     for args, expected in [
         (["--model.help", "Stage1"], ["--model.fa_location FA_LOCATION", "--model.lr LR"]),
         (["--model.help", "Stage2"], ["--model.fourier {true,false}", "--model.lr LR"]),
