@@ -360,7 +360,11 @@ def test_tiny_recipe_fits_exports_and_tests(tiny_model, data_config, tmp_path):
         tmp_path / "runs",
         model_class="dm_lightning.Marigold",
         model__init_args__target="depth",
-        extra=["--trainer.callbacks+=dm_lightning.pipeline.TestMetricsWriter"],
+        extra=[
+            "--trainer.callbacks+=dm_lightning.pipeline.TestMetricsWriter",
+            "--trainer.callbacks+=dm_lightning.EvaluationReport",
+            f"--trainer.callbacks.output_dir={tmp_path / 'report'}",
+        ],
     )
     _run(test, tmp_path)
     # Again in this process (no second interpreter start): the same seed, the same numbers.
@@ -368,3 +372,8 @@ def test_tiny_recipe_fits_exports_and_tests(tiny_model, data_config, tmp_path):
     written = sorted((tmp_path / "runs" / "test").glob("version_*/test_metrics.json"))
     first, second = (json.loads(p.read_text()) for p in written)
     assert first == second and first["test/synthetic_indoor/abs_rel"] > 0
+    # The report records the inference settings with the numbers they produced.
+    settings = json.loads((tmp_path / "report" / "results.json").read_text())["settings"]
+    inference = [settings[k] for k in ("num_inference_steps", "ensemble_size", "seed")]
+    assert inference == [2, 1, 0]
+    assert (settings["target"], settings["fit_space"]) == ("depth", "depth")

@@ -92,6 +92,11 @@ class Marigold(BaselineTask):
             options[key] = default if value is None else value
         return options
 
+    def evaluation_settings(self, stage: str = "test") -> dict[str, Any]:
+        """DepthMasterTask's, plus the inference settings (:meth:`network_options`: DDIM
+        steps, ensemble size, seed, zero SNR), which change the numbers too."""
+        return {**super().evaluation_settings(stage), **self.network_options()}
+
     def configure_losses(self) -> None:
         """Masked latent MSE (the mask of docs/method.md §3, as Marigold's trainer)."""
         self.latent_loss = partial(masked_latent_mse, factor=self.net.latent_factor)
