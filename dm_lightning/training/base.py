@@ -28,7 +28,11 @@ from dm_lightning.inference.precision import inference_dtype as cast_dtype
 from dm_lightning.inference.tiling import check_tiling
 from dm_lightning.metrics import ALIGNMENT_SPACES
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
-from dm_lightning.models.loading import load_depthmaster, recorded_processing_res
+from dm_lightning.models.loading import (
+    load_depthmaster,
+    recorded_processing_res,
+    recorded_target,
+)
 from dm_lightning.models.resolution import (
     DEFAULT_PROCESSING_RES,
     check_processing_res,
@@ -64,7 +68,11 @@ class DepthMasterTask(L.LightningModule):
             ``model_path`` it was trained from; see
             :func:`~dm_lightning.models.loading.load_depthmaster_checkpoint`).
         unet_path: optional U-Net folder replacing ``model_path/unet``.
-        target: depth target representation: ``sqrt_disparity`` | ``disparity`` | ``depth``.
+        target: depth target representation: ``sqrt_disparity`` | ``disparity`` | ``depth``;
+            None (default): the one recorded with ``model_path`` (an export's
+            ``dm_lightning.json``, a checkpoint's hyper-parameters, an ONNX graph's metadata),
+            else the class's :attr:`default_target`. A model is read in the space it was
+            trained in without being told.
         eval_alignment: space of the per-image scale/shift fit at evaluation; default: the
             target's own space.
         lr: Adam learning rate.
@@ -102,6 +110,8 @@ class DepthMasterTask(L.LightningModule):
     """
 
     stage_name = "DepthMasterTask"
+    # The training target when neither the config nor the model names one.
+    default_target = "sqrt_disparity"
     # __init__ arguments left out of the saved hyper-parameters (modules, e.g. an encoder).
     hparams_ignore: tuple[str, ...] = ()
 
@@ -109,7 +119,7 @@ class DepthMasterTask(L.LightningModule):
         self,
         model_path: str,
         unet_path: str | None = None,
-        target: str = "sqrt_disparity",
+        target: str | None = None,
         eval_alignment: str | None = None,
         lr: float = 3e-5,
         warmup_steps: int = 100,
@@ -127,6 +137,8 @@ class DepthMasterTask(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
+        target = target or recorded_target(model_path) or self.default_target
+        self.hparams["target"] = target  # resolved: checkpoints and exports record it
         self.target = get_target(target)
         self.eval_alignment = eval_alignment or target
         if self.eval_alignment not in ALIGNMENT_SPACES:
