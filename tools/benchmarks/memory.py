@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from dm_lightning.gpu_check.search import largest_batch
 from dm_lightning.training.stage2 import Stage2
 
 from . import suite_parser
@@ -81,23 +82,6 @@ def measure_peak_mb(
     return out["peak_mb"], out["device"]
 
 
-def largest_batch(fits, limit: int) -> int:
-    """Largest micro-batch b <= ``limit`` with ``fits(b)`` (monotone), by doubling then
-    bisection; 0 if even 1 does not fit."""
-    if not fits(1):
-        return 0
-    good = 1
-    while good < limit and fits(min(2 * good, limit)):
-        good = min(2 * good, limit)
-    if good == limit:
-        return limit
-    bad = min(2 * good, limit)
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return good
-
-
 def fits_budget(
     folder: Path, size: tuple[int, int], checkpointing: bool, budget_mb: float, batch: int
 ) -> bool:
@@ -135,8 +119,9 @@ def run(args: argparse.Namespace) -> None:
         "| largest micro-batch with checkpointing | gain | searched up to |"
     )
     print("|---|---|---|---|---|")
+    # Doubling, then bisection (the GPU check's search, without its time cap).
     largest = [
-        largest_batch(partial(fits_budget, folder, size, on, args.budget_mb), args.max_batch)
+        largest_batch(partial(fits_budget, folder, size, on, args.budget_mb), args.max_batch).batch
         for on in (False, True)
     ]
     gain = f"{largest[1] / largest[0]:.1f}x" if largest[0] else "-"
