@@ -21,7 +21,7 @@ from dm_lightning.gpu_check.search import largest_batch
 from dm_lightning.training.stage2 import Stage2
 
 from . import suite_parser
-from .networks import model_folder, synthetic_batches
+from .networks import add_network_options, model_folder, synthetic_batches
 from .process import reset_peak_rss, run_child, set_glibc_heap, status_kb
 
 GOAL_MEMORY_RATIO = 0.6  # stage-2 peak with checkpointing / without, at most
@@ -135,11 +135,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``memory`` sub-command of tools/benchmark.py and its internal ``memory-child``."""
     help_ = "stage-2 peak memory with / without checkpointing"
     mem = suite_parser(sub, "memory", help_, run, __doc__)
-    mem.add_argument("--work", default=None, help="folder for the model (default: temp)")
-    mem.add_argument("--model", choices=("tiny", "medium"), default="medium")
+    add_network_options(mem, "folder for the model (default: temp)")
     mem.add_argument("--batch", type=int, default=2, help="micro-batch of the comparison")
-    mem.add_argument("--height", type=int, default=256)
-    mem.add_argument("--width", type=int, default=320)
     mem.add_argument("--budget-mb", type=float, default=2048.0)
     mem.add_argument("--max-batch", type=int, default=64, help="largest micro-batch tried")
     child = suite_parser(

@@ -4,6 +4,7 @@ stage tasks built on them (the tasks' own freezing and losses) and synthetic bat
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -105,3 +106,13 @@ def synthetic_batches(count: int, batch: int, height: int, width: int, seed: int
         rgb = torch.randint(0, 256, (batch, 3, height, width), generator=g, dtype=torch.uint8)
         out.append({"rgb": rgb, "depth": depth, "valid": depth < 10.0 - 0.475})
     return out
+
+
+def add_network_options(parser: argparse.ArgumentParser, work_help: str) -> None:
+    """``--work`` (a folder, default: temp), ``--model`` (``tiny`` | ``medium``) and the image
+    ``--height`` / ``--width`` of the suites that run a model folder (memory, predict): by
+    default the medium network at 256x320, where activations dominate the weights."""
+    parser.add_argument("--work", default=None, help=work_help)
+    parser.add_argument("--model", choices=("tiny", "medium"), default="medium")
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=320)

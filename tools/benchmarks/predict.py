@@ -29,7 +29,7 @@ from dm_lightning.training.base import DepthMasterTask
 from dm_lightning.training.callbacks import DepthPredictionWriter
 
 from . import REPO, suite_parser
-from .networks import model_folder, tiny_model_folder
+from .networks import add_network_options, model_folder, tiny_model_folder
 from .process import (
     pin_glibc_heap,
     quiet_lightning,
@@ -232,11 +232,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ``predict-stream-child``."""
     help_ = "predict path vs bare forwards; streaming RSS"
     pr = suite_parser(sub, "predict", help_, run, __doc__)
-    pr.add_argument("--work", default=None, help="folder for models and images (default: temp)")
-    pr.add_argument("--model", choices=("tiny", "medium"), default="medium")
+    add_network_options(pr, "folder for models and images (default: temp)")
     pr.add_argument("--images", type=int, default=4, help="JPEGs of the overhead comparison")
-    pr.add_argument("--height", type=int, default=256)
-    pr.add_argument("--width", type=int, default=320)
     pr.add_argument("--repeats", type=int, default=5)
     pr.add_argument(
         "--stream-counts", type=int, nargs="+", default=[200, 1000], help="folder sizes"
