@@ -189,10 +189,17 @@ class DepthMasterTask(L.LightningModule):
                 )
             self.net = OnnxDepthModel(self.hparams.model_path)  # type: ignore[assignment]
             return
-        self.net: DepthMaster = load_depthmaster(self.hparams.model_path, self.hparams.unet_path)
+        self.net: DepthMaster = self.load_network()
         self.net.vae.requires_grad_(False).eval()
         # from_pretrained leaves modules in eval mode and Lightning keeps module modes as found.
         self.net.unet.train()
+
+    def load_network(self) -> DepthMaster:
+        """The network :meth:`configure_models` freezes and trains: ``model_path`` (and
+        ``unet_path``) loaded. Overridden where the network is built in memory instead (the
+        ``scale`` benchmark's random SD-2-size network on the meta device), so that the task's
+        own freezing and losses apply to it."""
+        return load_depthmaster(self.hparams.model_path, self.hparams.unet_path)
 
     def configure_memory(self) -> None:
         """The memory and speed switches on the built network (after every part of it, the
