@@ -293,13 +293,9 @@ def evaluate(pipeline: Pipeline, name: str, model: str, step: int | None) -> dic
         log(f"test of {name}: done earlier, skipping")
         return done["metrics"]
     log(f"test of {name}: {model}")
-    from dm_lightning.models.loading import recorded_target
-
-    target = recorded_target(model)
-    overrides = {"model__init_args__target": target} if target else {}
     test_folder = run / f"test-{name}"
     before = {p: p.stat().st_mtime for p in test_folder.glob(f"*/{TEST_METRICS}")}
-    args = evaluation_arguments(pipeline, name, model, overrides)
+    args = evaluation_arguments(pipeline, name, model)
     run_dm_lightning(args, f"test of {name}", pipeline.in_process)
     written = [
         p for p in test_folder.glob(f"*/{TEST_METRICS}") if before.get(p) != p.stat().st_mtime

@@ -4,7 +4,7 @@ whole computation: encode, U-Net with the FE block, decode), per model size.
     python tools/benchmarks_onnx.py --models tiny medium --threads 1 2
 
 Models are random-initialised stage-2 networks (FE block attached): ``tiny`` (the tests') and
-``medium`` (the memory benchmark's: tools/benchmark.py ``build_depthmaster("medium")``).
+``medium`` (the memory benchmark's: tools/benchmarks/networks.py ``build_depthmaster("medium")``).
 Each is exported with :func:`~dm_lightning.inference.onnx_export.export_onnx` (default
 options) and both backends run the same (1, 3, 512, 512) input with the same thread count.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import runpy
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -27,16 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-TOOLS = Path(__file__).resolve().parent
+from benchmarks.networks import build_depthmaster  # tools/benchmarks/
 
 
 def build_stage2(size: str):
     """A random-initialised stage-2 DepthMaster of ``size`` (``tiny`` or ``medium``)."""
     from dm_lightning.models.unet_hooks import attach_fourier_enhancement
 
-    build = runpy.run_path(str(TOOLS / "benchmark.py"))["build_depthmaster"]
-    net = build(size).eval()
+    net = build_depthmaster(size).eval()
     attach_fourier_enhancement(net.unet)
     return net
 

@@ -8,7 +8,7 @@ What it measures (dm_lightning.gpu_check.runner lists the sections): for stage 1
 and fp32) and stage 2 (bf16-mixed) at 480x640, the largest micro-batch that trains without
 and with gradient checkpointing (doubling, then bisection; an out-of-memory error is a "no"),
 samples/s and peak memory (torch.cuda.max_memory_allocated) there, and achieved TFLOP/s from
-the ``scale`` benchmark's FLOP counts (tools/benchmark.py); the same with the U-Net compiled
+the ``scale`` benchmark's FLOP counts (tools/benchmarks/scale.py); the same with the U-Net compiled
 (the tasks' compile_unet); evaluation images/s at 480x640; predict latency at 768 px; and
 ``dm-lightning fit --trainer.strategy ddp --trainer.devices 1`` of the tiny model (NCCL).
 A section that fails records its error in the JSON and the others still run; sections not
@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_check: error: missing module(s) {', '.join(missing)}; see the top of "
               f"{Path(__file__).name} for carrying wheels", file=sys.stderr)  # fmt: skip
         return 2
-    import benchmark  # tools/benchmark.py: the scale suite's FLOP counts and encoders
     import torch
+    from benchmarks.networks import REAL_ENCODER, TINY_ENCODER  # tools/benchmarks/
+    from benchmarks.scale import count_scale
 
     from dm_lightning.gpu_check import report, runner
 
@@ -114,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu-check-"))
 
     def count_flops(network: str, height: int, width: int) -> dict:
-        return benchmark.count_scale(network, height, width)[1]
+        return count_scale(network, height, width)[1]
 
-    encoder = benchmark.TINY_ENCODER if plan.network == "tiny" else benchmark.REAL_ENCODER
+    encoder = TINY_ENCODER if plan.network == "tiny" else REAL_ENCODER
     try:
         check = runner.GpuCheck(plan, work, REPO / "configs", encoder, count_flops)
         results = check.run(names)

@@ -141,13 +141,14 @@ class E2EFT(BaselineTask):
     """
 
     stage_name = "E2EFT"
+    default_target = "depth"
     network_class = E2EFTNetwork
 
     def __init__(
         self,
         model_path: str,
         marigold_input: bool | None = None,
-        target: str = "depth",
+        target: str | None = None,
         lr: float = 3e-5,
         **kwargs: Any,
     ) -> None:

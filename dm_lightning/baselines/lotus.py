@@ -78,13 +78,14 @@ class LotusD(BaselineTask):
     """
 
     stage_name = "LotusD"
+    default_target = "disparity"
     network_class = LotusDNetwork
 
     def __init__(
         self,
         model_path: str,
         preserver_weight: float = 1.0,
-        target: str = "disparity",
+        target: str | None = None,
         lr: float = 3e-5,
         **kwargs: Any,
     ) -> None:

@@ -58,12 +58,13 @@ class Marigold(BaselineTask):
     """
 
     stage_name = "Marigold"
+    default_target = "depth"
     network_class = MarigoldNetwork
 
     def __init__(
         self,
         model_path: str,
-        target: str = "depth",
+        target: str | None = None,
         num_inference_steps: int | None = None,
         ensemble_size: int | None = None,
         seed: int | None = None,

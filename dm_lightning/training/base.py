@@ -29,7 +29,11 @@ from dm_lightning.inference.precision import inference_dtype as cast_dtype
 from dm_lightning.inference.tiling import check_tiling
 from dm_lightning.metrics import ALIGNMENT_SPACES
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
-from dm_lightning.models.loading import load_depthmaster, recorded_processing_res
+from dm_lightning.models.loading import (
+    load_depthmaster,
+    recorded_processing_res,
+    recorded_target,
+)
 from dm_lightning.models.resolution import (
     DEFAULT_PROCESSING_RES,
     check_processing_res,
@@ -65,7 +69,11 @@ class DepthMasterTask(EvaluationTask):
             ``model_path`` it was trained from; see
             :func:`~dm_lightning.models.loading.load_depthmaster_checkpoint`).
         unet_path: optional U-Net folder replacing ``model_path/unet``.
-        target: depth target representation: ``sqrt_disparity`` | ``disparity`` | ``depth``.
+        target: depth target representation: ``sqrt_disparity`` | ``disparity`` | ``depth``;
+            None (default): the one recorded with ``model_path`` (an export's
+            ``dm_lightning.json``, a checkpoint's hyper-parameters, an ONNX graph's metadata),
+            else the class's :attr:`default_target`. A model is read in the space it was
+            trained in without being told.
         eval_alignment: space of the per-image scale/shift fit at evaluation; default: the
             target's own space.
         lr: Adam learning rate.
@@ -103,6 +111,8 @@ class DepthMasterTask(EvaluationTask):
     """
 
     stage_name = "DepthMasterTask"
+    # The training target when neither the config nor the model names one.
+    default_target = "sqrt_disparity"
     # __init__ arguments left out of the saved hyper-parameters (modules, e.g. an encoder).
     hparams_ignore: tuple[str, ...] = ()
 
@@ -110,7 +120,7 @@ class DepthMasterTask(EvaluationTask):
         self,
         model_path: str,
         unet_path: str | None = None,
-        target: str = "sqrt_disparity",
+        target: str | None = None,
         eval_alignment: str | None = None,
         lr: float = 3e-5,
         warmup_steps: int = 100,
@@ -128,6 +138,8 @@ class DepthMasterTask(EvaluationTask):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
+        target = target or recorded_target(model_path) or self.default_target
+        self.hparams["target"] = target  # resolved: checkpoints and exports record it
         self.target = get_target(target)
         self.eval_alignment = eval_alignment or target
         if self.eval_alignment not in ALIGNMENT_SPACES:
@@ -178,10 +190,17 @@ class DepthMasterTask(EvaluationTask):
                 )
             self.net = OnnxDepthModel(self.hparams.model_path)  # type: ignore[assignment]
             return
-        self.net: DepthMaster = load_depthmaster(self.hparams.model_path, self.hparams.unet_path)
+        self.net: DepthMaster = self.load_network()
         self.net.vae.requires_grad_(False).eval()
         # from_pretrained leaves modules in eval mode and Lightning keeps module modes as found.
         self.net.unet.train()
+
+    def load_network(self) -> DepthMaster:
+        """The network :meth:`configure_models` freezes and trains: ``model_path`` (and
+        ``unet_path``) loaded. Overridden where the network is built in memory instead (the
+        ``scale`` benchmark's random SD-2-size network on the meta device), so that the task's
+        own freezing and losses apply to it."""
+        return load_depthmaster(self.hparams.model_path, self.hparams.unet_path)
 
     def configure_memory(self) -> None:
         """The memory and speed switches on the built network (after every part of it, the

@@ -1,0 +1,34 @@
+"""The speed benchmarks of ``python tools/benchmark.py SUITE``, one module per suite.
+
+Suites: :mod:`.data` (data loading), :mod:`.evaluation` (the evaluation protocol),
+:mod:`.training_step` (Lightning step vs a plain loop), :mod:`.memory` (stage-2 peak memory),
+:mod:`.scale` (the SD-2-size network), :mod:`.predict` (the predict path). Each module has
+``add_parsers`` (its sub-commands of tools/benchmark.py) and ``run``. What several suites
+share: :mod:`.networks` (the networks, model folders, tasks and batches they train) and
+:mod:`.process` (the measuring process: heap, RSS, fresh children).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DISPATCHER = REPO / "tools" / "benchmark.py"
+
+
+def suite_parser(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    run: Callable[[argparse.Namespace], None],
+    doc: str | None = None,
+) -> argparse.ArgumentParser:
+    """The sub-command ``name`` of tools/benchmark.py, calling ``run(args)``; ``doc`` (the
+    suite module's docstring) is its ``--help`` description."""
+    parser = sub.add_parser(
+        name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.set_defaults(run=run)
+    return parser
