@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m dm_lightning.demo
+	$(PY) -m dm_lightning.recipes.demo
 
 # Two workers with one thread each fill 2 cores (each file runs whole on one worker, so module
 # fixtures are built once); then the two-"node" torchrun tests alone, since their gloo ranks

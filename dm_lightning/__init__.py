@@ -25,14 +25,14 @@ _EXPORTS = {
     "Disparity": "dm_lightning.targets",
     "E2EFT": "dm_lightning.baselines.e2e_ft",
     "EMAWeights": "dm_lightning.training.ema",
-    "EvaluationReport": "dm_lightning.training.report",
+    "EvaluationReport": "dm_lightning.evaluation.report",
     "ExportDepthMaster": "dm_lightning.training.callbacks",
     "FeatureAlignment": "dm_lightning.models.feature_alignment",
     "FourierEnhancement": "dm_lightning.models.fourier",
     "LotusD": "dm_lightning.baselines.lotus",
     "Marigold": "dm_lightning.baselines.marigold_task",
     "MarigoldNetwork": "dm_lightning.baselines.marigold",
-    "PredictionFolder": "dm_lightning.training.prediction_folder",
+    "PredictionFolder": "dm_lightning.evaluation.prediction_folder",
     "ResumableCheckpoint": "dm_lightning.training.resumable",
     "SqrtDisparity": "dm_lightning.targets",
     "Stage1": "dm_lightning.training.stage1",
@@ -100,6 +100,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.baselines.marigold_task import Marigold
     from dm_lightning.data.benchmarks import BenchmarkSpec
     from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
+    from dm_lightning.evaluation.prediction_folder import PredictionFolder
+    from dm_lightning.evaluation.report import EvaluationReport
     from dm_lightning.inference.api import predict_images
     from dm_lightning.inference.outputs import PredictionSummary
     from dm_lightning.models.depthmaster import DepthMaster
@@ -114,8 +116,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.training.callbacks import DepthPredictionWriter, ExportDepthMaster
     from dm_lightning.training.ema import EMAWeights
     from dm_lightning.training.monitor import TrainingMonitor
-    from dm_lightning.training.prediction_folder import PredictionFolder
-    from dm_lightning.training.report import EvaluationReport
     from dm_lightning.training.resumable import ResumableCheckpoint
     from dm_lightning.training.stage1 import Stage1
     from dm_lightning.training.stage2 import Stage2

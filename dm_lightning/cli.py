@@ -32,15 +32,15 @@ from dm_lightning.baselines.marigold_task import Marigold  # noqa: F401
 from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
+from dm_lightning.evaluation.book import terminal_results_table
+from dm_lightning.evaluation.prediction_folder import PredictionFolder  # noqa: F401
+from dm_lightning.evaluation.task import EvaluationTask
 
 # The model classes are imported so that their short names resolve on the command line
 # (--model Stage1, --model.help PredictionFolder): jsonargparse knows the subclasses that have
 # been imported.
 from dm_lightning.training.base import DepthMasterTask  # noqa: F401
 from dm_lightning.training.checkpoints import check_checkpoint_stage
-from dm_lightning.training.eval_task import EvaluationTask
-from dm_lightning.training.evaluation import terminal_results_table
-from dm_lightning.training.prediction_folder import PredictionFolder  # noqa: F401
 from dm_lightning.training.run_folder import pin_run_folder, removed_if_start_fails
 from dm_lightning.training.stage1 import Stage1  # noqa: F401
 from dm_lightning.training.stage2 import Stage2  # noqa: F401
@@ -235,7 +235,7 @@ class DepthMasterCLI(LightningCLI):
 
     def print_results(self, stage: str) -> None:
         """Print (on global rank 0) the results table of the evaluation just run
-        (:func:`~dm_lightning.training.evaluation.terminal_results_table`)."""
+        (:func:`~dm_lightning.evaluation.book.terminal_results_table`)."""
         if not self.trainer.is_global_zero:
             return
         names = getattr(self.datamodule, "test_names" if stage == "test" else "val_names", None)

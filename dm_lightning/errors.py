@@ -114,3 +114,8 @@ def last_error() -> DMLightningError | None:
 
 def clear_last_error() -> None:
     _last.error = None
+
+
+class InputFileError(DMLightningError, ValueError):
+    """An input file a user named (a prediction, a reference depth map, points, a photo)
+    cannot be used; the message names the file (and the CSV row) and what was expected."""

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dm_lightning.data.synthetic import generate
-from dm_lightning.tiny_model import make_tiny_depthmaster, save_tiny_model
+from dm_lightning.testing.tiny_model import make_tiny_depthmaster, save_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

@@ -1,8 +1,9 @@
 """What several test modules share: a free TCP port for the multi-process (gloo) tests, the
 argument builder of a ``dm-lightning`` run and the numpy reference of the evaluation protocol.
 
-The last two live in the package (``dm_lightning.cli.cli_args``, ``dm_lightning.reference``)
-because ``dm_lightning.demo`` and ``tools/benchmark.py`` use them too; they are named here so
+The last two live in the package (``dm_lightning.cli.cli_args``, ``dm_lightning.testing.reference``)
+because ``dm_lightning.recipes.demo`` and ``tools/benchmark.py`` use them too; they are named here
+so
 that a test has one place to import its helpers from.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import socket
 
-from dm_lightning import reference
 from dm_lightning.cli import cli_args
+from dm_lightning.testing import reference
 
 __all__ = ["cli_args", "free_port", "reference"]
 

@@ -1,4 +1,4 @@
-"""Ablation sweeps (dm_lightning.ablations, tools/run_ablations.py) on the tiny model: a
+"""Ablation sweeps (dm_lightning.recipes.ablations, tools/run_ablations.py) on the tiny model: a
 baseline and a no-gradient-loss row of a one-stage (stage 2) recipe end to end, the table
 against the rows' logged test metrics, the chart, a re-run that skips, printed commands, and
 which stage an overlay goes to."""
@@ -13,9 +13,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from dm_lightning.ablations import main, overlay_stages
 from dm_lightning.errors import ConfigError
-from dm_lightning.pipeline import Stage
+from dm_lightning.recipes.ablations import main, overlay_stages
+from dm_lightning.recipes.pipeline import Stage
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -212,8 +212,8 @@ def test_readme_sweep_of_the_paper_recipe_prints_its_five_rows(capsys, monkeypat
 def test_a_row_stopped_by_a_signal_stops_the_sweep(monkeypatch):
     """A pre-empted row (exit 143) must not be followed by the next row, which the scheduler
     would kill half-way; an ordinary failure is marked and the sweep goes on."""
-    from dm_lightning import ablations
-    from dm_lightning.pipeline import Pipeline, PipelineError
+    from dm_lightning.recipes import ablations
+    from dm_lightning.recipes.pipeline import Pipeline, PipelineError
 
     calls = []
 

@@ -133,9 +133,7 @@ def test_a_save_dir_under_a_regular_file_is_named(tiny_model, data_config, tmp_p
 def test_a_missing_accelerator_names_what_is_available(
     accelerator, tiny_model, data_config, tmp_path, capsys
 ):
-    args = _tiny_fit(
-        "stage1", tiny_model, data_config, tmp_path, trainer__accelerator=accelerator
-    )
+    args = _tiny_fit("stage1", tiny_model, data_config, tmp_path, trainer__accelerator=accelerator)
     assert main(args) == 2
     line = error_line(capsys)
     assert f"trainer.accelerator: '{accelerator}' is not available on this machine" in line
@@ -251,7 +249,7 @@ def _recipe(run: Path, data_config: Path, *extra: str) -> list[str]:
 
 
 def test_pipeline_checks_every_step_before_stage_1(tmp_path, data_config, capsys):
-    from dm_lightning.pipeline import main as pipeline_main
+    from dm_lightning.recipes.pipeline import main as pipeline_main
 
     run = tmp_path / "run"
     args = _recipe(run, data_config)
@@ -273,8 +271,8 @@ def test_pipeline_checks_every_step_before_stage_1(tmp_path, data_config, capsys
 def test_test_input_is_the_first_stage_configs_model(tmp_path, data_config):
     """README's tiny recipe tests ``input`` without --model-path: the input model is the
     first stage's config's model_path (it failed with exit 2 after both stages trained)."""
-    from dm_lightning.pipeline import Pipeline, Stage
-    from dm_lightning.pipeline_steps import check_pipeline
+    from dm_lightning.recipes.pipeline import Pipeline, Stage
+    from dm_lightning.recipes.steps import check_pipeline
 
     pipeline = Pipeline(
         stages=(Stage("stage1", (str(TINY / "stage1.yaml"),)),),
@@ -290,7 +288,7 @@ def test_test_input_is_the_first_stage_configs_model(tmp_path, data_config):
 def test_an_ablation_overlay_with_an_unknown_key_fails_before_any_row(
     tmp_path, data_config, tiny_model, capsys
 ):
-    from dm_lightning.ablations import main as ablations_main
+    from dm_lightning.recipes.ablations import main as ablations_main
 
     overlay = tmp_path / "bad.yaml"
     overlay.write_text("trainer:\n  max_stepz: 3\n")

@@ -27,7 +27,7 @@ from dm_lightning.baselines.unet_surgery import widen_conv_in
 from dm_lightning.cli import main
 from dm_lightning.errors import ConfigError
 from dm_lightning.models.pipeline_depthmaster import predict_relative_depth
-from dm_lightning.tiny_model import TINY_UNET_CONFIG, make_tiny_depthmaster
+from dm_lightning.testing.tiny_model import TINY_UNET_CONFIG, make_tiny_depthmaster
 
 SCRIPT = Path(sys.executable).parent / "dm-lightning"
 EPS32 = float(np.finfo(np.float32).eps)
@@ -361,7 +361,7 @@ def test_tiny_recipe_fits_exports_and_tests(tiny_model, data_config, tmp_path):
         model_class="dm_lightning.Marigold",
         model__init_args__target="depth",
         extra=[
-            "--trainer.callbacks+=dm_lightning.pipeline.TestMetricsWriter",
+            "--trainer.callbacks+=dm_lightning.recipes.pipeline.TestMetricsWriter",
             "--trainer.callbacks+=dm_lightning.EvaluationReport",
             f"--trainer.callbacks.output_dir={tmp_path / 'report'}",
         ],

@@ -33,7 +33,7 @@ from dm_lightning.cli import main
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import ConfigError
 from dm_lightning.models.loading import load_unet
-from dm_lightning.tiny_model import make_tiny_depthmaster
+from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 
 SCRIPT = Path(sys.executable).parent / "dm-lightning"
 EPS32 = float(torch.finfo(torch.float32).eps)

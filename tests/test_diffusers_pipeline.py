@@ -26,7 +26,7 @@ from dm_lightning.inference.batching import predict_batch
 from dm_lightning.models.loading import load_depthmaster, load_unet
 from dm_lightning.models.pipeline_depthmaster import DepthMasterPipeline, DepthMasterUNet
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement
-from dm_lightning.tiny_model import make_tiny_depthmaster
+from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 
 PHOTO = Path(__file__).resolve().parent / "data" / "in_the_wild" / "02.jpg"  # 428 x 640
 RES = 64
@@ -217,7 +217,9 @@ class Blocker:
 sys.meta_path.insert(0, Blocker())
 """
 TILE = 256  # 2 x 3 tiles over the 428 x 640 photo
-REMOTE = f"TILE = {TILE}\n" + """
+REMOTE = (
+    f"TILE = {TILE}\n"
+    + """
 import sys, json
 import numpy as np, torch
 from PIL import Image
@@ -238,6 +240,7 @@ except ImportError:
 names = [type(pipe).__name__, type(pipe.unet).__name__, type(pipe.empty_prompt).__name__]
 print(json.dumps({"names": names, "blocked": blocked, "config": dict(pipe.config)}))
 """
+)
 
 
 def test_export_runs_in_diffusers_without_dm_lightning(export, loaded_net, photo, tmp_path):

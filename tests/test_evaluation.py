@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from dm_lightning.cli import run_cli as main
 from dm_lightning.data.benchmarks import BenchmarkSpec, RankShardSampler
 from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule
-from dm_lightning.metrics import METRIC_NAMES, evaluate_batch
-from dm_lightning.training.report import PAPER_RESULTS
+from dm_lightning.evaluation.metrics import METRIC_NAMES, evaluate_batch
+from dm_lightning.evaluation.report import PAPER_RESULTS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -96,7 +96,7 @@ def cli_run(tmp_path_factory, tiny_model):
         spec["processing_res"] = RES
     (tmp / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     configs = [CONFIGS / "tiny" / "eval.yaml", tmp / "data.yaml"]
-    report = ["--trainer.callbacks+=dm_lightning.training.report.EvaluationReport"]
+    report = ["--trainer.callbacks+=dm_lightning.evaluation.report.EvaluationReport"]
     report += ["--trainer.callbacks.output_dir", str(tmp / "report")]
     cli = main(cli_args("test", configs, tiny_model, tmp, extra=report))
     return cli, tmp / "report"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dm_lightning.ablations import main, plan_rows
-from dm_lightning.pipeline import Pipeline, Stage
+from dm_lightning.recipes.ablations import main, plan_rows
+from dm_lightning.recipes.pipeline import Pipeline, Stage
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

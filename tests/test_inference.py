@@ -23,7 +23,7 @@ from dm_lightning.data.predict import ImageFolder
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.inference.outputs import BackgroundWriter, stretch_to_unit
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement
-from dm_lightning.tiny_model import make_tiny_depthmaster
+from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 from dm_lightning.visualize import colorize_depth
 
 REPO = Path(__file__).resolve().parent.parent

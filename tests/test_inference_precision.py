@@ -17,7 +17,7 @@ from dm_lightning.errors import ConfigError
 from dm_lightning.inference.batching import predict_batch
 from dm_lightning.inference.precision import cast_for_inference, inference_dtype
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement
-from dm_lightning.tiny_model import make_tiny_depthmaster
+from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 
 REPO = Path(__file__).resolve().parent.parent
 WILD = REPO / "tests" / "data" / "in_the_wild"

@@ -1,4 +1,5 @@
-"""Metric depth from a relative prediction (dm_lightning.inference.metric, tools/metric_depth.py).
+"""Metric depth from a relative prediction (dm_lightning.inference.metric_depth,
+tools/metric_depth.py).
 
 The predictions are built backwards from a known scale and shift in each alignment space, so
 the fit must recover them exactly, from a reference map and from a few CSV points.
@@ -15,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dm_lightning import metrics
 from dm_lightning.errors import MissingPathError
-from dm_lightning.inference.metric import (
+from dm_lightning.evaluation import metrics
+from dm_lightning.evaluation.metrics import align_prediction
+from dm_lightning.inference.metric_depth import (
     ALIGNMENT_SPACES,
     InputFileError,
     KnownPoints,
@@ -29,7 +31,6 @@ from dm_lightning.inference.metric import (
     read_points,
     save_depth,
 )
-from dm_lightning.metrics import align_prediction
 
 REPO = Path(__file__).resolve().parent.parent
 

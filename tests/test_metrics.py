@@ -19,24 +19,25 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import free_port
 
-from dm_lightning.metrics import (
+from dm_lightning.evaluation.metrics import (
     METRIC_NAMES,
     DepthMetrics,
     align_prediction,
     evaluate_batch,
     per_image_metrics,
 )
-from dm_lightning.reference import NAMES
-from dm_lightning.reference import align_image as np_align_image
-from dm_lightning.reference import evaluate as np_evaluate
-from dm_lightning.reference import mean_over_images as np_mean_over_images
-from dm_lightning.reference import metrics as np_metrics
-from dm_lightning.reference import to_space as np_to_space
+from dm_lightning.testing.reference import NAMES
+from dm_lightning.testing.reference import align_image as np_align_image
+from dm_lightning.testing.reference import evaluate as np_evaluate
+from dm_lightning.testing.reference import mean_over_images as np_mean_over_images
+from dm_lightning.testing.reference import metrics as np_metrics
+from dm_lightning.testing.reference import to_space as np_to_space
 
 SPACES = ("sqrt_disparity", "disparity", "depth")
 
 # ---------------------------------------------------------------------------------------------
-# numpy reference (float64): dm_lightning.reference, independent of dm_lightning.metrics
+# numpy reference (float64): dm_lightning.testing.reference, independent of
+# dm_lightning.evaluation.metrics
 # ---------------------------------------------------------------------------------------------
 
 
@@ -449,7 +450,7 @@ def test_depth_metrics_ddp_two_gloo_processes_match_single_process(tmp_path, mon
 
 
 def test_single_metric_classes_match_the_collection():
-    from dm_lightning import metrics as m
+    from dm_lightning.evaluation import metrics as m
 
     gen = torch.Generator().manual_seed(5)
     gt = torch.rand(3, 12, 10, generator=gen, dtype=torch.float64) * 5 + 0.5

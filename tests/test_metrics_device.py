@@ -12,16 +12,16 @@ import torch
 from helpers import reference
 from test_metrics import make_batch, t
 
-from dm_lightning import metrics as metrics_module
-from dm_lightning.metrics import (
+from dm_lightning.evaluation import book as evaluation_module
+from dm_lightning.evaluation import metrics as metrics_module
+from dm_lightning.evaluation.book import EvaluationBook
+from dm_lightning.evaluation.metrics import (
     ALIGNMENT_SPACES,
     METRIC_NAMES,
     DepthMetrics,
     evaluate_batch,
     evaluate_batch_dense,
 )
-from dm_lightning.training import evaluation as evaluation_module
-from dm_lightning.training.evaluation import EvaluationBook
 
 RTOL, ATOL = 1e-9, 1e-12
 
@@ -47,7 +47,8 @@ def assert_same(cpu, dense):
 
 
 def assert_matches_reference(dense, pred, gt, valid, lo, hi, space, images=None):
-    """Dense equals dm_lightning.reference within RTOL / ATOL (inf / NaN alike) on ``images``
+    """Dense equals dm_lightning.testing.reference within RTOL / ATOL (inf / NaN alike) on
+    ``images``
     (default all); images the reference gives None for have all-zero metrics, no valid flag."""
     values, has_valid = dense
     with np.errstate(divide="ignore", invalid="ignore"):

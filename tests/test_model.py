@@ -16,7 +16,7 @@ from dm_lightning.models.fourier import FourierEnhancement
 from dm_lightning.models.loading import load_depthmaster, load_unet
 from dm_lightning.models.unet_hooks import FeatureTap, attach_fourier_enhancement
 from dm_lightning.targets import get_target
-from dm_lightning.tiny_model import TINY_UNET_CONFIG, make_tiny_depthmaster
+from dm_lightning.testing.tiny_model import TINY_UNET_CONFIG, make_tiny_depthmaster
 
 C = 16
 
@@ -342,7 +342,7 @@ def test_predict_clips_before_resizing(tiny):
 
 
 def test_tiny_model_vae_pretraining_reads_the_training_stream(shards, tmp_path):
-    from dm_lightning.tiny_model import build_tiny_model_folder, vae_batches
+    from dm_lightning.testing.tiny_model import build_tiny_model_folder, vae_batches
 
     pattern = str(shards / "indoor" / "train-*.tar")
     batch = next(vae_batches([pattern], batch_size=2, crop=32))

@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dm_lightning.cli import run_cli
+from dm_lightning.evaluation.metrics import METRIC_NAMES
 from dm_lightning.hub.eval_results import EVAL_FILE, read_eval_results
 from dm_lightning.hub.model_card import (
     CARD_FILE,
@@ -33,7 +34,6 @@ from dm_lightning.hub.model_card import (
 )
 from dm_lightning.hub.push import check_repo_name, is_bare_depthmaster
 from dm_lightning.hub.training_facts import CONFIG_FILE, SD2
-from dm_lightning.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

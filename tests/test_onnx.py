@@ -13,16 +13,13 @@ import torch
 from PIL import Image
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.inference.onnx_export import (
-    DepthGraph,
-    export_onnx,
-    read_graph_metadata,
-)
+from dm_lightning.inference.onnx_export import DepthGraph, export_onnx
 from dm_lightning.inference.onnx_runtime import OnnxDepthModel
 from dm_lightning.models.fourier import spectrum_phase
 from dm_lightning.models.loading import load_depthmaster
+from dm_lightning.models.onnx_metadata import read_graph_metadata
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement
-from dm_lightning.tiny_model import TINY_PROCESSING_RES
+from dm_lightning.testing.tiny_model import TINY_PROCESSING_RES
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -1,4 +1,4 @@
-"""The recipe in one command (dm_lightning.pipeline, tools/train_depthmaster.py) on the tiny
+"""The recipe in one command (dm_lightning.recipes.pipeline, tools/train_depthmaster.py) on the tiny
 model and the synthetic test shards: both stages, the hand-over, the test, the results table,
 skipping a finished run and resuming an interrupted stage 2 in its own version folder."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dm_lightning.pipeline import (
+from dm_lightning.recipes.pipeline import (
     Pipeline,
     Stage,
     main,
@@ -201,7 +201,7 @@ def test_overrides_are_sorted_by_stage_and_the_command_round_trips():
     assert "--stage1.trainer.max_steps" in cmd and "--test.trainer.devices" in cmd
     import argparse
 
-    from dm_lightning.pipeline import add_recipe_arguments, recipe_from_args
+    from dm_lightning.recipes.pipeline import add_recipe_arguments, recipe_from_args
 
     parser = argparse.ArgumentParser()
     add_recipe_arguments(parser)
@@ -244,7 +244,7 @@ def test_tool_help_exits_zero():
 def test_child_killed_by_a_signal_reports_128_plus_the_signal(monkeypatch):
     """Popen reports a child killed by SIGKILL (out of memory) as -9; the pipeline reports it
     as a shell does, 137, so it reads as "killed by a signal", not as an ordinary failure."""
-    from dm_lightning import pipeline
+    from dm_lightning.recipes import pipeline
 
     class Killed:
         def __init__(self, *args, **kwargs) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from dm_lightning.data.datamodule import DepthDataModule, ImageFolder, collate_predict
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.tiny_model import make_tiny_depthmaster
+from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 from dm_lightning.training.callbacks import DepthPredictionWriter
 
 

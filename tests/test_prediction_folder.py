@@ -24,13 +24,12 @@ from PIL import Image
 from dm_lightning.cli import main, run_cli
 from dm_lightning.data.benchmarks import BenchmarkSpec
 from dm_lightning.data.datamodule import BenchmarkDataModule
-from dm_lightning.errors import ConfigError
+from dm_lightning.errors import ConfigError, InputFileError
+from dm_lightning.evaluation.metrics import METRIC_NAMES
+from dm_lightning.evaluation.prediction_files import read_prediction
+from dm_lightning.evaluation.prediction_folder import PredictionFolder
+from dm_lightning.evaluation.settings import dm_lightning_version
 from dm_lightning.hub.eval_results import read_eval_results
-from dm_lightning.inference.metric import InputFileError
-from dm_lightning.inference.prediction_files import read_prediction
-from dm_lightning.metrics import METRIC_NAMES
-from dm_lightning.training.eval_settings import dm_lightning_version
-from dm_lightning.training.prediction_folder import PredictionFolder
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

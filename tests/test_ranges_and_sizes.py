@@ -18,7 +18,7 @@ from dm_lightning import load_depthmaster, predict_images
 from dm_lightning.data import photos
 from dm_lightning.data.photos import PhotoTooLargeError, read_photo
 from dm_lightning.errors import ConfigError
-from dm_lightning.inference.metric import (
+from dm_lightning.inference.metric_depth import (
     RANGE_TOLERANCE,
     InputFileError,
     load_prediction,
@@ -27,7 +27,7 @@ from dm_lightning.inference.metric import (
 from dm_lightning.models import pipeline_depthmaster
 from dm_lightning.models.loading import recorded_processing_res
 from dm_lightning.models.resolution import DEFAULT_PROCESSING_RES
-from dm_lightning.tiny_model import TINY_PROCESSING_RES, make_tiny_depthmaster
+from dm_lightning.testing.tiny_model import TINY_PROCESSING_RES, make_tiny_depthmaster
 
 REPO = Path(__file__).resolve().parent.parent
 WILD = REPO / "tests" / "data" / "in_the_wild"
@@ -137,8 +137,11 @@ def test_oversized_photos_are_refused_before_decoding(odd_photos, tmp_path, monk
     the file with a warning naming it, as it does unreadable files; PIL's own bomb guard gives
     the same error instead of its warning."""
     monkeypatch.setattr(photos, "MAX_PHOTO_PIXELS", 60_000)
-    with pytest.raises(PhotoTooLargeError, match=r"199x311 pixels = 0\.1 megapixels, over the "
-                       r"limit of 0\.06 megapixels"):
+    with pytest.raises(
+        PhotoTooLargeError,
+        match=r"199x311 pixels = 0\.1 megapixels, over the "
+        r"limit of 0\.06 megapixels",
+    ):
         read_photo(odd_photos / "tall.jpg")
     assert read_photo(odd_photos / "wide.png").shape == (199, 257, 3)
     net = make_tiny_depthmaster(0)

@@ -131,9 +131,7 @@ def test_stage_by_stage_then_test(recipe, world, monkeypatch, capsys):
     assert run_cli(stage2, *FIT_BUDGET) == 0
     assert (world / "runs/tiny/stage2/by_hand/export/unet").is_dir()
     # README's test command of the recipe's stage-2 export prints the results table
-    (test,) = [
-        c for c in containing("test", "configs/tiny/eval.yaml") if c[0] == "dm-lightning"
-    ]
+    (test,) = [c for c in containing("test", "configs/tiny/eval.yaml") if c[0] == "dm-lightning"]
     capsys.readouterr()
     assert run_cli(test) == 0
     out = capsys.readouterr().out
@@ -147,9 +145,7 @@ def test_stage_by_stage_then_test(recipe, world, monkeypatch, capsys):
 
 def test_predict_metric_depth_and_point_clouds(recipe, world, monkeypatch):
     monkeypatch.chdir(world)
-    (predict,) = [
-        c for c in containing("predictions/") if c[:2] == ["dm-lightning", "predict"]
-    ]
+    (predict,) = [c for c in containing("predictions/") if c[:2] == ["dm-lightning", "predict"]]
     # the installed script, as a user types it
     done = subprocess.run([str(SCRIPT), *predict[1:]], capture_output=True, text=True, cwd=world)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dm_lightning import Stage1, Stage2, TimmEncoder
-from dm_lightning.real_size import make_sd2_sized_depthmaster
+from dm_lightning.testing.real_size import make_sd2_sized_depthmaster
 from dm_lightning.training.checkpoint_io import StreamingCheckpointIO
 
 pytestmark = pytest.mark.skipif(

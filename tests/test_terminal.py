@@ -23,8 +23,8 @@ from dm_lightning.data.datamodule import DepthDataModule, sample_to_tensors
 from dm_lightning.data.streams import ShardSamples
 from dm_lightning.data.synthetic import generate
 from dm_lightning.errors import DataError
+from dm_lightning.evaluation.book import terminal_results_table
 from dm_lightning.training.base import DepthMasterTask
-from dm_lightning.training.evaluation import terminal_results_table
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

@@ -24,9 +24,9 @@ from helpers import cli_args
 from PIL import Image
 
 from dm_lightning.cli import main, silence_lightning_noise
-from dm_lightning.inference.metric import relative_to_depth
+from dm_lightning.inference.metric_depth import relative_to_depth
 from dm_lightning.inference.pointcloud import read_ply
-from dm_lightning.tiny_model import TINY_PROCESSING_RES
+from dm_lightning.testing.tiny_model import TINY_PROCESSING_RES
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -166,7 +166,7 @@ def test_fit_export_test_predict(tiny_model, data_config, odd_photos, tmp_path, 
     assert main(fit) == 0
     printed = capsys.readouterr().out
     run = runs / "stage1" / "version_0"
-    summary = printed[printed.index("fit finished after 2 optimizer steps"):]
+    summary = printed[printed.index("fit finished after 2 optimizer steps") :]
     assert "  final loss: " in summary
     assert (
         "  no validation ran: validation runs every epoch (3 batches per epoch) and this run "
@@ -211,4 +211,3 @@ def test_device_banner_lines_are_dropped_and_nothing_else():
     assert not shown("TPU available: False, using: 0 TPU cores")
     assert shown("GPU available but not used. You can set it by doing `Trainer(accelerator=...)`.")
     assert shown("`Trainer.fit` stopped: `max_steps=2` reached.")
-

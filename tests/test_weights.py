@@ -14,7 +14,7 @@ from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE
 from dm_lightning.models.encoders import TimmEncoder
 from dm_lightning.models.loading import load_depthmaster
-from dm_lightning.tiny_model import make_tiny_depthmaster
+from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 
 
 def write_sd2_layout(folder):

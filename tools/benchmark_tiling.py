@@ -12,7 +12,8 @@ times the source's training size (indoor: 96 x 128 -> 384 x 512 at 4x) and predi
   blended full-detail tiles).
 
 Reports, for each: AbsRel and delta1 with the evaluation's own alignment
-(:func:`dm_lightning.metrics.evaluate_batch`, scale and shift in the model's target space);
+(:func:`dm_lightning.evaluation.metrics.evaluate_batch`, scale and shift in the model's target
+space);
 edge sharpness, the mean gradient magnitude of the prediction on ground-truth depth edges
 (pixels whose neighbour's depth differs by > ``EDGE_JUMP``) over its mean elsewhere (higher =
 sharper edges); and for the tiled map and for the same tiles pasted without alignment or
@@ -38,8 +39,8 @@ import torch
 from PIL import Image
 
 from dm_lightning.data.synthetic import SOURCES, render_scene
+from dm_lightning.evaluation.metrics import evaluate_batch
 from dm_lightning.inference.tiling import axis_tiles, predict_tiled
-from dm_lightning.metrics import evaluate_batch
 from dm_lightning.models.loading import load_depthmaster
 
 #: Relative depth change between neighbouring pixels that marks a GT depth edge (5 %: far

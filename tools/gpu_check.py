@@ -54,7 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # What the sections import (the ddp fit's child: the CLI, so jsonargparse and the data stack).
 NEEDED = ("torch", "lightning", "yaml", "webdataset", "dm_lightning.cli",
-          "dm_lightning.real_size", "dm_lightning.gpu_check.runner")  # fmt: skip
+          "dm_lightning.testing.real_size", "dm_lightning.gpu_check.runner")  # fmt: skip
 
 
 def missing_modules(names: tuple[str, ...]) -> list[str]:

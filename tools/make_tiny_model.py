@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from dm_lightning.tiny_model import build_tiny_model_folder
+from dm_lightning.testing.tiny_model import build_tiny_model_folder
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dm_lightning.inference.metric import (
+from dm_lightning.inference.metric_depth import (
     ALIGNMENT_SPACES,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MIN_DEPTH,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dm_lightning.inference.metric import (
+from dm_lightning.inference.metric_depth import (
     ALIGNMENT_SPACES,
     DEFAULT_SPACE,
     InputFileError,

@@ -5,13 +5,13 @@
         --overlays configs/ablations/stage2_no_fe.yaml \
                    configs/ablations/stage2_no_gradient_loss.yaml
 
-``--print-commands`` prints the rows' commands instead. The logic is dm_lightning.ablations
+``--print-commands`` prints the rows' commands instead. The logic is dm_lightning.recipes.ablations
 (``--help`` for the options).
 """
 
 import sys
 
-from dm_lightning.ablations import main
+from dm_lightning.recipes.ablations import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,12 +4,12 @@
         --data configs/data/hypersim_vkitti.yaml --run runs/recipe
 
 Re-running the same command skips finished stages and resumes an interrupted one. The logic
-is dm_lightning.pipeline (``--help`` for the options).
+is dm_lightning.recipes.pipeline (``--help`` for the options).
 """
 
 import sys
 
-from dm_lightning.pipeline import main
+from dm_lightning.recipes.pipeline import main
 
 if __name__ == "__main__":
     sys.exit(main())

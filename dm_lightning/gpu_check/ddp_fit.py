@@ -55,8 +55,8 @@ def prepare_inputs(work: Path, configs: Path, steps: int) -> tuple[Path, Path]:
     batches per epoch so that one validation runs at the end, no loader workers); returns
     (model folder, data config)."""
     from dm_lightning.data.synthetic.writer import generate
-    from dm_lightning.demo import data_config
-    from dm_lightning.tiny_model import make_tiny_depthmaster, save_tiny_model
+    from dm_lightning.recipes.demo import data_config
+    from dm_lightning.testing.tiny_model import make_tiny_depthmaster, save_tiny_model
 
     model = work / "tiny-sd2"
     if not (model / "unet").is_dir():

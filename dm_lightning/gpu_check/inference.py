@@ -1,6 +1,6 @@
 """Evaluation and predict measurements of the GPU check, through the task's own paths:
 ``DepthMaster.predict`` (what validation, test and predict steps call) and the task's
-:class:`~dm_lightning.training.evaluation.EvaluationBook` (alignment and metrics on the
+:class:`~dm_lightning.evaluation.book.EvaluationBook` (alignment and metrics on the
 device, no host sync per batch), under Lightning's precision context, in inference mode as
 Lightning's validation runs."""
 

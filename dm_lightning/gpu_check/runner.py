@@ -43,7 +43,8 @@ class Plan:
     """Sizes and limits of one run (see :func:`cuda_plan`, :func:`smoke_plan`)."""
 
     device: str
-    network: str  # "sd2" (dm_lightning.real_size) or "tiny" (dm_lightning.tiny_model)
+    # "sd2" (dm_lightning.testing.real_size) or "tiny" (dm_lightning.testing.tiny_model)
+    network: str
     height: int
     width: int
     max_batch: int  # largest micro-batch a search tries
@@ -89,8 +90,8 @@ def smoke_plan() -> Plan:
 
 def build_network(network: str, folder: Path) -> dict[str, Any]:
     """Save the random network of ``network`` size as a model folder (what the tasks load)."""
-    from dm_lightning.real_size import make_sd2_sized_depthmaster
-    from dm_lightning.tiny_model import make_tiny_depthmaster
+    from dm_lightning.testing.real_size import make_sd2_sized_depthmaster
+    from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 
     net = make_sd2_sized_depthmaster() if network == "sd2" else make_tiny_depthmaster()
     net.save_pretrained(folder, metadata={"gpu_check": network})

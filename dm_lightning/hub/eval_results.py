@@ -2,9 +2,9 @@
 
 Accepted (a file, or a folder holding one of them, searched in this order):
 
-- ``results.json`` of :class:`~dm_lightning.training.report.EvaluationReport` (in
+- ``results.json`` of :class:`~dm_lightning.evaluation.report.EvaluationReport` (in
   ``<test run>/evaluation/``): ``model`` and ``benchmarks`` (name, kind, num_images, metrics);
-- ``test_metrics.json`` of :class:`~dm_lightning.pipeline.TestMetricsWriter`: flat
+- ``test_metrics.json`` of :class:`~dm_lightning.recipes.pipeline.TestMetricsWriter`: flat
   ``test/<split>/<metric>`` values (the split name stands for its kind);
 - ``results.json`` of the recipe (``tools/train_depthmaster.py``, the run folder): model name
   -> ``model``, ``metrics``; the entry whose ``model`` is this export is taken.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.metrics import METRIC_NAMES
+from dm_lightning.evaluation.metrics import METRIC_NAMES
 
 EVAL_FILE = "dm_lightning_eval.json"
 """The results a card shows, stored in the export next to its ``README.md``."""
@@ -40,7 +40,8 @@ BENCHMARK_NAMES = {
 @dataclass
 class BenchmarkResult:
     """One evaluated test split: ``name`` (the split), ``kind`` (benchmark kind, or the name),
-    ``num_images`` and ``metrics`` (:data:`~dm_lightning.metrics.METRIC_NAMES` -> fraction;
+    ``num_images`` and ``metrics`` (:data:`~dm_lightning.evaluation.metrics.METRIC_NAMES` ->
+    fraction;
     empty when no image was evaluated)."""
 
     name: str

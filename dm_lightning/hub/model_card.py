@@ -166,7 +166,7 @@ def _training_section(facts: TrainingFacts) -> str:
 
 def _eval_section(results: EvalResults) -> str:
     # Lazily: the report module imports Lightning, which the card otherwise does not need.
-    from dm_lightning.training.report import results_table
+    from dm_lightning.evaluation.report import results_table
 
     evaluated = {b.name: b for b in results.benchmarks}
     ours = {

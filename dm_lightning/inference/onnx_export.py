@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dm_lightning.errors import ConfigError, MissingPathError
+from dm_lightning.errors import ConfigError
 from dm_lightning.models.depthmaster import DepthMaster
+from dm_lightning.models.onnx_metadata import META_KEY
 from dm_lightning.models.unet_hooks import has_fourier_enhancement
 
 #: ONNX opset the graph is written in (``torch.onnx``'s dynamo exporter's default, 18).
@@ -44,7 +45,6 @@ DEFAULT_OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
 #: The graph's ``metadata_props`` key holding dm_lightning's facts (JSON, see graph_metadata).
-META_KEY = "dm_lightning"
 
 
 class DepthGraph(nn.Module):
@@ -198,35 +198,6 @@ def export_onnx(
     program.model.metadata_props[META_KEY] = json.dumps(facts)
     program.save(str(out))
     return out
-
-
-def read_graph_metadata(path: str | Path) -> dict[str, object]:
-    """dm_lightning's facts (:func:`graph_metadata`) recorded in an ONNX file written by
-    :func:`export_onnx`; the weights are not read.
-
-    Raises:
-        MissingPathError: no file at ``path``.
-        ConfigError: not an ONNX file, or one without dm_lightning's metadata.
-    """
-    import onnx
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingPathError(f"ONNX model {path} not found")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError and others for a file that is not ONNX
-        raise ConfigError(f"{path} is not a readable ONNX model: {err}") from err
-    props = {p.key: p.value for p in proto.metadata_props}
-    try:
-        facts = json.loads(props[META_KEY])
-        int(facts["latent_factor"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(
-            f"ONNX model {path} has no dm_lightning metadata ({META_KEY!r} with the VAE's "
-            "latent_factor): export it with tools/export_onnx.py"
-        ) from err
-    return facts
 
 
 def check_image(seed: int = 0, height: int = 199, width: int = 263) -> Tensor:

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dm_lightning.data.photos import read_photo
-from dm_lightning.errors import MissingPathError
-from dm_lightning.inference.metric import InputFileError
+from dm_lightning.errors import InputFileError, MissingPathError
 
 DEFAULT_FOV = 60.0  # degrees, horizontal: a typical phone / webcam main camera
 VERTEX_DTYPE = np.dtype(

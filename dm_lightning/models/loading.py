@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, METADATA_FILE, DepthMaster
 from dm_lightning.models.modeling_depthmaster import DepthMasterUNet
+from dm_lightning.models.onnx_metadata import read_graph_metadata
 from dm_lightning.models.state_dicts import (
     SHOWN_KEYS,
     describe_keys,
@@ -485,8 +486,6 @@ def _recorded(path: str | Path, key: str) -> Any:
             checkpoint = load_torch_file(Path(path).expanduser(), mmap=True)
             return (checkpoint.get("hyper_parameters") or {}).get(key)
         if str(path).endswith(".onnx"):  # an exported graph records the same facts
-            from dm_lightning.inference.onnx_export import read_graph_metadata
-
             return read_graph_metadata(path).get(key)
         meta = Path(path).expanduser() / METADATA_FILE
         return json.loads(meta.read_text()).get(key) if meta.is_file() else None

@@ -6,8 +6,8 @@ Built through hooks, as torchgeo's ``BaseTask``: ``__init__`` saves the hyper-pa
 build their extra parts and losses in those hooks and define ``training_loss``; the shared
 ``training_step`` finishes the packed batch and guards the loss; everything after training is
 common. The validation and test steps, and their
-:class:`~dm_lightning.training.evaluation.EvaluationBook`, are
-:class:`~dm_lightning.training.eval_task.EvaluationTask`'s: this class only says how a batch is
+:class:`~dm_lightning.evaluation.book.EvaluationBook`, are
+:class:`~dm_lightning.evaluation.task.EvaluationTask`'s: this class only says how a batch is
 predicted (:meth:`DepthMasterTask.eval_prediction`).
 """
 
@@ -22,12 +22,13 @@ from torch import Tensor, nn
 
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError, TrainingStopped
+from dm_lightning.evaluation.metrics import ALIGNMENT_SPACES
+from dm_lightning.evaluation.task import EvaluationTask
 from dm_lightning.inference.batching import predict_batch
 from dm_lightning.inference.onnx_runtime import OnnxDepthModel, is_onnx_path
 from dm_lightning.inference.precision import cast_for_inference
 from dm_lightning.inference.precision import inference_dtype as cast_dtype
 from dm_lightning.inference.tiling import check_tiling
-from dm_lightning.metrics import ALIGNMENT_SPACES
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
 from dm_lightning.models.loading import (
     load_depthmaster,
@@ -46,7 +47,6 @@ from dm_lightning.training.checkpoints import (
     stage_mismatch_message,
 )
 from dm_lightning.training.ema import ema_callback
-from dm_lightning.training.eval_task import EvaluationTask
 from dm_lightning.training.run_folder import resumable_checkpoint_path
 from dm_lightning.training.schedule import warmup_exponential_decay
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,15 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from dm_lightning import atomic
 from dm_lightning.errors import ConfigError, disk_full_as_error
+from dm_lightning.output_folders import check_writable_folder, output_folder, run_dir
 from dm_lightning.training.checkpoints import load_checkpoint_safely
 from dm_lightning.training.deferred_signals import deferred_signals
 from dm_lightning.training.ema import ema_callback
 from dm_lightning.training.resumable import ResumableCheckpoint  # noqa: F401 (its former home)
-from dm_lightning.training.run_folder import run_dir
 
 log = logging.getLogger(__name__)
 
 EXPORT_RECORD = "export.json"
-
-
-def output_folder(trainer: L.Trainer, configured: str | None, default_name: str) -> Path:
-    """A callback's output folder: the configured one, else ``<run dir>/<default_name>``."""
-    return Path(configured) if configured else run_dir(trainer) / default_name
 
 
 class ExportDepthMaster(L.Callback):
@@ -242,20 +236,3 @@ class DepthPredictionWriter(BasePredictionWriter):
         written, skipped = (int(c) for c in counts.tolist())
         if trainer.is_global_zero:
             print(f"[dm_lightning] {summary_line(written, skipped, self.folder)}")
-
-
-def check_writable_folder(folder: Path, what: str) -> None:
-    """Create ``folder`` and write and remove a probe file in it, or raise :class:`ConfigError`
-    naming it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(
-            f"{what} {folder} cannot be created: {err.strerror or err}"
-            + (" (a file of that name exists)" if folder.is_file() else "")
-        ) from err
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dm_lightning_probe_"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"{what} {folder} is not writable: {err.strerror or err}") from err

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dm_lightning.errors import MissingPathError
+from dm_lightning.output_folders import run_dir
 from dm_lightning.training.checkpoint_io import is_local_path
 from dm_lightning.training.checkpoints import LAST_CHECKPOINT
 
@@ -120,15 +121,6 @@ def pin_run_folder(config: Any) -> None:
     if job is not None and args is not None and getattr(args, "version", None) is None:
         args.version = f"slurm-{job}"
         config.trainer.default_root_dir = str(experiment_folder(args) / args.version)
-
-
-def run_dir(trainer: L.Trainer) -> Path:
-    """The run's log folder (``trainer.log_dir``), falling back to ``default_root_dir``.
-
-    Under DDP ``trainer.log_dir`` is a collective: call it on every rank (callbacks resolve
-    their folders in ``setup``), never from rank 0 alone.
-    """
-    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 # What a fit that failed before its first step may have put in a run folder it created.

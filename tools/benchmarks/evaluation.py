@@ -3,7 +3,7 @@
 Times dm_lightning's batched float64 evaluation against two per-image paths on the same
 predictions and checks all agree to 1e-6: the published evaluation script's steps (numpy least
 squares on the masked pixels, then one torch function per metric, in float32 as the script runs
-on float32 predictions) and a lean float64 numpy implementation (``dm_lightning.reference``,
+on float32 predictions) and a lean float64 numpy implementation (``dm_lightning.testing.reference``,
 the one the tests check the fast path against).
 """
 
@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from dm_lightning import reference
-from dm_lightning.metrics import METRIC_NAMES, evaluate_batch
+from dm_lightning.evaluation.metrics import METRIC_NAMES, evaluate_batch
+from dm_lightning.testing import reference
 
 from . import suite_parser
 

@@ -12,8 +12,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from dm_lightning.models.depthmaster import DepthMaster
 from dm_lightning.models.encoders import TimmEncoder
-from dm_lightning.real_size import SD2_UNET_CONFIG, SD2_VAE_CONFIG
-from dm_lightning.tiny_model import (
+from dm_lightning.testing.real_size import SD2_UNET_CONFIG, SD2_VAE_CONFIG
+from dm_lightning.testing.tiny_model import (
     TINY_UNET_CONFIG,
     TINY_VAE_CONFIG,
     make_tiny_depthmaster,
@@ -34,7 +34,7 @@ REAL_ENCODER = dict(model_name="vit_large_patch14_dinov2")
 # "medium": SD-2's layout (4 VAE levels with 2 layers, 4 U-Net levels, 3 with attention) at a
 # quarter of the VAE's and a fifth of the U-Net's widths, so activations dominate the weights
 # the way they do at SD-2 size.
-# SD-2's own configs: dm_lightning.real_size (shared with the opt-in real-width test).
+# SD-2's own configs: dm_lightning.testing.real_size (shared with the opt-in real-width test).
 MEDIUM_VAE_CONFIG = {**SD2_VAE_CONFIG, "block_out_channels": (32, 64, 128, 128)}
 MEDIUM_UNET_CONFIG = {
     **SD2_UNET_CONFIG,

@@ -1,7 +1,7 @@
 """The settings that produced an evaluation's numbers, recorded with them.
 
 Published depth numbers differ by settings nobody wrote down (the benchmark list, processing
-resolution, fit space, crop, mask). :class:`~dm_lightning.training.report.EvaluationReport`
+resolution, fit space, crop, mask). :class:`~dm_lightning.evaluation.report.EvaluationReport`
 therefore stores, in ``results.json``, a run's ``settings`` (dm_lightning's version and what
 the task reports: the model or prediction folder, the fit space, ...) and each benchmark's
 (:func:`split_settings`: its reader's list, crop, mask and depth range, and the processing

@@ -40,10 +40,10 @@ from typing import Any
 import lightning as L
 
 from dm_lightning.errors import ConfigError, DMLightningError
-from dm_lightning.pipeline_steps import INPUT, check_pipeline, evaluation_arguments, fit_arguments
+from dm_lightning.evaluation.report import metric_splits, metrics_table
+from dm_lightning.recipes.steps import INPUT, check_pipeline, evaluation_arguments, fit_arguments
 from dm_lightning.tool_cli import tool_parser
 from dm_lightning.training.callbacks import EXPORT_RECORD
-from dm_lightning.training.report import metric_splits, metrics_table
 from dm_lightning.training.run_folder import latest_resumable
 
 """Name of the model the first stage starts from, as a model to test (the untrained row)."""
@@ -141,7 +141,7 @@ class TestMetricsWriter(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from dm_lightning.training.run_folder import run_dir
+        from dm_lightning.output_folders import run_dir
 
         path = Path(self.path) if self.path else run_dir(trainer) / TEST_METRICS
         metrics = {
@@ -339,7 +339,7 @@ def run_pipeline(
         PipelineError: a stage or a test failed (the message names it, ``status`` is its exit
             status); finished stages are kept, so the same call goes on from there.
         DMLightningError: a config file or a step's options are wrong
-            (:func:`~dm_lightning.pipeline_steps.check_pipeline`), before anything ran.
+            (:func:`~dm_lightning.recipes.steps.check_pipeline`), before anything ran.
     """
     input_model = check_pipeline(pipeline)  # every step's options, before any trains
     run = Path(pipeline.run)

@@ -2,8 +2,8 @@
 
 :class:`EvaluationTask` is the LightningModule base of the ``dm-lightning`` command's models:
 :class:`~dm_lightning.training.base.DepthMasterTask` (a network) and
-:class:`~dm_lightning.training.prediction_folder.PredictionFolder` (files another model wrote)
-both derive from it. It holds the :class:`~dm_lightning.training.evaluation.EvaluationBook` in
+:class:`~dm_lightning.evaluation.prediction_folder.PredictionFolder` (files another model wrote)
+both derive from it. It holds the :class:`~dm_lightning.evaluation.book.EvaluationBook` in
 the task's fit space, names the splits after the DataModule, and runs the validation and test
 steps: the subclass says only how a batch's prediction is made (:meth:`eval_prediction`), so
 readers, masks, crops, alignment, metrics and the report are one code path for every model.
@@ -17,14 +17,15 @@ from typing import Any
 import lightning as L
 from torch import Tensor
 
-from dm_lightning.training.evaluation import EvaluationBook
+from dm_lightning.evaluation.book import EvaluationBook
 
 
 class EvaluationTask(L.LightningModule, ABC):
     """Base of the evaluated tasks (abstract: the CLI lists only the concrete ones).
 
     Subclasses set ``eval_alignment`` (the fit space, one of
-    :data:`~dm_lightning.metrics.ALIGNMENT_SPACES`) before :meth:`configure_metrics` runs, and
+    :data:`~dm_lightning.evaluation.metrics.ALIGNMENT_SPACES`) before :meth:`configure_metrics`
+    runs, and
     define :meth:`eval_prediction`.
     """
 
@@ -75,7 +76,7 @@ class EvaluationTask(L.LightningModule, ABC):
 
     def evaluation_settings(self, stage: str = "test") -> dict[str, Any]:
         """The task's settings recorded with its results (``results.json``, ``results.md``
-        of :class:`~dm_lightning.training.report.EvaluationReport`): at least ``fit_space``;
+        of :class:`~dm_lightning.evaluation.report.EvaluationReport`): at least ``fit_space``;
         subclasses add what they evaluate (a model, a prediction folder) and, as
         ``processing_res``, split name -> the resolution its predictions were made at."""
         return {"fit_space": self.eval_alignment}

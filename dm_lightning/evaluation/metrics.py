@@ -151,7 +151,7 @@ def fit_alignment(
     pred: Tensor, gt: Tensor, valid: Tensor, space: str = "sqrt_disparity"
 ) -> tuple[float, float, Tensor]:
     """The scale and shift evaluation fits to one image, for callers that need the numbers
-    themselves (:mod:`dm_lightning.inference.metric` turns relative predictions into metres).
+    themselves (:mod:`dm_lightning.inference.metric_depth` turns relative predictions into metres).
 
     Args:
         pred: relative prediction, any shape (e.g. (H, W), or (N,) values at known points).

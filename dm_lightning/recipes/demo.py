@@ -1,9 +1,10 @@
 """End-to-end demo on a CPU: synthetic data, tiny model, stage 1, stage 2, evaluation table.
 
-    python -m dm_lightning.demo            # or: make demo
+    python -m dm_lightning.recipes.demo            # or: make demo
 
 Every step runs the same ``dm-lightning`` CLI a user runs, with the shipped configs, through
-the recipe pipeline (:mod:`dm_lightning.pipeline`, the printed ``tools/train_depthmaster.py``
+the recipe pipeline (:mod:`dm_lightning.recipes.pipeline`, the printed
+``tools/train_depthmaster.py``
 command):
 1. writes the synthetic shards (``shards/synthetic``) and the tiny model folder
    (``shards/tiny-sd2``) if they are missing;
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dm_lightning.pipeline import (
+from dm_lightning.recipes.pipeline import (
     INPUT,
     Pipeline,
     PipelineError,
@@ -53,7 +54,7 @@ def ensure_model(model: Path, shards: Path, seed: int, vae_steps: int) -> None:
     if (model / "unet" / "config.json").is_file():
         print(f"[demo] using tiny model folder {model}")
         return
-    from dm_lightning.tiny_model import build_tiny_model_folder
+    from dm_lightning.testing.tiny_model import build_tiny_model_folder
 
     patterns = [str(shards / src / "train-*.tar") for src in ("indoor", "outdoor")]
     build_tiny_model_folder(model, seed, patterns, vae_steps)

@@ -1,5 +1,5 @@
 """The ablation sweep's chart (``ablations.png``): grouped bars of AbsRel and δ1 per test split
-and row (:mod:`dm_lightning.ablations`)."""
+and row (:mod:`dm_lightning.recipes.ablations`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Evaluation bookkeeping of a task: per-split metrics, skip counters and per-image rows.
 
 :class:`EvaluationBook` holds, for every validation and test split, a
-:class:`~dm_lightning.metrics.DepthMetrics` and a count of the samples the data streams
+:class:`~dm_lightning.evaluation.metrics.DepthMetrics` and a count of the samples the data streams
 skipped (both synchronised over ranks with ``dist_reduce_fx="sum"``), and for test splits the
 per-image metric rows, gathered over ranks at the end of the epoch. The LightningModule runs
 the network and hands the book its predictions; the book scores, logs and reports.
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from dm_lightning.errors import DataError
-from dm_lightning.metrics import METRIC_NAMES, DepthMetrics, evaluate_batch
+from dm_lightning.evaluation.metrics import METRIC_NAMES, DepthMetrics, evaluate_batch
 
 # The values logged per split as <stage>/<split>/<name>; the first split's abs_rel and delta1
 # are also logged as <stage>/<name> (val/abs_rel drives checkpoint selection).
@@ -47,7 +47,7 @@ class EvaluationBook(nn.Module):
 
     Args:
         space: alignment space of the per-image scale/shift fit (see
-            :func:`~dm_lightning.metrics.align_prediction`).
+            :func:`~dm_lightning.evaluation.metrics.align_prediction`).
 
     ``per_image_results`` maps a test split name to its per-image rows of all ranks
     (``{"key": str, <metric>: float, ...}``, sorted by key; images without a valid pixel left

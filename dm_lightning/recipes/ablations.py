@@ -6,7 +6,7 @@
                    configs/ablations/stage2_no_gradient_loss.yaml
 
 The recipe is one stage (``--stage1`` or ``--stage2`` alone) or both. Each row is a whole
-recipe run (:mod:`dm_lightning.pipeline`) in ``<run>/<row>/``: the baseline without overlay,
+recipe run (:mod:`dm_lightning.recipes.pipeline`) in ``<run>/<row>/``: the baseline without overlay,
 then one row per overlay, the overlay added as one more ``--config`` after the stage files of
 the stages it belongs to. An overlay belongs to the stages whose model class takes every
 ``model.init_args`` key it sets (``encoder`` -> stage 1, ``gradient_weight`` -> stage 2,
@@ -44,9 +44,10 @@ from typing import Any
 
 import yaml
 
-from dm_lightning.ablation_chart import write_chart
 from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
-from dm_lightning.pipeline import (
+from dm_lightning.evaluation.report import metric_splits, metrics_table
+from dm_lightning.recipes.ablation_chart import write_chart
+from dm_lightning.recipes.pipeline import (
     Pipeline,
     PipelineError,
     Stage,
@@ -56,9 +57,8 @@ from dm_lightning.pipeline import (
     recipe_from_args,
     run_pipeline,
 )
-from dm_lightning.pipeline_steps import check_pipeline
+from dm_lightning.recipes.steps import check_pipeline
 from dm_lightning.tool_cli import tool_parser
-from dm_lightning.training.report import metric_splits, metrics_table
 
 BASELINE = "baseline"
 TABLE, CHART, RECORD = "ablations.md", "ablations.png", "ablations.json"

@@ -1,6 +1,6 @@
 """Evaluate any model's predictions, saved as files, by the protocol of ``dm-lightning test``.
 
-:class:`PredictionFolder` is an :class:`~dm_lightning.training.eval_task.EvaluationTask`
+:class:`PredictionFolder` is an :class:`~dm_lightning.evaluation.task.EvaluationTask`
 without a network: its eval step reads the prediction of each sample of the batch from a
 folder instead of running a model, and hands it to the same evaluation book as
 :class:`~dm_lightning.training.base.DepthMasterTask`. So a folder is evaluated with the same
@@ -32,18 +32,17 @@ from PIL import Image
 from torch import Tensor
 
 from dm_lightning.data.benchmarks import BenchmarkSpec, DepthPairDataset, ListEntry
-from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.inference.metric import InputFileError
-from dm_lightning.inference.prediction_files import (
+from dm_lightning.errors import ConfigError, InputFileError, MissingPathError
+from dm_lightning.evaluation.metrics import ALIGNMENT_SPACES
+from dm_lightning.evaluation.prediction_files import (
     PREDICTION_SUFFIXES,
     find_prediction,
     prediction_candidates,
     read_prediction,
 )
-from dm_lightning.metrics import ALIGNMENT_SPACES
+from dm_lightning.evaluation.task import EvaluationTask
 from dm_lightning.models.pipeline_depthmaster import resize_bilinear
 from dm_lightning.targets import get_target
-from dm_lightning.training.eval_task import EvaluationTask
 
 #: Spaces whose files may be fitted in another space: their values are converted exactly
 #: (1/x, sqrt) when known up to a scale only, as metric or scale-invariant depth and disparity
@@ -74,13 +73,14 @@ class PredictionFolder(EvaluationTask):
         predictions: the folder holding one prediction file per image of every evaluated
             split, or split name -> its folder. Each image's file is its list path with the
             suffix swapped, or its sample key, as ``.npy``, ``.pfm`` or 16-bit ``.png``
-            (:func:`~dm_lightning.inference.prediction_files.prediction_candidates`).
+            (:func:`~dm_lightning.evaluation.prediction_files.prediction_candidates`).
         space: the space the files' values are in, each image up to an unknown scale and
             shift: ``depth`` (far is larger), ``disparity`` (1 / depth) or ``sqrt_disparity``
             (sqrt(1 / depth), dm_lightning's own relative output: ``dm-lightning predict``'s
             ``.npy`` of the default target, 1 = near).
         fit_space: the space the per-image scale and shift are fitted in
-            (:data:`~dm_lightning.metrics.ALIGNMENT_SPACES`); default ``space``. Another space
+            (:data:`~dm_lightning.evaluation.metrics.ALIGNMENT_SPACES`); default ``space``. Another
+            space
             converts the values exactly (depth <-> 1 / depth, sqrt), which is right for values
             known up to a scale only (metric or scale-invariant depth or disparity, all > 0),
             so it is allowed for ``space`` depth or disparity, not for sqrt_disparity.

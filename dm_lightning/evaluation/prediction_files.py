@@ -1,6 +1,6 @@
 """Depth prediction files of any model, found and read for evaluation.
 
-:class:`~dm_lightning.training.prediction_folder.PredictionFolder` evaluates a folder of them:
+:class:`~dm_lightning.evaluation.prediction_folder.PredictionFolder` evaluates a folder of them:
 one file per image of a benchmark list, in one of these formats (first found wins, in this
 order, so that ``dm-lightning predict``'s exact ``.npy`` is read rather than its stretched
 16-bit ``.png``):
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dm_lightning.data.photos import ImageDecodeError, read_uint16_png
-from dm_lightning.inference.metric import InputFileError
+from dm_lightning.errors import InputFileError
 
 #: Suffixes of prediction files, in the order they are looked for.
 PREDICTION_SUFFIXES = (".npy", ".pfm", ".png")

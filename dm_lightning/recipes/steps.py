@@ -1,7 +1,7 @@
 """The ``dm-lightning`` steps of a recipe: their argument lists, and their checks before the
 first one trains.
 
-A pipeline (:mod:`dm_lightning.pipeline`) runs several ``dm-lightning`` steps in order; a
+A pipeline (:mod:`dm_lightning.recipes.pipeline`) runs several ``dm-lightning`` steps in order; a
 missing stage-2 config or a bad test option used to surface only after stage 1 had trained
 for hours. :func:`check_pipeline` looks at every file and parses every step's full argument
 list (configs, overlays, pass-through options) as ``dm-lightning`` will, without building a
@@ -22,12 +22,12 @@ import yaml
 from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
 
 if TYPE_CHECKING:  # pipeline imports this module
-    from dm_lightning.pipeline import Pipeline, Stage
+    from dm_lightning.recipes.pipeline import Pipeline, Stage
 
 INPUT = "input"  # ``--test`` name of the model the first stage starts from
 # The callback that writes each test's metrics (defined with the pipeline); a wrong name
 # fails check_pipeline's parse of the test step.
-TEST_METRICS_WRITER = "dm_lightning.pipeline.TestMetricsWriter"
+TEST_METRICS_WRITER = "dm_lightning.recipes.pipeline.TestMetricsWriter"
 
 
 def fit_arguments(

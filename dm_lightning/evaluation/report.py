@@ -7,14 +7,14 @@ import json
 
 import lightning as L
 
-from dm_lightning.metrics import METRIC_NAMES
-from dm_lightning.training.callbacks import check_writable_folder, output_folder
-from dm_lightning.training.eval_settings import (
+from dm_lightning.evaluation.metrics import METRIC_NAMES
+from dm_lightning.evaluation.settings import (
     MISSING,
     dm_lightning_version,
     settings_markdown,
     split_settings,
 )
+from dm_lightning.output_folders import check_writable_folder, output_folder
 
 PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
     "DepthMaster (paper)": {
@@ -128,16 +128,16 @@ class EvaluationReport(L.Callback):
     - ``results.md``: AbsRel and delta1 (x100) of this model per split, next to the published
       DepthMaster, Marigold and Lotus numbers (docs/method.md §6) for benchmarks that have them,
       and under the table the settings that produced them
-      (:func:`~dm_lightning.training.eval_settings.settings_markdown`);
+      (:func:`~dm_lightning.evaluation.settings.settings_markdown`);
     - ``results.json``: the same numbers for programs (the model card,
       :mod:`dm_lightning.hub.eval_results`): ``model`` (the evaluated ``model_path``, or the
       prediction folder), ``settings`` (``dm_lightning``: the version, and the task's
-      :meth:`~dm_lightning.training.eval_task.EvaluationTask.evaluation_settings`: fit space,
+      :meth:`~dm_lightning.evaluation.task.EvaluationTask.evaluation_settings`: fit space,
       model and target or prediction folder and space) and ``benchmarks``, a list of ``name``,
       ``kind``, ``num_images``, ``metrics`` (the 8 metrics as fractions, as logged; empty for
       a split without an evaluated image) and ``settings`` (``processing_res``, and the
       reader's list file and sha256, images, crop, mask and depth range:
-      :func:`~dm_lightning.training.eval_settings.split_settings`).
+      :func:`~dm_lightning.evaluation.settings.split_settings`).
 
     The folder is printed. Splits are matched to paper columns by their ``kind`` in a
     :class:`~dm_lightning.data.datamodule.BenchmarkDataModule`, else by their name.

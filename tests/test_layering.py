@@ -1,0 +1,142 @@
+"""The package's floors (docs/map.md): every import of a dm_lightning module, at module level or
+inside a function, goes to a lower floor, and no two modules import each other, directly or
+round a longer loop. Read from the source with ``ast``; nothing is imported."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "dm_lightning"
+
+# Top-level module or subpackage -> floor; an import must go to a lower floor.
+FLOORS = {
+    "errors": 0,
+    "atomic": 1,
+    "output_folders": 1,
+    "tool_cli": 1,
+    "cli_errors": 1,
+    "targets": 1,
+    "losses": 1,
+    "visualize": 1,
+    "models": 2,
+    "data": 2,
+    "evaluation": 3,
+    "testing": 3,
+    "inference": 4,
+    "hub": 4,
+    "training": 5,
+    "baselines": 6,
+    "cli": 7,
+    "recipes": 8,
+    "gpu_check": 9,
+    "__init__": 10,
+    "__main__": 10,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported dm_lightning module, at module level?) of one file."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "dm_lightning":
+                names = [f"dm_lightning.{a.name}" for a in node.names]
+            elif node.module.startswith("dm_lightning."):
+                names = [node.module]
+            else:
+                continue
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("dm_lightning.")]
+        else:
+            continue
+        found += [(name, id(node) in top) for name in names]
+    return found
+
+
+def _files() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _floor_of(module: str) -> str:
+    return module.split(".")[1] if "." in module else "__init__"
+
+
+def test_every_folder_has_a_floor():
+    tops = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in _files()}
+    assert tops <= set(FLOORS), f"give these a floor: {sorted(tops - set(FLOORS))}"
+
+
+def test_imports_go_down_the_floors():
+    upward = []
+    for path in _files():
+        source = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        for module, _ in _imports(path):
+            target = _floor_of(module)
+            if target != source and FLOORS.get(target, 99) >= FLOORS[source]:
+                upward.append(f"{path.relative_to(PACKAGE.parent)} imports {module}")
+    assert not upward, "imports up or across a floor:\n" + "\n".join(upward)
+
+
+def test_no_module_import_cycle():
+    modules = {_module_name(p): p for p in _files()}
+    graph: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        for module, at_top in _imports(path):
+            if at_top and module in modules and module != name:
+                graph[name].add(module)
+    # Tarjan's strongly connected components: a component of two or more is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in sorted(modules):
+        if name not in index:
+            visit(name)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_this_check_sees_an_upward_import(tmp_path, monkeypatch):
+    # The check itself: a models module importing training is reported.
+    fake = tmp_path / "dm_lightning"
+    (fake / "models").mkdir(parents=True)
+    (fake / "training").mkdir()
+    (fake / "models" / "bad.py").write_text(
+        "def f():\n    from dm_lightning.training.base import DepthMasterTask\n"
+    )
+    (fake / "training" / "base.py").write_text("")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    try:
+        test_imports_go_down_the_floors()
+    except AssertionError as err:
+        assert "dm_lightning/models/bad.py imports dm_lightning.training.base" in str(err)
+    else:
+        raise AssertionError("an upward import went unnoticed")
