@@ -22,3 +22,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Recipe and sweep options of the tests: no progress bars, and each test on one batch per split
+# (4 images) to keep the files fast.
+QUIET_RECIPE = [
+    "--trainer.enable_progress_bar",
+    "false",
+    "--test.trainer.enable_progress_bar",
+    "false",
+    "--test.trainer.limit_test_batches",
+    "1",
+]

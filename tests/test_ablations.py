@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import QUIET_RECIPE
 from PIL import Image
 
 from dm_lightning.errors import ConfigError
@@ -39,12 +40,7 @@ def command(run: Path, data_config: Path, tiny_model: Path, *extra: str) -> list
         "--in-process",
         "--trainer.max_steps",
         "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--test.trainer.enable_progress_bar",
-        "false",
-        "--test.trainer.limit_test_batches",
-        "1",
+        *QUIET_RECIPE,
         *extra,
     ]
 

@@ -24,9 +24,10 @@ import yaml
 from conftest import CONFIGS, REPO
 from helpers import cli_args, reference
 
-from dm_lightning.baselines.e2e_ft import E2EFT, E2EFTNetwork, sd2_noise_schedule, v_to_x0
+from dm_lightning.baselines.e2e_ft import E2EFT, E2EFTNetwork, v_to_x0
 from dm_lightning.baselines.losses import affine_invariant_l1, lotus_d_loss
 from dm_lightning.baselines.lotus import DEPTH, RGB, LotusD, task_switch
+from dm_lightning.baselines.schedule import sd2_noise_schedule
 from dm_lightning.baselines.single_step import LAST_TIMESTEP
 from dm_lightning.baselines.unet_surgery import add_task_switcher, widen_conv_in
 from dm_lightning.cli import main

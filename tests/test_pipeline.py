@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import QUIET_RECIPE
 
 from dm_lightning.recipes.pipeline import (
     Pipeline,
@@ -25,15 +26,7 @@ from dm_lightning.recipes.pipeline import (
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny"
-# Quiet, and the tests on one batch per split (4 images) to keep the file fast.
-QUIET = [
-    "--trainer.enable_progress_bar",
-    "false",
-    "--test.trainer.enable_progress_bar",
-    "false",
-    "--test.trainer.limit_test_batches",
-    "1",
-]
+QUIET = QUIET_RECIPE
 
 
 def command(run: Path, data_config: Path, tiny_model: Path, *extra: str) -> list[str]:

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from dm_lightning.data.schema import CorruptSampleError, decode_sample, valid_mask
 from dm_lightning.data.shards import expand_shard_patterns, iter_shard
+from dm_lightning.tool_cli import tool_parser
 
 DESCRIPTION = """\
 Read shards in the dm_lightning sample schema and print, per source: the number of samples,
@@ -130,11 +131,7 @@ def contact_row(
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog="inspect_shards.py",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser("inspect_shards.py", DESCRIPTION)
     parser.add_argument("patterns", nargs="+", help="shard files, globs or brace ranges")
     parser.add_argument(
         "--sheet", default="contact_sheet.png", help="contact sheet PNG to write (%(default)s)"

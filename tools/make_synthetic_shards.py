@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from dm_lightning.data.synthetic import SOURCES, generate
+from dm_lightning.tool_cli import tool_parser
 
 DESCRIPTION = """\
 Render procedural scenes with exact metric depth (numpy ray casting, no downloads) and write
@@ -34,11 +35,7 @@ repeated (delete OUT to regenerate with other settings).
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog="make_synthetic_shards.py",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser("make_synthetic_shards.py", DESCRIPTION)
     parser.add_argument("--out", default="shards/synthetic", help="output folder (%(default)s)")
     parser.add_argument("--train", type=int, default=256, help="train samples per source")
     parser.add_argument("--val", type=int, default=32, help="validation samples per source")

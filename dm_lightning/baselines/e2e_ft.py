@@ -12,28 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor
 
 from dm_lightning.baselines.losses import affine_invariant_l1
 from dm_lightning.baselines.network import BaselineNetwork
+from dm_lightning.baselines.schedule import sd2_noise_schedule
 from dm_lightning.baselines.single_step import LAST_TIMESTEP, last_timestep_pass
 from dm_lightning.baselines.task import BaselineTask
 from dm_lightning.baselines.unet_surgery import widen_conv_in
 from dm_lightning.errors import ConfigError
-
-
-def sd2_noise_schedule() -> DDPMScheduler:
-    """SD-2's training noise schedule, as its ``scheduler/scheduler_config.json`` sets it:
-    1000 steps, ``scaled_linear`` betas from 0.00085 to 0.012, v-prediction."""
-    return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="v_prediction",
-        clip_sample=False,
-    )
 
 
 def v_to_x0(v: Tensor, sample: Tensor, alpha_cumprod: float) -> Tensor:

@@ -21,24 +21,11 @@ from torch import Tensor
 
 from dm_lightning.baselines.ensemble import ensemble_depth
 from dm_lightning.baselines.network import BaselineNetwork
+from dm_lightning.baselines.schedule import SD2_SCHEDULE
 from dm_lightning.baselines.unet_surgery import widen_conv_in
 from dm_lightning.errors import ConfigError
 from dm_lightning.models.pipeline_depthmaster import predict_relative_depth
 
-# SD-2's noise schedule (its scheduler/scheduler_config.json), written out so a folder without
-# one (the tiny test model) trains on the same; DDIM's extras as SD-2's and Marigold's.
-SD2_SCHEDULE: dict[str, Any] = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    prediction_type="v_prediction",
-    clip_sample=False,
-    steps_offset=1,
-    # "leading" spacing starts a 1-step DDIM at timestep 1 on pure noise (the flaw E2E-FT,
-    # Garcia et al., found); Marigold v1.1 trains and samples with "trailing" (999 first).
-    timestep_spacing="trailing",
-)
 DDIM_EXTRAS: dict[str, Any] = dict(set_alpha_to_one=False)
 
 # Defaults of the inference settings (Marigold v1.1's checkpoint: 4 steps, one member).

@@ -25,20 +25,16 @@ from dm_lightning.data.datamodule import DepthDataModule, TrainSource
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
 from dm_lightning.targets import SqrtDisparity
+from dm_lightning.testing.real_size import SD2_VAE_CONFIG
 
 # 4 blocks: downsampling factor 8, like SD-2 (a 2-block VAE downsamples by 2 only).
-TINY_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(16, 32, 32, 32),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=8,
-    sample_size=64,
-    scaling_factor=0.18215,
-)
+TINY_VAE_CONFIG = {
+    **SD2_VAE_CONFIG,  # SD-2's layout, narrower
+    "block_out_channels": (16, 32, 32, 32),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+}
 
 TINY_UNET_CONFIG = dict(
     sample_size=16,
