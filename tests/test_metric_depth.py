@@ -16,11 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dm_lightning.errors import MissingPathError
-from dm_lightning.evaluation import metrics
-from dm_lightning.evaluation.metrics import align_prediction
+from dm_lightning.errors import ConfigError, MissingPathError
+from dm_lightning.evaluation.metrics import DepthMetrics, align_prediction
 from dm_lightning.inference.metric_depth import (
-    ALIGNMENT_SPACES,
     InputFileError,
     KnownPoints,
     apply_fit,
@@ -31,6 +29,7 @@ from dm_lightning.inference.metric_depth import (
     read_points,
     save_depth,
 )
+from dm_lightning.targets import ALIGNMENT_SPACES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,7 +61,19 @@ def write_csv(path: Path, text: str) -> Path:
 
 
 def test_spaces_are_the_evaluations():
-    assert ALIGNMENT_SPACES == metrics.ALIGNMENT_SPACES == tuple(CASES)
+    assert ALIGNMENT_SPACES == tuple(CASES)
+    # One check of the name, with evaluation's message (no config key: a function argument).
+    pred, gt = make_case("depth")
+    for call in (
+        lambda: apply_fit(pred, 1.0, 0.0, space="log"),
+        lambda: metric_from_depth_map(pred, gt, space="log"),
+        lambda: DepthMetrics(space="log"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert str(err.value) == (
+            "unknown alignment space 'log'; expected one of sqrt_disparity, disparity, depth"
+        )
 
 
 @pytest.mark.parametrize("space", list(CASES))

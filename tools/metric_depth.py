@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from dm_lightning.inference.metric_depth import (
-    ALIGNMENT_SPACES,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MIN_DEPTH,
     DEFAULT_PNG_SCALE,
@@ -22,6 +21,7 @@ from dm_lightning.inference.metric_depth import (
     read_points,
     save_depth,
 )
+from dm_lightning.targets import ALIGNMENT_SPACES
 from dm_lightning.tool_cli import run_tool, tool_parser
 
 PROG = "metric_depth"

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 
 from dm_lightning.inference.metric_depth import (
-    ALIGNMENT_SPACES,
     DEFAULT_SPACE,
     InputFileError,
     load_depth_map,
@@ -21,6 +20,7 @@ from dm_lightning.inference.pointcloud import (
     point_cloud,
     write_ply,
 )
+from dm_lightning.targets import ALIGNMENT_SPACES
 from dm_lightning.tool_cli import run_tool, tool_parser
 
 PROG = "point_cloud"

@@ -25,9 +25,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from dm_lightning.targets import TARGETS, DepthTarget, get_target
+from dm_lightning.targets import DepthTarget, check_alignment_space, get_target
 
-ALIGNMENT_SPACES = tuple(TARGETS)  # sqrt_disparity, disparity, depth
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3")
 DEPTH_FLOOR = 1e-6
 
@@ -480,11 +479,7 @@ class DepthMetrics(Metric):
 
     def __init__(self, space: str = "sqrt_disparity", **kwargs) -> None:
         super().__init__(**kwargs)
-        if space not in ALIGNMENT_SPACES:
-            raise ValueError(
-                f"unknown alignment space {space!r}; expected one of {ALIGNMENT_SPACES}"
-            )
-        self.space = space
+        self.space = check_alignment_space(space)
         for name in METRIC_NAMES:
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")

@@ -31,12 +31,8 @@ from PIL import Image
 from dm_lightning.data.photos import ImageDecodeError, read_uint16_png
 from dm_lightning.data.schema import UINT16_MAX, quantize_depth
 from dm_lightning.errors import InputFileError, MissingPathError
-from dm_lightning.targets import MIN_DISPARITY, TARGETS, DepthTarget, get_target
+from dm_lightning.targets import MIN_DISPARITY, DepthTarget, check_alignment_space, get_target
 
-#: the alignment spaces, as dm_lightning.evaluation.metrics.ALIGNMENT_SPACES (taken from the
-#: targets, as
-#: there, so that this module does not import dm_lightning.evaluation.metrics at start-up: see _fit)
-ALIGNMENT_SPACES = tuple(TARGETS)
 DEFAULT_SPACE = "sqrt_disparity"  # DepthMaster's target and evaluation space
 DEFAULT_MIN_DEPTH = 1e-3  # metres
 #: metres: the far end of the evaluation's disparity floor (1 / 1e-3), docs/method.md §6
@@ -255,13 +251,6 @@ def read_points(path: str | Path) -> KnownPoints:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_space(space: str) -> None:
-    if space not in ALIGNMENT_SPACES:
-        raise InputFileError(
-            f"unknown alignment space {space!r}; expected one of {', '.join(ALIGNMENT_SPACES)}"
-        )
-
-
 def _check_range(space: str, min_depth: float, max_depth: float) -> None:
     if not (math.isfinite(min_depth) and math.isfinite(max_depth) and 0 < min_depth < max_depth):
         raise InputFileError(
@@ -331,7 +320,7 @@ def apply_fit(
         instead of being squared into a positive one. Unclamped pixels get exactly
         :func:`~dm_lightning.evaluation.metrics.align_prediction`'s depth.
     """
-    _check_space(space)
+    check_alignment_space(space)
     _check_range(space, min_depth, max_depth)
     target = get_target(space)
     value = torch.from_numpy(np.asarray(pred, dtype=np.float64)) * scale + shift
@@ -371,7 +360,7 @@ def metric_from_depth_map(
         InputFileError: shapes differ, fewer than 2 pixels to fit on, a constant prediction
             on them, or bad options.
     """
-    _check_space(space)
+    check_alignment_space(space)
     _check_range(space, min_depth, max_depth)
     if pred.shape != reference.shape:
         raise InputFileError(
@@ -416,7 +405,7 @@ def metric_from_points(
         InputFileError: a point outside the image (naming its CSV line), fewer than 2 points
             to fit on, the same prediction at all of them, or bad options.
     """
-    _check_space(space)
+    check_alignment_space(space)
     _check_range(space, min_depth, max_depth)
     h, w = pred.shape
     outside = (points.x < 0) | (points.x >= w) | (points.y < 0) | (points.y >= h)
@@ -466,7 +455,7 @@ def relative_to_depth(
     Returns:
         (H, W) float32 metres in [near, far].
     """
-    _check_space(space)
+    check_alignment_space(space)
     _check_range(space, near, far)
     pred = clip_rounding(np.asarray(pred))
     low, high = float(pred.min(initial=0.0)), float(pred.max(initial=1.0))
