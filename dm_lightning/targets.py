@@ -4,7 +4,7 @@ A target turns metric depth into the network's training signal in [-1, 1] and, f
 maps values in its (un-normalised) space back to depth. The network is trained on the
 per-image quantile-normalised target, so at test time its output is only known up to scale
 and shift *in the target's space*; evaluation fits that scale and shift
-(:mod:`dm_lightning.evaluation.metrics`) and then calls :meth:`DepthTarget.inverse`.
+(:mod:`dm_lightning.evaluation.alignment`) and then calls :meth:`DepthTarget.inverse`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.evaluation.metrics import DepthMetrics, align_prediction
+from dm_lightning.evaluation.alignment import align_prediction
+from dm_lightning.evaluation.metrics import DepthMetrics
 from dm_lightning.inference.metric_depth import (
     InputFileError,
     KnownPoints,

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from dm_lightning.errors import DataError
-from dm_lightning.evaluation.metrics import METRIC_NAMES, DepthMetrics, evaluate_batch
+from dm_lightning.evaluation.metrics import DepthMetrics
+from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch
 
 # The values logged per split as <stage>/<split>/<name>; the first split's abs_rel and delta1
 # are also logged as <stage>/<name> (val/abs_rel drives checkpoint selection).
@@ -47,7 +48,7 @@ class EvaluationBook(nn.Module):
 
     Args:
         space: alignment space of the per-image scale/shift fit (see
-            :func:`~dm_lightning.evaluation.metrics.align_prediction`).
+            :func:`~dm_lightning.evaluation.alignment.align_prediction`).
 
     ``per_image_results`` maps a test split name to its per-image rows of all ranks
     (``{"key": str, <metric>: float, ...}``, sorted by key; images without a valid pixel left

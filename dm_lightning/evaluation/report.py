@@ -7,7 +7,7 @@ import json
 
 import lightning as L
 
-from dm_lightning.evaluation.metrics import METRIC_NAMES
+from dm_lightning.evaluation.scoring import METRIC_NAMES
 from dm_lightning.evaluation.settings import (
     MISSING,
     dm_lightning_version,

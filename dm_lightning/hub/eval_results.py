@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.evaluation.metrics import METRIC_NAMES
+from dm_lightning.evaluation.scoring import METRIC_NAMES
 
 EVAL_FILE = "dm_lightning_eval.json"
 """The results a card shows, stored in the export next to its ``README.md``."""
@@ -40,7 +40,7 @@ BENCHMARK_NAMES = {
 @dataclass
 class BenchmarkResult:
     """One evaluated test split: ``name`` (the split), ``kind`` (benchmark kind, or the name),
-    ``num_images`` and ``metrics`` (:data:`~dm_lightning.evaluation.metrics.METRIC_NAMES` ->
+    ``num_images`` and ``metrics`` (:data:`~dm_lightning.evaluation.scoring.METRIC_NAMES` ->
     fraction;
     empty when no image was evaluated)."""
 

@@ -5,13 +5,13 @@ target 1 = near, the normalised square-root disparity) is known only up to a sca
 in its target's space (docs/method.md §2). Given depths in metres for some of its pixels, a
 reference depth map (a depth sensor, LiDAR) or a few measured points (a CSV of ``x, y,
 metres``), this module fits that scale and shift with the evaluation's own alignment
-(:func:`dm_lightning.evaluation.metrics.fit_alignment`, docs/method.md §6: same pixels, same least
-squares, same spaces) and maps every pixel to metres.
+(:func:`dm_lightning.evaluation.alignment.fit_alignment`, docs/method.md §6: same pixels, same
+least squares, same spaces) and maps every pixel to metres.
 
 The aligned value ``s p + t`` can leave the range a depth can have: in the disparity spaces the
 shift can make far pixels' disparity 0 or negative (infinite depth), in the depth space depth
 can go <= 0. Such pixels are clamped to ``[min_depth, max_depth]`` and counted; everywhere else
-the depth equals :func:`dm_lightning.evaluation.metrics.align_prediction`'s.
+the depth equals :func:`dm_lightning.evaluation.alignment.align_prediction`'s.
 
 :func:`relative_to_depth` is the other way to metres, without known depths: the prediction's
 ends stand for assumed near and far depths (for point clouds of a relative prediction).
@@ -31,6 +31,7 @@ from PIL import Image
 from dm_lightning.data.photos import ImageDecodeError, read_uint16_png
 from dm_lightning.data.schema import UINT16_MAX, quantize_depth
 from dm_lightning.errors import InputFileError, MissingPathError
+from dm_lightning.evaluation.alignment import fit_alignment
 from dm_lightning.targets import MIN_DISPARITY, DepthTarget, check_alignment_space, get_target
 
 DEFAULT_SPACE = "sqrt_disparity"  # DepthMaster's target and evaluation space
@@ -268,10 +269,6 @@ def _check_range(space: str, min_depth: float, max_depth: float) -> None:
 def _fit(pred: np.ndarray, known: np.ndarray, space: str, source: str) -> tuple[float, float, int]:
     """Scale, shift and number of fitted values of ``pred`` to the ``known`` metres (same
     shape; 0 / non-finite = unknown), with the evaluation's fit."""
-    # Imported here: dm_lightning.evaluation.metrics imports torchmetrics, several seconds that the
-    # tools' --help and the point-cloud path do not need.
-    from dm_lightning.evaluation.metrics import fit_alignment
-
     p, g = torch.from_numpy(np.ascontiguousarray(pred)), torch.from_numpy(known)
     valid = torch.from_numpy(np.isfinite(known) & (known > 0))
     scale, shift, fitted = fit_alignment(p, g, valid, space)
@@ -318,7 +315,7 @@ def apply_fit(
         The clamp is applied in the space itself (to ``[forward(max), forward(min)]`` for the
         disparity spaces), so a negative sqrt-disparity counts as beyond ``max_depth``
         instead of being squared into a positive one. Unclamped pixels get exactly
-        :func:`~dm_lightning.evaluation.metrics.align_prediction`'s depth.
+        :func:`~dm_lightning.evaluation.alignment.align_prediction`'s depth.
     """
     check_alignment_space(space)
     _check_range(space, min_depth, max_depth)
