@@ -16,20 +16,17 @@ import pytest
 import torch
 from PIL import Image
 
-from dm_lightning.errors import ConfigError, MissingPathError
+from dm_lightning.errors import ConfigError, InputFileError, MissingPathError
 from dm_lightning.evaluation.alignment import align_prediction
 from dm_lightning.evaluation.metrics import DepthMetrics
-from dm_lightning.inference.metric_depth import (
-    InputFileError,
+from dm_lightning.inference.depth_files import (
     KnownPoints,
-    apply_fit,
     load_depth_map,
     load_prediction,
-    metric_from_depth_map,
-    metric_from_points,
     read_points,
     save_depth,
 )
+from dm_lightning.inference.metric_depth import apply_fit, metric_from_depth_map, metric_from_points
 from dm_lightning.targets import ALIGNMENT_SPACES
 
 REPO = Path(__file__).resolve().parent.parent
