@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from dm_lightning.errors import DataError
+from dm_lightning.evaluation.keys import metric_key
 from dm_lightning.evaluation.metrics import DepthMetrics
 from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch
 
@@ -130,9 +131,10 @@ class EvaluationBook(nn.Module):
                 )
             for metric in LOGGED_VALUES:
                 value = values[metric].float()
-                log(f"{stage}/{name}/{metric}", value, add_dataloader_idx=False)
+                log(metric_key(stage, name, metric), value, add_dataloader_idx=False)
                 if i == 0 and metric in HEADLINE_VALUES:
-                    log(f"{stage}/{metric}", value, prog_bar=True, add_dataloader_idx=False)
+                    headline = metric_key(stage, None, metric)
+                    log(headline, value, prog_bar=True, add_dataloader_idx=False)
             self.metrics[key].reset()
             if stage == "test":
                 self.per_image_results[name] = self._gather_rows(key)
@@ -196,9 +198,9 @@ def terminal_results_table(
     """
 
     def value(name: str, key: str) -> float:
-        return float(metrics.get(f"{stage}/{name}/{key}", 0.0))
+        return float(metrics.get(metric_key(stage, name, key), 0.0))
 
-    shown = [n for n in names if f"{stage}/{n}/abs_rel" in metrics]
+    shown = [n for n in names if metric_key(stage, n, "abs_rel") in metrics]
     if not shown:
         return None
     skips = [c for c in _SKIP_COLUMNS if any(value(n, c[1]) for n in shown)]

@@ -7,6 +7,7 @@ import json
 
 import lightning as L
 
+from dm_lightning.evaluation.keys import metric_key, parse_metric_key
 from dm_lightning.evaluation.scoring import METRIC_NAMES
 from dm_lightning.evaluation.settings import (
     MISSING,
@@ -84,10 +85,9 @@ def metric_splits(rows: dict[str, dict[str, float]]) -> list[str]:
     """The test splits of ``test/<split>/abs_rel`` keys in ``rows``' metrics, first seen first."""
     splits: dict[str, None] = {}
     for metrics in rows.values():
-        for key in metrics:
-            parts = key.split("/")
-            if len(parts) == 3 and parts[0] == "test" and parts[2] == "abs_rel":
-                splits[parts[1]] = None
+        for key in map(parse_metric_key, metrics):
+            if key and key.stage == "test" and key.metric == "abs_rel":
+                splits[key.split] = None
     return list(splits)
 
 
@@ -105,14 +105,12 @@ def metrics_table(rows: dict[str, dict[str, float] | None], splits: list[str]) -
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cells) + " |"
 
+    keys = [metric_key("test", s, m) for s in splits for m in ("abs_rel", "delta1")]
     lines = [line(["model", *columns]), "|" + "---|" * (1 + len(columns))]
     for label, metrics in rows.items():
         cells = [
-            MISSING
-            if metrics is None or f"test/{s}/{m}" not in metrics
-            else f"{100 * metrics[f'test/{s}/{m}']:.1f}"
-            for s in splits
-            for m in ("abs_rel", "delta1")
+            MISSING if metrics is None or k not in metrics else f"{100 * metrics[k]:.1f}"
+            for k in keys
         ]
         lines.append(line([label, *cells]))
     return "\n".join(lines)
@@ -170,12 +168,15 @@ class EvaluationReport(L.Callback):
                 writer = csv.DictWriter(f, fieldnames=["key", *METRIC_NAMES])
                 writer.writeheader()
                 writer.writerows(rows)
-        metrics = trainer.callback_metrics
-        num_images = {n: int(metrics[f"test/{n}/num_images"]) for n in results}
+        logged, names = trainer.callback_metrics, (*METRIC_NAMES, "num_images")
+        # split -> metric -> logged value
+        values = {
+            n: {m: float(logged[k]) for m in names if (k := metric_key("test", n, m)) in logged}
+            for n in results
+        }
+        num_images = {n: int(values[n]["num_images"]) for n in results}
         ours = {
-            n: (float(metrics[f"test/{n}/abs_rel"]), float(metrics[f"test/{n}/delta1"]))
-            if num_images[n]
-            else None
+            n: (values[n]["abs_rel"], values[n]["delta1"]) if num_images[n] else None
             for n in results
         }
         datamodule = getattr(trainer, "datamodule", None)
@@ -208,9 +209,7 @@ class EvaluationReport(L.Callback):
                 "kind": kinds[n],
                 "num_images": num_images[n],
                 "metrics": {
-                    m: float(metrics[f"test/{n}/{m}"])
-                    for m in METRIC_NAMES
-                    if num_images[n] and f"test/{n}/{m}" in metrics
+                    m: values[n][m] for m in METRIC_NAMES if num_images[n] and m in values[n]
                 },
                 "settings": splits[n],
             }

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_lightning.errors import ConfigError, MissingPathError
+from dm_lightning.evaluation.keys import parse_metric_key
 from dm_lightning.evaluation.scoring import METRIC_NAMES
 
 EVAL_FILE = "dm_lightning_eval.json"
@@ -97,15 +98,15 @@ class EvalResults:
 def from_flat_metrics(metrics: dict[str, float], model: str, source: str) -> EvalResults:
     """``test/<split>/<metric>`` values (``test_metrics.json``) as :class:`EvalResults`."""
     splits: dict[str, BenchmarkResult] = {}
-    for key, value in metrics.items():
-        parts = key.split("/")
-        if len(parts) != 3 or parts[0] != "test":
+    for name, value in metrics.items():
+        key = parse_metric_key(name)
+        if key is None or key.stage != "test":
             continue
-        result = splits.setdefault(parts[1], BenchmarkResult(parts[1], parts[1], 0))
-        if parts[2] == "num_images":
+        result = splits.setdefault(key.split, BenchmarkResult(key.split, key.split, 0))
+        if key.metric == "num_images":
             result.num_images = int(value)
-        elif parts[2] in METRIC_NAMES:
-            result.metrics[parts[2]] = float(value)
+        elif key.metric in METRIC_NAMES:
+            result.metrics[key.metric] = float(value)
     for result in splits.values():
         if not result.num_images:
             result.metrics = {}
