@@ -22,8 +22,8 @@ from dm_lightning.cli import run_cli as main
 from dm_lightning.data.benchmarks import BenchmarkSpec, RankShardSampler
 from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule
 from dm_lightning.evaluation.keys import MetricKey, metric_key, parse_metric_key
-from dm_lightning.evaluation.report import PAPER_RESULTS
 from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch
+from dm_lightning.evaluation.tables import PAPER_RESULTS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

@@ -6,12 +6,34 @@ were taken from the builders as they were before it, so the writer changes none 
 
 from __future__ import annotations
 
-from dm_lightning.evaluation.book import terminal_results_table
-from dm_lightning.evaluation.report import metric_splits, metrics_table, results_table
 from dm_lightning.evaluation.settings import settings_markdown
+from dm_lightning.evaluation.tables import (
+    markdown_table,
+    metric_splits,
+    metrics_table,
+    results_table,
+    terminal_results_table,
+)
 from dm_lightning.gpu_check.report import markdown
 from dm_lightning.hub.model_card import _training_section
 from dm_lightning.hub.training_facts import TrainingFacts
+
+
+def test_the_writer_plain_and_aligned():
+    rows = [["a", 1.5], ["long name", "x|y"]]
+    assert markdown_table(["name", "value"], rows) == [
+        "| name | value |",
+        "|---|---|",
+        "| a | 1.5 |",
+        "| long name | x|y |",  # cells are written as given
+    ]
+    assert markdown_table(["name", "value"], rows, align="lr") == [
+        "| name      | value |",
+        "|-----------|------:|",
+        "| a         |   1.5 |",
+        "| long name |   x|y |",
+    ]
+    assert markdown_table(["only"], []) == ["| only |", "|---|"]
 
 
 def test_results_table():
