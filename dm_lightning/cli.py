@@ -32,8 +32,8 @@ from dm_lightning.baselines.marigold_task import Marigold  # noqa: F401
 from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
-from dm_lightning.evaluation.book import terminal_results_table
 from dm_lightning.evaluation.prediction_folder import PredictionFolder  # noqa: F401
+from dm_lightning.evaluation.tables import terminal_results_table
 from dm_lightning.evaluation.task import EvaluationTask
 
 # The model classes are imported so that their short names resolve on the command line
@@ -235,7 +235,7 @@ class DepthMasterCLI(LightningCLI):
 
     def print_results(self, stage: str) -> None:
         """Print (on global rank 0) the results table of the evaluation just run
-        (:func:`~dm_lightning.evaluation.book.terminal_results_table`)."""
+        (:func:`~dm_lightning.evaluation.tables.terminal_results_table`)."""
         if not self.trainer.is_global_zero:
             return
         names = getattr(self.datamodule, "test_names" if stage == "test" else "val_names", None)

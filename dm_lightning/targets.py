@@ -4,7 +4,7 @@ A target turns metric depth into the network's training signal in [-1, 1] and, f
 maps values in its (un-normalised) space back to depth. The network is trained on the
 per-image quantile-normalised target, so at test time its output is only known up to scale
 and shift *in the target's space*; evaluation fits that scale and shift
-(:mod:`dm_lightning.evaluation.metrics`) and then calls :meth:`DepthTarget.inverse`.
+(:mod:`dm_lightning.evaluation.alignment`) and then calls :meth:`DepthTarget.inverse`.
 """
 
 from __future__ import annotations
@@ -118,6 +118,29 @@ class Depth(DepthTarget):
 
 
 TARGETS: dict[str, type[DepthTarget]] = {cls.name: cls for cls in (SqrtDisparity, Disparity, Depth)}
+
+#: The spaces evaluation fits a prediction's per-image scale and shift in (docs/method.md §6):
+#: the targets' own, since a prediction is known up to scale and shift in its target's space.
+ALIGNMENT_SPACES = tuple(TARGETS)  # sqrt_disparity, disparity, depth
+
+
+def check_alignment_space(space: str, key: str | None = None) -> str:
+    """``space``, if it is one of :data:`ALIGNMENT_SPACES`.
+
+    Args:
+        space: the alignment (fit) space asked for.
+        key: the config key that set it (``model.init_args.eval_alignment``), named at the
+            head of the message; None for a function's argument.
+
+    Raises:
+        ConfigError: another name: ``<key>: unknown space 'x'; expected one of
+            sqrt_disparity, disparity, depth`` (without a key: ``unknown alignment space 'x';
+            ...``).
+    """
+    if space not in ALIGNMENT_SPACES:
+        what = f"{key}: unknown space" if key else "unknown alignment space"
+        raise ConfigError(f"{what} {space!r}; expected one of {', '.join(ALIGNMENT_SPACES)}")
+    return space
 
 
 def get_target(name: str) -> DepthTarget:

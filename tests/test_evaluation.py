@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 from dm_lightning.cli import run_cli as main
 from dm_lightning.data.benchmarks import BenchmarkSpec, RankShardSampler
 from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule
-from dm_lightning.evaluation.metrics import METRIC_NAMES, evaluate_batch
-from dm_lightning.evaluation.report import PAPER_RESULTS
+from dm_lightning.evaluation.keys import MetricKey, metric_key, parse_metric_key
+from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch
+from dm_lightning.evaluation.tables import PAPER_RESULTS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -60,6 +61,15 @@ def _tum_spec(processing_res: int | None) -> BenchmarkSpec:
     return BenchmarkSpec(
         "rgbd_folder", str(REAL), None, processing_res, {**options, "decode": "tum"}
     )
+
+
+def test_metric_keys_are_built_and_parsed_in_one_place():
+    assert metric_key("test", "nyu", "abs_rel") == "test/nyu/abs_rel"
+    assert metric_key("val", None, "delta1") == "val/delta1"  # the first split's headline
+    assert parse_metric_key("test/nyu/abs_rel") == MetricKey("test", "nyu", "abs_rel")
+    assert parse_metric_key("test/nyu/abs_rel").split == "nyu"
+    for other in ("val/abs_rel", "train/loss", "test/a/b/c"):
+        assert parse_metric_key(other) is None
 
 
 def test_spec_resolution_defaults_and_errors(tmp_path):

@@ -16,21 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
-from dm_lightning.errors import MissingPathError
-from dm_lightning.evaluation import metrics
-from dm_lightning.evaluation.metrics import align_prediction
-from dm_lightning.inference.metric_depth import (
-    ALIGNMENT_SPACES,
-    InputFileError,
+from dm_lightning.errors import ConfigError, InputFileError, MissingPathError
+from dm_lightning.evaluation.alignment import align_prediction
+from dm_lightning.evaluation.metrics import DepthMetrics
+from dm_lightning.inference.depth_files import (
     KnownPoints,
-    apply_fit,
     load_depth_map,
     load_prediction,
-    metric_from_depth_map,
-    metric_from_points,
     read_points,
     save_depth,
 )
+from dm_lightning.inference.metric_depth import apply_fit, metric_from_depth_map, metric_from_points
+from dm_lightning.targets import ALIGNMENT_SPACES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,7 +59,19 @@ def write_csv(path: Path, text: str) -> Path:
 
 
 def test_spaces_are_the_evaluations():
-    assert ALIGNMENT_SPACES == metrics.ALIGNMENT_SPACES == tuple(CASES)
+    assert ALIGNMENT_SPACES == tuple(CASES)
+    # One check of the name, with evaluation's message (no config key: a function argument).
+    pred, gt = make_case("depth")
+    for call in (
+        lambda: apply_fit(pred, 1.0, 0.0, space="log"),
+        lambda: metric_from_depth_map(pred, gt, space="log"),
+        lambda: DepthMetrics(space="log"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert str(err.value) == (
+            "unknown alignment space 'log'; expected one of sqrt_disparity, disparity, depth"
+        )
 
 
 @pytest.mark.parametrize("space", list(CASES))

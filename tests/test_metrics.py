@@ -19,13 +19,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import free_port
 
-from dm_lightning.evaluation.metrics import (
-    METRIC_NAMES,
-    DepthMetrics,
-    align_prediction,
-    evaluate_batch,
-    per_image_metrics,
-)
+from dm_lightning.evaluation.alignment import align_prediction
+from dm_lightning.evaluation.metrics import DepthMetrics
+from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch, per_image_metrics
 from dm_lightning.testing.reference import NAMES
 from dm_lightning.testing.reference import align_image as np_align_image
 from dm_lightning.testing.reference import evaluate as np_evaluate
@@ -37,7 +33,7 @@ SPACES = ("sqrt_disparity", "disparity", "depth")
 
 # ---------------------------------------------------------------------------------------------
 # numpy reference (float64): dm_lightning.testing.reference, independent of
-# dm_lightning.evaluation.metrics
+# dm_lightning.evaluation
 # ---------------------------------------------------------------------------------------------
 
 

@@ -15,13 +15,9 @@ from test_metrics import make_batch, t
 from dm_lightning.evaluation import book as evaluation_module
 from dm_lightning.evaluation import metrics as metrics_module
 from dm_lightning.evaluation.book import EvaluationBook
-from dm_lightning.evaluation.metrics import (
-    ALIGNMENT_SPACES,
-    METRIC_NAMES,
-    DepthMetrics,
-    evaluate_batch,
-    evaluate_batch_dense,
-)
+from dm_lightning.evaluation.metrics import DepthMetrics
+from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch, evaluate_batch_dense
+from dm_lightning.targets import ALIGNMENT_SPACES
 
 RTOL, ATOL = 1e-9, 1e-12
 

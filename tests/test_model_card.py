@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dm_lightning.cli import run_cli
-from dm_lightning.evaluation.metrics import METRIC_NAMES
+from dm_lightning.evaluation.scoring import METRIC_NAMES
 from dm_lightning.hub.eval_results import EVAL_FILE, read_eval_results
 from dm_lightning.hub.model_card import (
     CARD_FILE,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from dm_lightning.errors import InputFileError
-from dm_lightning.inference.metric_depth import relative_to_depth, save_depth
+from dm_lightning.inference.depth_files import save_depth
+from dm_lightning.inference.metric_depth import relative_to_depth
 from dm_lightning.inference.pointcloud import (
     Intrinsics,
     back_project,
@@ -202,7 +203,8 @@ def test_predict_then_metric_depth_then_point_cloud(tiny_model, tmp_path):
     """The chain on a real model output: predict's .npy (tiny random model) through assumed
     near / far depths, the metric fit recovering that map from the depths, and the cloud."""
     from dm_lightning.inference.api import predict_images
-    from dm_lightning.inference.metric_depth import load_prediction, metric_from_depth_map
+    from dm_lightning.inference.depth_files import load_prediction
+    from dm_lightning.inference.metric_depth import metric_from_depth_map
 
     predict_images(tiny_model, PHOTO, tmp_path, processing_res=64, device="cpu", progress=False)
     pred = load_prediction(tmp_path / "06.npy")

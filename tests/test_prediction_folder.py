@@ -25,9 +25,9 @@ from dm_lightning.cli import main, run_cli
 from dm_lightning.data.benchmarks import BenchmarkSpec
 from dm_lightning.data.datamodule import BenchmarkDataModule
 from dm_lightning.errors import ConfigError, InputFileError
-from dm_lightning.evaluation.metrics import METRIC_NAMES
 from dm_lightning.evaluation.prediction_files import read_prediction
 from dm_lightning.evaluation.prediction_folder import PredictionFolder
+from dm_lightning.evaluation.scoring import METRIC_NAMES
 from dm_lightning.evaluation.settings import dm_lightning_version
 from dm_lightning.hub.eval_results import read_eval_results
 

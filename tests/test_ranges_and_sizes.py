@@ -17,13 +17,9 @@ from PIL import Image
 from dm_lightning import load_depthmaster, predict_images
 from dm_lightning.data import photos
 from dm_lightning.data.photos import PhotoTooLargeError, read_photo
-from dm_lightning.errors import ConfigError
-from dm_lightning.inference.metric_depth import (
-    RANGE_TOLERANCE,
-    InputFileError,
-    load_prediction,
-    relative_to_depth,
-)
+from dm_lightning.errors import ConfigError, InputFileError
+from dm_lightning.inference.depth_files import RANGE_TOLERANCE, load_prediction
+from dm_lightning.inference.metric_depth import relative_to_depth
 from dm_lightning.models import pipeline_depthmaster
 from dm_lightning.models.loading import recorded_processing_res
 from dm_lightning.models.resolution import DEFAULT_PROCESSING_RES

@@ -23,7 +23,7 @@ from dm_lightning.data.datamodule import DepthDataModule, sample_to_tensors
 from dm_lightning.data.streams import ShardSamples
 from dm_lightning.data.synthetic import generate
 from dm_lightning.errors import DataError
-from dm_lightning.evaluation.book import terminal_results_table
+from dm_lightning.evaluation.tables import terminal_results_table
 from dm_lightning.training.base import DepthMasterTask
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ times the source's training size (indoor: 96 x 128 -> 384 x 512 at 4x) and predi
   blended full-detail tiles).
 
 Reports, for each: AbsRel and delta1 with the evaluation's own alignment
-(:func:`dm_lightning.evaluation.metrics.evaluate_batch`, scale and shift in the model's target
+(:func:`dm_lightning.evaluation.scoring.evaluate_batch`, scale and shift in the model's target
 space);
 edge sharpness, the mean gradient magnitude of the prediction on ground-truth depth edges
 (pixels whose neighbour's depth differs by > ``EDGE_JUMP``) over its mean elsewhere (higher =
@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from dm_lightning.data.synthetic import SOURCES, render_scene
-from dm_lightning.evaluation.metrics import evaluate_batch
+from dm_lightning.evaluation.scoring import evaluate_batch
 from dm_lightning.inference.tiling import axis_tiles, predict_tiled
 from dm_lightning.models.loading import load_depthmaster
 

@@ -9,19 +9,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dm_lightning.inference.metric_depth import (
-    ALIGNMENT_SPACES,
-    DEFAULT_MAX_DEPTH,
-    DEFAULT_MIN_DEPTH,
+from dm_lightning.inference.depth_files import (
     DEFAULT_PNG_SCALE,
-    DEFAULT_SPACE,
     load_depth_map,
     load_prediction,
-    metric_from_depth_map,
-    metric_from_points,
     read_points,
     save_depth,
 )
+from dm_lightning.inference.metric_depth import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MIN_DEPTH,
+    DEFAULT_SPACE,
+    metric_from_depth_map,
+    metric_from_points,
+)
+from dm_lightning.targets import ALIGNMENT_SPACES
 from dm_lightning.tool_cli import run_tool, tool_parser
 
 PROG = "metric_depth"

@@ -6,14 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dm_lightning.inference.metric_depth import (
-    ALIGNMENT_SPACES,
-    DEFAULT_SPACE,
-    InputFileError,
-    load_depth_map,
-    load_prediction,
-    relative_to_depth,
-)
+from dm_lightning.errors import InputFileError
+from dm_lightning.inference.depth_files import load_depth_map, load_prediction
+from dm_lightning.inference.metric_depth import DEFAULT_SPACE, relative_to_depth
 from dm_lightning.inference.pointcloud import (
     DEFAULT_FOV,
     Intrinsics,
@@ -21,6 +16,7 @@ from dm_lightning.inference.pointcloud import (
     point_cloud,
     write_ply,
 )
+from dm_lightning.targets import ALIGNMENT_SPACES
 from dm_lightning.tool_cli import run_tool, tool_parser
 
 PROG = "point_cloud"

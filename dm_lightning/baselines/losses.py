@@ -23,7 +23,7 @@ def least_squares_scale_shift(pred: Tensor, target: Tensor, valid: Tensor) -> tu
     (the normal equations' solution, free of the cancellation of the raw-sum form in fp32).
     A constant prediction (or one valid pixel) keeps scale 1 and shifts by the mean
     difference, the rule of the evaluation's fit
-    (:func:`dm_lightning.evaluation.metrics.fit_scale_shift`);
+    (:func:`dm_lightning.evaluation.alignment.fit_scale_shift`);
     an image without a valid pixel gets (1, 0).
 
     Args:

@@ -4,14 +4,14 @@
 :class:`~dm_lightning.evaluation.metrics.DepthMetrics` and a count of the samples the data streams
 skipped (both synchronised over ranks with ``dist_reduce_fx="sum"``), and for test splits the
 per-image metric rows, gathered over ranks at the end of the epoch. The LightningModule runs
-the network and hands the book its predictions; the book scores, logs and reports.
-:func:`terminal_results_table` formats the logged values for the terminal (``dm-lightning
-test`` and ``validate`` print it).
+the network and hands the book its predictions; the book scores, logs and reports (the
+terminal's table of the logged values is
+:func:`~dm_lightning.evaluation.tables.terminal_results_table`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -19,7 +19,9 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from dm_lightning.errors import DataError
-from dm_lightning.evaluation.metrics import METRIC_NAMES, DepthMetrics, evaluate_batch
+from dm_lightning.evaluation.keys import metric_key
+from dm_lightning.evaluation.metrics import DepthMetrics
+from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch
 
 # The values logged per split as <stage>/<split>/<name>; the first split's abs_rel and delta1
 # are also logged as <stage>/<name> (val/abs_rel drives checkpoint selection).
@@ -47,7 +49,7 @@ class EvaluationBook(nn.Module):
 
     Args:
         space: alignment space of the per-image scale/shift fit (see
-            :func:`~dm_lightning.evaluation.metrics.align_prediction`).
+            :func:`~dm_lightning.evaluation.alignment.align_prediction`).
 
     ``per_image_results`` maps a test split name to its per-image rows of all ranks
     (``{"key": str, <metric>: float, ...}``, sorted by key; images without a valid pixel left
@@ -129,9 +131,10 @@ class EvaluationBook(nn.Module):
                 )
             for metric in LOGGED_VALUES:
                 value = values[metric].float()
-                log(f"{stage}/{name}/{metric}", value, add_dataloader_idx=False)
+                log(metric_key(stage, name, metric), value, add_dataloader_idx=False)
                 if i == 0 and metric in HEADLINE_VALUES:
-                    log(f"{stage}/{metric}", value, prog_bar=True, add_dataloader_idx=False)
+                    headline = metric_key(stage, None, metric)
+                    log(headline, value, prog_bar=True, add_dataloader_idx=False)
             self.metrics[key].reset()
             if stage == "test":
                 self.per_image_results[name] = self._gather_rows(key)
@@ -162,63 +165,3 @@ def _rows_of(scored: list[_ScoredBatch]) -> list[dict[str, Any]]:
         for k, row in zip(keys, table.tolist())
         if row[-1]
     ]
-
-
-# Columns of :func:`terminal_results_table`: (header, logged value, x100). The skip columns are
-# shown only when some split has a non-zero count.
-_TABLE_COLUMNS = (
-    ("images", "num_images", False),
-    ("AbsRel x100", "abs_rel", True),
-    ("δ1 x100", "delta1", True),
-)
-_SKIP_COLUMNS = (
-    ("unreadable samples", "skipped_samples", False),
-    ("images without valid depth", "skipped_images", False),
-)
-
-
-def terminal_results_table(
-    stage: str, names: Sequence[str], metrics: Mapping[str, Any]
-) -> str | None:
-    """The terminal's results table of an evaluation: one row per split, in ``names`` order.
-
-    Args:
-        stage: "val" or "test": the prefix of the logged values.
-        names: split names (a DataModule's ``val_names`` / ``test_names``).
-        metrics: logged values (``trainer.callback_metrics``: ``<stage>/<split>/<name>``,
-            tensors or floats; AbsRel and delta1 as fractions).
-
-    Returns:
-        A Markdown table, columns aligned: split, evaluated images, AbsRel and delta1 x100
-        with two decimals, and the skipped samples and images when any is non-zero; None if
-        no split has logged values.
-    """
-
-    def value(name: str, key: str) -> float:
-        return float(metrics.get(f"{stage}/{name}/{key}", 0.0))
-
-    shown = [n for n in names if f"{stage}/{n}/abs_rel" in metrics]
-    if not shown:
-        return None
-    skips = [c for c in _SKIP_COLUMNS if any(value(n, c[1]) for n in shown)]
-    columns = [*_TABLE_COLUMNS, *skips]
-    header = ["dataset", *(title for title, _, _ in columns)]
-    rows = [
-        [
-            name,
-            *(
-                f"{100 * value(name, k):.2f}" if x100 else f"{value(name, k):.0f}"
-                for _, k, x100 in columns
-            ),
-        ]
-        for name in shown
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        # the split name left-aligned, numbers right-aligned
-        padded = [cells[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(["-" * (widths[0] + 2), *("-" * (w + 1) + ":" for w in widths[1:])]) + "|"
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])

@@ -33,7 +33,6 @@ from torch import Tensor
 
 from dm_lightning.data.benchmarks import BenchmarkSpec, DepthPairDataset, ListEntry
 from dm_lightning.errors import ConfigError, InputFileError, MissingPathError
-from dm_lightning.evaluation.metrics import ALIGNMENT_SPACES
 from dm_lightning.evaluation.prediction_files import (
     PREDICTION_SUFFIXES,
     find_prediction,
@@ -42,7 +41,7 @@ from dm_lightning.evaluation.prediction_files import (
 )
 from dm_lightning.evaluation.task import EvaluationTask
 from dm_lightning.models.pipeline_depthmaster import resize_bilinear
-from dm_lightning.targets import get_target
+from dm_lightning.targets import ALIGNMENT_SPACES, check_alignment_space, get_target
 
 #: Spaces whose files may be fitted in another space: their values are converted exactly
 #: (1/x, sqrt) when known up to a scale only, as metric or scale-invariant depth and disparity
@@ -79,7 +78,7 @@ class PredictionFolder(EvaluationTask):
             (sqrt(1 / depth), dm_lightning's own relative output: ``dm-lightning predict``'s
             ``.npy`` of the default target, 1 = near).
         fit_space: the space the per-image scale and shift are fitted in
-            (:data:`~dm_lightning.evaluation.metrics.ALIGNMENT_SPACES`); default ``space``. Another
+            (:data:`~dm_lightning.targets.ALIGNMENT_SPACES`); default ``space``. Another
             space
             converts the values exactly (depth <-> 1 / depth, sqrt), which is right for values
             known up to a scale only (metric or scale-invariant depth or disparity, all > 0),
@@ -112,11 +111,7 @@ class PredictionFolder(EvaluationTask):
                 f"each image up to scale and shift: {', '.join(ALIGNMENT_SPACES)}"
             )
         for key, value in (("space", space), ("fit_space", fit_space or space)):
-            if value not in ALIGNMENT_SPACES:
-                raise ConfigError(
-                    f"model.init_args.{key}: unknown space {value!r}; expected one of "
-                    f"{', '.join(ALIGNMENT_SPACES)}"
-                )
+            check_alignment_space(value, f"model.init_args.{key}")
         fit_space = fit_space or space
         if fit_space != space and space not in CONVERTIBLE_SPACES:
             raise ConfigError(

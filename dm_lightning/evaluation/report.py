@@ -7,115 +7,17 @@ import json
 
 import lightning as L
 
-from dm_lightning.evaluation.metrics import METRIC_NAMES
-from dm_lightning.evaluation.settings import (
-    MISSING,
-    dm_lightning_version,
-    settings_markdown,
-    split_settings,
-)
+from dm_lightning.evaluation.keys import metric_key
+from dm_lightning.evaluation.scoring import METRIC_NAMES
+from dm_lightning.evaluation.settings import dm_lightning_version, settings_markdown, split_settings
+from dm_lightning.evaluation.tables import results_table
 from dm_lightning.output_folders import check_writable_folder, output_folder
-
-PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
-    "DepthMaster (paper)": {
-        "kitti": (8.2, 93.7),
-        "nyu": (5.0, 97.2),
-        "eth3d": (5.3, 97.4),
-        "scannet": (5.5, 96.7),
-        "diode": (21.5, 77.6),
-    },
-    "Marigold (paper)": {
-        "kitti": (9.9, 91.6),
-        "nyu": (5.5, 96.4),
-        "eth3d": (6.5, 96.0),
-        "scannet": (6.4, 95.1),
-        "diode": (30.8, 77.3),
-    },
-    "Lotus (paper)": {
-        "kitti": (9.3, 92.8),
-        "nyu": (5.3, 96.7),
-        "eth3d": (6.8, 95.3),
-        "scannet": (6.0, 96.3),
-        "diode": (22.8, 73.8),
-    },
-}
-"""Published zero-shot results (docs/method.md §6): method -> benchmark kind -> (AbsRel, delta1),
-both x100."""
 
 RESULTS_JSON = "results.json"
 PAPER_ROWS_NOTE = (
     "The (paper) rows are the published numbers (docs/method.md §6), made with their authors' "
     "own settings; the settings above are the first row's."
 )
-
-
-def results_table(
-    ours: dict[str, tuple[float, float] | None], kinds: dict[str, str], num_images: dict[str, int]
-) -> str:
-    """A markdown table: "this model" then the :data:`PAPER_RESULTS` rows.
-
-    Args:
-        ours: benchmark name -> (AbsRel, delta1) as fractions in [0, inf) and [0, 1], or None
-            (no image evaluated).
-        kinds: benchmark name -> benchmark kind (``nyu``, ... ; anything else has no paper
-            number).
-        num_images: benchmark name -> number of evaluated images, shown in the header.
-
-    Returns:
-        The table; cells are ``AbsRel / delta1`` x100 with one decimal, ``–`` where unknown.
-    """
-
-    def cell(value: tuple[float, float] | None, scale: float) -> str:
-        return MISSING if value is None else f"{value[0] * scale:.1f} / {value[1] * scale:.1f}"
-
-    names = list(ours)
-    lines = [
-        "| AbsRel / δ1 (x100) | " + " | ".join(f"{n} ({num_images[n]})" for n in names) + " |",
-        "|---" * (len(names) + 1) + "|",
-        "| this model | " + " | ".join(cell(ours[n], 100.0) for n in names) + " |",
-    ]
-    for method, numbers in PAPER_RESULTS.items():
-        cells = (cell(numbers.get(kinds[n]), 1.0) for n in names)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def metric_splits(rows: dict[str, dict[str, float]]) -> list[str]:
-    """The test splits of ``test/<split>/abs_rel`` keys in ``rows``' metrics, first seen first."""
-    splits: dict[str, None] = {}
-    for metrics in rows.values():
-        for key in metrics:
-            parts = key.split("/")
-            if len(parts) == 3 and parts[0] == "test" and parts[2] == "abs_rel":
-                splits[parts[1]] = None
-    return list(splits)
-
-
-def metrics_table(rows: dict[str, dict[str, float] | None], splits: list[str]) -> str:
-    """A markdown table of models or ablations (rows) by test split: ``<split> AbsRel`` and
-    ``<split> δ1`` columns, x100 with one decimal, like the paper's ablation tables.
-
-    Args:
-        rows: row label -> logged metrics (``test/<split>/abs_rel`` and ``test/<split>/delta1``
-            as fractions), or None for a row without results (shown as ``–``).
-        splits: the test splits, in column order.
-    """
-    columns = [f"{s} {name}" for s in splits for name in ("AbsRel", "δ1")]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cells) + " |"
-
-    lines = [line(["model", *columns]), "|" + "---|" * (1 + len(columns))]
-    for label, metrics in rows.items():
-        cells = [
-            MISSING
-            if metrics is None or f"test/{s}/{m}" not in metrics
-            else f"{100 * metrics[f'test/{s}/{m}']:.1f}"
-            for s in splits
-            for m in ("abs_rel", "delta1")
-        ]
-        lines.append(line([label, *cells]))
-    return "\n".join(lines)
 
 
 class EvaluationReport(L.Callback):
@@ -170,12 +72,15 @@ class EvaluationReport(L.Callback):
                 writer = csv.DictWriter(f, fieldnames=["key", *METRIC_NAMES])
                 writer.writeheader()
                 writer.writerows(rows)
-        metrics = trainer.callback_metrics
-        num_images = {n: int(metrics[f"test/{n}/num_images"]) for n in results}
+        logged, names = trainer.callback_metrics, (*METRIC_NAMES, "num_images")
+        # split -> metric -> logged value
+        values = {
+            n: {m: float(logged[k]) for m in names if (k := metric_key("test", n, m)) in logged}
+            for n in results
+        }
+        num_images = {n: int(values[n]["num_images"]) for n in results}
         ours = {
-            n: (float(metrics[f"test/{n}/abs_rel"]), float(metrics[f"test/{n}/delta1"]))
-            if num_images[n]
-            else None
+            n: (values[n]["abs_rel"], values[n]["delta1"]) if num_images[n] else None
             for n in results
         }
         datamodule = getattr(trainer, "datamodule", None)
@@ -208,9 +113,7 @@ class EvaluationReport(L.Callback):
                 "kind": kinds[n],
                 "num_images": num_images[n],
                 "metrics": {
-                    m: float(metrics[f"test/{n}/{m}"])
-                    for m in METRIC_NAMES
-                    if num_images[n] and f"test/{n}/{m}" in metrics
+                    m: values[n][m] for m in METRIC_NAMES if num_images[n] and m in values[n]
                 },
                 "settings": splits[n],
             }

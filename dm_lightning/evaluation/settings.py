@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_lightning.data.benchmarks import BenchmarkSpec
-
-MISSING = "–"  # a table cell without a value
+from dm_lightning.evaluation.tables import MISSING, markdown_table
 
 
 def dm_lightning_version() -> str:
@@ -75,21 +74,14 @@ def settings_markdown(run: dict[str, Any], splits: dict[str, dict[str, Any]]) ->
         words.append(f"model `{run['model']}` (target {run.get('target', MISSING)})")
     words.append(f"fit (alignment) space **{run.get('fit_space', MISSING)}**")
     header = ["benchmark", "list", "images", "processing res", "crop", "mask", "depth range (m)"]
-    lines = [
-        "Settings: " + "; ".join(words) + ".",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|---" * len(header) + "|",
-    ]
-    for name, s in splits.items():
-        cells = [
+    rows = (
+        [
             name,
             _list_cell(s),
-            _cell(s.get("images")),
-            _cell(s.get("processing_res")),
-            _cell(s.get("crop")),
-            _cell(s.get("mask")),
+            *(_cell(s.get(key)) for key in ("images", "processing_res", "crop", "mask")),
             _range_cell(s),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        for name, s in splits.items()
+    )
+    lines = ["Settings: " + "; ".join(words) + ".", "", *markdown_table(header, rows)]
     return "\n".join(lines) + "\n"

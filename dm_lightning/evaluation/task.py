@@ -24,9 +24,8 @@ class EvaluationTask(L.LightningModule, ABC):
     """Base of the evaluated tasks (abstract: the CLI lists only the concrete ones).
 
     Subclasses set ``eval_alignment`` (the fit space, one of
-    :data:`~dm_lightning.evaluation.metrics.ALIGNMENT_SPACES`) before :meth:`configure_metrics`
-    runs, and
-    define :meth:`eval_prediction`.
+    :data:`~dm_lightning.targets.ALIGNMENT_SPACES`) before :meth:`configure_metrics` runs,
+    and define :meth:`eval_prediction`.
     """
 
     eval_alignment: str

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from dm_lightning.evaluation.keys import metric_key
 from dm_lightning.gpu_check.training import precision_context
 from dm_lightning.training.base import DepthMasterTask
 
@@ -75,7 +76,7 @@ def eval_images_per_s(
         book.compute_and_log("val", ["check"], log)
         _sync(device)
         seconds = time.perf_counter() - start
-    counted = int(logged["val/check/num_images"])
+    counted = int(logged[metric_key("val", "check", "num_images")])
     if counted != len(batches) * batch:
         raise RuntimeError(f"the evaluation counted {counted} images of {len(batches) * batch}")
     return {
@@ -83,7 +84,7 @@ def eval_images_per_s(
         "images": counted,
         "batch": batch,
         "precision": precision,
-        "abs_rel": logged["val/check/abs_rel"],
+        "abs_rel": logged[metric_key("val", "check", "abs_rel")],
     }
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from dm_lightning.evaluation.tables import markdown_table
+
 
 def _version(package: str) -> str | None:
     try:
@@ -54,8 +56,8 @@ def _num(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _training_rows(sections: dict[str, Any]) -> list[str]:
-    lines = []
+def _training_rows(sections: dict[str, Any]) -> list[list[Any]]:
+    rows = []
     for name, section in sections.items():
         result = section.get("result") or {}
         if not name.startswith(("train_", "compile_")) or not result:
@@ -70,13 +72,19 @@ def _training_rows(sections: dict[str, Any]) -> list[str]:
                     batch += f", timed at {row['batch']}"
             else:
                 batch = f"timed at {row['batch']} (eager's largest: {row['eager_largest_batch']})"
-            lines.append(
-                f"| {result['stage']} | {result['precision']} | {unet} "
-                f"| {'on' if row['checkpointing'] else 'off'} | {batch} "
-                f"| {_num(row['samples_per_s'])} | {_num(row['peak_memory_gb'])} "
-                f"| {'-' if row.get('tflops') is None else format(row['tflops'], '.3g')} |"
+            rows.append(
+                [
+                    result["stage"],
+                    result["precision"],
+                    unet,
+                    "on" if row["checkpointing"] else "off",
+                    batch,
+                    _num(row["samples_per_s"]),
+                    _num(row["peak_memory_gb"]),
+                    "-" if row.get("tflops") is None else format(row["tflops"], ".3g"),
+                ]
             )
-    return lines
+    return rows
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -87,43 +95,51 @@ def markdown(results: dict[str, Any]) -> str:
     memory = f", {d['memory_gib']:.1f} GiB" if d.get("memory_gib") else ""
     cuda = f", CUDA {d['cuda']}" if d.get("cuda") else ""
     h, w = plan["height"], plan["width"]
+    training = ["stage", "precision", "U-Net", "checkpointing", f"largest micro-batch at {h}x{w}"]
+    training += ["samples/s", "peak memory (GiB)", "TFLOP/s (model FLOPs)"]
     out = [
         f"GPU check ({results['mode']}): {d['name']}{memory}, torch {d['torch']}{cuda}, "
         f"{results['network']} network, {results['started']}",
         "",
-        f"| stage | precision | U-Net | checkpointing | largest micro-batch at {h}x{w} "
-        "| samples/s | peak memory (GiB) | TFLOP/s (model FLOPs) |",
-        "|---|---|---|---|---|---|---|---|",
-        *_training_rows(s),
+        *markdown_table(training, _training_rows(s)),
     ]
     ev = s.get("eval", {})
     if ev.get("ok"):
-        out += ["", f"| evaluation at {h}x{w} (predict + metrics on the device) | precision "
-                "| images/s |", "|---|---|---|"]  # fmt: skip
-        for row in ev["result"]["rows"]:
-            out.append(f"| {row['images']} images, batch {row['batch']} | {row['precision']} "
-                       f"| {_num(row['images_per_s'])} |")  # fmt: skip
+        header = [f"evaluation at {h}x{w} (predict + metrics on the device)", "precision"]
+        rows = (
+            [f"{r['images']} images, batch {r['batch']}", r["precision"], _num(r["images_per_s"])]
+            for r in ev["result"]["rows"]
+        )
+        out += ["", *markdown_table([*header, "images/s"], rows)]
     pr = s.get("predict", {})
     if pr.get("ok"):
-        out += ["", "| predict, one photo | precision | latency (s, median) |", "|---|---|---|"]
-        for row in pr["result"]["rows"]:
-            ih, iw = row["input"]
-            wh, ww = row["working_size"]
-            out.append(
-                f"| {ih}x{iw} at long edge {row['processing_res']} (network at {wh}x{ww}) "
-                f"| {row['precision']} | {_num(row['latency_s'], 3)} |"
-            )
+        rows = (
+            [
+                f"{r['input'][0]}x{r['input'][1]} at long edge {r['processing_res']} "
+                f"(network at {r['working_size'][0]}x{r['working_size'][1]})",
+                r["precision"],
+                _num(r["latency_s"], 3),
+            ]
+            for r in pr["result"]["rows"]
+        )
+        header = ["predict, one photo", "precision", "latency (s, median)"]
+        out += ["", *markdown_table(header, rows)]
     ddp = s.get("ddp_fit", {})
     if ddp.get("ok"):
         r = ddp["result"]
-        out += ["", "| ddp fit (tiny stage 1, 1 device) | backend | steps | exit code | s |",
-                "|---|---|---|---|---|",
-                f"| {r['strategy']} on {r['device']} | {r['backend']} | {r['global_step']} "
-                f"| {r['exit_code']} | {_num(r['seconds'], 1)} |"]  # fmt: skip
-    out += ["", "| section | status | s |", "|---|---|---|"]
-    for name, section in s.items():
-        status = "ok" if section["ok"] else f"FAILED: {section['error']}".replace("|", "/")
-        out.append(f"| {name} | {status} | {_num(section['seconds'], 1)} |")
+        header = ["ddp fit (tiny stage 1, 1 device)", "backend", "steps", "exit code", "s"]
+        row = [f"{r['strategy']} on {r['device']}", r["backend"], r["global_step"]]
+        row += [r["exit_code"], _num(r["seconds"], 1)]
+        out += ["", *markdown_table(header, [row])]
+    statuses = (
+        [
+            name,
+            "ok" if section["ok"] else f"FAILED: {section['error']}".replace("|", "/"),
+            _num(section["seconds"], 1),
+        ]
+        for name, section in s.items()
+    )
+    out += ["", *markdown_table(["section", "status", "s"], statuses)]
     return "\n".join(out) + "\n"
 
 

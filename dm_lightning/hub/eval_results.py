@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.evaluation.metrics import METRIC_NAMES
+from dm_lightning.evaluation.keys import parse_metric_key
+from dm_lightning.evaluation.scoring import METRIC_NAMES
 
 EVAL_FILE = "dm_lightning_eval.json"
 """The results a card shows, stored in the export next to its ``README.md``."""
@@ -40,7 +41,7 @@ BENCHMARK_NAMES = {
 @dataclass
 class BenchmarkResult:
     """One evaluated test split: ``name`` (the split), ``kind`` (benchmark kind, or the name),
-    ``num_images`` and ``metrics`` (:data:`~dm_lightning.evaluation.metrics.METRIC_NAMES` ->
+    ``num_images`` and ``metrics`` (:data:`~dm_lightning.evaluation.scoring.METRIC_NAMES` ->
     fraction;
     empty when no image was evaluated)."""
 
@@ -97,15 +98,15 @@ class EvalResults:
 def from_flat_metrics(metrics: dict[str, float], model: str, source: str) -> EvalResults:
     """``test/<split>/<metric>`` values (``test_metrics.json``) as :class:`EvalResults`."""
     splits: dict[str, BenchmarkResult] = {}
-    for key, value in metrics.items():
-        parts = key.split("/")
-        if len(parts) != 3 or parts[0] != "test":
+    for name, value in metrics.items():
+        key = parse_metric_key(name)
+        if key is None or key.stage != "test":
             continue
-        result = splits.setdefault(parts[1], BenchmarkResult(parts[1], parts[1], 0))
-        if parts[2] == "num_images":
+        result = splits.setdefault(key.split, BenchmarkResult(key.split, key.split, 0))
+        if key.metric == "num_images":
             result.num_images = int(value)
-        elif parts[2] in METRIC_NAMES:
-            result.metrics[parts[2]] = float(value)
+        elif key.metric in METRIC_NAMES:
+            result.metrics[key.metric] = float(value)
     for result in splits.values():
         if not result.num_images:
             result.metrics = {}

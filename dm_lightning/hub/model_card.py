@@ -23,6 +23,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from dm_lightning.evaluation.tables import markdown_table, results_table
 from dm_lightning.hub.eval_results import EVAL_FILE, EvalResults
 from dm_lightning.hub.training_facts import (
     TrainingFacts,
@@ -145,8 +146,8 @@ def _training_section(facts: TrainingFacts) -> str:
         lines.append(f"- Training data: {', '.join(parts)}.")
     lines.append(f"- Fourier Enhancement block in the U-Net: {'yes' if facts.fourier else 'no'}.")
     if facts.settings:
-        lines += ["", "| setting | value |", "|---|---|"]
-        lines += [f"| {label} | `{value}` |" for label, value in facts.settings]
+        rows = ([label, f"`{value}`"] for label, value in facts.settings)
+        lines += ["", *markdown_table(["setting", "value"], rows)]
     if facts.config_text:
         lines += [
             "",
@@ -165,9 +166,6 @@ def _training_section(facts: TrainingFacts) -> str:
 
 
 def _eval_section(results: EvalResults) -> str:
-    # Lazily: the report module imports Lightning, which the card otherwise does not need.
-    from dm_lightning.evaluation.report import results_table
-
     evaluated = {b.name: b for b in results.benchmarks}
     ours = {
         n: (b.metrics["abs_rel"], b.metrics["delta1"])

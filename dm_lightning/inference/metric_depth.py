@@ -5,59 +5,36 @@ target 1 = near, the normalised square-root disparity) is known only up to a sca
 in its target's space (docs/method.md §2). Given depths in metres for some of its pixels, a
 reference depth map (a depth sensor, LiDAR) or a few measured points (a CSV of ``x, y,
 metres``), this module fits that scale and shift with the evaluation's own alignment
-(:func:`dm_lightning.evaluation.metrics.fit_alignment`, docs/method.md §6: same pixels, same least
-squares, same spaces) and maps every pixel to metres.
+(:func:`dm_lightning.evaluation.alignment.fit_alignment`, docs/method.md §6: same pixels, same
+least squares, same spaces) and maps every pixel to metres.
 
 The aligned value ``s p + t`` can leave the range a depth can have: in the disparity spaces the
 shift can make far pixels' disparity 0 or negative (infinite depth), in the depth space depth
 can go <= 0. Such pixels are clamped to ``[min_depth, max_depth]`` and counted; everywhere else
-the depth equals :func:`dm_lightning.evaluation.metrics.align_prediction`'s.
+the depth equals :func:`dm_lightning.evaluation.alignment.align_prediction`'s.
 
 :func:`relative_to_depth` is the other way to metres, without known depths: the prediction's
-ends stand for assumed near and far depths (for point clouds of a relative prediction).
+ends stand for assumed near and far depths (for point clouds of a relative prediction). The files
+read and written on the way are :mod:`dm_lightning.inference.depth_files`'.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from dm_lightning.data.photos import ImageDecodeError, read_uint16_png
-from dm_lightning.data.schema import UINT16_MAX, quantize_depth
-from dm_lightning.errors import InputFileError, MissingPathError
-from dm_lightning.targets import MIN_DISPARITY, TARGETS, DepthTarget, get_target
+from dm_lightning.errors import InputFileError
+from dm_lightning.evaluation.alignment import fit_alignment
+from dm_lightning.inference.depth_files import RANGE_TOLERANCE, KnownPoints, clip_rounding
+from dm_lightning.targets import MIN_DISPARITY, DepthTarget, check_alignment_space, get_target
 
-#: the alignment spaces, as dm_lightning.evaluation.metrics.ALIGNMENT_SPACES (taken from the
-#: targets, as
-#: there, so that this module does not import dm_lightning.evaluation.metrics at start-up: see _fit)
-ALIGNMENT_SPACES = tuple(TARGETS)
 DEFAULT_SPACE = "sqrt_disparity"  # DepthMaster's target and evaluation space
 DEFAULT_MIN_DEPTH = 1e-3  # metres
 #: metres: the far end of the evaluation's disparity floor (1 / 1e-3), docs/method.md §6
 DEFAULT_MAX_DEPTH = 1.0 / MIN_DISPARITY
-DEFAULT_PNG_SCALE = 1e-3  # metres per PNG unit: millimetres, up to 65.535 m
-POINT_COLUMNS = ("x", "y", "metres")
-
-
-@dataclass(frozen=True)
-class KnownPoints:
-    """Known depths at pixels, read from a CSV by :func:`read_points`.
-
-    ``x`` (column) and ``y`` (row) are (N,) int64 0-based pixel indices, ``metres`` (N,)
-    float64 depths > 0, ``rows`` (N,) the CSV line numbers (for messages).
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    metres: np.ndarray
-    rows: np.ndarray
-    source: str = "points"
 
 
 @dataclass(frozen=True)
@@ -90,176 +67,8 @@ class MetricDepth:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading inputs
-# ---------------------------------------------------------------------------------------------
-
-
-def _existing(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise MissingPathError(f"{path}: no such file")
-    return path
-
-
-def _as_image(array: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """``array`` as (H, W): leading axes of size 1 ((1, H, W), (1, 1, H, W)) are dropped."""
-    while array.ndim > 2 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2 or min(array.shape) < 1:
-        raise InputFileError(f"{path}: expected a {what} of shape (H, W), got {array.shape}")
-    return array
-
-
-def _load_npy(path: Path, what: str) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise InputFileError(f"{path}: cannot read as a .npy array ({err})") from err
-    if array.dtype.kind not in "fiu":
-        raise InputFileError(f"{path}: expected a numeric {what}, got dtype {array.dtype}")
-    return _as_image(array, path, what)
-
-
-def load_prediction(path: str | Path) -> np.ndarray:
-    """A relative prediction ``.npy`` (as ``dm-lightning predict`` writes) -> (H, W) float32;
-    values within :data:`RANGE_TOLERANCE` (1e-6) outside [0, 1] (float rounding, as older
-    ``predict`` outputs have) are clipped onto [0, 1], others are kept.
-
-    Raises:
-        MissingPathError: no such file.
-        InputFileError: not an ``.npy``, not a 2-D numeric array (leading axes of size 1 are
-            accepted), or values that are not finite.
-    """
-    path = _existing(path)
-    if path.suffix.lower() != ".npy":
-        raise InputFileError(
-            f"{path}: expected the float32 .npy that predict writes (its 16-bit .png is "
-            "stretched per image, so its values are not the prediction's)"
-        )
-    pred = _load_npy(path, "relative prediction").astype(np.float32)
-    if not np.isfinite(pred).all():
-        bad = int(np.count_nonzero(~np.isfinite(pred)))
-        raise InputFileError(f"{path}: {bad} prediction values are NaN or infinite")
-    return clip_rounding(pred)
-
-
-#: How far outside [0, 1] a prediction value may lie and still count as rounding of [0, 1]:
-#: older ``predict`` outputs were resized after their clip, and antialiased bilinear resizing
-#: overshoots by float32 rounding (about 6e-8); 1e-6 is over ten float32 steps at 1.
-RANGE_TOLERANCE = 1e-6
-
-
-def clip_rounding(pred: np.ndarray) -> np.ndarray:
-    """``pred`` with values within :data:`RANGE_TOLERANCE` outside [0, 1] clipped onto 0 / 1;
-    values farther outside are kept as they are (callers that need [0, 1] refuse them)."""
-    low, high = -RANGE_TOLERANCE, 1.0 + RANGE_TOLERANCE
-    pred = np.where((pred < 0.0) & (pred >= low), 0.0, pred)
-    return np.where((pred > 1.0) & (pred <= high), 1.0, pred).astype(np.float32)
-
-
-def load_depth_map(path: str | Path, depth_scale: float | None = None) -> np.ndarray:
-    """A depth map -> (H, W) float64 metres; 0, negative and non-finite values stay invalid.
-
-    Args:
-        path: ``.npy`` of metres, or a single-channel 16-bit ``.png`` of units.
-        depth_scale: metres per unit; required for a PNG (e.g. 0.001 for millimetres), and
-            multiplies an ``.npy``'s values if given.
-
-    Raises:
-        MissingPathError: no such file.
-        InputFileError: another file type, a PNG without ``depth_scale`` or not 16-bit grey,
-            a bad ``depth_scale``.
-    """
-    path = _existing(path)
-    if depth_scale is not None and not (math.isfinite(depth_scale) and depth_scale > 0):
-        raise InputFileError(f"{path}: depth scale must be > 0 metres per unit, got {depth_scale}")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        depth = _load_npy(path, "depth map").astype(np.float64)
-        return depth * depth_scale if depth_scale is not None else depth
-    if suffix != ".png":
-        raise InputFileError(f"{path}: expected a depth map as .npy (metres) or 16-bit .png")
-    if depth_scale is None:
-        raise InputFileError(
-            f"{path}: a PNG depth map needs its depth scale in metres per unit "
-            "(e.g. 0.001 for millimetres)"
-        )
-    try:
-        units = read_uint16_png(path)
-    except ImageDecodeError as err:
-        raise InputFileError(f"{path}: {err}") from err
-    return units.astype(np.float64) * depth_scale
-
-
-def read_points(path: str | Path) -> KnownPoints:
-    """Known depths from a CSV with a header row naming the columns ``x``, ``y`` and ``metres``
-    (any order, other columns ignored; ``meters`` also accepted).
-
-    ``x`` is the pixel column and ``y`` the row, 0-based from the top-left pixel; non-integer
-    values round to the nearest pixel. Blank lines are skipped.
-
-    Raises:
-        MissingPathError: no such file.
-        InputFileError: a missing column, or a row whose value is not a number or whose depth
-            is not finite and > 0 (naming the file, the line and the value).
-    """
-    path = _existing(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, skipinitialspace=True)
-            header = {name.strip().lower(): name for name in reader.fieldnames or () if name}
-            if "meters" in header and "metres" not in header:
-                header["metres"] = header["meters"]
-            missing = [name for name in POINT_COLUMNS if name not in header]
-            if missing:
-                raise InputFileError(
-                    f"{path}: no column {', '.join(missing)} in the header row "
-                    f"{list(reader.fieldnames or [])}; expected the columns x, y, metres"
-                )
-            values: list[tuple[float, float, float, int]] = []
-            for row in reader:
-                if not any((cell or "").strip() for cell in row.values() if isinstance(cell, str)):
-                    continue
-                line = reader.line_num
-                numbers = []
-                for name in POINT_COLUMNS:
-                    cell = row.get(header[name])
-                    try:
-                        numbers.append(float(cell))
-                    except (TypeError, ValueError):
-                        raise InputFileError(
-                            f"{path} line {line}: {name}={cell!r} is not a number"
-                        ) from None
-                x, y, metres = numbers
-                if not (math.isfinite(x) and math.isfinite(y)):
-                    raise InputFileError(f"{path} line {line}: pixel x={x}, y={y} is not finite")
-                if not (math.isfinite(metres) and metres > 0):
-                    raise InputFileError(
-                        f"{path} line {line}: metres={metres} is not a depth (need finite > 0)"
-                    )
-                values.append((x, y, metres, line))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputFileError(f"{path}: cannot read as CSV ({err})") from err
-    table = np.array(values, dtype=np.float64).reshape(-1, 4)
-    return KnownPoints(
-        x=np.rint(table[:, 0]).astype(np.int64),
-        y=np.rint(table[:, 1]).astype(np.int64),
-        metres=table[:, 2],
-        rows=table[:, 3].astype(np.int64),
-        source=str(path),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Fitting and mapping to metres
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_space(space: str) -> None:
-    if space not in ALIGNMENT_SPACES:
-        raise InputFileError(
-            f"unknown alignment space {space!r}; expected one of {', '.join(ALIGNMENT_SPACES)}"
-        )
 
 
 def _check_range(space: str, min_depth: float, max_depth: float) -> None:
@@ -279,10 +88,6 @@ def _check_range(space: str, min_depth: float, max_depth: float) -> None:
 def _fit(pred: np.ndarray, known: np.ndarray, space: str, source: str) -> tuple[float, float, int]:
     """Scale, shift and number of fitted values of ``pred`` to the ``known`` metres (same
     shape; 0 / non-finite = unknown), with the evaluation's fit."""
-    # Imported here: dm_lightning.evaluation.metrics imports torchmetrics, several seconds that the
-    # tools' --help and the point-cloud path do not need.
-    from dm_lightning.evaluation.metrics import fit_alignment
-
     p, g = torch.from_numpy(np.ascontiguousarray(pred)), torch.from_numpy(known)
     valid = torch.from_numpy(np.isfinite(known) & (known > 0))
     scale, shift, fitted = fit_alignment(p, g, valid, space)
@@ -329,9 +134,9 @@ def apply_fit(
         The clamp is applied in the space itself (to ``[forward(max), forward(min)]`` for the
         disparity spaces), so a negative sqrt-disparity counts as beyond ``max_depth``
         instead of being squared into a positive one. Unclamped pixels get exactly
-        :func:`~dm_lightning.evaluation.metrics.align_prediction`'s depth.
+        :func:`~dm_lightning.evaluation.alignment.align_prediction`'s depth.
     """
-    _check_space(space)
+    check_alignment_space(space)
     _check_range(space, min_depth, max_depth)
     target = get_target(space)
     value = torch.from_numpy(np.asarray(pred, dtype=np.float64)) * scale + shift
@@ -371,7 +176,7 @@ def metric_from_depth_map(
         InputFileError: shapes differ, fewer than 2 pixels to fit on, a constant prediction
             on them, or bad options.
     """
-    _check_space(space)
+    check_alignment_space(space)
     _check_range(space, min_depth, max_depth)
     if pred.shape != reference.shape:
         raise InputFileError(
@@ -409,14 +214,14 @@ def metric_from_points(
 
     Args:
         pred: (H, W) relative prediction.
-        points: from :func:`read_points` (or built by hand).
+        points: from :func:`~dm_lightning.inference.depth_files.read_points` (or built by hand).
         space, min_depth, max_depth: see :func:`apply_fit`.
 
     Raises:
         InputFileError: a point outside the image (naming its CSV line), fewer than 2 points
             to fit on, the same prediction at all of them, or bad options.
     """
-    _check_space(space)
+    check_alignment_space(space)
     _check_range(space, min_depth, max_depth)
     h, w = pred.shape
     outside = (points.x < 0) | (points.x >= w) | (points.y < 0) | (points.y >= h)
@@ -458,15 +263,16 @@ def relative_to_depth(
     scene's 2nd and 98th percentile depths.
 
     Args:
-        pred: (H, W) relative prediction in [0, 1]; values within :data:`RANGE_TOLERANCE`
-            outside are clipped onto it.
+        pred: (H, W) relative prediction in [0, 1]; values within
+            :data:`~dm_lightning.inference.depth_files.RANGE_TOLERANCE` outside are clipped
+            onto it.
         near, far: metres, 0 < near < far (far <= 1000 m in the disparity spaces).
         space: the target the model was trained with (``sqrt_disparity`` by default).
 
     Returns:
         (H, W) float32 metres in [near, far].
     """
-    _check_space(space)
+    check_alignment_space(space)
     _check_range(space, near, far)
     pred = clip_rounding(np.asarray(pred))
     low, high = float(pred.min(initial=0.0)), float(pred.max(initial=1.0))
@@ -481,40 +287,3 @@ def relative_to_depth(
     start, end = min(at_near, at_far), max(at_near, at_far)
     value = torch.from_numpy(pred.astype(np.float64)) * (end - start) + start
     return target.inverse(value).clamp(near, far).float().numpy()
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------------
-
-
-def save_depth(
-    depth: np.ndarray, out: str | Path, png_scale: float | None = DEFAULT_PNG_SCALE
-) -> tuple[Path, Path | None, int]:
-    """Write metric depth as a float32 ``.npy`` (metres) and a 16-bit PNG next to it.
-
-    Args:
-        depth: (H, W) metres.
-        out: the ``.npy`` path (``.npy`` is appended if missing); the PNG gets its stem.
-        png_scale: metres per PNG unit (default 0.001: millimetres, up to 65.535 m); None
-            writes no PNG.
-
-    Returns:
-        (npy path, PNG path or None, number of pixels beyond ``65535 * png_scale`` metres,
-        written as 0 in the PNG: 0 is the invalid value of depth PNGs).
-    """
-    out = Path(out)
-    if out.suffix.lower() != ".npy":
-        out = out.with_name(out.name + ".npy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    depth = np.asarray(depth, dtype=np.float32)
-    np.save(out, depth)
-    if png_scale is None:
-        return out, None, 0
-    if not (math.isfinite(png_scale) and png_scale > 0):
-        raise InputFileError(f"PNG scale must be > 0 metres per unit, got {png_scale}")
-    beyond = np.rint(depth.astype(np.float64) / png_scale) > UINT16_MAX
-    units = quantize_depth(np.where(beyond, 0.0, depth), png_scale)
-    png = out.with_suffix(".png")
-    Image.fromarray(units).save(png)
-    return out, png, int(beyond.sum())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dm_lightning.evaluation.keys import metric_key
+
 
 def write_chart(path: Path, results: dict[str, dict[str, float] | None], splits: list[str]) -> None:
     """Grouped bars: one panel per metric (AbsRel, δ1, x100), one group per test split, one
@@ -29,7 +31,9 @@ def write_chart(path: Path, results: dict[str, dict[str, float] | None], splits:
     )
     for ax, (metric, title) in zip(axes, panels):
         for i, (name, metrics) in enumerate(rows.items()):
-            values = [100 * metrics.get(f"test/{s}/{metric}", float("nan")) for s in splits]
+            values = [
+                100 * metrics.get(metric_key("test", s, metric), float("nan")) for s in splits
+            ]
             positions = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(splits))]
             bars = ax.bar(positions, values, width, label=name, color=f"C{i % 10}")
             ax.bar_label(bars, fmt="%.1f", fontsize=7)

@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
-from dm_lightning.evaluation.report import metric_splits, metrics_table
+from dm_lightning.evaluation.tables import metric_splits, metrics_table
 from dm_lightning.recipes.ablation_chart import write_chart
 from dm_lightning.recipes.pipeline import (
     Pipeline,

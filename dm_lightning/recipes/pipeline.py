@@ -40,7 +40,7 @@ from typing import Any
 import lightning as L
 
 from dm_lightning.errors import ConfigError, DMLightningError
-from dm_lightning.evaluation.report import metric_splits, metrics_table
+from dm_lightning.evaluation.tables import metric_splits, metrics_table
 from dm_lightning.recipes.steps import INPUT, check_pipeline, evaluation_arguments, fit_arguments
 from dm_lightning.tool_cli import tool_parser
 from dm_lightning.training.callbacks import EXPORT_RECORD

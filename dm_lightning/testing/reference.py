@@ -1,5 +1,5 @@
 """An independent float64 numpy implementation of the evaluation protocol (docs/method.md §6),
-for checking the fast path (:mod:`dm_lightning.evaluation.metrics`) in the tests and in
+for checking the fast path (:mod:`dm_lightning.evaluation.scoring`) in the tests and in
 ``tools/benchmark.py eval``. Not used by training or evaluation.
 
 Per image: least squares of ``s * p + t`` to the ground truth in the alignment space, on the
@@ -7,7 +7,7 @@ valid pixels with finite GT > 0 and, in the two disparity spaces, prediction > 0
 released evaluation); back to depth; clip to the dataset range and to >= 1e-6; the 8 metrics on
 all valid pixels (also those left out of the fit); then the plain mean over images. Written
 pixel by pixel with ``np.linalg.lstsq`` and nothing else: it imports nothing from
-:mod:`dm_lightning.evaluation.metrics` on purpose, so that the two can disagree.
+:mod:`dm_lightning.evaluation` on purpose, so that the two can disagree.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError, TrainingStopped
-from dm_lightning.evaluation.metrics import ALIGNMENT_SPACES
 from dm_lightning.evaluation.task import EvaluationTask
 from dm_lightning.inference.batching import predict_batch
 from dm_lightning.inference.onnx_runtime import OnnxDepthModel, is_onnx_path
@@ -40,7 +39,7 @@ from dm_lightning.models.resolution import (
     check_processing_res,
     network_res,
 )
-from dm_lightning.targets import get_target
+from dm_lightning.targets import check_alignment_space, get_target
 from dm_lightning.training.checkpoints import (
     CHECKPOINT_RECORD,
     checkpoint_stage,
@@ -141,12 +140,9 @@ class DepthMasterTask(EvaluationTask):
         target = target or recorded_target(model_path) or self.default_target
         self.hparams["target"] = target  # resolved: checkpoints and exports record it
         self.target = get_target(target)
-        self.eval_alignment = eval_alignment or target
-        if self.eval_alignment not in ALIGNMENT_SPACES:
-            raise ConfigError(
-                f"model.init_args.eval_alignment: unknown space {self.eval_alignment!r}; "
-                f"expected one of {', '.join(ALIGNMENT_SPACES)}"
-            )
+        self.eval_alignment = check_alignment_space(
+            eval_alignment or target, "model.init_args.eval_alignment"
+        )
         if not (lr > 0 and math.isfinite(lr)):
             # lr 0 trained "successfully" and exported the input weights unchanged.
             raise ConfigError(

@@ -6,8 +6,8 @@ A panel row is RGB | ground truth | prediction | error
 model's target space normalised as in training: the ground truth is exactly the training
 target (the target of metric depth, 2%/98% quantiles of its valid pixels mapped to 0 and 1);
 the prediction is first aligned to the ground truth by the evaluation's own per-image scale
-and shift (:func:`~dm_lightning.evaluation.metrics.align_prediction`), then mapped with the same
-quantiles. Both are drawn near warm, far cool over the fixed range [0, 1], the error
+and shift (:func:`~dm_lightning.evaluation.alignment.align_prediction`), then mapped with the
+same quantiles. Both are drawn near warm, far cool over the fixed range [0, 1], the error
 ``|prediction - ground truth|`` over a fixed [0, ``error_max``]: images of different runs and
 steps compare.
 """
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError
-from dm_lightning.evaluation.metrics import align_prediction
+from dm_lightning.evaluation.alignment import align_prediction
 from dm_lightning.targets import Depth, DepthTarget
 from dm_lightning.visualize import depth_panel
 

@@ -11,6 +11,8 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from dm_lightning.evaluation.keys import parse_metric_key
+
 #: Per-split validation values shown (the evaluation logs ``val/<split>/<metric>``).
 SHOWN_METRICS = ("abs_rel", "delta1")
 
@@ -75,10 +77,10 @@ def _reached_max(trainer: L.Trainer) -> bool:
 def _validation_line(metrics: dict[str, Any]) -> str:
     """``<split> abs_rel 0.1234 delta1 0.8765; ...`` of the last validation, or ""."""
     splits: dict[str, list[str]] = {}
-    for key, value in metrics.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "val" and parts[2] in SHOWN_METRICS:
-            splits.setdefault(parts[1], []).append(f"{parts[2]} {float(value):.4f}")
+    for name, value in metrics.items():
+        key = parse_metric_key(name)
+        if key and key.stage == "val" and key.metric in SHOWN_METRICS:
+            splits.setdefault(key.split, []).append(f"{key.metric} {float(value):.4f}")
     return "; ".join(f"{split} {' '.join(values)}" for split, values in splits.items())
 
 

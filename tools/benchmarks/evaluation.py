@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from dm_lightning.evaluation.metrics import METRIC_NAMES, evaluate_batch
+from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch
 from dm_lightning.testing import reference
 
 from . import suite_parser
