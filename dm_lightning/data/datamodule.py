@@ -7,15 +7,9 @@ whatever the shard sizes. Validation/test: each named split is read exactly once
 workers; its loader's length (batches on this rank, the progress bar's total) comes from the
 shards' ``index.json``. Seeding and splitting: :mod:`dm_lightning.data.streams`.
 
-Batches are dicts: ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 metres,
-``valid`` (B, 1, H, W) bool, ``min_depth``/``max_depth`` (B,) float64 metres, ``source`` and
-``key`` (lists of str), ``skipped`` (int: corrupt samples skipped by the stream since its
-previous batch).
-
-**Empty eval batches.** A validation/test reader (a rank's worker) whose shards held no
-readable sample but whose skips must still be reported yields one batch of zero samples
-(:func:`~dm_lightning.data.collate.empty_batch`, the format is in
-:mod:`dm_lightning.data.collate`). Training batches are never empty.
+The batches (keys, shapes, units; the empty eval batch) are typed in
+:mod:`dm_lightning.data.batch`; training batches arrive packed and are finished on the
+training device by :meth:`DepthDataModule.on_after_batch_transfer`.
 
 **Checks** (:mod:`dm_lightning.data.checks`). Config values are checked when the DataModule
 is built (batch sizes >= 1, mixing probabilities finite >= 0 with a positive sum,
@@ -36,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
@@ -47,11 +40,10 @@ from dm_lightning.data.checks import (
     check_probabilities,
     first_sample_meta,
 )
-from dm_lightning.data.collate import collate, empty_batch  # noqa: F401
+from dm_lightning.data.collate import collate, sample_to_tensors
 from dm_lightning.data.global_batch import rank_batches_per_epoch, split_global_batch
 from dm_lightning.data.packing import pack_training_batch
-from dm_lightning.data.predict import IMAGE_SUFFIXES, ImageFolder, collate_predict  # noqa: F401
-from dm_lightning.data.schema import depth_range, valid_mask
+from dm_lightning.data.predict import ImageFolder, collate_predict
 from dm_lightning.data.shards import (
     expand_shard_patterns,
     indexed_sample_count,
@@ -101,24 +93,6 @@ class TrainSource:
         check_batch_size(self.batch_size, f"data.train[{self.name}].batch_size")
         # (a positive sum over the sources is DepthDataModule's check)
         check_probabilities([self.name], [self.probability], allow_zero_sum=True)
-
-
-def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
-    """Decoded schema sample -> tensors with the valid mask of the source's range."""
-    meta = sample["meta"]
-    depth = torch.from_numpy(sample["depth"]).unsqueeze(0)
-    min_depth, max_depth = depth_range(meta)
-    valid = torch.from_numpy(valid_mask(sample["depth"], meta)).unsqueeze(0)
-    return {
-        # A (3, H, W) view of the HWC array: collate's stack makes the one copy.
-        "rgb": torch.from_numpy(sample["rgb"]).permute(2, 0, 1),
-        "depth": depth,
-        "valid": valid,
-        "min_depth": min_depth,
-        "max_depth": max_depth,
-        "source": meta["source"],
-        "key": sample["key"],
-    }
 
 
 def _eval_entries(entries: dict[str, Any] | None) -> dict[str, str | BenchmarkSpec]:

@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms import InterpolationMode, Resize
 
-from dm_lightning.data.datamodule import collate, sample_to_tensors
+from dm_lightning.data.collate import collate, sample_to_tensors
 from dm_lightning.data.packing import finish_training_batch, pack_training_batch
 from dm_lightning.data.schema import encode_sample
 from dm_lightning.data.shards import iter_shard, write_shard
