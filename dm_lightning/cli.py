@@ -30,6 +30,7 @@ from dm_lightning.baselines.e2e_ft import E2EFT  # noqa: F401
 from dm_lightning.baselines.lotus import LotusD  # noqa: F401
 from dm_lightning.baselines.marigold_task import Marigold  # noqa: F401
 from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
+from dm_lightning.data.contract import depth_data
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.errors import DMLightningError, clear_last_error, last_error
 from dm_lightning.evaluation.book import terminal_results_table
@@ -238,9 +239,9 @@ class DepthMasterCLI(LightningCLI):
         (:func:`~dm_lightning.evaluation.book.terminal_results_table`)."""
         if not self.trainer.is_global_zero:
             return
-        names = getattr(self.datamodule, "test_names" if stage == "test" else "val_names", None)
-        metrics = self.trainer.callback_metrics
-        table = terminal_results_table(stage, list(names or ["default"]), metrics)
+        data = depth_data(self.datamodule)
+        names = (list(data.eval_splits(stage)) if data else []) or ["default"]
+        table = terminal_results_table(stage, names, self.trainer.callback_metrics)
         if table is not None:
             print(f"\n{'test' if stage == 'test' else 'validation'} results:\n{table}")
 

@@ -574,3 +574,28 @@ def test_setup_checks_paths_and_schema_version_and_reads_resolutions(many_shards
     dm.setup("fit")  # the test splits are not part of fit
     with pytest.raises(DataError, match=r"data.test\[v2\]: .*schema_version 2"):
         dm.setup("test")
+
+
+def test_both_datamodules_keep_the_task_contract_and_others_do_not(many_shards):
+    """The tasks and callbacks ask a DataModule through one protocol (data/contract.py): ours
+    keep it, a plain LightningDataModule or no DataModule get the no-DataModule fallbacks."""
+    import lightning as L
+
+    from dm_lightning.data.benchmarks import BenchmarkSpec
+    from dm_lightning.data.contract import depth_data
+    from dm_lightning.data.datamodule import BenchmarkDataModule
+
+    dm = datamodule(many_shards, test={"indoor": str(many_shards / "indoor" / "test-*.tar")})
+    assert depth_data(dm) is dm
+    assert list(dm.eval_splits("val")) == dm.val_names == ["indoor", "outdoor"]
+    assert list(dm.eval_splits("test")) == dm.test_names == ["indoor"]
+    specs = {
+        "b": BenchmarkSpec(kind="nyu", root="nowhere"),
+        "a": BenchmarkSpec(kind="kitti", root="x"),
+    }
+    bench = BenchmarkDataModule(specs)  # readers are built at setup, not here
+    assert depth_data(bench) is bench
+    assert bench.eval_splits("val") == bench.eval_splits("test") == specs
+    assert bench.test_names == ["b", "a"]  # config order
+    assert depth_data(L.LightningDataModule()) is None
+    assert depth_data(None) is None

@@ -200,7 +200,8 @@ class DepthDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}  # benchmark readers, built on first use
         self._first_metas: dict[tuple[str, str], dict[str, Any]] = {}
 
-    # Names of the eval dataloaders, in dataloader_idx order; the LightningModule logs by them.
+    # The contract with the tasks (dm_lightning.data.contract.DepthData). Names of the eval
+    # dataloaders, in dataloader_idx order; the LightningModule logs by them.
     @property
     def val_names(self) -> list[str]:
         return list(self.val_splits)
@@ -208,6 +209,10 @@ class DepthDataModule(L.LightningDataModule):
     @property
     def test_names(self) -> list[str]:
         return list(self.test_splits)
+
+    def eval_splits(self, stage: str) -> dict[str, str | BenchmarkSpec]:
+        """The splits of ``stage``: ``val_splits`` for "val", else ``test_splits``."""
+        return self.val_splits if stage == "val" else self.test_splits
 
     def setup(self, stage: str) -> None:
         """Start-up checks, before any step of ``stage`` ("fit", "validate", "test",
@@ -233,7 +238,7 @@ class DepthDataModule(L.LightningDataModule):
             eval_stage = "test"
         if eval_stage is None:
             return
-        for name, entry in (self.val_splits if eval_stage == "val" else self.test_splits).items():
+        for name, entry in self.eval_splits(eval_stage).items():
             if not isinstance(entry, BenchmarkSpec):
                 key = f"data.{eval_stage}[{name}]"
                 self._first_meta(key, expand_shard_patterns(entry, key))
@@ -399,7 +404,7 @@ class DepthDataModule(L.LightningDataModule):
 
     def eval_dataset(self, name: str, stage: str = "test") -> Dataset:
         """The reader of benchmark entry ``name`` of ``stage`` ("val" or "test")."""
-        spec = (self.val_splits if stage == "val" else self.test_splits)[name]
+        spec = self.eval_splits(stage)[name]
         if not isinstance(spec, BenchmarkSpec):
             raise TypeError(f"{stage} split {name!r} is a shard pattern, not a benchmark spec")
         return self._benchmark(name, spec)
@@ -410,7 +415,7 @@ class DepthDataModule(L.LightningDataModule):
         """Long edge (pixels) eval set ``name`` of ``stage`` ("val" or "test") runs at: its
         spec's, else its reader's default (None = native size); shard splits: ``default``
         (the model's ``processing_res``). The LightningModule asks once per dataloader."""
-        spec = (self.val_splits if stage == "val" else self.test_splits)[name]
+        spec = self.eval_splits(stage)[name]
         if not isinstance(spec, BenchmarkSpec):
             return default
         if spec.processing_res is not None:

@@ -18,6 +18,7 @@ import lightning as L
 from torch import Tensor
 
 from dm_lightning.data.batch import EvalBatch
+from dm_lightning.data.contract import depth_data
 from dm_lightning.evaluation.book import EvaluationBook
 
 
@@ -45,9 +46,8 @@ class EvaluationTask(L.LightningModule, ABC):
         self.evaluation.build({s: self._eval_names(s) for s in ("val", "test")}, self.device)
 
     def _eval_names(self, stage: str) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None)
-        names = getattr(dm, "val_names" if stage == "val" else "test_names", None)
-        return list(names) if names else ["default"]
+        data = depth_data(self.trainer.datamodule)
+        return (list(data.eval_splits(stage)) if data else []) or ["default"]
 
     @abstractmethod
     def eval_prediction(self, batch: EvalBatch, stage: str, dataloader_idx: int) -> Tensor:

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from dm_lightning.data.contract import depth_data
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError, TrainingStopped
 from dm_lightning.evaluation.metrics import ALIGNMENT_SPACES
@@ -256,9 +257,9 @@ class DepthMasterTask(EvaluationTask):
 
     def on_fit_start(self) -> None:
         # Fail before the first step when a training source cannot pass the VAE cleanly.
-        sizes = getattr(self.trainer.datamodule, "train_resolutions", None)
+        data = depth_data(self.trainer.datamodule)
         factor = self.net.latent_factor
-        for name, (height, width) in (sizes() if callable(sizes) else {}).items():
+        for name, (height, width) in (data.train_resolutions() if data else {}).items():
             if height % factor or width % factor:
                 raise ConfigError(
                     f"data.train[{name}]: samples are {height}x{width} pixels, not a multiple "
@@ -407,15 +408,14 @@ class DepthMasterTask(EvaluationTask):
         ``processing_res`` hyper-parameter. Predict runs over the test splits unless the
         DataModule has a ``predict`` folder (or there is no DataModule)."""
         default = network_res(self.hparams.processing_res)
-        dm = getattr(self.trainer, "datamodule", None)
-        split = "test" if stage == "predict" else stage
-        if stage == "predict" and getattr(dm, "predict_path", None) is not None:
-            return [network_res(self.predict_processing_res)]
-        resolve = getattr(dm, "processing_res", None)
-        names = getattr(dm, "val_names" if split == "val" else "test_names", None)
-        if resolve is None or not names:
+        data = depth_data(self.trainer.datamodule)
+        if data is None:
             return [default]
-        return [resolve(name, split, default) for name in names]
+        if stage == "predict" and data.predict_path is not None:
+            return [network_res(self.predict_processing_res)]
+        split = "test" if stage == "predict" else stage
+        names = list(data.eval_splits(split))
+        return [data.processing_res(name, split, default) for name in names] or [default]
 
     def processing_res_of(self, stage: str, dataloader_idx: int = 0) -> int | None:
         """Long edge the network runs at for dataloader ``dataloader_idx`` of ``stage``

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor, nn
 
+from dm_lightning.data.contract import depth_data
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError
 from dm_lightning.evaluation.metrics import align_prediction
@@ -267,7 +268,8 @@ class TrainingMonitor(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self._writers:
             return
-        names = getattr(trainer.datamodule, "val_names", None) if trainer.datamodule else None
+        data = depth_data(trainer.datamodule)
+        names = data.val_names if data else None
         for idx, samples in sorted(self._val_samples.items()):
             split = names[idx] if names and idx < len(names) else str(idx)
             res = pl_module.processing_res_of("val", idx)
