@@ -21,7 +21,6 @@ import torch.multiprocessing as mp
 from helpers import free_port
 
 from dm_lightning.data.datamodule import DepthDataModule, TrainSource
-from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.data.synthetic import generate
 from dm_lightning.errors import ConfigError, DataError, MissingPathError
 
@@ -78,8 +77,8 @@ def test_outdoor_batch_shapes_and_flip_consistency(many_shards):
     seen = set()
     for packed in dm.train_dataloader():
         assert packed["flip"].all()
-        # what the task's training step does on the device after the transfer
-        batch = finish_training_batch(packed)
+        # what Lightning has the DataModule do on the device after the transfer
+        batch = dm.on_after_batch_transfer(packed, 0)
         seen.add(tuple(batch["rgb"].shape[-2:]))
         # depth 0 (sky) is never valid, whatever the flip did
         assert not bool((batch["valid"] & (batch["depth"] <= 0)).any())

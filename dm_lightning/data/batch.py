@@ -88,13 +88,22 @@ class EvalBatch(_Skips):
     key: list[str]
 
 
-class TrainingBatch(EvalBatch):
+class TrainingBatch(EvalBatch, total=False):
     """A finished training batch: the keys of :class:`EvalBatch` (B >= 1), with ``depth`` =
     PNG units x ``depth_scale`` in float32 (0 where not measured), ``valid`` the source's
-    range, and each flipped sample's RGB, depth and mask mirrored together."""
+    range, and each flipped sample's RGB, depth and mask mirrored together; plus
+    ``source_index``, as in :class:`PackedBatch`."""
+
+    source_index: int
 
 
-class PackedBatch(_Skips):
+class _MixedStream(_Skips, total=False):
+    """The key the training stream adds to the batches it mixes."""
+
+    source_index: int
+
+
+class PackedBatch(_MixedStream):
     """A training batch as a worker stacks it (finished into a :class:`TrainingBatch`).
 
     Keys:
@@ -106,6 +115,8 @@ class PackedBatch(_Skips):
         min_depth, max_depth: (B,) float64 metres (inf = unbounded).
         source, key: lists of B str.
         skipped: as in :class:`EvalBatch` (added by the training stream).
+        source_index: which training source of the DataModule the batch was drawn from, in
+            config order (added by :class:`~dm_lightning.data.streams.MixedSourceBatches`).
     """
 
     rgb: Tensor

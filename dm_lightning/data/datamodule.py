@@ -42,7 +42,7 @@ from dm_lightning.data.checks import (
 )
 from dm_lightning.data.collate import collate, sample_to_tensors
 from dm_lightning.data.global_batch import rank_batches_per_epoch, split_global_batch
-from dm_lightning.data.packing import pack_training_batch
+from dm_lightning.data.packing import finish_training_batch, pack_training_batch
 from dm_lightning.data.predict import ImageFolder, collate_predict
 from dm_lightning.data.shards import (
     expand_shard_patterns,
@@ -242,6 +242,15 @@ class DepthDataModule(L.LightningDataModule):
             if not isinstance(entry, BenchmarkSpec):
                 key = f"data.{eval_stage}[{name}]"
                 self._first_meta(key, expand_shard_patterns(entry, key))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Finish a packed training batch on the device Lightning just moved it to
+        (:func:`~dm_lightning.data.packing.finish_training_batch`: metres, valid mask, flip),
+        the one place it happens: ``training_step`` and every callback's ``on_train_batch_*``
+        hook receive a :class:`~dm_lightning.data.batch.TrainingBatch`. Evaluation and
+        predict batches pass unchanged. (Lightning calls a DataModule's hook instead of the
+        LightningModule's, which keeps the default.)"""
+        return finish_training_batch(batch)
 
     def micro_batch_size(self) -> int:
         """The training sources' common ``batch_size`` (samples per micro-batch and rank).

@@ -71,6 +71,12 @@ def has_valid_depth(units: np.ndarray, meta: dict[str, Any]) -> bool:
 RAW_KEYS = ("depth_units", "depth_scale", "flip")
 
 
+def is_packed(batch: Any) -> bool:
+    """Whether ``batch`` is a :class:`~dm_lightning.data.batch.PackedBatch` still to be
+    finished (it holds PNG units, not metres)."""
+    return isinstance(batch, dict) and "depth_units" in batch
+
+
 def same_size(
     shapes: Sequence[tuple[int, ...]],
     keys: Sequence[str],
@@ -138,7 +144,7 @@ def finish_training_batch(batch: PackedBatch | TrainingBatch) -> TrainingBatch:
     mirrored together, the other keys unchanged. A batch without ``depth_units`` (already
     finished, or from an evaluation loader) is returned as it is.
     """
-    if "depth_units" not in batch:
+    if not is_packed(batch):
         return batch
     out = {k: v for k, v in batch.items() if k not in RAW_KEYS}
     flip = batch["flip"].view(-1, 1, 1, 1)

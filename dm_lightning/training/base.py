@@ -4,8 +4,8 @@ Built through hooks, as torchgeo's ``BaseTask``: ``__init__`` saves the hyper-pa
 (less the class's ``hparams_ignore``) and calls :meth:`DepthMasterTask.configure_models`,
 ``configure_losses`` and ``configure_metrics``. Subclasses (:class:`Stage1`, :class:`Stage2`)
 build their extra parts and losses in those hooks and define ``training_loss``; the shared
-``training_step`` finishes the packed batch and guards the loss; everything after training is
-common. The validation and test steps, and their
+``training_step`` guards the loss of the batch the DataModule finished; everything after
+training is common. The validation and test steps, and their
 :class:`~dm_lightning.evaluation.book.EvaluationBook`, are
 :class:`~dm_lightning.evaluation.task.EvaluationTask`'s: this class only says how a batch is
 predicted (:meth:`DepthMasterTask.eval_prediction`).
@@ -20,8 +20,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from dm_lightning.data.batch import TrainingBatch
 from dm_lightning.data.contract import depth_data
-from dm_lightning.data.packing import finish_training_batch
+from dm_lightning.data.packing import is_packed
 from dm_lightning.errors import ConfigError, TrainingStopped
 from dm_lightning.evaluation.metrics import ALIGNMENT_SPACES
 from dm_lightning.evaluation.task import EvaluationTask
@@ -308,18 +309,25 @@ class DepthMasterTask(EvaluationTask):
             self.net.vae.eval()  # frozen: no dropout / norm-statistics changes
         return self
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """Finish the packed batch on the training device (metres, valid mask, flip:
-        :func:`~dm_lightning.data.packing.finish_training_batch`), the one place it happens,
-        with or without a DataModule; then the stage's :meth:`training_loss`, guarded.
+    def training_step(self, batch: TrainingBatch, batch_idx: int) -> Tensor:
+        """The stage's :meth:`training_loss` of a batch finished on the training device by
+        :meth:`DepthDataModule.on_after_batch_transfer
+        <dm_lightning.data.datamodule.DepthDataModule.on_after_batch_transfer>`, guarded.
 
-        (Not in ``on_after_batch_transfer``: Lightning 2.6 warns on every run that passes a
-        DataModule when the LightningModule overrides that hook.) Callbacks'
-        ``on_train_batch_*`` hooks therefore see the packed batch."""
-        loss, parts = self.training_loss(finish_training_batch(batch))
+        Raises:
+            ConfigError: a packed batch arrived (its loader was given to the trainer without
+                the DataModule that finishes it): training on PNG units would be wrong.
+        """
+        if is_packed(batch):
+            raise ConfigError(
+                "training_step got a packed training batch (depth_units, not yet metres): the "
+                "DataModule finishes its batches on the device, so pass it whole, "
+                "trainer.fit(model, datamodule=dm), not dm.train_dataloader()"
+            )
+        loss, parts = self.training_loss(batch)
         return self.guard_loss(loss, parts)
 
-    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, batch: TrainingBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """The stage's loss of a finished batch and its logged terms (``loss`` among them)."""
         raise NotImplementedError
 

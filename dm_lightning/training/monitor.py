@@ -28,7 +28,6 @@ from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor, nn
 
 from dm_lightning.data.contract import depth_data
-from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.errors import ConfigError
 from dm_lightning.evaluation.metrics import align_prediction
 from dm_lightning.targets import Depth, DepthTarget
@@ -122,7 +121,8 @@ class TrainingMonitor(L.Callback):
     logged by the task at the same step: after the 10th optimizer step, 9.
 
     * ``panels/train``: every ``every_n_steps`` optimizer steps, the first ``num_samples``
-      samples of the current training batch (as the loss saw them: metres, valid mask, flip),
+      samples of the current training batch (as the loss saw them: finished by the
+      DataModule, in metres, with the valid mask and the flip),
       predicted in eval mode without gradients.
     * ``panels/val/<split>``: at every validation, the same ``num_samples`` samples of each
       validation split (the first of its first batches on rank 0, kept on the CPU).
@@ -227,8 +227,7 @@ class TrainingMonitor(L.Callback):
             return
         b = _batch_size(batch)
         n = min(self.num_samples, b)
-        first = {k: _first(v, b, n) for k, v in batch.items()}
-        sample = finish_training_batch(first)
+        sample = {k: _first(v, b, n) for k, v in batch.items()}
         # At the size the loss saw (training runs at native size).
         self._write(trainer, pl_module, TRAIN_PANEL_TAG, sample, step, None)
 

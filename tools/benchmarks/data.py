@@ -192,7 +192,7 @@ def shard_stream(shards: Path, batch_size: int, count: int, with_target: bool) -
     while n < count:
         b = next(batches)
         if with_target:
-            b = finish_training_batch(b)
+            b = finish_training_batch(b)  # as DepthDataModule.on_after_batch_transfer does
             target.normalize(b["depth"], b["valid"])
         n += b["rgb"].shape[0]
     return n
