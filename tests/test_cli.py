@@ -290,7 +290,8 @@ def test_packed_batches_are_finished_by_the_datamodule_and_need_it(tiny_model, s
     import lightning as L
 
     from dm_lightning import Stage2
-    from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+    from dm_lightning.data.datamodule import DepthDataModule
+    from dm_lightning.data.train_source import TrainSource
     from dm_lightning.errors import ConfigError
 
     seen: list[dict] = []

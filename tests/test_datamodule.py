@@ -20,8 +20,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import free_port
 
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.synthetic import generate
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.errors import ConfigError, DataError, MissingPathError
 
 
@@ -189,7 +190,7 @@ def test_resumed_run_does_not_replay_the_epoch(many_shards):
 
 
 def test_piped_shards_read_like_local_files(many_shards, tmp_path):
-    from dm_lightning.data.shards import iter_shard
+    from dm_lightning.data.shard_reader import iter_shard
     from dm_lightning.data.streams import SkipCounter
 
     path = str(sorted((many_shards / "indoor").glob("val-*.tar"))[0])
@@ -215,7 +216,7 @@ def test_piped_shards_read_like_local_files(many_shards, tmp_path):
 
 
 def test_shard_member_names_follow_webdataset(tmp_path):
-    from dm_lightning.data.shards import iter_shard
+    from dm_lightning.data.shard_reader import iter_shard
     from dm_lightning.data.streams import SkipCounter
 
     path = tmp_path / "names.tar"

@@ -11,7 +11,8 @@ import torch
 from helpers import cli_args
 
 from dm_lightning import Stage2
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+from dm_lightning.data.datamodule import DepthDataModule
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.errors import TrainingStopped
 from dm_lightning.training.checkpoints import CHECKPOINT_RECORD, load_checkpoint_safely
 

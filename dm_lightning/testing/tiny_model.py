@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor
 
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.packing import finish_training_batch
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
 from dm_lightning.targets import SqrtDisparity
 

@@ -38,7 +38,8 @@ from torchvision.transforms import InterpolationMode, Resize
 from dm_lightning.data.collate import collate, sample_to_tensors
 from dm_lightning.data.packing import finish_training_batch, pack_training_batch
 from dm_lightning.data.schema import encode_sample
-from dm_lightning.data.shards import iter_shard, write_shard
+from dm_lightning.data.shard_reader import iter_shard
+from dm_lightning.data.shards import write_shard
 from dm_lightning.data.streams import SourceStream
 from dm_lightning.data.synthetic import write_split
 from dm_lightning.targets import SqrtDisparity
