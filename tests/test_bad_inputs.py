@@ -330,7 +330,7 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, m
 
 
 def test_a_full_disk_during_an_export_is_one_line_through_the_cli(tmp_path, capsys):
-    from dm_lightning.cli import user_error, user_message
+    from dm_lightning.cli_errors import user_error, user_message
     from dm_lightning.training.callbacks import replace_folder
 
     target = tmp_path / "export"

@@ -189,7 +189,7 @@ def test_training_resolution_must_fit_the_vae_factor(tiny_model, tmp_path):
 def test_worker_errors_print_their_own_message_only():
     from torch._utils import ExceptionWrapper
 
-    from dm_lightning.cli import user_error, user_message
+    from dm_lightning.cli_errors import user_error, user_message
     from dm_lightning.errors import DataError
 
     try:
