@@ -38,7 +38,7 @@ _EXPORTS = {
     "Stage1": "dm_lightning.training.stage1",
     "Stage2": "dm_lightning.training.stage2",
     "TimmEncoder": "dm_lightning.models.encoders",
-    "TrainSource": "dm_lightning.data.datamodule",
+    "TrainSource": "dm_lightning.data.train_source",
     "TrainingMonitor": "dm_lightning.training.monitor",
     "load_depthmaster": "dm_lightning.models.loading",
     "PredictionSummary": "dm_lightning.inference.outputs",
@@ -99,7 +99,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from dm_lightning.baselines.marigold import MarigoldNetwork
     from dm_lightning.baselines.marigold_task import Marigold
     from dm_lightning.data.benchmarks import BenchmarkSpec
-    from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule, TrainSource
+    from dm_lightning.data.datamodule import BenchmarkDataModule, DepthDataModule
+    from dm_lightning.data.train_source import TrainSource
     from dm_lightning.evaluation.prediction_folder import PredictionFolder
     from dm_lightning.evaluation.report import EvaluationReport
     from dm_lightning.inference.api import predict_images

@@ -29,9 +29,16 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from dm_lightning.baselines.e2e_ft import E2EFT  # noqa: F401
 from dm_lightning.baselines.lotus import LotusD  # noqa: F401
 from dm_lightning.baselines.marigold_task import Marigold  # noqa: F401
-from dm_lightning.cli_errors import OneLineErrorParser, check_trainer_config, lightning_error
+from dm_lightning.cli_errors import (
+    OneLineErrorParser,
+    check_trainer_config,
+    lightning_error,
+    user_error,
+    user_message,
+)
+from dm_lightning.data.contract import depth_data
 from dm_lightning.data.datamodule import DepthDataModule
-from dm_lightning.errors import DMLightningError, clear_last_error, last_error
+from dm_lightning.errors import clear_last_error
 from dm_lightning.evaluation.prediction_folder import PredictionFolder  # noqa: F401
 from dm_lightning.evaluation.tables import terminal_results_table
 from dm_lightning.evaluation.task import EvaluationTask
@@ -238,9 +245,9 @@ class DepthMasterCLI(LightningCLI):
         (:func:`~dm_lightning.evaluation.tables.terminal_results_table`)."""
         if not self.trainer.is_global_zero:
             return
-        names = getattr(self.datamodule, "test_names" if stage == "test" else "val_names", None)
-        metrics = self.trainer.callback_metrics
-        table = terminal_results_table(stage, list(names or ["default"]), metrics)
+        data = depth_data(self.datamodule)
+        names = (list(data.eval_splits(stage)) if data else []) or ["default"]
+        table = terminal_results_table(stage, names, self.trainer.callback_metrics)
         if table is not None:
             print(f"\n{'test' if stage == 'test' else 'validation'} results:\n{table}")
 
@@ -303,32 +310,6 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
         run=run,
         auto_configure_optimizers=False,
     )
-
-
-def user_error(error: BaseException) -> DMLightningError | None:
-    """The :class:`DMLightningError` behind ``error``: in its chain, or buried as text in a
-    jsonargparse instantiation error (then recovered from :func:`last_error`)."""
-    texts = []
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, DMLightningError):
-            return seen
-        texts.append(str(seen))
-        seen = seen.__cause__ or seen.__context__
-    last = last_error()
-    if last is not None and any(str(last) in text for text in texts):
-        return last
-    return None
-
-
-def user_message(error: DMLightningError) -> str:
-    """The message of ``error``; for one re-raised from a DataLoader worker, only the
-    original message, without the worker's traceback text torch puts in front of it."""
-    text = str(error)
-    marker = f"{type(error).__module__}.{type(error).__name__}: "
-    if "Original Traceback" in text and marker in text:
-        text = text.rsplit(marker, 1)[1]
-    return text.strip()
 
 
 def main(args: list[str] | None = None) -> int:

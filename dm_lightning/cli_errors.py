@@ -6,6 +6,8 @@ instead raises a :class:`~dm_lightning.errors.ConfigError` whose message fits on
 names the file and line (a YAML error) or the key, the value and what was expected; the CLI's
 ``main`` prints it as ``dm-lightning: error: ...`` and exits 2. ``--help`` and
 ``--print_config`` are untouched (they exit through ``parser.exit``, not ``error``).
+:func:`user_error` and :func:`user_message` find the user's error behind whatever a run
+raised and give its one line.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, NoReturn
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from dm_lightning.errors import ConfigError, DMLightningError
+from dm_lightning.errors import ConfigError, DMLightningError, last_error
 
 _NOT_ACCEPTED = re.compile(r"(Subcommand|Group) '([\w.]+)' does not accept option '([^']+)'")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (--[^\s=]+)")
@@ -220,3 +222,29 @@ def lightning_error(error: BaseException) -> ConfigError | None:
     if found is None:
         return None
     return ConfigError(f"trainer: {' '.join(str(found).split())}")
+
+
+def user_error(error: BaseException) -> DMLightningError | None:
+    """The :class:`DMLightningError` behind ``error``: in its chain, or buried as text in a
+    jsonargparse instantiation error (then recovered from :func:`last_error`)."""
+    texts = []
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, DMLightningError):
+            return seen
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    last = last_error()
+    if last is not None and any(str(last) in text for text in texts):
+        return last
+    return None
+
+
+def user_message(error: DMLightningError) -> str:
+    """The message of ``error``; for one re-raised from a DataLoader worker, only the
+    original message, without the worker's traceback text torch puts in front of it."""
+    text = str(error)
+    marker = f"{type(error).__module__}.{type(error).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.strip()

@@ -184,7 +184,7 @@ def _eight_bit_shard(path: Path) -> Path:
 
 def test_an_8_bit_depth_png_stops_the_stream_naming_shard_and_key(tmp_path):
     from dm_lightning.data.schema import DepthFormatError, decode_sample
-    from dm_lightning.data.shards import iter_shard
+    from dm_lightning.data.shard_reader import iter_shard
     from dm_lightning.data.streams.skips import SkipCounter, decoded
 
     shard = str(_eight_bit_shard(tmp_path / "train-000000.tar"))
@@ -330,7 +330,7 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, m
 
 
 def test_a_full_disk_during_an_export_is_one_line_through_the_cli(tmp_path, capsys):
-    from dm_lightning.cli import user_error, user_message
+    from dm_lightning.cli_errors import user_error, user_message
     from dm_lightning.training.callbacks import replace_folder
 
     target = tmp_path / "export"

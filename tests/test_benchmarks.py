@@ -26,7 +26,7 @@ from dm_lightning.data.benchmarks import (
     get_benchmark,
     kitti_eigen_mask,
 )
-from dm_lightning.data.datamodule import collate
+from dm_lightning.data.collate import collate
 
 REAL = Path(__file__).resolve().parent / "data" / "real_rgbd"
 LAYOUTS = ["folder", "tar", "tar_nested"]

@@ -280,23 +280,56 @@ def test_two_process_ddp_fit_matches_single_process_validation(
             )
 
 
-def test_stage2_trains_on_a_loader_passed_without_the_datamodule(tiny_model, shards, tmp_path):
-    # trainer.fit(model, train_dataloaders=...) has no DataModule: the shared training step
-    # (the one place packed batches are finished) still finishes them.
+def test_packed_batches_are_finished_by_the_datamodule_and_need_it(tiny_model, shards, tmp_path):
+    """The DataModule finishes its packed batches on the device (on_after_batch_transfer):
+    passed whole, the training step and the callbacks see metres and masks, and Lightning
+    warns about no hook; its loader passed without it stops before the first step with a
+    one-line ConfigError saying what to pass, instead of training on PNG units."""
+    import warnings
+
     import lightning as L
 
     from dm_lightning import Stage2
-    from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+    from dm_lightning.data.datamodule import DepthDataModule
+    from dm_lightning.data.train_source import TrainSource
+    from dm_lightning.errors import ConfigError
+
+    seen: list[dict] = []
+
+    class Batches(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append({k: tuple(v.shape) if torch.is_tensor(v) else v for k, v in batch.items()})
+
+    def trainer() -> L.Trainer:
+        return L.Trainer(
+            accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+            callbacks=[Batches()],
+        )  # fmt: skip
 
     source = TrainSource("indoor", str(shards / "indoor" / "train-*.tar"), batch_size=2)
-    loader = DepthDataModule(
-        train=[source], batches_per_epoch=2, num_workers=0, shuffle_buffer=2
-    ).train_dataloader()
-    model = Stage2(str(tiny_model), fourier=False)
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(model, train_dataloaders=loader)
-    assert trainer.global_step == 2
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    data = DepthDataModule(train=[source], batches_per_epoch=2, num_workers=0, shuffle_buffer=2)
+    whole = trainer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        whole.fit(Stage2(str(tiny_model), fourier=False), datamodule=data)
+    assert whole.global_step == 2
+    assert torch.isfinite(whole.callback_metrics["train/loss"])
+    assert not [w for w in caught if "batch_transfer" in str(w.message)]
+    assert len(seen) == 2
+    for batch in seen:  # a TrainingBatch: (B, 3, H, W) RGB, metres and mask, no PNG units
+        assert set(batch) == {"rgb", "depth", "valid", "min_depth", "max_depth", "source", "key",
+                              "skipped", "source_index"}  # fmt: skip
+        assert batch["rgb"][:2] == (2, 3) and batch["depth"] == batch["valid"]
+
+    seen.clear()
+    alone = trainer()
+    message = (
+        "training_step got a packed training batch (depth_units, not yet metres): the "
+        "DataModule finishes its batches on the device, so pass it whole, "
+        "trainer.fit(model, datamodule=dm), not dm.train_dataloader()"
+    )
+    with pytest.raises(ConfigError) as raised:
+        alone.fit(Stage2(str(tiny_model), fourier=False), train_dataloaders=data.train_dataloader())
+    assert str(raised.value) == message
+    assert alone.global_step == 0

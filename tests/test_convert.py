@@ -17,7 +17,8 @@ from PIL import Image
 
 from dm_lightning.data.crops import kitti_benchmark_crop
 from dm_lightning.data.schema import decode_sample
-from dm_lightning.data.shards import iter_shard, read_shard_keys
+from dm_lightning.data.shard_reader import iter_shard
+from dm_lightning.data.shards import read_shard_keys
 from dm_lightning.data.sources import frames
 from dm_lightning.data.sources.hypersim import convert_hypersim
 from dm_lightning.data.sources.raster import (

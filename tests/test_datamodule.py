@@ -20,9 +20,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import free_port
 
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource
-from dm_lightning.data.packing import finish_training_batch
+from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.synthetic import generate
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.errors import ConfigError, DataError, MissingPathError
 
 
@@ -78,8 +78,8 @@ def test_outdoor_batch_shapes_and_flip_consistency(many_shards):
     seen = set()
     for packed in dm.train_dataloader():
         assert packed["flip"].all()
-        # what the task's training step does on the device after the transfer
-        batch = finish_training_batch(packed)
+        # what Lightning has the DataModule do on the device after the transfer
+        batch = dm.on_after_batch_transfer(packed, 0)
         seen.add(tuple(batch["rgb"].shape[-2:]))
         # depth 0 (sky) is never valid, whatever the flip did
         assert not bool((batch["valid"] & (batch["depth"] <= 0)).any())
@@ -190,7 +190,7 @@ def test_resumed_run_does_not_replay_the_epoch(many_shards):
 
 
 def test_piped_shards_read_like_local_files(many_shards, tmp_path):
-    from dm_lightning.data.shards import iter_shard
+    from dm_lightning.data.shard_reader import iter_shard
     from dm_lightning.data.streams import SkipCounter
 
     path = str(sorted((many_shards / "indoor").glob("val-*.tar"))[0])
@@ -216,7 +216,7 @@ def test_piped_shards_read_like_local_files(many_shards, tmp_path):
 
 
 def test_shard_member_names_follow_webdataset(tmp_path):
-    from dm_lightning.data.shards import iter_shard
+    from dm_lightning.data.shard_reader import iter_shard
     from dm_lightning.data.streams import SkipCounter
 
     path = tmp_path / "names.tar"
@@ -574,3 +574,28 @@ def test_setup_checks_paths_and_schema_version_and_reads_resolutions(many_shards
     dm.setup("fit")  # the test splits are not part of fit
     with pytest.raises(DataError, match=r"data.test\[v2\]: .*schema_version 2"):
         dm.setup("test")
+
+
+def test_both_datamodules_keep_the_task_contract_and_others_do_not(many_shards):
+    """The tasks and callbacks ask a DataModule through one protocol (data/contract.py): ours
+    keep it, a plain LightningDataModule or no DataModule get the no-DataModule fallbacks."""
+    import lightning as L
+
+    from dm_lightning.data.benchmarks import BenchmarkSpec
+    from dm_lightning.data.contract import depth_data
+    from dm_lightning.data.datamodule import BenchmarkDataModule
+
+    dm = datamodule(many_shards, test={"indoor": str(many_shards / "indoor" / "test-*.tar")})
+    assert depth_data(dm) is dm
+    assert list(dm.eval_splits("val")) == dm.val_names == ["indoor", "outdoor"]
+    assert list(dm.eval_splits("test")) == dm.test_names == ["indoor"]
+    specs = {
+        "b": BenchmarkSpec(kind="nyu", root="nowhere"),
+        "a": BenchmarkSpec(kind="kitti", root="x"),
+    }
+    bench = BenchmarkDataModule(specs)  # readers are built at setup, not here
+    assert depth_data(bench) is bench
+    assert bench.eval_splits("val") == bench.eval_splits("test") == specs
+    assert bench.test_names == ["b", "a"]  # config order
+    assert depth_data(L.LightningDataModule()) is None
+    assert depth_data(None) is None

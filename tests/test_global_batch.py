@@ -13,11 +13,12 @@ from helpers import cli_args
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dm_lightning.cli import main
-from dm_lightning.data.collate import collate
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource, sample_to_tensors
+from dm_lightning.data.collate import collate, sample_to_tensors
+from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.global_batch import rank_batches_per_epoch, split_global_batch
 from dm_lightning.data.schema import decode_sample
-from dm_lightning.data.shards import iter_shard
+from dm_lightning.data.shard_reader import iter_shard
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.errors import ConfigError
 
 

@@ -11,7 +11,8 @@ import torch
 from helpers import cli_args
 
 from dm_lightning import Stage2
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+from dm_lightning.data.datamodule import DepthDataModule
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.errors import TrainingStopped
 from dm_lightning.training.checkpoints import CHECKPOINT_RECORD, load_checkpoint_safely
 
@@ -188,7 +189,7 @@ def test_training_resolution_must_fit_the_vae_factor(tiny_model, tmp_path):
 def test_worker_errors_print_their_own_message_only():
     from torch._utils import ExceptionWrapper
 
-    from dm_lightning.cli import user_error, user_message
+    from dm_lightning.cli_errors import user_error, user_message
     from dm_lightning.errors import DataError
 
     try:

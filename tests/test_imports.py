@@ -21,7 +21,15 @@ def _loaded_after(code: str) -> set[str]:
     return set(eval(out.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.parametrize("module", ["dm_lightning.data.shards", "dm_lightning.data.schema"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "dm_lightning.data.shards",
+        "dm_lightning.data.shard_reader",
+        "dm_lightning.data.shard_paths",
+        "dm_lightning.data.schema",
+    ],
+)
 def test_data_modules_import_without_lightning(module):
     assert "lightning" not in _loaded_after(f"import {module}")
 

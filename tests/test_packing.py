@@ -14,6 +14,7 @@ from dm_lightning.data.packing import (
     batch_buffer,
     finish_training_batch,
     has_valid_depth,
+    is_packed,
     pack_training_batch,
     valid_unit_range,
 )
@@ -61,6 +62,7 @@ def test_finished_batch_equals_the_per_sample_path():
     assert packed["flip"].tolist() == flips
     batch = finish_training_batch(packed)
     assert finish_training_batch(batch) is batch  # finished batches pass through
+    assert is_packed(packed) and not is_packed(batch)  # what training_step refuses
     assert not set(batch) & {"depth_units", "depth_scale", "flip"}
     ref = reference_batch(raws, flips)
     assert batch["rgb"].shape == (3, 3, 12, 20) and batch["rgb"].dtype == torch.uint8

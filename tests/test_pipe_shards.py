@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from dm_lightning.data.checks import first_sample_meta
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource
-from dm_lightning.data.shards import expand_shard_patterns, indexed_sample_count, iter_shard
+from dm_lightning.data.datamodule import DepthDataModule
+from dm_lightning.data.shard_paths import expand_shard_patterns
+from dm_lightning.data.shard_reader import iter_shard
+from dm_lightning.data.shards import indexed_sample_count
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.errors import ConfigError, DataError
 
 

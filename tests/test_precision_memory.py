@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 
 from dm_lightning import Stage2
 from dm_lightning.cli import run_cli
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.packing import finish_training_batch
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.losses import gradient_loss, masked_mse
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dm_lightning.data.datamodule import DepthDataModule, ImageFolder, collate_predict
+from dm_lightning.data.datamodule import DepthDataModule
+from dm_lightning.data.predict import ImageFolder, collate_predict
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 from dm_lightning.training.callbacks import DepthPredictionWriter

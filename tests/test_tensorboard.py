@@ -254,9 +254,11 @@ def test_eval_mode_puts_each_module_back_in_its_own_mode():
 
 
 def test_train_panel_draws_the_first_sample_as_the_loss_saw_it(tiny_model):
-    """A packed batch (flipped first sample, a hole in its depth) through the real tiny
-    network: the panel's RGB tile is the flipped image, its GT and error tiles are black on the
-    flipped hole; nothing is drawn on other steps."""
+    """A packed batch (flipped first sample, a hole in its depth), finished as the DataModule
+    hands it to the callbacks, through the real tiny network: the panel's RGB tile is the
+    flipped image, its GT and error tiles are black on the flipped hole; nothing is drawn on
+    other steps."""
+    from dm_lightning.data.datamodule import DepthDataModule
     from dm_lightning.data.packing import pack_training_batch
     from dm_lightning.models.loading import load_depthmaster
 
@@ -273,7 +275,9 @@ def test_train_panel_draws_the_first_sample_as_the_loss_saw_it(tiny_model):
         }
         for i in range(2)
     ]
-    batch = pack_training_batch(samples, flips=[True, False])
+    batch = DepthDataModule().on_after_batch_transfer(
+        pack_training_batch(samples, [True, False]), 0
+    )
     images: list[tuple[str, np.ndarray, int]] = []
     writer = SimpleNamespace(add_image=lambda tag, img, step, **_: images.append((tag, img, step)))
     net = load_depthmaster(str(tiny_model))

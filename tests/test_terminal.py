@@ -18,8 +18,8 @@ import pytest
 from helpers import cli_args
 
 from dm_lightning.cli import main
-from dm_lightning.data.collate import collate
-from dm_lightning.data.datamodule import DepthDataModule, sample_to_tensors
+from dm_lightning.data.collate import collate, sample_to_tensors
+from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.streams import ShardSamples
 from dm_lightning.data.synthetic import generate
 from dm_lightning.errors import DataError

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dm_lightning.data.schema import CorruptSampleError, decode_sample, valid_mask
-from dm_lightning.data.shards import expand_shard_patterns, iter_shard
+from dm_lightning.data.shard_paths import expand_shard_patterns
+from dm_lightning.data.shard_reader import iter_shard
 from dm_lightning.tool_cli import tool_parser
 
 DESCRIPTION = """\

@@ -21,6 +21,7 @@ from dm_lightning.baselines.schedule import sd2_noise_schedule
 from dm_lightning.baselines.single_step import LAST_TIMESTEP, last_timestep_pass
 from dm_lightning.baselines.task import BaselineTask
 from dm_lightning.baselines.unet_surgery import widen_conv_in
+from dm_lightning.data.batch import TrainingBatch
 from dm_lightning.errors import ConfigError
 
 
@@ -148,7 +149,7 @@ class E2EFT(BaselineTask):
     def configure_losses(self) -> None:
         self.depth_loss = affine_invariant_l1
 
-    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, batch: TrainingBatch) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.no_grad():
             z_rgb = self.net.encode(self.rgb_signed(batch))
             target = self.normalized_target(batch)

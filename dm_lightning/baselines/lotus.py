@@ -20,6 +20,7 @@ from dm_lightning.baselines.network import BaselineNetwork
 from dm_lightning.baselines.single_step import LAST_TIMESTEP, last_timestep_pass
 from dm_lightning.baselines.task import BaselineTask
 from dm_lightning.baselines.unet_surgery import add_task_switcher
+from dm_lightning.data.batch import TrainingBatch
 from dm_lightning.errors import ConfigError
 
 # The task switcher's one-hot positions (Lotus: [1, 0] annotation, [0, 1] RGB).
@@ -99,7 +100,7 @@ class LotusD(BaselineTask):
     def configure_losses(self) -> None:
         self.preserver_weight = self.hparams.preserver_weight
 
-    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, batch: TrainingBatch) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.no_grad():
             z_rgb = self.net.encode(self.rgb_signed(batch))
             target = self.normalized_target(batch)

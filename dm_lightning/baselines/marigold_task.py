@@ -25,6 +25,7 @@ from dm_lightning.baselines.marigold import (
 )
 from dm_lightning.baselines.multires_noise import annealed_strength, multi_res_noise
 from dm_lightning.baselines.task import BaselineTask
+from dm_lightning.data.batch import TrainingBatch
 from dm_lightning.errors import ConfigError
 from dm_lightning.losses import masked_latent_mse
 from dm_lightning.models.loading import recorded_setting
@@ -131,7 +132,7 @@ class Marigold(BaselineTask):
             noise = multi_res_noise(tuple(depth_latent.shape), strength, generator, device)
         return timesteps, noise.to(depth_latent.dtype)
 
-    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, batch: TrainingBatch) -> tuple[Tensor, dict[str, Tensor]]:
         net: MarigoldNetwork = self.net  # type: ignore[assignment]
         with torch.no_grad():
             z_rgb = net.encode(self.rgb_signed(batch))

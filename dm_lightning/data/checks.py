@@ -15,7 +15,8 @@ from numbers import Integral
 from typing import Any
 
 from dm_lightning.data.schema import CorruptSampleError, SchemaVersionError, decode_meta
-from dm_lightning.data.shards import ShardReadError, is_shard_url, iter_shard
+from dm_lightning.data.shard_paths import is_shard_url
+from dm_lightning.data.shard_reader import ShardReadError, iter_shard
 from dm_lightning.errors import ConfigError, StartupDataError
 
 FIRST_SAMPLE_SHARDS = 4
@@ -59,7 +60,7 @@ def first_sample_meta(key: str, urls: list[str]) -> dict[str, Any]:
     :data:`FIRST_SAMPLE_SHARDS` shards of ``urls``; ``key`` (e.g. ``data.train[hypersim]``)
     is named in errors.
 
-    Works on every shard :func:`~dm_lightning.data.shards.expand_shard_patterns` lists:
+    Works on every shard :func:`~dm_lightning.data.shard_paths.expand_shard_patterns` lists:
     local files and URLs read through a command (``pipe:CMD``, ``http(s)://`` through curl).
     A shard is read only up to its first good sample; a URL's command is then stopped.
 
@@ -106,6 +107,6 @@ def first_sample_meta(key: str, urls: list[str]) -> dict[str, Any]:
 
 
 def _raise(error: Exception) -> None:
-    """:func:`~dm_lightning.data.shards.iter_shard` handler: a shard's read errors raised as
-    :class:`~dm_lightning.data.shards.ShardReadError` (its message says what failed)."""
+    """:func:`~dm_lightning.data.shard_reader.iter_shard` handler: a shard's read errors raised as
+    :class:`~dm_lightning.data.shard_reader.ShardReadError` (its message says what failed)."""
     raise error

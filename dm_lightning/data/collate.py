@@ -1,16 +1,9 @@
-"""Evaluation batches: samples stacked into one batch dict, and the batch of zero samples.
+"""Evaluation batches: a shard sample as tensors, samples stacked into one batch dict, and the
+batch of zero samples.
 
-Batches are dicts: ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 metres,
-``valid`` (B, 1, H, W) bool, ``min_depth``/``max_depth`` (B,) float64 metres, ``source`` and
-``key`` (lists of str); the streams add ``skipped``. (The long edge a split runs at is not in
-its batches: the LightningModule asks ``DepthDataModule.processing_res`` once per loader.)
-
-**Empty eval batches.** A validation/test reader (a rank's worker) whose shards held no
-readable sample but whose skips must still be reported yields one batch of zero samples
-(:func:`empty_batch`): ``rgb`` (0, 3, 1, 1) uint8, ``depth`` (0, 1, 1, 1) float32, ``valid``
-(0, 1, 1, 1) bool, ``min_depth``/``max_depth`` (0,) float64, ``source`` and ``key`` ``[]``, and
-``skipped`` > 0. A consumer counts its skips and evaluates nothing. Training batches are never
-empty.
+The sample and batch formats (:class:`~dm_lightning.data.batch.DepthSample`,
+:class:`~dm_lightning.data.batch.EvalBatch`, the empty batch) are typed in
+:mod:`dm_lightning.data.batch`.
 """
 
 from __future__ import annotations
@@ -19,11 +12,33 @@ from typing import Any
 
 import torch
 
+from dm_lightning.data.batch import DepthSample, EvalBatch
 from dm_lightning.data.packing import same_size
+from dm_lightning.data.schema import depth_range, valid_mask
 
 
-def empty_batch() -> dict[str, Any]:
-    """The eval batch of zero samples (see the module docstring), without ``skipped``."""
+def sample_to_tensors(sample: dict[str, Any]) -> DepthSample:
+    """A decoded schema sample (:func:`~dm_lightning.data.schema.decode_sample`) as a
+    :class:`~dm_lightning.data.batch.DepthSample`, with the valid mask of the source's range."""
+    meta = sample["meta"]
+    depth = torch.from_numpy(sample["depth"]).unsqueeze(0)
+    min_depth, max_depth = depth_range(meta)
+    valid = torch.from_numpy(valid_mask(sample["depth"], meta)).unsqueeze(0)
+    return {
+        # A (3, H, W) view of the HWC array: collate's stack makes the one copy.
+        "rgb": torch.from_numpy(sample["rgb"]).permute(2, 0, 1),
+        "depth": depth,
+        "valid": valid,
+        "min_depth": min_depth,
+        "max_depth": max_depth,
+        "source": meta["source"],
+        "key": sample["key"],
+    }
+
+
+def empty_batch() -> EvalBatch:
+    """The eval batch of zero samples (:mod:`dm_lightning.data.batch`), without
+    ``skipped``."""
     return {
         "rgb": torch.zeros((0, 3, 1, 1), dtype=torch.uint8),
         "depth": torch.zeros((0, 1, 1, 1), dtype=torch.float32),
@@ -35,7 +50,7 @@ def empty_batch() -> dict[str, Any]:
     }
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def collate(samples: list[DepthSample]) -> EvalBatch:
     """Stack same-size samples (no sample: :func:`empty_batch`); raise naming the keys if
     resolutions differ."""
     if not samples:

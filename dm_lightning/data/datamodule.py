@@ -7,15 +7,9 @@ whatever the shard sizes. Validation/test: each named split is read exactly once
 workers; its loader's length (batches on this rank, the progress bar's total) comes from the
 shards' ``index.json``. Seeding and splitting: :mod:`dm_lightning.data.streams`.
 
-Batches are dicts: ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 metres,
-``valid`` (B, 1, H, W) bool, ``min_depth``/``max_depth`` (B,) float64 metres, ``source`` and
-``key`` (lists of str), ``skipped`` (int: corrupt samples skipped by the stream since its
-previous batch).
-
-**Empty eval batches.** A validation/test reader (a rank's worker) whose shards held no
-readable sample but whose skips must still be reported yields one batch of zero samples
-(:func:`~dm_lightning.data.collate.empty_batch`, the format is in
-:mod:`dm_lightning.data.collate`). Training batches are never empty.
+The batches (keys, shapes, units; the empty eval batch) are typed in
+:mod:`dm_lightning.data.batch`; training batches arrive packed and are finished on the
+training device by :meth:`DepthDataModule.on_after_batch_transfer`.
 
 **Checks** (:mod:`dm_lightning.data.checks`). Config values are checked when the DataModule
 is built (batch sizes >= 1, mixing probabilities finite >= 0 with a positive sum,
@@ -24,109 +18,47 @@ that every shard pattern matches files and that the first sample of each trainin
 shard eval split has this dm_lightning's schema version. While streaming, bad samples are
 skipped and counted (see :mod:`dm_lightning.data.streams` for what stops a run instead).
 
-Predict inputs (:class:`~dm_lightning.data.predict.ImageFolder`) are in
-:mod:`dm_lightning.data.predict`.
+The loaders of the evaluation splits and of ``predict`` are built by
+:mod:`dm_lightning.data.eval_loaders`, the global batch and the epoch's length are planned by
+:mod:`dm_lightning.data.global_batch`.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from dm_lightning.data.benchmarks import BenchmarkSpec, RankShardSampler, build_dataset
+from dm_lightning.data.benchmarks import BenchmarkSpec, build_dataset
 from dm_lightning.data.checks import (
     check_bad_fraction,
     check_batch_size,
     check_probabilities,
     first_sample_meta,
 )
-from dm_lightning.data.collate import collate, empty_batch  # noqa: F401
-from dm_lightning.data.global_batch import rank_batches_per_epoch, split_global_batch
-from dm_lightning.data.packing import pack_training_batch
-from dm_lightning.data.predict import IMAGE_SUFFIXES, ImageFolder, collate_predict  # noqa: F401
-from dm_lightning.data.schema import depth_range, valid_mask
-from dm_lightning.data.shards import (
-    expand_shard_patterns,
-    indexed_sample_count,
-    indexed_shard_sizes,
-    is_shard_url,
+from dm_lightning.data.eval_loaders import (
+    benchmark_loader,
+    eval_entries,
+    image_folder_loader,
+    shard_split_loader,
 )
+from dm_lightning.data.global_batch import (
+    common_micro_batch,
+    configure_accumulation,
+    one_pass_batches,
+    rank_batches_per_epoch,
+)
+from dm_lightning.data.packing import finish_training_batch, pack_training_batch
+from dm_lightning.data.shard_paths import expand_shard_patterns
 from dm_lightning.data.streams import (
     DEFAULT_MAX_BAD_FRACTION,
     MixedSourceBatches,
-    ShardSamples,
     SourceStream,
     StreamLoader,
 )
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.errors import ConfigError
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainSource:
-    """One training source: the config entry that says how to *train* on a source's shards
-    (which shards, how often, in what batch size).
-
-    What the shards *contain* (image size, valid depth range, depth scale) is the source's
-    :class:`~dm_lightning.data.sources.spec.SourceSpec`, written into every sample and into
-    ``index.json`` by the converters and the synthetic generator; it is read from the samples,
-    never configured here.
-
-    Args:
-        name: label used in logs (e.g. "hypersim").
-        shards: shard list: a brace pattern (``data/hypersim/train-{000000..000099}.tar``), a glob
-            (``data/hypersim/train-*.tar``) or a single file.
-        probability: share of batches drawn from this source (normalised over sources);
-            finite, >= 0.
-        batch_size: micro-batch size for this source (>= 1).
-
-    Raises:
-        ConfigError: ``batch_size`` < 1 or ``probability`` not a finite number >= 0.
-    """
-
-    name: str
-    shards: str
-    probability: float = 1.0
-    batch_size: int = 2
-
-    def __post_init__(self) -> None:
-        check_batch_size(self.batch_size, f"data.train[{self.name}].batch_size")
-        # (a positive sum over the sources is DepthDataModule's check)
-        check_probabilities([self.name], [self.probability], allow_zero_sum=True)
-
-
-def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
-    """Decoded schema sample -> tensors with the valid mask of the source's range."""
-    meta = sample["meta"]
-    depth = torch.from_numpy(sample["depth"]).unsqueeze(0)
-    min_depth, max_depth = depth_range(meta)
-    valid = torch.from_numpy(valid_mask(sample["depth"], meta)).unsqueeze(0)
-    return {
-        # A (3, H, W) view of the HWC array: collate's stack makes the one copy.
-        "rgb": torch.from_numpy(sample["rgb"]).permute(2, 0, 1),
-        "depth": depth,
-        "valid": valid,
-        "min_depth": min_depth,
-        "max_depth": max_depth,
-        "source": meta["source"],
-        "key": sample["key"],
-    }
-
-
-def _eval_entries(entries: dict[str, Any] | None) -> dict[str, str | BenchmarkSpec]:
-    """Config values -> shard patterns (str) or :class:`BenchmarkSpec` (from a dict)."""
-    return {
-        name: BenchmarkSpec(**entry) if isinstance(entry, dict) else entry
-        for name, entry in (entries or {}).items()
-    }
 
 
 class DepthDataModule(L.LightningDataModule):
@@ -207,12 +139,13 @@ class DepthDataModule(L.LightningDataModule):
         if global_batch_size is not None:
             check_batch_size(global_batch_size, "data.global_batch_size")
             # one size for all sources, or a clear error now
-            self.configured_micro_batch = self.micro_batch_size()
+            sizes = {s.name: s.batch_size for s in self.train_sources}
+            self.configured_micro_batch = common_micro_batch(sizes)
         self.global_batch_size = global_batch_size
         # Micro-batches per optimizer step and rank, set by setup("fit") from the global batch.
         self.accumulation = 1
-        self.val_splits = _eval_entries(val)
-        self.test_splits = _eval_entries(test)
+        self.val_splits = eval_entries(val)
+        self.test_splits = eval_entries(test)
         # An exactly-once split smaller than the world leaves a rank without batches.
         self.allow_zero_length_dataloader_with_multiple_devices = True
         self.predict_path = predict
@@ -226,7 +159,8 @@ class DepthDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}  # benchmark readers, built on first use
         self._first_metas: dict[tuple[str, str], dict[str, Any]] = {}
 
-    # Names of the eval dataloaders, in dataloader_idx order; the LightningModule logs by them.
+    # The contract with the tasks (dm_lightning.data.contract.DepthData). Names of the eval
+    # dataloaders, in dataloader_idx order; the LightningModule logs by them.
     @property
     def val_names(self) -> list[str]:
         return list(self.val_splits)
@@ -234,6 +168,10 @@ class DepthDataModule(L.LightningDataModule):
     @property
     def test_names(self) -> list[str]:
         return list(self.test_splits)
+
+    def eval_splits(self, stage: str) -> dict[str, str | BenchmarkSpec]:
+        """The splits of ``stage``: ``val_splits`` for "val", else ``test_splits``."""
+        return self.val_splits if stage == "val" else self.test_splits
 
     def setup(self, stage: str) -> None:
         """Start-up checks, before any step of ``stage`` ("fit", "validate", "test",
@@ -259,53 +197,29 @@ class DepthDataModule(L.LightningDataModule):
             eval_stage = "test"
         if eval_stage is None:
             return
-        for name, entry in (self.val_splits if eval_stage == "val" else self.test_splits).items():
+        for name, entry in self.eval_splits(eval_stage).items():
             if not isinstance(entry, BenchmarkSpec):
                 key = f"data.{eval_stage}[{name}]"
                 self._first_meta(key, expand_shard_patterns(entry, key))
 
-    def micro_batch_size(self) -> int:
-        """The training sources' common ``batch_size`` (samples per micro-batch and rank).
-
-        Raises:
-            ConfigError: the sources have different batch sizes (a global batch needs one).
-        """
-        sizes = {s.name: s.batch_size for s in self.train_sources}
-        if len(set(sizes.values())) > 1:
-            raise ConfigError(
-                f"data.global_batch_size needs one micro-batch size for all training sources, "
-                f"got batch_size {sizes}; give every data.train entry the same batch_size"
-            )
-        return next(iter(sizes.values()), 1)
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Finish a packed training batch on the device Lightning just moved it to
+        (:func:`~dm_lightning.data.packing.finish_training_batch`: metres, valid mask, flip),
+        the one place it happens: ``training_step`` and every callback's ``on_train_batch_*``
+        hook receive a :class:`~dm_lightning.data.batch.TrainingBatch`. Evaluation and
+        predict batches pass unchanged. (Lightning calls a DataModule's hook instead of the
+        LightningModule's, which keeps the default.)"""
+        return finish_training_batch(batch)
 
     def apply_global_batch(self, trainer: L.Trainer) -> int:
-        """Set the micro-batch and ``trainer.accumulate_grad_batches`` from
-        ``global_batch_size`` and the world size (devices x nodes); return the accumulation.
-        The sources' ``batch_size`` is the largest micro-batch: lowered when it does not
-        divide (see :func:`~dm_lightning.data.global_batch.split_global_batch`).
-
-        Raises:
-            ConfigError: the world size does not divide the global batch, or
-                ``trainer.accumulate_grad_batches`` was set to another value as well.
-        """
-        configured = self.configured_micro_batch
-        micro, accumulation = split_global_batch(
-            self.global_batch_size, configured, trainer.num_devices, trainer.num_nodes
+        """Set ``trainer.accumulate_grad_batches`` and every source's micro-batch from
+        ``global_batch_size`` (:func:`~dm_lightning.data.global_batch.configure_accumulation`,
+        which raises when they do not fit); return the accumulation."""
+        micro, accumulation = configure_accumulation(
+            trainer, self.global_batch_size, self.configured_micro_batch
         )
-        if trainer.accumulate_grad_batches not in (1, accumulation):
-            raise ConfigError(
-                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} and "
-                f"data.global_batch_size={self.global_batch_size} both set the accumulation "
-                f"(the global batch gives {accumulation}); leave accumulate_grad_batches at 1"
-            )
         for source in self.train_sources:
             source.batch_size = micro
-        trainer.accumulate_grad_batches = accumulation
-        lowered = f" (batch_size {configured} lowered to divide it)" if micro < configured else ""
-        rank_zero_info(
-            f"global batch {self.global_batch_size} = micro-batch {micro} x "
-            f"{trainer.world_size} ranks x {accumulation} accumulated micro-batches{lowered}"
-        )
         return accumulation
 
     def train_resolutions(self) -> dict[str, tuple[int, int]]:
@@ -358,7 +272,8 @@ class DepthDataModule(L.LightningDataModule):
             streams, [s.probability for s in self.train_sources], per_rank, self.seed
         )
         if dataset.batches_per_epoch is None:
-            dataset.batches_per_epoch = self.planned_batches(dataset)
+            world = self.trainer.world_size if self.trainer is not None else 1
+            dataset.batches_per_epoch = one_pass_batches(dataset, world, self.accumulation)
         if self.trainer is not None:
             # Continue from the restored trainer state (--ckpt_path), not from epoch 0.
             dataset.epoch = self.trainer.current_epoch
@@ -371,50 +286,16 @@ class DepthDataModule(L.LightningDataModule):
             prefetch_factor=4 if self.num_workers else None,
         )
 
-    def planned_batches(self, dataset: MixedSourceBatches) -> int:
-        """Batches per epoch and rank for one pass over the samples counted in the shards'
-        ``index.json``: ``ceil(samples / (expected batch size x world size))``."""
-        streams = dataset.sources
-        counts = [indexed_sample_count(s.urls) for s in streams]
-        missing = [s.name for s, c in zip(streams, counts) if c is None]
-        if missing:
-            urls = [s.name for s in streams if any(is_shard_url(u) for u in s.urls)]
-            fix = (
-                f"URL shards ({urls}) have no index.json to count: set batches_per_epoch"
-                if urls
-                else "set batches_per_epoch or regenerate the shards' index"
-            )
-            raise ConfigError(
-                f"data.batches_per_epoch is not set and sources {missing} have shards missing "
-                f"from an index.json: {fix}"
-            )
-        total = sum(p * s.batch_size for p, s in zip(dataset.probabilities, streams))
-        world = self.trainer.world_size if self.trainer is not None else 1
-        batches = max(1, math.ceil(sum(counts) / (total * world)))
-        # whole optimizer steps, so that an epoch ends on one
-        return math.ceil(batches / self.accumulation) * self.accumulation
-
     def _eval_loader(
         self, stage: str, name: str, entry: str | BenchmarkSpec, idle_batch: bool = True
     ) -> DataLoader:
         if isinstance(entry, BenchmarkSpec):
-            return self._benchmark_loader(stage, name, entry)
+            trainer = self.trainer
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+            dataset = self._benchmark(name, entry)
+            return benchmark_loader(dataset, self.eval_batch_size, self.num_workers, world, rank)
         key = f"data.{stage}[{name}]"
-        urls = expand_shard_patterns(entry, key)
-        # Per-shard counts from index.json give the loader its length (progress totals). Not
-        # for predict: a rank without a shard would have length 0, which Lightning refuses
-        # on several devices (and skipping the loop there would hang the writer's reduce).
-        sizes = indexed_shard_sizes(urls) if idle_batch else None
-        dataset = ShardSamples(
-            urls,
-            self.eval_batch_size,
-            sample_to_tensors,
-            collate,
-            key,
-            sizes=sizes,
-            idle_batch=idle_batch,
-        )
-        return StreamLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
+        return shard_split_loader(entry, key, self.eval_batch_size, self.num_workers, idle_batch)
 
     def _benchmark(self, name: str, spec: BenchmarkSpec) -> Dataset:
         # Keyed by the spec too: a val and a test entry may share a name with other lists.
@@ -425,7 +306,7 @@ class DepthDataModule(L.LightningDataModule):
 
     def eval_dataset(self, name: str, stage: str = "test") -> Dataset:
         """The reader of benchmark entry ``name`` of ``stage`` ("val" or "test")."""
-        spec = (self.val_splits if stage == "val" else self.test_splits)[name]
+        spec = self.eval_splits(stage)[name]
         if not isinstance(spec, BenchmarkSpec):
             raise TypeError(f"{stage} split {name!r} is a shard pattern, not a benchmark spec")
         return self._benchmark(name, spec)
@@ -436,25 +317,12 @@ class DepthDataModule(L.LightningDataModule):
         """Long edge (pixels) eval set ``name`` of ``stage`` ("val" or "test") runs at: its
         spec's, else its reader's default (None = native size); shard splits: ``default``
         (the model's ``processing_res``). The LightningModule asks once per dataloader."""
-        spec = (self.val_splits if stage == "val" else self.test_splits)[name]
+        spec = self.eval_splits(stage)[name]
         if not isinstance(spec, BenchmarkSpec):
             return default
         if spec.processing_res is not None:
             return spec.processing_res
         return self._benchmark(name, spec).processing_res
-
-    def _benchmark_loader(self, stage: str, name: str, spec: BenchmarkSpec) -> DataLoader:
-        dataset = self._benchmark(name, spec)
-        world, rank = (
-            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        )
-        return DataLoader(
-            dataset,
-            batch_size=self.eval_batch_size,
-            sampler=RankShardSampler(dataset, world, rank),
-            num_workers=self.num_workers,
-            collate_fn=collate,
-        )
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader("val", n, e) for n, e in self.val_splits.items()]
@@ -469,14 +337,7 @@ class DepthDataModule(L.LightningDataModule):
                 self._eval_loader("test", n, e, idle_batch=False)
                 for n, e in self.test_splits.items()
             ]
-        # Images may differ in size (collate_predict keeps mixed sizes apart). Unreadable ones
-        # come as ``skipped_files`` (batch contract: ImageFolder).
-        return DataLoader(
-            ImageFolder(self.predict_path),
-            batch_size=self.predict_batch_size,
-            num_workers=min(self.num_workers, 2),
-            collate_fn=collate_predict,
-        )
+        return image_folder_loader(self.predict_path, self.predict_batch_size, self.num_workers)
 
 
 class BenchmarkDataModule(DepthDataModule):

@@ -7,11 +7,14 @@ the per-sample depth scale, range and flip decision. Inside a worker the batch t
 allocated in shared memory, as torch's ``default_collate`` does, so handing them to the main
 process copies nothing, and the batch is 1.5 MB per 480x640 sample instead of 2.4 MB.
 
-:func:`finish_training_batch` then runs on the training device (at the top of the
-LightningModule's shared ``training_step``): metres from units, the valid mask of the
-source's range, and the horizontal flip of RGB, depth and mask together. The loss then sees
-the same ``rgb`` / ``depth`` / ``valid`` batch as the evaluation loaders give, and builds
-its normalised targets there too.
+:func:`finish_training_batch` then runs on the training device (in
+:meth:`DepthDataModule.on_after_batch_transfer
+<dm_lightning.data.datamodule.DepthDataModule.on_after_batch_transfer>`, once the batch is
+there): metres from units, the valid mask of the source's range, and the horizontal flip of
+RGB, depth and mask together. The loss then sees the same ``rgb`` / ``depth`` / ``valid``
+batch as the evaluation loaders give, and builds its normalised targets there too. Both
+formats are typed in :mod:`dm_lightning.data.batch` (:class:`~dm_lightning.data.batch.PackedBatch`,
+:class:`~dm_lightning.data.batch.TrainingBatch`).
 
 :func:`has_valid_depth` tells, in the worker and without a float copy, whether a decoded
 sample has any pixel :func:`finish_training_batch` will mark valid: the training stream skips
@@ -30,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
+from dm_lightning.data.batch import PackedBatch, TrainingBatch
 from dm_lightning.data.schema import depth_range, in_depth_range
 from dm_lightning.errors import ConfigError
 
@@ -67,6 +71,12 @@ def has_valid_depth(units: np.ndarray, meta: dict[str, Any]) -> bool:
 RAW_KEYS = ("depth_units", "depth_scale", "flip")
 
 
+def is_packed(batch: Any) -> bool:
+    """Whether ``batch`` is a :class:`~dm_lightning.data.batch.PackedBatch` still to be
+    finished (it holds PNG units, not metres)."""
+    return isinstance(batch, dict) and "depth_units" in batch
+
+
 def same_size(
     shapes: Sequence[tuple[int, ...]],
     keys: Sequence[str],
@@ -85,7 +95,7 @@ def same_size(
     return found.pop()
 
 
-def pack_training_batch(samples: list[dict[str, Any]], flips: Sequence[bool]) -> dict[str, Any]:
+def pack_training_batch(samples: list[dict[str, Any]], flips: Sequence[bool]) -> PackedBatch:
     """Stack decoded samples into a raw training batch (memory copies only).
 
     Args:
@@ -96,10 +106,7 @@ def pack_training_batch(samples: list[dict[str, Any]], flips: Sequence[bool]) ->
         flips: per sample, whether :func:`finish_training_batch` flips it left-right.
 
     Returns:
-        ``rgb`` (B, H, W, 3) uint8; ``depth_units`` (B, 1, H, W) int16 holding the uint16 units'
-        bits (int16 because torch's uint16 support is partial on accelerators);
-        ``depth_scale`` (B,) float32 metres per unit; ``flip`` (B,) bool; ``min_depth`` /
-        ``max_depth`` (B,) float64 metres (inf = unbounded); ``source`` and ``key`` lists.
+        A :class:`~dm_lightning.data.batch.PackedBatch` (without ``skipped``).
 
     Raises:
         ConfigError: samples differ in resolution (naming their keys).
@@ -127,18 +134,17 @@ def pack_training_batch(samples: list[dict[str, Any]], flips: Sequence[bool]) ->
     }
 
 
-def finish_training_batch(batch: dict[str, Any]) -> dict[str, Any]:
+def finish_training_batch(batch: PackedBatch | TrainingBatch) -> TrainingBatch:
     """Turn a packed batch into the model's batch, on whatever device it is on.
 
-    Returns a new dict with ``rgb`` (B, 3, H, W) uint8, ``depth`` (B, 1, H, W) float32 metres
-    (``units x depth_scale`` in float32; 0 where not measured), ``valid`` (B, 1, H, W) bool
-    (``min_depth < depth < max_depth``, compared in float32 by
-    :func:`~dm_lightning.data.schema.in_depth_range`, the rule of
-    :func:`~dm_lightning.data.schema.valid_mask`) with the flipped samples' RGB, depth and mask
-    mirrored together, and the other keys unchanged. A batch without
-    ``depth_units`` (already finished, or from an evaluation loader) is returned as it is.
+    Returns a new dict, a :class:`~dm_lightning.data.batch.TrainingBatch`: ``depth`` =
+    ``units x depth_scale`` in float32, ``valid`` = ``min_depth < depth < max_depth`` compared
+    in float32 by :func:`~dm_lightning.data.schema.in_depth_range` (the rule of
+    :func:`~dm_lightning.data.schema.valid_mask`), the flipped samples' RGB, depth and mask
+    mirrored together, the other keys unchanged. A batch without ``depth_units`` (already
+    finished, or from an evaluation loader) is returned as it is.
     """
-    if "depth_units" not in batch:
+    if not is_packed(batch):
         return batch
     out = {k: v for k, v in batch.items() if k not in RAW_KEYS}
     flip = batch["flip"].view(-1, 1, 1, 1)

@@ -32,6 +32,7 @@ from PIL import Image
 from torch import Tensor
 
 from dm_lightning.data.benchmarks import BenchmarkSpec, DepthPairDataset, ListEntry
+from dm_lightning.data.contract import depth_data
 from dm_lightning.errors import ConfigError, InputFileError, MissingPathError
 from dm_lightning.evaluation.prediction_files import (
     PREDICTION_SUFFIXES,
@@ -153,11 +154,10 @@ class PredictionFolder(EvaluationTask):
         is evaluated: a missing one stops the run here, naming how many are missing."""
         super().setup(stage)
         loader_stage = {"fit": "val", "validate": "val"}.get(stage, stage)
-        dm = getattr(self.trainer, "datamodule", None)
-        splits = getattr(dm, "val_splits" if loader_stage == "val" else "test_splits", None)
-        for name, spec in (splits or {}).items():
+        data = depth_data(self.trainer.datamodule)
+        for name, spec in (data.eval_splits(loader_stage) if data else {}).items():
             if isinstance(spec, BenchmarkSpec):
-                dataset = dm.eval_dataset(name, loader_stage)
+                dataset = data.eval_dataset(name, loader_stage)
                 self._listed[loader_stage, name] = self._list_files(name, dataset)
 
     def _list_files(self, split: str, dataset: DepthPairDataset) -> dict[str, _Listed]:

@@ -7,10 +7,16 @@ import json
 
 import lightning as L
 
+from dm_lightning.data.datamodule import BenchmarkDataModule
 from dm_lightning.evaluation.keys import metric_key
 from dm_lightning.evaluation.scoring import METRIC_NAMES
-from dm_lightning.evaluation.settings import dm_lightning_version, settings_markdown, split_settings
+from dm_lightning.evaluation.settings import (
+    dm_lightning_version,
+    settings_markdown,
+    split_settings,
+)
 from dm_lightning.evaluation.tables import results_table
+from dm_lightning.evaluation.task import EvaluationTask
 from dm_lightning.output_folders import check_writable_folder, output_folder
 
 RESULTS_JSON = "results.json"
@@ -59,12 +65,12 @@ class EvaluationReport(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        results = getattr(pl_module, "per_image_results", None)
-        if results is None:
+        if not isinstance(pl_module, EvaluationTask):
             raise TypeError(
                 f"EvaluationReport needs an EvaluationTask such as DepthMasterTask or "
                 f"PredictionFolder (per_image_results); got {type(pl_module).__name__}"
             )
+        results = pl_module.per_image_results
         out = self.folder
         out.mkdir(parents=True, exist_ok=True)
         for name, rows in results.items():
@@ -83,15 +89,11 @@ class EvaluationReport(L.Callback):
             n: (values[n]["abs_rel"], values[n]["delta1"]) if num_images[n] else None
             for n in results
         }
-        datamodule = getattr(trainer, "datamodule", None)
-        specs = getattr(datamodule, "benchmarks", {})
+        datamodule = trainer.datamodule
+        specs = datamodule.benchmarks if isinstance(datamodule, BenchmarkDataModule) else {}
         kinds = {n: specs[n].kind if n in specs else n for n in results}
         table = results_table(ours, kinds, num_images)
-        task_settings = getattr(pl_module, "evaluation_settings", None)
-        settings = {
-            "dm_lightning": dm_lightning_version(),
-            **(task_settings("test") if callable(task_settings) else {}),
-        }
+        settings = {"dm_lightning": dm_lightning_version(), **pl_module.evaluation_settings("test")}
         resolutions = settings.pop("processing_res", {})
         splits = {
             n: {"processing_res": resolutions.get(n), **split_settings(datamodule, "test", n)}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_lightning.data.benchmarks import BenchmarkSpec
+from dm_lightning.data.contract import depth_data
 from dm_lightning.evaluation.tables import MISSING, markdown_table
 
 
@@ -31,10 +32,10 @@ def split_settings(datamodule: Any, stage: str, name: str) -> dict[str, Any]:
     settings (:meth:`~dm_lightning.data.benchmarks.DepthPairDataset.settings`: list file and
     sha256, images, crop, mask, depth range) or a shard split's ``shards`` pattern; empty
     without a DataModule that knows the split."""
-    splits = getattr(datamodule, "val_splits" if stage == "val" else "test_splits", None) or {}
-    entry = splits.get(name)
+    data = depth_data(datamodule)
+    entry = data.eval_splits(stage).get(name) if data else None
     if isinstance(entry, BenchmarkSpec):
-        return datamodule.eval_dataset(name, stage).settings()
+        return data.eval_dataset(name, stage).settings()
     return {} if entry is None else {"shards": str(entry)}
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import lightning as L
 from torch import Tensor
 
+from dm_lightning.data.batch import EvalBatch
+from dm_lightning.data.contract import depth_data
 from dm_lightning.evaluation.book import EvaluationBook
 
 
@@ -43,31 +45,28 @@ class EvaluationTask(L.LightningModule, ABC):
         self.evaluation.build({s: self._eval_names(s) for s in ("val", "test")}, self.device)
 
     def _eval_names(self, stage: str) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None)
-        names = getattr(dm, "val_names" if stage == "val" else "test_names", None)
-        return list(names) if names else ["default"]
+        data = depth_data(self.trainer.datamodule)
+        return (list(data.eval_splits(stage)) if data else []) or ["default"]
 
     @abstractmethod
-    def eval_prediction(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> Tensor:
+    def eval_prediction(self, batch: EvalBatch, stage: str, dataloader_idx: int) -> Tensor:
         """The (B, 1, H, W) prediction of a non-empty eval batch at its ground truth's size
         (H, W of ``batch["depth"]``), in ``eval_alignment`` space up to a per-image scale
         and shift (the book fits them)."""
 
-    def _eval_step(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> None:
+    def _eval_step(self, batch: EvalBatch, stage: str, dataloader_idx: int) -> None:
         pred = None
         if len(batch["key"]):  # else a stream's report of samples it skipped before any batch
             pred = self.eval_prediction(batch, stage, dataloader_idx)
         self.evaluation.update(stage, self._eval_names(stage)[dataloader_idx], batch, pred)
 
-    def validation_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
+    def validation_step(self, batch: EvalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "val", dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         self.evaluation.compute_and_log("val", self._eval_names("val"), self.log)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: EvalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test", dataloader_idx)
 
     def on_test_epoch_end(self) -> None:

@@ -4,10 +4,12 @@ second, peak memory and achieved TFLOP/s.
 
 A step here is what Lightning's automatic optimisation does with a :class:`Stage1` /
 :class:`Stage2` task, without a Trainer (so that an out-of-memory probe can be caught and
-retried): the packed batch is finished on the device and the stage's ``training_loss`` runs
-under the precision plugin's forward context; then ``zero_grad`` (after the forward, as
-Lightning's closure does, so the previous step's gradients are alive during the forward),
-backward, and the task's own Adam step. The learning-rate schedule and logging are left out.
+retried): the packed batch is finished on the device (standing in for
+``DepthDataModule.on_after_batch_transfer``, which Lightning calls before the step) and the
+stage's ``training_loss`` runs under the precision plugin's forward context; then
+``zero_grad`` (after the forward, as Lightning's closure does, so the previous step's
+gradients are alive during the forward), backward, and the task's own Adam step. The
+learning-rate schedule and logging are left out.
 """
 
 from __future__ import annotations
@@ -121,9 +123,10 @@ class StepRunner:
 
     def step(self, n: int) -> Tensor:
         """One optimizer step at micro-batch ``n``; the loss (not waited for)."""
-        batch = self.batch(n)
+        # No DataModule here: finish the packed batch as its on_after_batch_transfer does.
+        batch = finish_training_batch(self.batch(n))
         with precision_context(self.precision, self.device):
-            loss, _ = self.task.training_loss(finish_training_batch(batch))
+            loss, _ = self.task.training_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor
 
-from dm_lightning.data.datamodule import DepthDataModule, TrainSource
+from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.packing import finish_training_batch
+from dm_lightning.data.train_source import TrainSource
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
 from dm_lightning.targets import SqrtDisparity
 from dm_lightning.testing.real_size import SD2_VAE_CONFIG
@@ -119,7 +120,8 @@ def vae_batches(patterns: list[str], batch_size: int, crop: int = 64) -> Iterato
     dm = DepthDataModule(train=sources, batches_per_epoch=10**9, num_workers=0, shuffle_buffer=64)
     target = SqrtDisparity()
     for packed in dm.train_dataloader():
-        batch = finish_training_batch(packed)  # what the task does after transfer
+        # No Trainer here: finish as the DataModule's on_after_batch_transfer does.
+        batch = finish_training_batch(packed)
         rgb = signed_rgb(batch["rgb"])
         depth = target.normalize(batch["depth"], batch["valid"]).expand(-1, 3, -1, -1)
         h, w = rgb.shape[-2:]

@@ -4,8 +4,10 @@ Built through hooks, as torchgeo's ``BaseTask``: ``__init__`` saves the hyper-pa
 (less the class's ``hparams_ignore``) and calls :meth:`DepthMasterTask.configure_models`,
 ``configure_losses`` and ``configure_metrics``. Subclasses (:class:`Stage1`, :class:`Stage2`)
 build their extra parts and losses in those hooks and define ``training_loss``; the shared
-``training_step`` finishes the packed batch and guards the loss; everything after training is
-common. The validation and test steps, and their
+``training_step`` guards the loss of the batch the DataModule finished; everything after
+training is common. The non-finite guard (:class:`~dm_lightning.training.nonfinite.NonFiniteGuard`)
+and the frozen parts' rules (:class:`~dm_lightning.training.frozen.FrozenParts`) are mixins of
+their own modules. The validation and test steps, and their
 :class:`~dm_lightning.evaluation.book.EvaluationBook`, are
 :class:`~dm_lightning.evaluation.task.EvaluationTask`'s: this class only says how a batch is
 predicted (:meth:`DepthMasterTask.eval_prediction`).
@@ -17,11 +19,12 @@ import math
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from dm_lightning.data.packing import finish_training_batch
-from dm_lightning.errors import ConfigError, TrainingStopped
+from dm_lightning.data.batch import TrainingBatch
+from dm_lightning.data.contract import depth_data
+from dm_lightning.data.packing import is_packed
+from dm_lightning.errors import ConfigError
 from dm_lightning.evaluation.task import EvaluationTask
 from dm_lightning.inference.batching import predict_batch
 from dm_lightning.inference.onnx_runtime import OnnxDepthModel, is_onnx_path
@@ -46,16 +49,12 @@ from dm_lightning.training.checkpoints import (
     stage_mismatch_message,
 )
 from dm_lightning.training.ema import ema_callback
-from dm_lightning.training.run_folder import resumable_checkpoint_path
+from dm_lightning.training.frozen import FrozenParts
+from dm_lightning.training.nonfinite import NonFiniteGuard
 from dm_lightning.training.schedule import warmup_exponential_decay
 
-# Frozen parts: rebuilt from the model folder at start-up, so checkpoints leave them out.
-FROZEN_PREFIXES = ("net.vae.", "encoder.")
-# Lightning precision -> the compute dtype the frozen modules may be held in (cast_frozen).
-MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
-
-class DepthMasterTask(EvaluationTask):
+class DepthMasterTask(FrozenParts, NonFiniteGuard, EvaluationTask):
     """Base task.
 
     ``stage_name`` is recorded in every checkpoint; ``--ckpt_path`` only resumes a task of
@@ -148,15 +147,7 @@ class DepthMasterTask(EvaluationTask):
             raise ConfigError(
                 f"model.init_args.lr must be a finite number > 0 (Adam's learning rate), got {lr}"
             )
-        if max_nonfinite_steps is not None and max_nonfinite_steps < 1:
-            raise ConfigError(
-                f"model.init_args.max_nonfinite_steps must be >= 1 or null, got "
-                f"{max_nonfinite_steps}"
-            )
-        # Skipped optimizer steps (all, and in a row now); kept in checkpoints.
-        self.nonfinite_steps = 0
-        self.nonfinite_consecutive = 0
-        self._loss_parts: dict[str, Tensor] = {}
+        self.init_nonfinite_guard(max_nonfinite_steps)
         # Frozen modules are not in checkpoints; add them back before a strict load.
         self.strict_loading = True
         # Long edge per eval dataloader, stage -> [int | None], resolved in setup().
@@ -234,27 +225,11 @@ class DepthMasterTask(EvaluationTask):
                 )
             cast_for_inference(self.net, self.inference_dtype)
 
-    def cast_frozen_modules(self, precision: str) -> None:
-        """Hold the frozen VAE encoder and alignment encoder (if any) in the compute dtype of
-        ``precision`` (a Lightning precision string); nothing at full precision."""
-        dtype = MIXED_PRECISION_DTYPES.get(precision)
-        if dtype is None:
-            rank_zero_warn(
-                f"model.init_args.cast_frozen is set but trainer.precision is {precision!r}: "
-                f"the frozen modules stay fp32 (cast_frozen acts under "
-                f"{' or '.join(MIXED_PRECISION_DTYPES)})"
-            )
-            return
-        self.net.cast_frozen_encoder(dtype)
-        encoder = getattr(self, "encoder", None)
-        if encoder is not None:
-            encoder.to(dtype)
-
     def on_fit_start(self) -> None:
         # Fail before the first step when a training source cannot pass the VAE cleanly.
-        sizes = getattr(self.trainer.datamodule, "train_resolutions", None)
+        data = depth_data(self.trainer.datamodule)
         factor = self.net.latent_factor
-        for name, (height, width) in (sizes() if callable(sizes) else {}).items():
+        for name, (height, width) in (data.train_resolutions() if data else {}).items():
             if height % factor or width % factor:
                 raise ConfigError(
                     f"data.train[{name}]: samples are {height}x{width} pixels, not a multiple "
@@ -262,22 +237,6 @@ class DepthMasterTask(EvaluationTask):
                     f"{factor} (e.g. {height // factor * factor}x{width // factor * factor})"
                 )
         self.warn_stray_eval_modules()
-
-    def warn_stray_eval_modules(self) -> None:
-        """Warn about modules in eval mode at the start of training other than the frozen
-        VAE and encoder (which are on purpose; the CLI silences Lightning's notice that
-        counts them all), naming a few."""
-        stray = [
-            name
-            for name, module in self.named_modules()
-            if not module.training and not f"{name}.".startswith(FROZEN_PREFIXES)
-        ]
-        if stray:
-            rank_zero_warn(
-                f"{len(stray)} module(s) outside the frozen VAE and encoder are in eval mode at "
-                f"the start of training (dropout and normalisation statistics then behave as at "
-                f"inference): {', '.join(stray[:5])}{', ...' if len(stray) > 5 else ''}"
-            )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -303,75 +262,27 @@ class DepthMasterTask(EvaluationTask):
             self.net.vae.eval()  # frozen: no dropout / norm-statistics changes
         return self
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """Finish the packed batch on the training device (metres, valid mask, flip:
-        :func:`~dm_lightning.data.packing.finish_training_batch`), the one place it happens,
-        with or without a DataModule; then the stage's :meth:`training_loss`, guarded.
+    def training_step(self, batch: TrainingBatch, batch_idx: int) -> Tensor:
+        """The stage's :meth:`training_loss` of a batch finished on the training device by
+        :meth:`DepthDataModule.on_after_batch_transfer
+        <dm_lightning.data.datamodule.DepthDataModule.on_after_batch_transfer>`, guarded.
 
-        (Not in ``on_after_batch_transfer``: Lightning 2.6 warns on every run that passes a
-        DataModule when the LightningModule overrides that hook.) Callbacks'
-        ``on_train_batch_*`` hooks therefore see the packed batch."""
-        loss, parts = self.training_loss(finish_training_batch(batch))
+        Raises:
+            ConfigError: a packed batch arrived (its loader was given to the trainer without
+                the DataModule that finishes it): training on PNG units would be wrong.
+        """
+        if is_packed(batch):
+            raise ConfigError(
+                "training_step got a packed training batch (depth_units, not yet metres): the "
+                "DataModule finishes its batches on the device, so pass it whole, "
+                "trainer.fit(model, datamodule=dm), not dm.train_dataloader()"
+            )
+        loss, parts = self.training_loss(batch)
         return self.guard_loss(loss, parts)
 
-    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, batch: TrainingBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """The stage's loss of a finished batch and its logged terms (``loss`` among them)."""
         raise NotImplementedError
-
-    def guard_loss(self, loss: Tensor, parts: dict[str, Tensor]) -> Tensor:
-        """Log the loss terms and keep them for the non-finite guard's message.
-
-        Nothing is checked here, so the step never waits on the host: a non-finite loss
-        gives non-finite gradients, which :meth:`on_before_optimizer_step` finds once per
-        optimizer step (after DDP's all-reduce, so every rank takes the same decision).
-        """
-        for name, value in parts.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss")
-        self._loss_parts = {name: value.detach() for name, value in parts.items()}
-        return loss
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The non-finite guard (docs/method.md §4: NaN losses were reported on the original
-        stage 2).
-
-        A non-finite gradient norm skips the step without moving anything: every gradient is
-        set to None, which ``torch.optim.Adam`` treats as "no gradient", so neither the
-        weights nor the moments nor Adam's step count change. The step still counts as an
-        optimizer step for Lightning (schedule and ``max_steps``) and is counted in
-        ``train/nonfinite_steps``. After ``max_nonfinite_steps`` consecutive bad steps the
-        run saves a checkpoint and stops (:meth:`on_train_batch_end`).
-        """
-        # The optimizer's own list: walking every module (VAE, encoder) costs ~3 ms a step.
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not params:
-            return
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-        if bool(torch.isfinite(norm)):  # one host sync per optimizer step
-            self.nonfinite_consecutive = 0
-        else:
-            for p in params:
-                p.grad = None
-            self.nonfinite_steps += 1
-            self.nonfinite_consecutive += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        limit = self.hparams.max_nonfinite_steps
-        if limit is None or self.nonfinite_consecutive < limit:
-            return
-        # Every rank saw the same all-reduced gradients, so all stop here together and the
-        # (collective) checkpoint save is safe. The weights are those of the last good step.
-        path = resumable_checkpoint_path(self.trainer)
-        self.trainer.save_checkpoint(path, weights_only=False)  # full state, to resume
-        terms = ", ".join(f"{k}={float(v):.6g}" for k, v in self._loss_parts.items())
-        raise TrainingStopped(
-            f"{self.nonfinite_consecutive} consecutive optimizer steps with a non-finite loss "
-            f"or gradient (max_nonfinite_steps={limit}), the last at step "
-            f"{self.trainer.global_step} (loss terms of its last micro-batch: {terms}); no "
-            f"weight was changed by them. Checkpoint saved to {path}: fix the cause (learning "
-            "rate, data, precision), then resume with --ckpt_path last"
-        )
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if isinstance(batch, dict) and "skipped" in batch:
@@ -403,15 +314,14 @@ class DepthMasterTask(EvaluationTask):
         ``processing_res`` hyper-parameter. Predict runs over the test splits unless the
         DataModule has a ``predict`` folder (or there is no DataModule)."""
         default = network_res(self.hparams.processing_res)
-        dm = getattr(self.trainer, "datamodule", None)
-        split = "test" if stage == "predict" else stage
-        if stage == "predict" and getattr(dm, "predict_path", None) is not None:
-            return [network_res(self.predict_processing_res)]
-        resolve = getattr(dm, "processing_res", None)
-        names = getattr(dm, "val_names" if split == "val" else "test_names", None)
-        if resolve is None or not names:
+        data = depth_data(self.trainer.datamodule)
+        if data is None:
             return [default]
-        return [resolve(name, split, default) for name in names]
+        if stage == "predict" and data.predict_path is not None:
+            return [network_res(self.predict_processing_res)]
+        split = "test" if stage == "predict" else stage
+        names = list(data.eval_splits(split))
+        return [data.processing_res(name, split, default) for name in names] or [default]
 
     def processing_res_of(self, stage: str, dataloader_idx: int = 0) -> int | None:
         """Long edge the network runs at for dataloader ``dataloader_idx`` of ``stage``
@@ -467,16 +377,11 @@ class DepthMasterTask(EvaluationTask):
     # ---- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        for k in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
-            del state[k]
+        self.drop_frozen(state)
         ema = ema_callback(self._trainer) if self._trainer is not None else None
         if ema is not None and "optimizer_states" not in checkpoint:
             ema.put_average(state)  # a weights-only checkpoint holds the EMA weights
-        checkpoint[CHECKPOINT_RECORD] = {
-            "stage": self.stage_name,
-            "nonfinite_steps": self.nonfinite_steps,
-            "nonfinite_consecutive": self.nonfinite_consecutive,
-        }
+        checkpoint[CHECKPOINT_RECORD] = {"stage": self.stage_name, **self.nonfinite_record()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = checkpoint.get(CHECKPOINT_RECORD, {})
@@ -484,11 +389,5 @@ class DepthMasterTask(EvaluationTask):
         stage = checkpoint_stage(checkpoint)
         if stage not in ("unknown", self.stage_name):
             raise ConfigError(stage_mismatch_message(stage, self.stage_name))
-        self.nonfinite_steps = int(record.get("nonfinite_steps", 0))
-        # The run in a row starts anew: a resume after the guard's stop would otherwise stop
-        # again before its first step.
-        self.nonfinite_consecutive = 0
-        own = self.state_dict()
-        for k, v in own.items():
-            if k.startswith(FROZEN_PREFIXES) and k not in state:
-                state[k] = v
+        self.restore_nonfinite(record)
+        self.add_frozen(state)

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from dm_lightning import atomic
+from dm_lightning.data.contract import depth_data
 from dm_lightning.errors import ConfigError, disk_full_as_error
 from dm_lightning.output_folders import check_writable_folder, output_folder, run_dir
 from dm_lightning.training.checkpoints import load_checkpoint_safely
@@ -162,7 +163,8 @@ class DepthPredictionWriter(BasePredictionWriter):
         super().setup(trainer, pl_module, stage)
         self.folder = output_folder(trainer, self.output_dir, "predictions")
         if stage == "predict":
-            predict_path = getattr(trainer.datamodule, "predict_path", None)
+            data = depth_data(trainer.datamodule)
+            predict_path = data.predict_path if data else None
             if predict_path is not None:  # image files: none of them may be overwritten
                 from dm_lightning.data.predict import ImageFolder
                 from dm_lightning.inference.outputs import refuse_writing_over_inputs

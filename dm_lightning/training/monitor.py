@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor, nn
 
-from dm_lightning.data.packing import finish_training_batch
+from dm_lightning.data.contract import depth_data
 from dm_lightning.errors import ConfigError
 from dm_lightning.evaluation.alignment import align_prediction
 from dm_lightning.targets import Depth, DepthTarget
@@ -121,7 +121,8 @@ class TrainingMonitor(L.Callback):
     logged by the task at the same step: after the 10th optimizer step, 9.
 
     * ``panels/train``: every ``every_n_steps`` optimizer steps, the first ``num_samples``
-      samples of the current training batch (as the loss saw them: metres, valid mask, flip),
+      samples of the current training batch (as the loss saw them: finished by the
+      DataModule, in metres, with the valid mask and the flip),
       predicted in eval mode without gradients.
     * ``panels/val/<split>``: at every validation, the same ``num_samples`` samples of each
       validation split (the first of its first batches on rank 0, kept on the CPU).
@@ -226,8 +227,7 @@ class TrainingMonitor(L.Callback):
             return
         b = _batch_size(batch)
         n = min(self.num_samples, b)
-        first = {k: _first(v, b, n) for k, v in batch.items()}
-        sample = finish_training_batch(first)
+        sample = {k: _first(v, b, n) for k, v in batch.items()}
         # At the size the loss saw (training runs at native size).
         self._write(trainer, pl_module, TRAIN_PANEL_TAG, sample, step, None)
 
@@ -267,7 +267,8 @@ class TrainingMonitor(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self._writers:
             return
-        names = getattr(trainer.datamodule, "val_names", None) if trainer.datamodule else None
+        data = depth_data(trainer.datamodule)
+        names = data.val_names if data else None
         for idx, samples in sorted(self._val_samples.items()):
             split = names[idx] if names and idx < len(names) else str(idx)
             res = pl_module.processing_res_of("val", idx)

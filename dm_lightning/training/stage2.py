@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dm_lightning.data.batch import TrainingBatch
 from dm_lightning.losses import gradient_loss, masked_mse
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement, has_fourier_enhancement
 from dm_lightning.training.base import DepthMasterTask
@@ -65,7 +66,7 @@ class Stage2(DepthMasterTask):
         self.gradient_weight = self.hparams.gradient_weight
         self.gradient_loss = partial(gradient_loss, delta=self.hparams.gradient_delta)
 
-    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, batch: TrainingBatch) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.no_grad():
             z_rgb = self.net.encode(self.rgb_signed(batch))
             target = self.normalized_target(batch)

@@ -11,6 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from dm_lightning.data.contract import depth_data
 from dm_lightning.evaluation.keys import parse_metric_key
 
 #: Per-split validation values shown (the evaluation logs ``val/<split>/<metric>``).
@@ -86,7 +87,8 @@ def _validation_line(metrics: dict[str, Any]) -> str:
 
 def _no_validation(trainer: L.Trainer) -> str:
     """The line saying that no validation ran in this fit, why, and what that leaves out."""
-    names = getattr(trainer.datamodule, "val_names", None)
+    data = depth_data(trainer.datamodule)
+    names = data.val_names if data else None
     if trainer.limit_val_batches == 0 or (names is not None and not names):
         why = "there is no validation data (data.val, trainer.limit_val_batches)"
     else:

@@ -35,10 +35,11 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms import InterpolationMode, Resize
 
-from dm_lightning.data.datamodule import collate, sample_to_tensors
+from dm_lightning.data.collate import collate, sample_to_tensors
 from dm_lightning.data.packing import finish_training_batch, pack_training_batch
 from dm_lightning.data.schema import encode_sample
-from dm_lightning.data.shards import iter_shard, write_shard
+from dm_lightning.data.shard_reader import iter_shard
+from dm_lightning.data.shards import write_shard
 from dm_lightning.data.streams import SourceStream
 from dm_lightning.data.synthetic import write_split
 from dm_lightning.targets import SqrtDisparity
@@ -192,7 +193,7 @@ def shard_stream(shards: Path, batch_size: int, count: int, with_target: bool) -
     while n < count:
         b = next(batches)
         if with_target:
-            b = finish_training_batch(b)
+            b = finish_training_batch(b)  # as DepthDataModule.on_after_batch_transfer does
             target.normalize(b["depth"], b["valid"])
         n += b["rgb"].shape[0]
     return n

@@ -1,19 +1,9 @@
 """Readers of the zero-shot evaluation benchmarks (docs/method.md §6) and of user RGB-D folders.
 
-Every reader is a map-style :class:`torch.utils.data.Dataset` whose items are the batch samples
-of :mod:`dm_lightning.data.datamodule` (so :func:`~dm_lightning.data.collate.collate` stacks
-them)::
-
-    rgb        (3, H, W) uint8
-    depth      (1, H, W) float32 metres, 0 where there is no measurement
-    valid      (1, H, W) bool: finite & min_depth < depth < max_depth & the benchmark's crop/mask
-    min_depth  float, metres
-    max_depth  float, metres (math.inf allowed)
-    source     str, the benchmark name
-    key        str, unique within the dataset, no dots (webdataset splits extensions at dots)
-
-and every reader has ``name``, ``processing_res`` (long edge the network runs at, None = the
-native size) and ``len()``.
+Every reader is a map-style :class:`torch.utils.data.Dataset` whose items are
+:class:`~dm_lightning.data.batch.DepthSample` s (``source`` = the benchmark name; so
+:func:`~dm_lightning.data.collate.collate` stacks them), and every reader has ``name``,
+``processing_res`` (long edge the network runs at, None = the native size) and ``len()``.
 
 Data come from the benchmarks' standard evaluation archives (the Marigold/DepthMaster ones)
 given as an extracted folder **or** as the ``.tar`` of that folder (``tar -C root -cf x.tar .``

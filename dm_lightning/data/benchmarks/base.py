@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dm_lightning.data.batch import DepthSample
 from dm_lightning.data.benchmarks.decoders import DepthDecoder, decode_rgb
 from dm_lightning.data.crops import resize_rgb
 from dm_lightning.data.schema import in_depth_range
@@ -174,10 +175,9 @@ class DepthPairDataset(Dataset):
         region = self.region(entry, depth.shape)
         return valid if region is None else valid & region
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """Sample ``index``: ``rgb`` (3, H, W) uint8, ``depth`` (1, H, W) float32 metres (0 = no
-        measurement), ``valid`` (1, H, W) bool, ``min_depth``/``max_depth`` (float, metres),
-        ``source`` and ``key``; H x W is the GT size after the benchmark crop."""
+    def __getitem__(self, index: int) -> DepthSample:
+        """Sample ``index`` (:class:`~dm_lightning.data.batch.DepthSample`); H x W is the GT
+        size after the benchmark crop."""
         entry = self.entries[index]
         depth = self.crop(self.read_depth(entry), entry.depth)
         rgb = self.crop(self.read_rgb(entry), entry.rgb)

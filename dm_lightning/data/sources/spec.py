@@ -4,7 +4,7 @@ A :class:`SourceSpec` is the stored form of one source (name, image size, valid 
 depth scale), shared by everything that writes shards: the Hypersim and Virtual KITTI
 converters (:mod:`~dm_lightning.data.sources.hypersim`, :mod:`~dm_lightning.data.sources.vkitti`)
 and the synthetic generator (:mod:`dm_lightning.data.synthetic`). It is not a training config:
-:class:`~dm_lightning.data.datamodule.TrainSource` says how to *train* on shards (shard
+:class:`~dm_lightning.data.train_source.TrainSource` says how to *train* on shards (shard
 pattern, probability, batch size); a SourceSpec says what the shards *contain*.
 """
 

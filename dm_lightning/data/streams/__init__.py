@@ -35,7 +35,7 @@ and shards):
   (``skipped / (skipped + decoded)``), judged once it has met ``min_checked`` samples and read
   ``min(shards, 20)`` shards.
 
-Only read and decode errors are handled (:data:`~dm_lightning.data.shards.READ_ERRORS`,
+Only read and decode errors are handled (:data:`~dm_lightning.data.shard_reader.READ_ERRORS`,
 :class:`~dm_lightning.data.schema.CorruptSampleError`); anything else propagates.
 
 Modules: :mod:`.common` (rank and worker of a reader, seeds, :class:`StreamLoader`),

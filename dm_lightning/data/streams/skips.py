@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dm_lightning.data.schema import CorruptSampleError, DepthFormatError, decode_sample
-from dm_lightning.data.shards import ShardReadError, iter_shard
+from dm_lightning.data.shard_reader import ShardReadError, iter_shard
 from dm_lightning.errors import DataError
 
 
@@ -77,7 +77,7 @@ def decoded(samples: Iterator[dict[str, Any]], counter: SkipCounter) -> Iterator
 
 
 def read_shard(url: str, counter: SkipCounter) -> Iterator[dict[str, Any]]:
-    """:func:`~dm_lightning.data.shards.iter_shard` with ``counter`` as handler; a shard that
+    """:func:`~dm_lightning.data.shard_reader.iter_shard` with ``counter`` as handler; a shard that
     gives no sample and no error (an empty tar) is counted as one skip too."""
     before, count = counter.total, 0
     for raw in iter_shard(url, counter.handle):
