@@ -29,6 +29,7 @@ from dm_lightning.models.state_dicts import (
     describe_keys,
     load_state_dict_file,
     load_torch_file,
+    shape_mismatches,
 )
 from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, attach_fourier_enhancement
 
@@ -193,16 +194,10 @@ def _load_state_dict_strict(module: nn.Module, state: dict[str, Tensor], weights
             f"U-Net weights {weights} do not match {weights.parent / 'config.json'} plus the FE "
             f"block: {mismatch}"
         )
-    shapes = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in sorted(state.items())
-        if tuple(v.shape) != tuple(own[k].shape)
-    ]
+    shapes = shape_mismatches(state, own)
     if shapes:
-        more = f" and {len(shapes) - SHOWN_KEYS} more" if len(shapes) > SHOWN_KEYS else ""
         raise ConfigError(
-            f"U-Net weights {weights} do not fit {weights.parent / 'config.json'}: "
-            f"{len(shapes)} shapes differ {shapes[:SHOWN_KEYS]}{more}"
+            f"U-Net weights {weights} do not fit {weights.parent / 'config.json'}: {shapes}"
         )
     module.load_state_dict(state, strict=True)
 
@@ -412,9 +407,8 @@ def network_from_checkpoint(
     # the frozen VAE is the one of model_path; everything else must come from the checkpoint
     missing = [k for k in own if k not in state and not k.startswith("vae.")]
     mismatch = describe_keys(missing, set(state) - set(own))
-    shapes = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if mismatch or shapes:
-        detail = mismatch or f"{len(shapes)} shapes differ, e.g. {shapes[:SHOWN_KEYS]}"
+    detail = mismatch or shape_mismatches(state, own)
+    if detail:
         raise ConfigError(
             f"checkpoint {path}: its net.* weights do not fit the network built from its "
             f"model_path {base}: {detail}"
