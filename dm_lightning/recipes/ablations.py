@@ -51,11 +51,13 @@ from dm_lightning.recipes.pipeline import (
     Pipeline,
     PipelineError,
     Stage,
+    read_results,
+    run_pipeline,
+)
+from dm_lightning.recipes.pipeline_cli import (
     add_recipe_arguments,
     pipeline_command,
-    read_results,
     recipe_from_args,
-    run_pipeline,
 )
 from dm_lightning.recipes.steps import check_pipeline
 from dm_lightning.tool_cli import tool_parser
