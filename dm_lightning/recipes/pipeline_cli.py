@@ -79,9 +79,27 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def recipe_parser(
+    prog: str, description: str | None, more: str, run_help: str
+) -> argparse.ArgumentParser:
+    """The parser of a recipe tool (``train_depthmaster.py``, ``run_ablations.py``): the tools'
+    parser (:func:`~dm_lightning.tool_cli.tool_parser`), the recipe options
+    (:func:`add_recipe_arguments`) and ``--run``; the tool adds its own after them."""
+    parser = tool_parser(prog, description, more)
+    add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, help=run_help)
+    return parser
+
+
 def recipe_from_args(args: argparse.Namespace, rest: Sequence[str], run: str) -> Pipeline:
     """The :class:`Pipeline` of parsed recipe options and pass-through ``dm-lightning``
-    options (see :func:`split_overrides`)."""
+    options (see :func:`split_overrides`).
+
+    Raises:
+        ConfigError: neither ``--stage1`` nor ``--stage2``, or a value with no ``--KEY``.
+    """
+    if not (args.stage1 or args.stage2):
+        raise ConfigError("give --stage1 CONFIG and/or --stage2 CONFIG")
     groups = split_overrides(rest)
     stages = tuple(
         Stage(name, tuple(configs), tuple(groups[name]))
@@ -132,15 +150,14 @@ def prefixed(prefix: str, args: Sequence[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tools/train_depthmaster.py``; returns the exit status (0, or the
     failed step's)."""
-    parser = tool_parser(
+    parser = recipe_parser(
         "train_depthmaster.py",
         recipe_pipeline.__doc__,
         "Other options are dm-lightning options: --KEY VALUE for every stage's fit "
         "(--trainer.devices 4), --stage1.KEY VALUE / --stage2.KEY VALUE for one stage "
         "(--stage1.trainer.max_steps 100), --test.KEY VALUE for the tests.",
+        run_help="the run folder (runs/recipe)",
     )
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, help="the run folder (runs/recipe)")
     parser.add_argument(
         "--test",
         nargs="+",
@@ -150,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, rest = parser.parse_known_args(argv)
     try:
-        if not (args.stage1 or args.stage2):
-            raise ConfigError("give --stage1 CONFIG and/or --stage2 CONFIG")
         pipeline = recipe_from_args(args, rest, args.run)
         run_pipeline(pipeline)
     except DMLightningError as err:
