@@ -249,7 +249,7 @@ def _recipe(run: Path, data_config: Path, *extra: str) -> list[str]:
 
 
 def test_pipeline_checks_every_step_before_stage_1(tmp_path, data_config, capsys):
-    from dm_lightning.recipes.pipeline import main as pipeline_main
+    from dm_lightning.recipes.pipeline_cli import main as pipeline_main
 
     run = tmp_path / "run"
     args = _recipe(run, data_config)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from dm_lightning.cli import run_cli
 from dm_lightning.errors import ConfigError
+from dm_lightning.models.stage_checkpoint import network_weights
 from dm_lightning.training.checkpoints import load_checkpoint_safely
 from dm_lightning.training.ema import EMAWeights
 
@@ -75,6 +76,9 @@ def test_ema_follows_the_recurrence_through_export_checkpoints_and_resume(
     assert torch.equal(last["state_dict"][PARAM], SNAPSHOTS[-1])
     (state,) = [v for k, v in last["callbacks"].items() if k.startswith("EMAWeights")]
     assert state["last_step"] == 3
+    # what the loaders read of it (one layout, models/stage_checkpoint.py): the average
+    network = network_weights(last)
+    torch.testing.assert_close(network["unet.conv_in.weight"], expected, rtol=1e-6, atol=1e-8)
 
     # resume to step 5: the average continues from the saved one
     first = expected

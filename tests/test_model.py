@@ -372,8 +372,13 @@ def test_aligned_depthmaster_trains_without_lightning():
     assert z_pred.shape == (2, 4, 4, 6) and feature.shape[:2] == (2, model.tap.channels)
     with torch.no_grad():
         torch.testing.assert_close(z_pred, net.denoise(net.encode(x)), rtol=0, atol=0)
-    net.unet.zero_grad(set_to_none=True)  # (the reference forward fed the tap again)
-    model.tap.pop()
+    net.unet.zero_grad(set_to_none=True)
+    # The network owns its tap: forwards outside its own (the reference, evaluation's) and
+    # the forward that took its feature leave nothing behind.
+    with torch.no_grad():
+        net.predict(torch.rand(1, 3, 32, 48))
+    with pytest.raises(RuntimeError, match="saw no forward pass"):
+        model.tap.pop()
     z_gt = torch.zeros_like(z_pred)
     valid = torch.ones(2, 1, 32, 48, dtype=torch.bool)
     fa = model.alignment_loss(feature, x)

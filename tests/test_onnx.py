@@ -129,7 +129,7 @@ def test_stage2_graph_matches_pytorch_on_photos_of_odd_sizes(stage1, stage2, sta
     graph = OnnxDepthModel(stage2_graph)
     meta = read_graph_metadata(stage2_graph)
     assert meta["fourier_enhancement"] is True and meta["latent_factor"] == 8
-    assert graph.recorded_processing_res == TINY_PROCESSING_RES
+    assert graph.facts.recorded_processing_res == TINY_PROCESSING_RES
     # native size (working size 256x200 / 200x312, resized both ways) and a long edge of 128
     cases = [(PHOTOS[0], ODD_SIZES[0], None), (PHOTOS[1], ODD_SIZES[1], None)]
     cases += [(PHOTOS[2], ODD_SIZES[1], 128), (PHOTOS[2], ODD_SIZES[0], "native")]

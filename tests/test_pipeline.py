@@ -15,14 +15,8 @@ import pytest
 import yaml
 from helpers import QUIET_RECIPE
 
-from dm_lightning.recipes.pipeline import (
-    Pipeline,
-    Stage,
-    main,
-    pipeline_command,
-    read_results,
-    split_overrides,
-)
+from dm_lightning.recipes.pipeline import Pipeline, Stage, read_results
+from dm_lightning.recipes.pipeline_cli import main, pipeline_command, split_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny"
@@ -194,7 +188,7 @@ def test_overrides_are_sorted_by_stage_and_the_command_round_trips():
     assert "--stage1.trainer.max_steps" in cmd and "--test.trainer.devices" in cmd
     import argparse
 
-    from dm_lightning.recipes.pipeline import add_recipe_arguments, recipe_from_args
+    from dm_lightning.recipes.pipeline_cli import add_recipe_arguments, recipe_from_args
 
     parser = argparse.ArgumentParser()
     add_recipe_arguments(parser)
@@ -237,7 +231,7 @@ def test_tool_help_exits_zero():
 def test_child_killed_by_a_signal_reports_128_plus_the_signal(monkeypatch):
     """Popen reports a child killed by SIGKILL (out of memory) as -9; the pipeline reports it
     as a shell does, 137, so it reads as "killed by a signal", not as an ordinary failure."""
-    from dm_lightning.recipes import pipeline
+    from dm_lightning.recipes import step_runner
 
     class Killed:
         def __init__(self, *args, **kwargs) -> None:
@@ -246,5 +240,5 @@ def test_child_killed_by_a_signal_reports_128_plus_the_signal(monkeypatch):
         def wait(self) -> int:
             return -9
 
-    monkeypatch.setattr(pipeline.subprocess, "Popen", Killed)
-    assert pipeline.run_child(["fit"]) == 137
+    monkeypatch.setattr(step_runner.subprocess, "Popen", Killed)
+    assert step_runner.run_child(["fit"]) == 137

@@ -21,7 +21,7 @@ from dm_lightning.errors import ConfigError, InputFileError
 from dm_lightning.inference.depth_files import RANGE_TOLERANCE, load_prediction
 from dm_lightning.inference.metric_depth import relative_to_depth
 from dm_lightning.models import pipeline_depthmaster
-from dm_lightning.models.loading import recorded_processing_res
+from dm_lightning.models.model_facts import ModelFacts, recorded_processing_res
 from dm_lightning.models.resolution import DEFAULT_PROCESSING_RES
 from dm_lightning.testing.tiny_model import TINY_PROCESSING_RES, make_tiny_depthmaster
 
@@ -97,6 +97,27 @@ def test_predict_default_is_the_recorded_resolution(tiny_model, odd_photos, tmp_
         for res in (TINY_PROCESSING_RES, 128)
     }
     assert gaps[TINY_PROCESSING_RES] < 1e-6 and gaps[128] > 1e-3
+
+
+def test_a_loaded_network_carries_what_its_model_records(tiny_model, odd_photos, tmp_path):
+    """``net.facts``, set by the loader from the folder, is what predict_images reads: the tiny
+    model's 256 px (no target recorded: the recipe's, 1 = near); a network built in memory
+    records nothing (768 px, 1 = near); a depth-target folder means 1 = far."""
+    net = load_depthmaster(tiny_model).eval()
+    assert net.facts == ModelFacts(None, TINY_PROCESSING_RES)
+    assert (net.facts.target, net.facts.near_is_one) == ("sqrt_disparity", True)
+    built = make_tiny_depthmaster(0)
+    assert built.facts == ModelFacts()
+    assert (built.facts.processing_res, built.facts.near_is_one) == (DEFAULT_PROCESSING_RES, True)
+    image = odd_photos / "wide.png"
+    predict_images(tiny_model, image, tmp_path / "path", progress=False)
+    predict_images(net, image, tmp_path / "net", progress=False)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "net" / "wide.npy"), np.load(tmp_path / "path" / "wide.npy")
+    )
+    folder = built.save_pretrained(tmp_path / "depth", {"target": "depth", "processing_res": 64})
+    far = load_depthmaster(folder).facts
+    assert far == ModelFacts("depth", 64) and not far.near_is_one
 
 
 def test_a_checkpoint_records_its_own_resolution_else_its_base_models(tiny_model, tmp_path):

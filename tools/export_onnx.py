@@ -76,33 +76,18 @@ def run(args: argparse.Namespace) -> int:
         check_image,
         export_onnx,
     )
-    from dm_lightning.models.loading import (
-        load_depthmaster,
-        recorded_processing_res,
-        recorded_target,
-    )
-    from dm_lightning.models.resolution import (
-        DEFAULT_PROCESSING_RES,
-        check_processing_res,
-        network_res,
-    )
+    from dm_lightning.models.loading import load_depthmaster
+    from dm_lightning.models.resolution import check_processing_res, network_res
 
     check_export_target(args.out, args.opset)
     net = load_depthmaster(args.model).eval()
-    recorded = recorded_processing_res(args.model)
     res = args.processing_res
     res = int(res) if res is not None and res.isdigit() else res
     res = check_processing_res(res, net.latent_factor, "--processing-res")
-    res = res or recorded or DEFAULT_PROCESSING_RES
+    res = res or net.facts.processing_res
     start = time.perf_counter()
-    out = export_onnx(
-        net,
-        args.out,
-        opset=args.opset,
-        optimize=not args.no_optimize,
-        processing_res=recorded,
-        target=recorded_target(args.model),
-    )
+    # the graph records what the model records (net.facts), as an export's dm_lightning.json
+    out = export_onnx(net, args.out, opset=args.opset, optimize=not args.no_optimize)
     print(f"wrote {out} in {time.perf_counter() - start:.0f} s")
     if args.check:
         images = {

@@ -4,12 +4,13 @@
         --data configs/data/hypersim_vkitti.yaml --run runs/recipe
 
 Re-running the same command skips finished stages and resumes an interrupted one. The logic
-is dm_lightning.recipes.pipeline (``--help`` for the options).
+is dm_lightning.recipes.pipeline, its command line dm_lightning.recipes.pipeline_cli
+(``--help`` for the options).
 """
 
 import sys
 
-from dm_lightning.recipes.pipeline import main
+from dm_lightning.recipes.pipeline_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,7 @@ from dm_lightning.baselines.task import BaselineTask
 from dm_lightning.data.batch import TrainingBatch
 from dm_lightning.errors import ConfigError
 from dm_lightning.losses import masked_latent_mse
-from dm_lightning.models.loading import recorded_setting
+from dm_lightning.models.model_facts import recorded_setting
 
 # Inference settings: hyper-parameter -> default when neither given nor recorded with the model.
 INFERENCE_DEFAULTS: dict[str, Any] = {

@@ -10,10 +10,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from dm_lightning.baselines.network import BaselineNetwork
 from dm_lightning.errors import ConfigError
 from dm_lightning.inference.onnx_runtime import is_onnx_path
-from dm_lightning.models.loading import (
-    check_method,
+from dm_lightning.models.loading import check_method, load_model_parts
+from dm_lightning.models.model_facts import (
     is_checkpoint_path,
-    load_model_parts,
+    recorded_facts,
     recorded_method,
     recorded_target,
 )
@@ -58,5 +58,6 @@ class BaselineTask(DepthMasterTask):
             )
         vae, unet, embedding = load_model_parts(path, self.hparams.unet_path)
         self.net = self.network_class.from_parts(vae, unet, embedding, **self.network_options())
+        self.net.facts = recorded_facts(path)  # as load_depthmaster's
         self.net.vae.requires_grad_(False).eval()
         self.net.unet.train()

@@ -30,6 +30,7 @@ from dm_lightning.hub.training_facts import (
     copy_run_config,
     read_training_facts,
 )
+from dm_lightning.models.pipeline_depthmaster import DEFAULT_PROCESSING_RES, DEFAULT_TARGET
 
 CARD_FILE = "README.md"
 PIPELINE_INDEX = "model_index.json"
@@ -43,7 +44,6 @@ TAGS = [
 ]
 PAPER = "https://arxiv.org/abs/2501.02576"
 DEFAULT_IMAGE = "photo.jpg"
-DEFAULT_RES = 768
 
 # The model-index metrics: (metric key, hub metric type, shown name). Values are x100 (as the
 # paper reports them), rounded to 2 decimals.
@@ -75,13 +75,13 @@ def model_title(facts: TrainingFacts) -> str:
     """``dm-lightning-depthmaster-<stage>-<target>``: the model-index name and the suggested
     hub repository name (never a bare "DepthMaster", see :mod:`dm_lightning.hub.push`)."""
     stage = f"stage{facts.stage}" if facts.stage else "model"
-    target = (facts.target or "sqrt_disparity").replace("_", "-")
+    target = (facts.target or DEFAULT_TARGET).replace("_", "-")
     return f"dm-lightning-depthmaster-{stage}-{target}"
 
 
 def python_usage(model_ref: str, facts: TrainingFacts, image: str = DEFAULT_IMAGE) -> str:
     """The Python usage snippet (dm_lightning's ``load_depthmaster(...).predict(...)``)."""
-    res = facts.processing_res or DEFAULT_RES
+    res = facts.processing_res or DEFAULT_PROCESSING_RES
     near = "1 = near" if facts.near_is_one else "1 = far"
     return f"""import numpy as np
 import torch
@@ -246,7 +246,7 @@ def build_model_card(
     )
     stage = f"stage {facts.stage}" if facts.stage else "model"
     near = "1 = near, 0 = far" if facts.near_is_one else "1 = far, 0 = near"
-    target = TARGET_WORDS.get(facts.target or "sqrt_disparity", facts.target)
+    target = TARGET_WORDS.get(facts.target or DEFAULT_TARGET, facts.target)
     body = [
         f"# DM-Lightning DepthMaster ({stage}): single-step diffusion monocular relative depth",
         "",
@@ -262,7 +262,7 @@ def build_model_card(
         f"Relative (affine-invariant) depth of one RGB image, at the image's size: {target} in "
         f"[0, 1], {near}. It is known up to a scale and shift; fit them to a few known depths "
         "for metres (dm_lightning's `tools/metric_depth.py`). The network runs at a long edge of "
-        f"{facts.processing_res or DEFAULT_RES} pixels by default.",
+        f"{facts.processing_res or DEFAULT_PROCESSING_RES} pixels by default.",
         "",
         _training_section(facts),
         "## Usage",

@@ -15,7 +15,6 @@ Sources, all optional except the export itself:
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,9 @@ from typing import Any
 
 import yaml
 
-from dm_lightning.models.depthmaster import METADATA_FILE
+from dm_lightning.models.model_facts import METADATA_FILE
+from dm_lightning.models.model_paths import HUB_ID
+from dm_lightning.models.pipeline_depthmaster import near_is_one
 
 CONFIG_FILE = "dm_lightning_config.yaml"
 """The training run's LightningCLI config, copied into the export."""
@@ -39,8 +40,6 @@ KNOWN_DATASETS = {
     "virtual_kitti": "Virtual KITTI 2",
     "virtual_kitti_2": "Virtual KITTI 2",
 }
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 # Hyper-parameters shown in the card's training table: (label, path in the run config).
 SHOWN_SETTINGS = (
@@ -108,7 +107,7 @@ class TrainingFacts:
     @property
     def near_is_one(self) -> bool:
         """Whether 1 means near in the prediction (every target but ``depth``)."""
-        return self.target != "depth"
+        return near_is_one(self.target)
 
 
 def hub_id(model_path: str | None) -> str | None:
@@ -120,7 +119,7 @@ def hub_id(model_path: str | None) -> str | None:
         return model_path[len("hf://") :]
     if model_path.startswith((".", "/", "~")) or Path(model_path).expanduser().exists():
         return None
-    return model_path if _HUB_ID.fullmatch(model_path) else None
+    return model_path if HUB_ID.fullmatch(model_path) else None
 
 
 def recorded_base_model(model_path: str | None) -> str | None:

@@ -28,47 +28,20 @@ from dm_lightning.inference.outputs import (
 from dm_lightning.inference.precision import cast_for_inference, inference_dtype
 from dm_lightning.inference.tiling import check_tiling
 from dm_lightning.models.depthmaster import DepthMaster
-from dm_lightning.models.loading import (
-    is_checkpoint_path,
-    load_depthmaster,
-    network_from_checkpoint,
-    read_checkpoint,
-    recorded_processing_res,
-    recorded_target,
-    resolve_model_path,
-)
-from dm_lightning.models.resolution import (
-    DEFAULT_PROCESSING_RES,
-    check_processing_res,
-    network_res,
-)
+from dm_lightning.models.loading import load_depthmaster
+from dm_lightning.models.resolution import check_processing_res, network_res
 
 log = logging.getLogger(__name__)
 
 
-def load_for_inference(model: str | Path) -> tuple[DepthMaster | OnnxDepthModel, bool]:
-    """(network in eval mode on the CPU, whether 1 = near) of a model folder, hub id or
-    ``.ckpt`` (see :func:`~dm_lightning.models.loading.load_depthmaster`), or of an ``.onnx``
-    graph (an :class:`~dm_lightning.inference.onnx_runtime.OnnxDepthModel`, run with
-    onnxruntime).
-
-    Whether 1 means near comes from the training target recorded with the model (an export's
-    ``dm_lightning.json``, a checkpoint's hyper-parameters): False only for the ``depth``
-    target; True when nothing is recorded (the released model, SD-2 base weights).
-    """
-    if is_onnx_path(model):
-        graph = OnnxDepthModel(model)
-        return graph, graph.recorded_target != "depth"
-    if is_checkpoint_path(model):
-        checkpoint = read_checkpoint(model)
-        target = (checkpoint.get("hyper_parameters") or {}).get("target")
-        net = network_from_checkpoint(checkpoint, model)
-        del checkpoint  # the weights now live in net; do not hold a second copy
-    else:
-        folder = resolve_model_path(model)
-        target = recorded_target(folder)
-        net = load_depthmaster(folder)
-    return net.eval(), target != "depth"
+def load_for_inference(model: str | Path) -> DepthMaster | OnnxDepthModel:
+    """The network of a model folder, hub id or ``.ckpt`` (see
+    :func:`~dm_lightning.models.loading.load_depthmaster`), or of an ``.onnx`` graph (an
+    :class:`~dm_lightning.inference.onnx_runtime.OnnxDepthModel`, run with onnxruntime), in
+    eval mode on the CPU, with the facts the model records as ``facts`` (its target, so
+    whether 1 means near, and predict's default long edge)."""
+    net = OnnxDepthModel(model) if is_onnx_path(model) else load_depthmaster(model)
+    return net.eval()
 
 
 def predict_images(
@@ -106,15 +79,17 @@ def predict_images(
         output_dir: folder for the files (created).
         processing_res: long edge (pixels, >= the VAE factor) the network runs at;
             ``"native"`` = each image's own size; None = the one recorded with the model
-            (an export's ``dm_lightning.json``, a checkpoint's hyper-parameters), else 768
-            (:data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`; 768 for a loaded
-            :class:`DepthMaster`). Outputs are at the input size either way.
+            (its ``facts``: an export's ``dm_lightning.json``, a checkpoint's
+            hyper-parameters), else 768
+            (:data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`; a
+            :class:`DepthMaster` built in memory records none). Outputs are at the input size
+            either way.
         device: e.g. ``"cuda"``, ``"cpu"``; default CUDA when available, else the CPU.
         batch_size: images per forward pass; images of different sizes may share a batch
             (those of one working size run together, results as with batch size 1).
         num_workers: DataLoader processes decoding images (0 = in this process).
         near_is_one: whether the model's 1 means near (colours put near in red); default from
-            the model's recorded target (True for a :class:`DepthMaster` object).
+            the model's recorded target (``facts``; True when it records none).
         progress: show a progress bar over the images and print the closing summary.
         tile_size: None (default): one pass per image. A tile edge in pixels (a multiple of
             the VAE factor, e.g. the processing resolution): a global pass at
@@ -143,25 +118,21 @@ def predict_images(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     dataset = ImageFolder(str(inputs))
     refuse_writing_over_inputs(output_dir, dataset.keys, dataset.files)
-    if isinstance(model, OnnxDepthModel):
-        net, recorded_near = model, model.recorded_target != "depth"
-        recorded_res = model.recorded_processing_res
-    elif isinstance(model, DepthMaster):
-        net, recorded_near, recorded_res = model, True, None
+    if isinstance(model, (OnnxDepthModel, DepthMaster)):
+        net = model
     else:
-        net, recorded_near = load_for_inference(model)
-        recorded_res = recorded_processing_res(model)
+        net = load_for_inference(model)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_processing_res(processing_res, net.latent_factor, "processing_res")
     check_tiling(tile_size, tile_overlap, net.latent_factor)
     if processing_res is None:
-        processing_res = recorded_res or DEFAULT_PROCESSING_RES
+        processing_res = net.facts.processing_res
     if tile_size is not None and network_res(processing_res) is None:
         raise ConfigError(
             "tile_size needs a processing_res in pixels for the global pass, not 'native'"
         )
     cast_for_inference(net, inference_dtype(dtype, "dtype"))
-    near = recorded_near if near_is_one is None else near_is_one
+    near = net.facts.near_is_one if near_is_one is None else near_is_one
     if device is not None:
         net = net.to(device)
     was_training = net.training

@@ -135,7 +135,7 @@ def export_onnx(
         optimize: run onnxscript's graph optimiser after the export (constant folding, fewer
             nodes); the numbers do not change beyond float rounding.
         processing_res, target: predict's default long edge and the training target to
-            record in the graph (for a loaded model; a path's recorded ones otherwise).
+            record in the graph; None: the ones the model records (``net.facts``).
 
     Returns:
         ``out`` as a :class:`~pathlib.Path`.
@@ -144,19 +144,12 @@ def export_onnx(
         ConfigError: ``opset`` below 18, ``out`` not ending in ``.onnx``, or a model held in
             another dtype than float32.
     """
-    from dm_lightning.models.loading import (
-        load_depthmaster,
-        recorded_processing_res,
-        recorded_target,
-    )
+    from dm_lightning.models.loading import load_depthmaster
 
     out = check_export_target(out, opset)
-    if isinstance(model, DepthMaster):
-        net = model
-    else:
-        net = load_depthmaster(model)
-        processing_res = processing_res or recorded_processing_res(model)
-        target = target or recorded_target(model)
+    net = model if isinstance(model, DepthMaster) else load_depthmaster(model)
+    processing_res = processing_res or net.facts.recorded_processing_res
+    target = target or net.facts.recorded_target
     dtypes = {p.dtype for p in net.parameters()}
     if dtypes != {torch.float32}:
         raise ConfigError(

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from dm_lightning.errors import ConfigError
 from dm_lightning.inference.onnx_export import INPUT_NAME
+from dm_lightning.models.model_facts import ModelFacts
 from dm_lightning.models.onnx_metadata import read_graph_metadata
 from dm_lightning.models.pipeline_depthmaster import resize_bilinear
 from dm_lightning.models.resolution import working_size
@@ -64,10 +65,9 @@ class OnnxDepthModel:
         self.path = Path(path).expanduser()
         meta = read_graph_metadata(self.path)
         self.latent_factor = int(meta["latent_factor"])  # type: ignore[call-overload]
-        #: What the graph's metadata records (see export_onnx): predict's default long edge
-        #: (None: not recorded) and the training target (None: not recorded, 1 = near).
-        self.recorded_processing_res: int | None = meta.get("processing_res")  # type: ignore
-        self.recorded_target: str | None = meta.get("target")  # type: ignore[assignment]
+        #: What the graph's metadata records (see export_onnx), as a loaded DepthMaster's
+        #: ``facts``: the training target and predict's default long edge.
+        self.facts = ModelFacts.from_record(meta)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         self.session = ort.InferenceSession(

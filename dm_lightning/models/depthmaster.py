@@ -18,9 +18,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError
+from dm_lightning.models.model_facts import METADATA_FILE, ModelFacts
 from dm_lightning.models.pipeline_depthmaster import (
-    DEFAULT_PROCESSING_RESOLUTION,
-    DEFAULT_TARGET,
     LEGACY_EMPTY_PROMPT_FILE,
     DepthMasterPipeline,
     EmptyPromptEmbedding,
@@ -35,7 +34,6 @@ from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, as_depthmaster_unet
 
 # Still written beside model_index.json's empty_prompt/ so older dm_lightning versions read exports.
 EMPTY_PROMPT_FILE = LEGACY_EMPTY_PROMPT_FILE
-METADATA_FILE = "dm_lightning.json"
 
 
 def signed_rgb(rgb: Tensor) -> Tensor:
@@ -58,6 +56,9 @@ class DepthMaster(nn.Module):
     # Latents the U-Net's input concatenates: the RGB latent alone here; Marigold's widened
     # conv_in takes the RGB latent and the noisy depth latent (dm_lightning.baselines).
     latent_inputs = 1
+    #: What the model records (target, predict's long edge), set by the loaders from its
+    #: folder or checkpoint; a network built in memory records nothing (the defaults).
+    facts: ModelFacts = ModelFacts()
 
     def __init__(
         self, vae: AutoencoderKL, unet: UNet2DConditionModel, empty_prompt_embedding: Tensor
@@ -197,17 +198,15 @@ class DepthMaster(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {"fourier_enhancement": hasattr(self.unet, FFT_ATTRIBUTE), **(metadata or {})}
-        res = meta.get("processing_res")
+        facts = ModelFacts.from_record(meta)
         embedding = self.empty_prompt_embedding.detach().cpu().contiguous()
         with self.original_vae() as vae:
             DepthMasterPipeline(
                 vae,
                 self.unet,
                 EmptyPromptEmbedding.from_tensor(embedding),
-                target=meta.get("target") or DEFAULT_TARGET,
-                default_processing_resolution=res
-                if isinstance(res, int)
-                else DEFAULT_PROCESSING_RESOLUTION,
+                target=facts.target,
+                default_processing_resolution=facts.processing_res,
             ).save_pretrained(path)
         save_file({"embedding": embedding}, str(path / EMPTY_PROMPT_FILE))
         (path / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")

@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.models.state_dicts import describe_keys, load_state_dict_file
+from dm_lightning.models.state_dicts import (
+    describe_keys,
+    load_state_dict_file,
+    shape_mismatches,
+)
 
 # timm names that are resolved by timm itself (hub or local folders), not its model registry.
 TIMM_SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
@@ -198,16 +202,11 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
     )
     if filter_fn is not None:
         state = filter_fn(state, model)
-    own = model.state_dict()
-    shapes = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
-    ]
+    shapes = shape_mismatches(state, model.state_dict())
     if shapes:
         raise ConfigError(
             f"encoder weights {path} do not fit {type(model).__name__} (check model_name and "
-            f"model_kwargs): {len(shapes)} shapes differ {shapes[:10]}"
+            f"model_kwargs): {shapes}"
         )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("head")]

@@ -9,10 +9,7 @@ missing part a :class:`~dm_lightning.errors.MissingPathError`.
 
 from __future__ import annotations
 
-import json
 import logging
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +18,21 @@ from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, METADATA_FILE, DepthMaster
+from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, DepthMaster
+from dm_lightning.models.model_facts import (
+    is_checkpoint_path,
+    recorded_facts,
+    recorded_method,
+    recorded_task,
+)
+from dm_lightning.models.model_paths import resolve_model_path
 from dm_lightning.models.modeling_depthmaster import DepthMasterUNet
-from dm_lightning.models.onnx_metadata import read_graph_metadata
+from dm_lightning.models.stage_checkpoint import network_weights, read_checkpoint
 from dm_lightning.models.state_dicts import (
     SHOWN_KEYS,
     describe_keys,
     load_state_dict_file,
-    load_torch_file,
+    shape_mismatches,
 )
 from dm_lightning.models.unet_hooks import FFT_ATTRIBUTE, attach_fourier_enhancement
 
@@ -36,79 +40,6 @@ log = logging.getLogger(__name__)
 
 # Weight files of a diffusers model folder (unet/, vae/), in the order diffusers prefers them.
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-
-HUB_PREFIX = "hf://"
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def resolve_model_path(
-    path_or_id: str | Path, subfolders: tuple[str, ...] = ("vae", "unet")
-) -> Path:
-    """A local model folder, or a Hugging Face hub repository fetched (once) into the HF cache.
-
-    Which one a value names:
-
-    - ``hf://owner/name`` always names a hub repository;
-    - an existing folder is used as it is;
-    - otherwise the value is a hub id only if it has the form ``owner/name``, does not start
-      with ``.``, ``/`` or ``~``, and its first component (``owner``) is not an existing local
-      folder. So ``runs/export`` while ``runs/`` exists is a missing local folder (a typo, or a
-      run that has not exported yet), never fetched: write ``hf://runs/export`` for a hub
-      repository of that name.
-
-    A :class:`~pathlib.Path` is always a local folder.
-
-    Raises:
-        MissingPathError: a local folder that does not exist, or a hub repository that cannot
-            be fetched.
-        ConfigError: an ``hf://`` value that is not of the form ``hf://owner/name``.
-    """
-    if isinstance(path_or_id, Path):
-        if not path_or_id.expanduser().is_dir():
-            raise MissingPathError(f"model folder {path_or_id} not found")
-        return path_or_id.expanduser()
-    if path_or_id.startswith(HUB_PREFIX):
-        repo = path_or_id[len(HUB_PREFIX) :]
-        if not _HUB_ID.fullmatch(repo):
-            raise ConfigError(
-                f"model path {path_or_id!r}: expected hf://owner/name (a Hugging Face hub "
-                "repository id)"
-            )
-        return _fetch_from_hub(repo, subfolders)
-    local = Path(path_or_id).expanduser()
-    if local.is_dir():
-        return local
-    if local.exists():
-        raise MissingPathError(
-            f"model path {path_or_id} is a file; expected a folder with vae/ and unet/"
-        )
-    first = path_or_id.split("/", 1)[0]
-    looks_local = path_or_id.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(path_or_id)
-    if not looks_local and Path(first).is_dir():
-        raise MissingPathError(
-            f"model folder {path_or_id} not found; {first}/ exists, so this is taken for a local "
-            f"path; use {HUB_PREFIX}{path_or_id} for a hub repository"
-        )
-    if looks_local:
-        raise MissingPathError(
-            f"model folder {path_or_id} not found (expected a diffusers folder with vae/ and "
-            f"unet/, a hub id like stabilityai/stable-diffusion-2, or {HUB_PREFIX}owner/name)"
-        )
-    return _fetch_from_hub(path_or_id, subfolders)
-
-
-def _fetch_from_hub(repo: str, subfolders: tuple[str, ...]) -> Path:
-    from huggingface_hub import snapshot_download
-
-    patterns = [f"{s}/*" for s in subfolders] + [EMPTY_PROMPT_FILE, METADATA_FILE, "*.json"]
-    patterns += ["text_encoder/*", "tokenizer/*"]
-    try:
-        return Path(snapshot_download(repo, allow_patterns=patterns))
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MissingPathError(
-            f"cannot fetch model {repo!r} from the Hugging Face hub: {reason}"
-        ) from err
 
 
 def load_unet(folder: str | Path) -> DepthMasterUNet:
@@ -193,16 +124,10 @@ def _load_state_dict_strict(module: nn.Module, state: dict[str, Tensor], weights
             f"U-Net weights {weights} do not match {weights.parent / 'config.json'} plus the FE "
             f"block: {mismatch}"
         )
-    shapes = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in sorted(state.items())
-        if tuple(v.shape) != tuple(own[k].shape)
-    ]
+    shapes = shape_mismatches(state, own)
     if shapes:
-        more = f" and {len(shapes) - SHOWN_KEYS} more" if len(shapes) > SHOWN_KEYS else ""
         raise ConfigError(
-            f"U-Net weights {weights} do not fit {weights.parent / 'config.json'}: "
-            f"{len(shapes)} shapes differ {shapes[:SHOWN_KEYS]}{more}"
+            f"U-Net weights {weights} do not fit {weights.parent / 'config.json'}: {shapes}"
         )
     module.load_state_dict(state, strict=True)
 
@@ -267,7 +192,8 @@ def load_depthmaster(
     cache_dir: str | Path | None = None,
 ) -> DepthMaster:
     """Build :class:`DepthMaster` from a diffusers-layout folder, a hub id, or a Lightning
-    checkpoint (``.ckpt``) of a stage run.
+    checkpoint (``.ckpt``) of a stage run, with the facts the model records as ``net.facts``
+    (:func:`~dm_lightning.models.model_facts.recorded_facts`: target, predict's long edge).
 
     Args:
         path: folder (or hub id) with ``vae/`` and ``unet/``: SD-2 base weights, the released
@@ -278,9 +204,10 @@ def load_depthmaster(
         cache_dir: where a computed empty-prompt embedding is cached.
 
     Raises:
-        MissingPathError: the folder (see :func:`resolve_model_path` for what is a hub id), its
-            ``vae/`` or ``unet/``, a ``config.json`` or weights file, or the empty-prompt
-            embedding (and the text encoder to compute it) is missing.
+        MissingPathError: the folder (see :func:`~dm_lightning.models.model_paths.
+            resolve_model_path` for what is a hub id), its ``vae/`` or ``unet/``, a
+            ``config.json`` or weights file, or the empty-prompt embedding (and the text
+            encoder to compute it) is missing.
         ConfigError: weights that do not match their config (the keys are listed), or a
             weights file that is not a plain state dict.
     """
@@ -291,8 +218,11 @@ def load_depthmaster(
                 "checkpoint holds its own U-Net"
             )
         return load_depthmaster_checkpoint(path, cache_dir)
-    check_method(path, "dm_lightning.DepthMasterTask (DepthMaster)")
-    return DepthMaster(*load_model_parts(path, unet_path, cache_dir))
+    folder = resolve_model_path(path)
+    check_method(path, "dm_lightning.DepthMasterTask (DepthMaster)", folder=folder)
+    net = DepthMaster(*_load_parts(path, folder, unet_path, cache_dir))
+    net.facts = recorded_facts(folder)
+    return net
 
 
 def load_model_parts(
@@ -304,7 +234,13 @@ def load_model_parts(
     (1, T, D) of a diffusers-layout folder or hub id, each loaded strictly; what
     :class:`DepthMaster` and the baselines (:mod:`dm_lightning.baselines`) are built from.
     Raises as :func:`load_depthmaster`."""
-    folder = resolve_model_path(path)
+    return _load_parts(path, resolve_model_path(path), unet_path, cache_dir)
+
+
+def _load_parts(
+    path: str | Path, folder: Path, unet_path: str | None, cache_dir: str | Path | None
+) -> tuple[AutoencoderKL, DepthMasterUNet, Tensor]:
+    """:func:`load_model_parts` of ``path``, resolved to the local ``folder``."""
     where = str(folder) if str(folder) == str(path) else f"{path} ({folder})"
     for sub in ("vae",) if unet_path else ("vae", "unet"):
         if not (folder / sub).is_dir():
@@ -319,13 +255,16 @@ def load_model_parts(
     return vae, unet, embedding
 
 
-def check_method(path: str | Path, wanted: str, method: str | None = None) -> None:
+def check_method(
+    path: str | Path, wanted: str, method: str | None = None, folder: Path | None = None
+) -> None:
     """Refuse a model folder that records another method (``dm_lightning.json``'s ``method``
     and ``task``, written by the baselines' exports) than ``method`` (None: DepthMaster,
-    whose exports record no method): its network needs its own task class."""
-    recorded = recorded_method(path)
+    whose exports record no method): its network needs its own task class. ``folder``: the
+    local folder ``path`` resolved to (a hub id's), read instead of ``path``."""
+    recorded = recorded_method(folder or path)
     if recorded != method:
-        task = _recorded(path, "task") or "its own task class"
+        task = recorded_task(folder or path) or "its own task class"
         raise ConfigError(
             f"model folder {path} holds a model of the {recorded or 'DepthMaster'} method, not "
             f"one for "
@@ -333,28 +272,19 @@ def check_method(path: str | Path, wanted: str, method: str | None = None) -> No
         )
 
 
-CHECKPOINT_SUFFIX = ".ckpt"
-
-
-def is_checkpoint_path(path: str | Path) -> bool:
-    """Whether a model path names a Lightning checkpoint file (``*.ckpt``) rather than a model
-    folder or hub id."""
-    return str(path).endswith(CHECKPOINT_SUFFIX)
-
-
 def load_depthmaster_checkpoint(
     path: str | Path, cache_dir: str | Path | None = None
 ) -> DepthMaster:
     """The network of a ``Stage1`` / ``Stage2`` Lightning checkpoint (``last.ckpt``,
-    ``best-*.ckpt``, a signal's resumable checkpoint).
+    ``best-*.ckpt``, a signal's resumable checkpoint), with the facts it records.
 
     Checkpoints leave the frozen VAE out, so the network is built from the checkpoint's
     ``model_path`` (and ``unet_path``) hyper-parameters, which must still exist, with an FE
-    block when the checkpoint has ``net.unet.fftblock.*``; then its ``net.*`` weights are
-    loaded. A full checkpoint written with :class:`~dm_lightning.training.ema.EMAWeights`
-    gives the averaged weights (what the export would hold), as a weights-only one does
-    already. The file is read with ``weights_only=True``
-    (:func:`~dm_lightning.models.state_dicts.load_torch_file`).
+    block when the checkpoint's network weights have ``unet.fftblock.*``; then those weights
+    are loaded (:func:`~dm_lightning.models.stage_checkpoint.network_weights`: a full
+    checkpoint of an EMA run gives the averaged weights, what the export would hold). The file
+    is memory-mapped with ``weights_only=True``
+    (:func:`~dm_lightning.models.stage_checkpoint.read_checkpoint`).
 
     Raises:
         MissingPathError: no file at ``path``, or the checkpoint's ``model_path`` is gone.
@@ -362,28 +292,7 @@ def load_depthmaster_checkpoint(
             ``model_path``), holds pickled objects, or whose ``net.*`` weights do not fit the
             network built from its ``model_path`` (the keys are listed).
     """
-    return network_from_checkpoint(read_checkpoint(path), path, cache_dir)
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint file read safely (``weights_only``).
-
-    Raises:
-        MissingPathError: no file at ``path``.
-        ConfigError: it holds pickled objects other than tensors and plain containers.
-    """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise MissingPathError(f"checkpoint {path} not found")
-    # Mapped: predicting from a full last.ckpt reads its weights, not its optimizer state.
-    return load_torch_file(file, mmap=True)
-
-
-def network_from_checkpoint(
-    checkpoint: dict[str, Any], path: str | Path, cache_dir: str | Path | None = None
-) -> DepthMaster:
-    """:func:`load_depthmaster_checkpoint` of a checkpoint already read (``path`` names it in
-    errors)."""
+    checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
     base = hparams.get("model_path")
     if not isinstance(checkpoint.get("state_dict"), dict) or not base:
@@ -398,12 +307,8 @@ def network_from_checkpoint(
             f"checkpoint {path} needs its model_path {base} (checkpoints leave out the frozen "
             f"VAE and the empty-prompt embedding, which come from there): {err}"
         ) from err
-    state = {
-        k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")
-    }
-    for name, value in _ema_average(checkpoint).items():
-        if name.startswith("net.") and name[len("net.") :] in state:
-            state[name[len("net.") :]] = value
+    state = network_weights(checkpoint)
+    del checkpoint  # the weights now live in state (mapped), then in net
     if any(k.startswith(f"unet.{FFT_ATTRIBUTE}.") for k in state) and not hasattr(
         net.unet, FFT_ATTRIBUTE
     ):
@@ -411,83 +316,12 @@ def network_from_checkpoint(
     own = net.state_dict()
     # the frozen VAE is the one of model_path; everything else must come from the checkpoint
     missing = [k for k in own if k not in state and not k.startswith("vae.")]
-    mismatch = describe_keys(missing, set(state) - set(own))
-    shapes = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if mismatch or shapes:
-        detail = mismatch or f"{len(shapes)} shapes differ, e.g. {shapes[:SHOWN_KEYS]}"
+    detail = describe_keys(missing, set(state) - set(own)) or shape_mismatches(state, own)
+    if detail:
         raise ConfigError(
             f"checkpoint {path}: its net.* weights do not fit the network built from its "
             f"model_path {base}: {detail}"
         )
     net.load_state_dict(state, strict=False)
+    net.facts = recorded_facts(path)
     return net
-
-
-def _ema_average(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
-    """Task parameter name -> EMA average, from an EMAWeights callback state of a full
-    checkpoint (empty without one)."""
-    for key, value in (checkpoint.get("callbacks") or {}).items():
-        if str(key).startswith("EMAWeights") and isinstance(value, dict):
-            return dict(zip(value.get("names", []), value.get("average", [])))
-    return {}
-
-
-def recorded_target(path: str | Path) -> str | None:
-    """The training target recorded with a model (``sqrt_disparity``, ``disparity``,
-    ``depth``): an export's ``dm_lightning.json`` ``target``, a checkpoint's ``target``
-    hyper-parameter, an ONNX graph's metadata. None when nothing is recorded or readable
-    (the released model, SD-2 weights, a hub id, a missing path). A checkpoint is
-    memory-mapped, not read whole."""
-    target = _recorded(path, "target")
-    return str(target) if target else None
-
-
-def recorded_method(path: str | Path) -> str | None:
-    """The method a model folder's ``dm_lightning.json`` records (a baseline's export, e.g.
-    ``"marigold"``); None for DepthMaster's folders, SD-2 and anything unreadable."""
-    method = _recorded(path, "method")
-    return method if isinstance(method, str) and method else None
-
-
-def recorded_task(path: str | Path) -> str | None:
-    """The task class (``dm_lightning.E2EFT``, ...) that loads a baseline's export, as its
-    ``dm_lightning.json`` records it; None for DepthMaster's folders and anything else."""
-    task = _recorded(path, "task")
-    return task if isinstance(task, str) and task else None
-
-
-def recorded_setting(path: str | Path, key: str) -> Any:
-    """``key`` of a model folder's ``dm_lightning.json`` (a checkpoint's hyper-parameters), e.g.
-    a baseline's inference settings; None when absent or unreadable. The caller checks the
-    type."""
-    return _recorded(path, key)
-
-
-def recorded_processing_res(path: str | Path) -> int | None:
-    """The long edge (pixels) ``predict`` runs a model at by default, as recorded with it: an
-    export's ``dm_lightning.json`` ``processing_res`` (an ONNX graph's metadata); a
-    checkpoint's ``processing_res`` hyper-parameter, else the one recorded with its
-    ``model_path``. None when nothing usable is recorded (then
-    :data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`)."""
-    value = _recorded(path, "processing_res")
-    if value is None and is_checkpoint_path(path):
-        base = _recorded(path, "model_path")
-        value = _recorded(base, "processing_res") if base and not is_checkpoint_path(base) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _recorded(path: str | Path, key: str) -> Any:
-    """``key`` of an export's ``dm_lightning.json`` or of a checkpoint's hyper-parameters
-    (memory-mapped); None when absent or unreadable (the loaders name what is wrong)."""
-    if not str(path):
-        return None
-    try:
-        if is_checkpoint_path(path):
-            checkpoint = load_torch_file(Path(path).expanduser(), mmap=True)
-            return (checkpoint.get("hyper_parameters") or {}).get(key)
-        if str(path).endswith(".onnx"):  # an exported graph records the same facts
-            return read_graph_metadata(path).get(key)
-        meta = Path(path).expanduser() / METADATA_FILE
-        return json.loads(meta.read_text()).get(key) if meta.is_file() else None
-    except (OSError, ValueError, RuntimeError, AttributeError, pickle.UnpicklingError, ConfigError):
-        return None

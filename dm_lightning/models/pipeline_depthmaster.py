@@ -41,8 +41,16 @@ TILING_MODULE = "tiling_depthmaster"
 MODULE_NAME = Path(__file__).stem  # the file's name inside an export, for model_index.json
 EMPTY_PROMPT_FOLDER = "empty_prompt"
 LEGACY_EMPTY_PROMPT_FILE = "empty_prompt_embedding.safetensors"  # exports before model_index
+#: The training target and predict's long edge (pixels) of a model that records none: the
+#: recipe's (the released model, SD-2 base weights). dm_lightning reads them from here.
 DEFAULT_TARGET = "sqrt_disparity"
-DEFAULT_PROCESSING_RESOLUTION = 768
+DEFAULT_PROCESSING_RES = 768
+
+
+def near_is_one(target: str | None) -> bool:
+    """Whether 1 means near in a prediction of ``target``'s space: every target but ``depth``
+    (None, a model that records none, is read as :data:`DEFAULT_TARGET`)."""
+    return target != "depth"
 
 
 def latent_factor(vae: AutoencoderKL) -> int:
@@ -194,7 +202,7 @@ class DepthMasterPipeline(DiffusionPipeline):
         unet: UNet2DConditionModel,
         empty_prompt: EmptyPromptEmbedding,
         target: str = DEFAULT_TARGET,
-        default_processing_resolution: int = DEFAULT_PROCESSING_RESOLUTION,
+        default_processing_resolution: int = DEFAULT_PROCESSING_RES,
     ) -> None:
         super().__init__()
         self.register_modules(vae=vae, unet=unet, empty_prompt=empty_prompt)
@@ -292,7 +300,7 @@ class DepthMasterPipeline(DiffusionPipeline):
             prediction = self.image_processor.pt_to_numpy(prediction.cpu())
         target = self.config.target
         return DepthMasterDepthOutput(
-            prediction=prediction, target=target, near_is_one=target != "depth"
+            prediction=prediction, target=target, near_is_one=near_is_one(target)
         )
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:

@@ -10,41 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from dm_lightning.models.depthmaster import DepthMaster
-from dm_lightning.models.loading import (
-    is_checkpoint_path,
-    load_depthmaster,
-    network_from_checkpoint,
-    read_checkpoint,
-    recorded_processing_res,
-    recorded_target,
-    resolve_model_path,
-)
-from dm_lightning.models.pipeline_depthmaster import (
-    DEFAULT_PROCESSING_RESOLUTION,
-    DEFAULT_TARGET,
-    DepthMasterPipeline,
-    EmptyPromptEmbedding,
-)
+from dm_lightning.models.loading import load_depthmaster
+from dm_lightning.models.pipeline_depthmaster import DepthMasterPipeline, EmptyPromptEmbedding
 
 
 def pipeline_from_network(
-    net: DepthMaster,
-    target: str | None = None,
-    processing_res: int | None = None,
-    cls: type[DepthMasterPipeline] = DepthMasterPipeline,
+    net: DepthMaster, cls: type[DepthMasterPipeline] = DepthMasterPipeline
 ) -> DepthMasterPipeline:
-    """A pipeline sharing ``net``'s VAE and U-Net (no copy), in eval mode.
-
-    Args:
-        target: the model's training target (None: the recipe's ``sqrt_disparity``).
-        processing_res: default long edge in pixels (None: 768).
-    """
+    """A pipeline sharing ``net``'s VAE and U-Net (no copy), in eval mode, configured with the
+    facts the network records (``net.facts``: target, default processing resolution; the
+    recipe's ``sqrt_disparity`` and 768 when it records none)."""
     pipe = cls(
         vae=net.vae,
         unet=net.unet,
         empty_prompt=EmptyPromptEmbedding.from_tensor(net.empty_prompt_embedding),
-        target=target or DEFAULT_TARGET,
-        default_processing_resolution=processing_res or DEFAULT_PROCESSING_RESOLUTION,
+        target=net.facts.target,
+        default_processing_resolution=net.facts.processing_res,
     )
     pipe.empty_prompt.to(net.empty_prompt_embedding.device)
     net.eval()
@@ -64,14 +45,4 @@ def load_pipeline(
         MissingPathError, ConfigError: as ``load_depthmaster`` (missing parts, keys that do
             not fit, named).
     """
-    if is_checkpoint_path(path):
-        checkpoint = read_checkpoint(path)
-        target = (checkpoint.get("hyper_parameters") or {}).get("target")
-        net = network_from_checkpoint(checkpoint, path, cache_dir)
-        del checkpoint  # the weights now live in net
-        res = recorded_processing_res(path)
-    else:
-        folder = resolve_model_path(path)
-        net = load_depthmaster(folder, cache_dir=cache_dir)
-        target, res = recorded_target(folder), recorded_processing_res(folder)
-    return pipeline_from_network(net, target, res, cls)
+    return pipeline_from_network(load_depthmaster(path, cache_dir=cache_dir), cls)

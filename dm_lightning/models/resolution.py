@@ -8,19 +8,18 @@ and read back as ``predict``'s default.
   the other edge scaled to keep the aspect ratio (both rounded to multiples of the factor);
   outputs are resized back to the input's size;
 - ``"native"``: each image's own size (memory and time grow with the image's pixels);
-- ``None``: the model's recorded one (:func:`~dm_lightning.models.loading.
-  recorded_processing_res`), else :data:`DEFAULT_PROCESSING_RES`, for ``predict``; at
-  validation and test, each benchmark's own (native size for shard splits).
+- ``None``: the model's recorded one, else :data:`DEFAULT_PROCESSING_RES` (768 pixels,
+  Marigold's and the DepthMaster recipe's; :class:`~dm_lightning.models.model_facts.
+  ModelFacts`), for ``predict``; at validation and test, each benchmark's own (native size
+  for shard splits).
 """
 
 from __future__ import annotations
 
 from dm_lightning.errors import ConfigError
+from dm_lightning.models.pipeline_depthmaster import DEFAULT_PROCESSING_RES
 from dm_lightning.models.pipeline_depthmaster import working_size as pipeline_working_size
 
-#: predict's long edge when a model records none: Marigold's and the DepthMaster recipe's
-#: 768 pixels (the released model, SD-2 base weights and recipe exports).
-DEFAULT_PROCESSING_RES = 768
 #: The ``processing_res`` value that runs every image at its own size.
 NATIVE = "native"
 

@@ -49,15 +49,19 @@ class AlignedDepthMaster(nn.Module):
         super().__init__()
         self.net = net
         self.encoder = encoder.freeze()
-        self.tap = FeatureTap(net.unet, fa_location)
+        # Records inside forward only: evaluation's forwards of the same U-Net keep nothing.
+        self.tap = FeatureTap(net.unet, fa_location, always=False)
         self.alignment = FeatureAlignment(self.tap.channels, encoder.embed_dim, loss=fa_loss)
 
     def forward(self, rgb_signed: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 3, H, W) RGB in [-1, 1] -> (depth latent (B, 4, h, w), tapped U-Net feature
-        (B, C, h', w')). The VAE encoding runs without gradients (the VAE is frozen)."""
+        (B, C, h', w')). The VAE encoding runs without gradients (the VAE is frozen). The
+        feature is taken from the tap: the network holds none between forwards."""
         with torch.no_grad():
             z_rgb = self.net.encode(rgb_signed)
-        return self.net.denoise(z_rgb), self.tap.pop()
+        with self.tap.recording():
+            z_depth = self.net.denoise(z_rgb)
+        return z_depth, self.tap.pop()
 
     def alignment_loss(self, feature: Tensor, rgb_signed: Tensor) -> Tensor:
         """FA loss of a tapped ``feature`` against the encoder's tokens of the same

@@ -10,7 +10,7 @@ only the tensors used are read.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +132,18 @@ def describe_keys(missing: Iterable[str], unexpected: Iterable[str]) -> str:
             more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
             parts.append(f"{label} {len(keys)} keys {keys[:SHOWN_KEYS]}{more}")
     return "; ".join(parts)
+
+
+def shape_mismatches(state: Mapping[str, Any], own: Mapping[str, Tensor]) -> str:
+    """``N shapes differ ['key: file (..) vs model (..)', ...]`` for the keys of ``state`` that
+    ``own`` (a model's state dict) also has with another shape, the first :data:`SHOWN_KEYS`
+    (sorted); "" when every shared key fits. Values without a shape are left out."""
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in sorted(state.items())
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if not shapes:
+        return ""
+    more = f" and {len(shapes) - SHOWN_KEYS} more" if len(shapes) > SHOWN_KEYS else ""
+    return f"{len(shapes)} shapes differ {shapes[:SHOWN_KEYS]}{more}"

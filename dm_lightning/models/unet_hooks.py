@@ -7,6 +7,8 @@ No U-Net code is copied: hooks read or replace block outputs.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from diffusers import UNet2DConditionModel
@@ -46,20 +48,38 @@ def tap_channels(unet: UNet2DConditionModel, location: str) -> int:
 
 
 class FeatureTap:
-    """Records the output of one U-Net block on every forward.
+    """Records the output of one U-Net block: on every forward (``always``), or only inside
+    :meth:`recording` (``always=False``: the U-Net's other forwards, such as evaluation's, leave
+    nothing behind).
 
     Down blocks return ``(hidden_states, residuals)``; the tap keeps ``hidden_states``
     (B, C, h, w). Use :meth:`pop` after the forward to take (and clear) the feature.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, location: str = "mid") -> None:
+    def __init__(
+        self, unet: UNet2DConditionModel, location: str = "mid", always: bool = True
+    ) -> None:
         self.location = location
         self.channels = tap_channels(unet, location)
+        self._always = self._recording = always
         self._feature: Tensor | None = None
         self._handle: RemovableHandle = tap_module(unet, location).register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._feature = output[0] if isinstance(output, tuple) else output
+        if self._recording:
+            self._feature = output[0] if isinstance(output, tuple) else output
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """The tap records the forwards inside the block; a block that raises keeps nothing."""
+        self._recording = True
+        try:
+            yield
+        except BaseException:
+            self._feature = None
+            raise
+        finally:
+            self._recording = self._always
 
     def pop(self) -> Tensor:
         if self._feature is None:

@@ -51,14 +51,11 @@ from dm_lightning.recipes.pipeline import (
     Pipeline,
     PipelineError,
     Stage,
-    add_recipe_arguments,
-    pipeline_command,
     read_results,
-    recipe_from_args,
     run_pipeline,
 )
+from dm_lightning.recipes.pipeline_cli import pipeline_command, recipe_from_args, recipe_parser
 from dm_lightning.recipes.steps import check_pipeline
-from dm_lightning.tool_cli import tool_parser
 
 BASELINE = "baseline"
 TABLE, CHART, RECORD = "ablations.md", "ablations.png", "ablations.json"
@@ -299,15 +296,14 @@ def write_report(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tools/run_ablations.py``; returns the exit status (1 if a row
     failed, 2 for a usage error)."""
-    parser = tool_parser(
+    parser = recipe_parser(
         "run_ablations.py",
         __doc__,
         "Other options are dm-lightning options for every row, as in "
         "train_depthmaster.py: --KEY VALUE for every fit, --stage1.KEY VALUE / --stage2.KEY "
         "VALUE for one stage, --test.KEY VALUE for the tests.",
+        run_help="the sweep's run folder (runs/ablations)",
     )
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, help="the sweep's run folder (runs/ablations)")
     parser.add_argument(
         "--overlays",
         nargs="+",
@@ -330,8 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, rest = parser.parse_known_args(argv)
     try:
-        if not (args.stage1 or args.stage2):
-            raise ConfigError("give --stage1 CONFIG and/or --stage2 CONFIG")
         recipe = recipe_from_args(args, rest, args.run)
         rows = plan_rows(recipe, args.overlays, args.run, baseline=not args.no_baseline)
         if not rows:

@@ -31,10 +31,10 @@ from dm_lightning.recipes.pipeline import (
     Pipeline,
     PipelineError,
     Stage,
-    pipeline_command,
     read_results,
     run_pipeline,
 )
+from dm_lightning.recipes.pipeline_cli import pipeline_command
 
 TITLE = "dm_lightning demo: tiny DepthMaster on synthetic data"
 LABELS = {INPUT: "untrained", "stage1": "stage 1", "stage2": "stage 2"}

@@ -23,38 +23,23 @@ Re-running the same command picks up where the last one stopped, from what the r
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import signal
-import subprocess
-import sys
-import time
-import traceback
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-from dm_lightning.errors import ConfigError, DMLightningError
+from dm_lightning.errors import ConfigError
 from dm_lightning.evaluation.tables import metric_splits, metrics_table
+from dm_lightning.recipes.step_runner import PipelineError, log, run_dm_lightning
 from dm_lightning.recipes.steps import INPUT, check_pipeline, evaluation_arguments, fit_arguments
-from dm_lightning.tool_cli import tool_parser
 from dm_lightning.training.callbacks import EXPORT_RECORD
 from dm_lightning.training.run_folder import latest_resumable
 
-"""Name of the model the first stage starts from, as a model to test (the untrained row)."""
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 TEST_METRICS = "test_metrics.json"
-TOOL = "tools/train_depthmaster.py"
-
-
-def log(message: str) -> None:
-    print(f"[pipeline] {message}", flush=True)
 
 
 @dataclass(frozen=True)
@@ -121,14 +106,6 @@ class Pipeline:
         return self.test or (self.stages[-1].name,)
 
 
-class PipelineError(RuntimeError):
-    """A step of the pipeline failed; ``status`` is its exit status."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class TestMetricsWriter(L.Callback):
     """After ``test``, write every logged ``test/...`` metric (floats) to ``path``, default
     ``<run dir>/test_metrics.json``: the numbers the pipeline and the ablation tables read."""
@@ -185,75 +162,6 @@ def recorded_model_path(version: Path) -> str | None:
         return None
     model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
     return (model.get("init_args") or {}).get("model_path")
-
-
-def run_dm_lightning(args: list[str], what: str, in_process: bool = False) -> None:
-    """Run ``dm-lightning <args>``; raises :class:`PipelineError` naming ``what`` on a non-zero
-    exit status.
-
-    By default in a child process (``python -m dm_lightning``), so that each stage launches
-    its own DDP ranks as ``dm-lightning fit`` does and starts from a clean process; SIGTERM
-    and SIGUSR1 sent to this process are forwarded to it, and Ctrl-C reaches it through the
-    terminal (it saves ``last.ckpt``). ``in_process`` calls :func:`dm_lightning.cli.main`
-    here instead: no start-up cost per step (the CPU demo, tests), but unfit for a
-    multi-device run that Lightning launches itself, which re-executes this process's
-    command line on every rank.
-    """
-    log("dm-lightning " + shlex.join(args))
-    started = time.monotonic()
-    status = run_in_process(args) if in_process else run_child(args)
-    if status:
-        raise PipelineError(f"{what} failed (exit status {status})", status)
-    log(f"{what}: finished in {time.monotonic() - started:.0f} s")
-
-
-def run_in_process(args: list[str]) -> int:
-    from dm_lightning.cli import main
-
-    try:
-        with warnings.catch_warnings():
-            # LightningCLI warns when given args while sys.argv holds this tool's own options.
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            return main(args)
-    except SystemExit as err:  # argument errors: jsonargparse exits
-        return err.code if isinstance(err.code, int) else 2
-    except Exception:  # noqa: BLE001 - any crash of the step is reported as that step's failure
-        traceback.print_exc()
-        return 1
-
-
-def run_child(args: list[str]) -> int:
-    """Run ``python -m dm_lightning ARGS`` and return its exit status, 128 + N when signal N
-    killed it (as a shell reports it). SIGTERM / SIGUSR1 are forwarded to the child, which
-    saves and exits 143; after a Ctrl-C (which reaches the child too) KeyboardInterrupt is
-    raised here once the child has ended, so that a sweep stops instead of going on."""
-    sys.stdout.flush()
-    child = subprocess.Popen([sys.executable, "-m", "dm_lightning", *args])
-    interrupted = False
-
-    def forward(signum: int, frame: object) -> None:
-        child.send_signal(signum)
-
-    def note_interrupt(signum: int, frame: object) -> None:
-        # Ctrl-C signals the whole foreground group, the child included: only wait for it.
-        nonlocal interrupted
-        interrupted = True
-
-    handled = [
-        signal.SIGTERM,
-        signal.SIGINT,
-        *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []),
-    ]
-    actions = {s: note_interrupt if s == signal.SIGINT else forward for s in handled}
-    previous = {s: signal.signal(s, action) for s, action in actions.items()}
-    try:
-        status = child.wait()
-    finally:
-        for s, action in previous.items():
-            signal.signal(s, action)
-    if interrupted:
-        raise KeyboardInterrupt
-    return 128 - status if status < 0 else status
 
 
 def fit_stage(pipeline: Pipeline, stage: Stage, model_path: str | None) -> dict:
@@ -368,176 +276,12 @@ def run_pipeline(
     return results
 
 
-# ----------------------------------------------------------------------------- command line
-
-STAGE_PREFIXES = ("stage1", "stage2", "test")
-
-
-def split_overrides(rest: Sequence[str]) -> dict[str, list[str]]:
-    """Sort pass-through ``dm-lightning`` options by prefix: ``--stage1.KEY V`` ->
-    ``stage1: [--KEY, V]``, likewise ``--stage2.`` and ``--test.``; any other ``--KEY [V]``
-    goes to ``fit`` (every stage).
-
-    Raises:
-        ConfigError: a value with no ``--KEY`` before it.
-    """
-    groups: dict[str, list[str]] = {"fit": [], **{p: [] for p in STAGE_PREFIXES}}
-    current: list[str] | None = None
-    for token in rest:
-        if token.startswith("--"):
-            key = token[2:]
-            prefix = key.split(".", 1)[0]
-            if prefix in STAGE_PREFIXES and "." in key:
-                current = groups[prefix]
-                token = "--" + key.split(".", 1)[1]
-            else:
-                current = groups["fit"]
-        elif current is None:
-            raise ConfigError(f"argument {token!r}: expected an option --KEY before it")
-        current.append(token)
-    return groups
-
-
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The recipe options shared by ``train_depthmaster.py`` and ``run_ablations.py``."""
-    parser.add_argument(
-        "--stage1", nargs="+", metavar="CONFIG", help="stage-1 config, then its overlays"
-    )
-    parser.add_argument(
-        "--stage2", nargs="+", metavar="CONFIG", help="stage-2 config, then its overlays"
-    )
-    parser.add_argument("--data", required=True, metavar="CONFIG", help="data config")
-    parser.add_argument(
-        "--eval",
-        default="configs/eval/depthmaster.yaml",
-        metavar="CONFIG",
-        help="dm-lightning test config (default %(default)s; configs/tiny/eval.yaml on CPU)",
-    )
-    parser.add_argument(
-        "--test-data",
-        default=None,
-        metavar="CONFIG",
-        help="data config of the tests, e.g. configs/eval/benchmarks.yaml (default: --data)",
-    )
-    parser.add_argument(
-        "--model-path", default=None, help="model folder of the first stage (default: its config's)"
-    )
-    parser.add_argument(
-        "--in-process",
-        action="store_true",
-        help="run the dm-lightning steps in this process (faster start on one CPU/GPU; not "
-        "for multi-device runs that Lightning launches itself)",
-    )
-
-
-def recipe_from_args(args: argparse.Namespace, rest: Sequence[str], run: str) -> Pipeline:
-    """The :class:`Pipeline` of parsed recipe options and pass-through ``dm-lightning``
-    options (see :func:`split_overrides`)."""
-    groups = split_overrides(rest)
-    stages = tuple(
-        Stage(name, tuple(configs), tuple(groups[name]))
-        for name, configs in (("stage1", args.stage1), ("stage2", args.stage2))
-        if configs
-    )
-    return Pipeline(
-        stages=stages,
-        data=args.data,
-        run=run,
-        eval_config=args.eval,
-        model_path=args.model_path,
-        fit_args=tuple(groups["fit"]),
-        test_args=tuple(groups["test"]),
-        test=tuple(getattr(args, "test", None) or ()),
-        in_process=args.in_process,
-        test_data=args.test_data,
-    )
-
-
-def pipeline_command(pipeline: Pipeline, python: str = "python") -> list[str]:
-    """The ``tools/train_depthmaster.py`` command line that runs ``pipeline`` (stages named
-    ``stage1`` / ``stage2``)."""
-    command = [python, TOOL]
-    for stage in pipeline.stages:
-        command += [f"--{stage.name}", *stage.configs]
-    command += ["--data", pipeline.data, "--eval", pipeline.eval_config, "--run", pipeline.run]
-    if pipeline.test_data is not None:
-        command += ["--test-data", pipeline.test_data]
-    if pipeline.model_path is not None:
-        command += ["--model-path", pipeline.model_path]
-    if pipeline.test:
-        command += ["--test", *pipeline.test]
-    if pipeline.in_process:
-        command.append("--in-process")
-    command += list(pipeline.fit_args)
-    for stage in pipeline.stages:
-        command += prefixed(stage.name, stage.args)
-    return command + prefixed("test", pipeline.test_args)
-
-
-def prefixed(prefix: str, args: Sequence[str]) -> list[str]:
-    """``--KEY`` -> ``--<prefix>.KEY`` (values unchanged): the inverse of
-    :func:`split_overrides`."""
-    return [f"--{prefix}.{a[2:]}" if a.startswith("--") else a for a in args]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``tools/train_depthmaster.py``; returns the exit status (0, or the
-    failed step's)."""
-    parser = tool_parser(
-        "train_depthmaster.py",
-        __doc__,
-        "Other options are dm-lightning options: --KEY VALUE for every stage's fit "
-        "(--trainer.devices 4), --stage1.KEY VALUE / --stage2.KEY VALUE for one stage "
-        "(--stage1.trainer.max_steps 100), --test.KEY VALUE for the tests.",
-    )
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, help="the run folder (runs/recipe)")
-    parser.add_argument(
-        "--test",
-        nargs="+",
-        metavar="MODEL",
-        help=f"models to test: {INPUT} (the first stage's model), stage1, stage2 "
-        "(default: the last stage)",
-    )
-    args, rest = parser.parse_known_args(argv)
-    try:
-        if not (args.stage1 or args.stage2):
-            raise ConfigError("give --stage1 CONFIG and/or --stage2 CONFIG")
-        pipeline = recipe_from_args(args, rest, args.run)
-        run_pipeline(pipeline)
-    except DMLightningError as err:
-        print(f"train_depthmaster.py: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(
-            "train_depthmaster.py: interrupted; run the same command again to resume "
-            "(from the last periodic last.ckpt)",
-            file=sys.stderr,
-        )
-        return 130
-    except PipelineError as err:
-        if err.status == 128 + signal.SIGTERM:  # SIGTERM / SIGUSR1: see dm_lightning.cli
-            advice = "it saved a resumable checkpoint: run the same command again to resume it"
-        elif err.status > 128:  # killed (SIGKILL, out of memory): nothing saved then
-            advice = "it was killed by a signal: run the same command again to resume it from "
-            advice += "its last periodic last.ckpt"
-        else:
-            advice = "fix it and run the same command again"
-        print(
-            f"train_depthmaster.py: error: {err}; {advice} (finished stages are skipped, an "
-            "interrupted one resumes).",
-            file=sys.stderr,
-        )
-        return err.status
-    return 0
-
-
 __all__ = [
+    "INPUT",
     "Pipeline",
     "PipelineError",
     "Stage",
     "TestMetricsWriter",
-    "main",
-    "pipeline_command",
+    "read_results",
     "run_pipeline",
 ]

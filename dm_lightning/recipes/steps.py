@@ -52,7 +52,7 @@ def evaluation_arguments(
     """The ``dm-lightning test`` arguments of model ``name`` (folder ``model``), with the task
     class a baseline's export records (the eval config's otherwise)."""
     from dm_lightning.cli import cli_args
-    from dm_lightning.models.loading import recorded_task
+    from dm_lightning.models.model_facts import recorded_task
 
     return cli_args(
         "test",

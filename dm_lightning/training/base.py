@@ -32,13 +32,9 @@ from dm_lightning.inference.precision import cast_for_inference
 from dm_lightning.inference.precision import inference_dtype as cast_dtype
 from dm_lightning.inference.tiling import check_tiling
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
-from dm_lightning.models.loading import (
-    load_depthmaster,
-    recorded_processing_res,
-    recorded_target,
-)
+from dm_lightning.models.loading import load_depthmaster
+from dm_lightning.models.model_facts import recorded_target
 from dm_lightning.models.resolution import (
-    DEFAULT_PROCESSING_RES,
     check_processing_res,
     network_res,
 )
@@ -334,13 +330,12 @@ class DepthMasterTask(FrozenParts, NonFiniteGuard, EvaluationTask):
     @property
     def predict_processing_res(self) -> int | str:
         """Long edge ``predict`` runs image files at (or ``"native"``): the
-        ``processing_res`` hyper-parameter, else the one recorded with ``model_path``, else
-        :data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`. Exports record it."""
+        ``processing_res`` hyper-parameter, else the network's (``net.facts``: the one
+        recorded with ``model_path``, else
+        :data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`). Exports record it."""
         if self.hparams.processing_res is not None:
             return self.hparams.processing_res
-        if not hasattr(self, "_recorded_res"):
-            self._recorded_res = recorded_processing_res(self.hparams.model_path)
-        return self._recorded_res or DEFAULT_PROCESSING_RES
+        return self.net.facts.processing_res
 
     def eval_prediction(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> Tensor:
         """The network's relative depth of the batch's RGB, run at the split's processing

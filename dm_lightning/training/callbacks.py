@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from dm_lightning import atomic
 from dm_lightning.data.contract import depth_data
 from dm_lightning.errors import ConfigError, disk_full_as_error
+from dm_lightning.models.model_facts import recorded_target
+from dm_lightning.models.pipeline_depthmaster import near_is_one
 from dm_lightning.output_folders import check_writable_folder, output_folder, run_dir
 from dm_lightning.training.checkpoints import load_checkpoint_safely
 from dm_lightning.training.deferred_signals import deferred_signals
@@ -189,7 +191,6 @@ class DepthPredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         from dm_lightning.inference.outputs import BackgroundWriter
-        from dm_lightning.models.loading import recorded_target
 
         skipped = batch.get("skipped_files") if isinstance(batch, dict) else None
         if skipped is None and isinstance(prediction, dict):
@@ -210,7 +211,7 @@ class DepthPredictionWriter(BasePredictionWriter):
             # The target the model was trained on, as recorded with it, else the task's.
             hparams = getattr(pl_module, "hparams", None) or {}
             target = recorded_target(hparams.get("model_path") or "") or hparams.get("target")
-            self._files = BackgroundWriter(self.folder, target != "depth")
+            self._files = BackgroundWriter(self.folder, near_is_one(target))
         for key, values in zip(keys, (d.detach().float().cpu() for d in depth)):
             self._files.submit(key, values)
             self.written += 1

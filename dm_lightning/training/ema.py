@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from dm_lightning.errors import ConfigError
+from dm_lightning.models.stage_checkpoint import EMA_AVERAGE, EMA_NAMES, EMA_STATE_PREFIX
 
 
 class EMAWeights(L.Callback):
@@ -30,7 +31,8 @@ class EMAWeights(L.Callback):
     - weights-only checkpoints (``best-*.ckpt``) hold the EMA weights;
     - the export (:class:`~dm_lightning.training.callbacks.ExportDepthMaster`) writes them;
     - full checkpoints (``last.ckpt``) keep the live weights as the model state and the
-      average in this callback's state, so a resume continues both.
+      average in this callback's state, so a resume continues both; the loaders read that
+      state by its layout in :mod:`dm_lightning.models.stage_checkpoint`.
 
     Args:
         decay: weight of the old average per optimizer step, in [0, 1) (0.9999 averages over
@@ -55,7 +57,7 @@ class EMAWeights(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return f"EMAWeights{{decay={self.decay}, start_step={self.start_step}}}"
+        return f"{EMA_STATE_PREFIX}{{decay={self.decay}, start_step={self.start_step}}}"
 
     # ---- life cycle -----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -69,7 +71,7 @@ class EMAWeights(L.Callback):
         # After the strategy moved the model (and a resume restored our state): the average
         # lives beside the weights, on their device.
         if self._loaded is not None:
-            saved = dict(zip(self._loaded["names"], self._loaded["average"]))
+            saved = dict(zip(self._loaded[EMA_NAMES], self._loaded[EMA_AVERAGE]))
             missing = [n for n in self.names if n not in saved]
             if missing:
                 raise ConfigError(
@@ -136,7 +138,7 @@ class EMAWeights(L.Callback):
                 state[name] = value.detach().clone()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"names": self.names, "average": self.average, "last_step": self._last_step}
+        return {EMA_NAMES: self.names, EMA_AVERAGE: self.average, "last_step": self._last_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = state_dict

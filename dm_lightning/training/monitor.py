@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from dm_lightning.data.contract import depth_data
 from dm_lightning.errors import ConfigError
 from dm_lightning.evaluation.alignment import align_prediction
-from dm_lightning.targets import Depth, DepthTarget
+from dm_lightning.models.pipeline_depthmaster import near_is_one
+from dm_lightning.targets import DepthTarget
 from dm_lightning.visualize import depth_panel
 
 SAMPLES_PER_SEC = "train/samples_per_sec"
@@ -64,7 +65,7 @@ def near_values(
     lo, hi = torch.nanquantile(torch.where(valid, value_gt, torch.nan).flatten(), q)
     scale = torch.clamp(hi - lo, min=1e-6)
     near = [((v - lo) / scale).clamp(0.0, 1.0) for v in (value_gt, value_pred)]
-    if isinstance(target, Depth):
+    if not near_is_one(target.name):
         near = [1.0 - v for v in near]
     return near[0], near[1]
 

@@ -89,22 +89,3 @@ class Stage1(DepthMasterTask):
             parts["fa"] = fa
         parts["loss"] = loss
         return loss, parts
-
-    def validation_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        super().validation_step(batch, batch_idx, dataloader_idx)
-        # The eval forward also fed the tap; drop it (an empty batch ran no forward).
-        if self.tap is not None and len(batch["key"]):
-            self.tap.pop()
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        super().test_step(batch, batch_idx, dataloader_idx)
-        if self.tap is not None and len(batch["key"]):
-            self.tap.pop()
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        out = super().predict_step(batch, batch_idx, dataloader_idx)
-        if self.tap is not None and out["depth"] is not None:
-            self.tap.pop()
-        return out

@@ -91,7 +91,8 @@ def count_scale(size: str, height: int, width: int) -> tuple[list, dict]:
         tasks = {1: stage_network(1, size), 2: stage_network(2, size)}
         s1, net1, net2 = tasks[1].network, tasks[1].net, tasks[2].net
         z = torch.zeros(1, 4, height // net1.latent_factor, width // net1.latent_factor)
-        unet = gflops(lambda: net1.denoise(z))
+        with s1.tap.recording():  # the stage-1 network's tap records inside this block only
+            unet = gflops(lambda: net1.denoise(z))
         feature = s1.tap.pop()
         tokens = []
         encoder = gflops(lambda: tokens.extend(s1.encoder((rgb + 1.0) / 2.0)))
