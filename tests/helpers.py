@@ -9,6 +9,7 @@ that a test has one place to import its helpers from.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from dm_lightning.cli import cli_args
@@ -34,3 +35,20 @@ QUIET_RECIPE = [
     "--test.trainer.limit_test_batches",
     "1",
 ]
+
+
+def write_raw_tar(path: os.PathLike, raws: list[dict]) -> os.PathLike:
+    """A shard of raw samples (member -> bytes, ``__key__`` the sample key), written as the
+    shard writer names its members (``<key>.<member>``); returns ``path``."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for raw in raws:
+            for member, data in raw.items():
+                if member.startswith("__"):
+                    continue
+                info = tarfile.TarInfo(f"{raw['__key__']}.{member}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path

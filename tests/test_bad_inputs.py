@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import write_raw_tar
 from PIL import Image
 
 from dm_lightning.cli import cli_args, main
@@ -164,22 +165,16 @@ def _eight_bit_shard(path: Path) -> Path:
     """A shard of two samples whose depth.png is 8-bit (mode L), otherwise schema-valid."""
     from dm_lightning.data.schema import encode_sample
 
-    with tarfile.open(path, "w") as tar:
-        for index in range(2):
-            sample = encode_sample(
-                f"k{index}", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4)), source="s",
-                depth_scale=1e-3, min_depth=1e-3, max_depth=10.0,
-            )  # fmt: skip
-            png = io.BytesIO()
-            Image.fromarray(np.full((4, 4), 200, np.uint8), mode="L").save(png, format="PNG")
-            sample["depth.png"] = png.getvalue()
-            for member, data in sample.items():
-                if member.startswith("__"):
-                    continue
-                info = tarfile.TarInfo(f"{sample['__key__']}.{member}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
+    samples = []
+    for index in range(2):
+        sample = encode_sample(
+            f"k{index}", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4)), source="s",
+            depth_scale=1e-3, min_depth=1e-3, max_depth=10.0,
+        )  # fmt: skip
+        png = io.BytesIO()
+        Image.fromarray(np.full((4, 4), 200, np.uint8), mode="L").save(png, format="PNG")
+        samples.append({**sample, "depth.png": png.getvalue()})
+    return write_raw_tar(path, samples)
 
 
 def test_an_8_bit_depth_png_stops_the_stream_naming_shard_and_key(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import free_port
+from helpers import free_port, write_raw_tar
 
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.synthetic import generate
@@ -350,19 +350,6 @@ def deadline(seconds: float = 20.0):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _write_tar(path: Path, raws: list[dict]) -> Path:
-    """A shard of raw samples (member -> bytes), written as the shard writer names them."""
-    with tarfile.open(path, "w") as tar:
-        for raw in raws:
-            for member, data in raw.items():
-                if member.startswith("__"):
-                    continue
-                info = tarfile.TarInfo(f"{raw['__key__']}.{member}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def _stream(urls, batch_size=2, **kw):
     from dm_lightning.data.packing import pack_training_batch
     from dm_lightning.data.streams import SourceStream
@@ -433,7 +420,7 @@ def test_mixing_probabilities_are_checked_at_construction(many_shards, probabili
 
 
 def test_an_empty_shard_is_a_data_error_not_a_hang(tmp_path):
-    empty = _write_tar(tmp_path / "train-000000.tar", [])
+    empty = write_raw_tar(tmp_path / "train-000000.tar", [])
     stream = _stream([empty])
     with deadline(), pytest.warns(UserWarning, match="holds no sample"):
         with pytest.raises(DataError, match=r"source 'src': nothing readable .*train-000000.tar"):
@@ -453,7 +440,7 @@ def test_an_empty_shard_is_a_data_error_not_a_hang(tmp_path):
 
 
 def test_a_pass_with_only_bad_samples_is_a_data_error(tmp_path):
-    shards = [_write_tar(tmp_path / f"bad-{i}.tar", _bad_samples(f"b{i}k", 4)) for i in range(3)]
+    shards = [write_raw_tar(tmp_path / f"bad-{i}.tar", _bad_samples(f"b{i}k", 4)) for i in range(3)]
     # max_bad_fraction=1 leaves the pass rule alone to stop it; every shard was read.
     stream = _stream(shards, max_bad_fraction=1.0, shuffle_buffer=3)
     with deadline(), pytest.warns(UserWarning):
@@ -495,7 +482,7 @@ def test_one_unreadable_shard_among_good_ones_is_skipped_warned_once_and_counted
 
 def test_bad_samples_are_skipped_warned_once_per_shard_and_counted(many_shards, tmp_path):
     shards = _train_shards(many_shards, tmp_path)
-    mixed = _write_tar(tmp_path / "mixed.tar", _bad_samples("bad", 4))
+    mixed = write_raw_tar(tmp_path / "mixed.tar", _bad_samples("bad", 4))
     stream = _stream([*shards, mixed], max_bad_fraction=1.0)
     with deadline(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -509,7 +496,7 @@ def test_bad_samples_are_skipped_warned_once_per_shard_and_counted(many_shards, 
 
 def test_too_many_bad_samples_stop_the_stream(many_shards, tmp_path):
     shards = _train_shards(many_shards, tmp_path)[:1]
-    bad = [_write_tar(tmp_path / f"bad-{i}.tar", _bad_samples(f"b{i}k", 4)) for i in range(2)]
+    bad = [write_raw_tar(tmp_path / f"bad-{i}.tar", _bad_samples(f"b{i}k", 4)) for i in range(2)]
     stream = _stream([*shards, *bad], max_bad_fraction=0.2, min_checked=10)
     with deadline(), pytest.warns(UserWarning):
         with pytest.raises(DataError, match=r"source 'src': \d+ of \d+ samples skipped") as err:
@@ -533,7 +520,7 @@ def test_a_mostly_good_source_trains_under_the_default_fraction(many_shards, tmp
 def test_an_eval_reader_with_only_skips_yields_one_empty_batch(many_shards, tmp_path):
     split = tmp_path / "split"
     split.mkdir()
-    _write_tar(split / "val-000000.tar", _bad_samples("b", 3, zero_depth=False))
+    write_raw_tar(split / "val-000000.tar", _bad_samples("b", 3, zero_depth=False))
     dm = datamodule(many_shards, val={"x": str(split / "val-*.tar")})
     with deadline(), pytest.warns(UserWarning, match=r"data.val\[x\]: skipped bad data"):
         (batch,) = list(dm.val_dataloader()[0])
@@ -546,7 +533,7 @@ def test_an_eval_reader_with_only_skips_yields_one_empty_batch(many_shards, tmp_
     assert batch["source"] == [] and batch["key"] == []
     # An empty tar in an eval split is a counted skip too.
     (split / "val-000000.tar").unlink()
-    _write_tar(split / "val-000000.tar", [])
+    write_raw_tar(split / "val-000000.tar", [])
     with pytest.warns(UserWarning, match="holds no sample"):
         (batch,) = list(dm.val_dataloader()[0])
     assert batch["skipped"] == 1 and batch["key"] == []
@@ -562,7 +549,7 @@ def test_setup_checks_paths_and_schema_version_and_reads_resolutions(many_shards
     with pytest.raises(FileNotFoundError, match=r"data.train\[x\].shards: no shard files match"):
         DepthDataModule(train=[TrainSource("x", str(tmp_path / "x/*.tar"))]).setup("fit")
     newer = _raw({"schema_version": 2})
-    _write_tar(tmp_path / "v2-000000.tar", [newer])
+    write_raw_tar(tmp_path / "v2-000000.tar", [newer])
     dm = DepthDataModule(train=[TrainSource("v2", str(tmp_path / "v2-000000.tar"))])
     with pytest.raises(
         DataError,
