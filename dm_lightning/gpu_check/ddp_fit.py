@@ -18,6 +18,10 @@ import torch.distributed as dist
 import yaml
 
 import dm_lightning
+from dm_lightning.cli import cli_args
+from dm_lightning.data.synthetic.writer import generate
+from dm_lightning.recipes.demo import data_config
+from dm_lightning.testing.tiny_model import make_tiny_depthmaster, save_tiny_model
 
 # Set by a job scheduler or a launcher around this tool; the child is a run of its own.
 _LAUNCHER_ENV = ("SLURM_", "PL_", "TORCHELASTIC_")
@@ -54,9 +58,6 @@ def prepare_inputs(work: Path, configs: Path, steps: int) -> tuple[Path, Path]:
     config (``configs/data/synthetic.yaml`` pointed at them, micro-batch 2, ``steps``
     batches per epoch so that one validation runs at the end, no loader workers); returns
     (model folder, data config)."""
-    from dm_lightning.data.synthetic.writer import generate
-    from dm_lightning.recipes.demo import data_config
-    from dm_lightning.testing.tiny_model import make_tiny_depthmaster, save_tiny_model
 
     model = work / "tiny-sd2"
     if not (model / "unet").is_dir():
@@ -103,7 +104,6 @@ def ddp_fit(
     Raises:
         RuntimeError: any of these fails (with the run's last output lines).
     """
-    from dm_lightning.cli import cli_args
 
     work.mkdir(parents=True, exist_ok=True)
     model, data = prepare_inputs(work, configs, steps)

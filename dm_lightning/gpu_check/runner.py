@@ -25,6 +25,8 @@ from dm_lightning.gpu_check import inference, training
 from dm_lightning.gpu_check.ddp_fit import ddp_fit
 from dm_lightning.gpu_check.report import device_info
 from dm_lightning.gpu_check.search import release_memory
+from dm_lightning.testing.real_size import make_sd2_sized_depthmaster
+from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 
 TRAIN_SECTIONS = {  # name -> (stage, precision)
     "train_stage1_bf16-mixed": (1, "bf16-mixed"),
@@ -90,8 +92,6 @@ def smoke_plan() -> Plan:
 
 def build_network(network: str, folder: Path) -> dict[str, Any]:
     """Save the random network of ``network`` size as a model folder (what the tasks load)."""
-    from dm_lightning.testing.real_size import make_sd2_sized_depthmaster
-    from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 
     net = make_sd2_sized_depthmaster() if network == "sd2" else make_tiny_depthmaster()
     net.save_pretrained(folder, metadata={"gpu_check": network})

@@ -25,7 +25,10 @@ from torch import Tensor
 
 from dm_lightning.data.packing import finish_training_batch
 from dm_lightning.gpu_check.search import largest_batch, oom_probe, release_memory
+from dm_lightning.models.encoders import TimmEncoder
 from dm_lightning.training.base import DepthMasterTask
+from dm_lightning.training.stage1 import Stage1
+from dm_lightning.training.stage2 import Stage2
 
 
 def build_task(
@@ -42,9 +45,6 @@ def build_task(
     backend (the CPU smoke test's ``"eager"``, which only captures graphs) compiles the same
     U-Net in place with that backend instead, as ``compile_unet`` would.
     """
-    from dm_lightning.models.encoders import TimmEncoder
-    from dm_lightning.training.stage1 import Stage1
-    from dm_lightning.training.stage2 import Stage2
 
     torch.manual_seed(0)
     own = compile_backend == "inductor"

@@ -18,6 +18,8 @@ import socket
 from pathlib import Path
 
 from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
+from dm_lightning.hub.model_card import model_title, write_model_card
+from dm_lightning.hub.training_facts import read_training_facts
 
 # The card modules (torch, diffusers) are imported only once the hub answered: without a
 # network the tool fails in about a second.
@@ -77,8 +79,6 @@ def check_repo_name(repo_id: str, force: bool = False) -> str:
 
 def suggested_repo(folder: Path, owner: str = "<user>") -> str:
     """``<owner>/dm-lightning-depthmaster-<stage>-<target>`` for the export ``folder``."""
-    from dm_lightning.hub.model_card import model_title
-    from dm_lightning.hub.training_facts import read_training_facts
 
     return f"{owner}/{model_title(read_training_facts(Path(folder)))}"
 
@@ -137,7 +137,6 @@ def push_export(
         # First the repository: a hub that cannot be reached fails here, before the card
         # in the folder is touched.
         api.create_repo(repo_id, private=private, exist_ok=True)
-        from dm_lightning.hub.model_card import write_model_card
 
         write_model_card(folder, model_ref=repo_id)
         info = api.upload_folder(

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from dm_lightning.errors import ConfigError
 from dm_lightning.models.depthmaster import DepthMaster
+from dm_lightning.models.loading import load_depthmaster
 from dm_lightning.models.onnx_metadata import META_KEY
 from dm_lightning.models.unet_hooks import has_fourier_enhancement
 
@@ -144,7 +145,6 @@ def export_onnx(
         ConfigError: ``opset`` below 18, ``out`` not ending in ``.onnx``, or a model held in
             another dtype than float32.
     """
-    from dm_lightning.models.loading import load_depthmaster
 
     out = check_export_target(out, opset)
     net = model if isinstance(model, DepthMaster) else load_depthmaster(model)

@@ -44,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from dm_lightning.baselines.task import BaselineTask
 from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
 from dm_lightning.evaluation.tables import metric_splits, metrics_table
 from dm_lightning.recipes.ablation_chart import write_chart
@@ -129,7 +130,6 @@ def method_task(path: str | Path) -> str | None:
     class_path = model.get("class_path") if isinstance(model, dict) else None
     if not isinstance(class_path, str) or "." not in class_path:
         return None
-    from dm_lightning.baselines.task import BaselineTask
 
     module, _, name = class_path.rpartition(".")
     try:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dm_lightning.data.synthetic import generate
 from dm_lightning.recipes.pipeline import (
     INPUT,
     Pipeline,
@@ -35,6 +36,7 @@ from dm_lightning.recipes.pipeline import (
     run_pipeline,
 )
 from dm_lightning.recipes.pipeline_cli import pipeline_command
+from dm_lightning.testing.tiny_model import build_tiny_model_folder
 
 TITLE = "dm_lightning demo: tiny DepthMaster on synthetic data"
 LABELS = {INPUT: "untrained", "stage1": "stage 1", "stage2": "stage 2"}
@@ -44,7 +46,6 @@ def ensure_data(shards: Path, seed: int) -> None:
     if (shards / "index.json").is_file():
         print(f"[demo] using synthetic shards in {shards}")
         return
-    from dm_lightning.data.synthetic import generate
 
     print(f"[demo] writing synthetic shards to {shards}")
     generate(str(shards), seed=seed)
@@ -54,7 +55,6 @@ def ensure_model(model: Path, shards: Path, seed: int, vae_steps: int) -> None:
     if (model / "unet" / "config.json").is_file():
         print(f"[demo] using tiny model folder {model}")
         return
-    from dm_lightning.testing.tiny_model import build_tiny_model_folder
 
     patterns = [str(shards / src / "train-*.tar") for src in ("indoor", "outdoor")]
     build_tiny_model_folder(model, seed, patterns, vae_steps)

@@ -32,6 +32,7 @@ import lightning as L
 
 from dm_lightning.errors import ConfigError
 from dm_lightning.evaluation.tables import metric_splits, metrics_table
+from dm_lightning.output_folders import run_dir
 from dm_lightning.recipes.step_runner import PipelineError, log, run_dm_lightning
 from dm_lightning.recipes.steps import INPUT, check_pipeline, evaluation_arguments, fit_arguments
 from dm_lightning.training.callbacks import EXPORT_RECORD
@@ -118,7 +119,6 @@ class TestMetricsWriter(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from dm_lightning.output_folders import run_dir
 
         path = Path(self.path) if self.path else run_dir(trainer) / TEST_METRICS
         metrics = {

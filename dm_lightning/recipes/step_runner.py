@@ -13,6 +13,8 @@ import time
 import traceback
 import warnings
 
+from dm_lightning.cli import main
+
 
 def log(message: str) -> None:
     print(f"[pipeline] {message}", flush=True)
@@ -47,7 +49,6 @@ def run_dm_lightning(args: list[str], what: str, in_process: bool = False) -> No
 
 
 def run_in_process(args: list[str]) -> int:
-    from dm_lightning.cli import main
 
     try:
         with warnings.catch_warnings():

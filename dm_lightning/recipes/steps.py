@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from dm_lightning.cli import cli_args, run_cli
 from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
+from dm_lightning.models.model_facts import recorded_task
 
 if TYPE_CHECKING:  # pipeline imports this module
     from dm_lightning.recipes.pipeline import Pipeline, Stage
@@ -34,7 +36,6 @@ def fit_arguments(
     pipeline: Pipeline, stage: Stage, model_path: str | None, extra: Sequence[str] = ()
 ) -> list[str]:
     """The ``dm-lightning fit`` arguments of ``stage`` starting from ``model_path``."""
-    from dm_lightning.cli import cli_args
 
     return cli_args(
         "fit",
@@ -51,8 +52,6 @@ def evaluation_arguments(
 ) -> list[str]:
     """The ``dm-lightning test`` arguments of model ``name`` (folder ``model``), with the task
     class a baseline's export records (the eval config's otherwise)."""
-    from dm_lightning.cli import cli_args
-    from dm_lightning.models.model_facts import recorded_task
 
     return cli_args(
         "test",
@@ -74,7 +73,6 @@ def parsed_config(args: list[str], what: str) -> dict:
         ConfigError: the arguments do not parse (unknown key, bad value, bad YAML), with
             ``what`` (e.g. ``stage2 (fit)``) in front of the CLI's one-line message.
     """
-    from dm_lightning.cli import run_cli
 
     printed = io.StringIO()
     try:

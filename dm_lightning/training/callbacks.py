@@ -15,7 +15,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from dm_lightning import atomic
 from dm_lightning.data.contract import depth_data
+from dm_lightning.data.predict import ImageFolder
 from dm_lightning.errors import ConfigError, disk_full_as_error
+from dm_lightning.hub.model_card import write_model_card
+from dm_lightning.inference.outputs import (
+    BackgroundWriter,
+    refuse_writing_over_inputs,
+    summary_line,
+)
 from dm_lightning.models.model_facts import recorded_target
 from dm_lightning.models.pipeline_depthmaster import near_is_one
 from dm_lightning.output_folders import check_writable_folder, output_folder, run_dir
@@ -101,7 +108,6 @@ def write_export_card(tmp: Path, run_config: Path, target: Path) -> None:
     """The export's model card (:func:`~dm_lightning.hub.model_card.write_model_card`), written
     into the temporary folder so it is renamed with the weights. A card that cannot be built is
     a warning, not a lost export: ``tools/model_card.py`` writes it later."""
-    from dm_lightning.hub.model_card import write_model_card
 
     try:
         write_model_card(tmp, run_config, model_ref=str(Path(target).resolve()))
@@ -168,9 +174,6 @@ class DepthPredictionWriter(BasePredictionWriter):
             data = depth_data(trainer.datamodule)
             predict_path = data.predict_path if data else None
             if predict_path is not None:  # image files: none of them may be overwritten
-                from dm_lightning.data.predict import ImageFolder
-                from dm_lightning.inference.outputs import refuse_writing_over_inputs
-
                 images = ImageFolder(str(predict_path))
                 refuse_writing_over_inputs(self.folder, images.keys, images.files)
             check_writable_folder(self.folder, "prediction output folder")
@@ -190,7 +193,6 @@ class DepthPredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        from dm_lightning.inference.outputs import BackgroundWriter
 
         skipped = batch.get("skipped_files") if isinstance(batch, dict) else None
         if skipped is None and isinstance(prediction, dict):
@@ -230,7 +232,6 @@ class DepthPredictionWriter(BasePredictionWriter):
             log.warning("a depth map write also failed: %s", err)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from dm_lightning.inference.outputs import summary_line
 
         self._close_files()  # every file on disk before the summary
         counts = torch.tensor([self.written, self.skipped], device=pl_module.device)

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from dm_lightning.errors import TrainingStopped
 from dm_lightning.training.checkpoint_io import replaced_on_success
 from dm_lightning.training.deferred_signals import deferred_signals
 from dm_lightning.training.run_folder import resumable_checkpoint_path
@@ -144,8 +145,6 @@ class ResumableCheckpoint(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        from dm_lightning.errors import TrainingStopped
 
         fn = getattr(trainer.state.fn, "value", trainer.state.fn)
         trained = self.steps_trained(trainer)
