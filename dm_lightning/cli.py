@@ -312,7 +312,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DepthMasterCLI:
     )
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None, close_group: bool = True) -> int:
     """Entry point of ``dm-lightning`` and ``python -m dm_lightning``; returns the exit
     status (see the module docstring)."""
     clear_last_error()
@@ -332,7 +332,8 @@ def main(args: list[str] | None = None) -> int:
             raise
         print(f"dm-lightning: error: {user_message(found)}", file=sys.stderr)
         return found.exit_code
-    close_process_group()
+    if close_group:  # not between the steps of an in-process recipe, which reuse the group
+        close_process_group()
     return 0
 
 

@@ -209,7 +209,8 @@ def test_a_row_stopped_by_a_signal_stops_the_sweep(monkeypatch):
     """A pre-empted row (exit 143) must not be followed by the next row, which the scheduler
     would kill half-way; an ordinary failure is marked and the sweep goes on."""
     from dm_lightning.recipes import ablations
-    from dm_lightning.recipes.pipeline import Pipeline, PipelineError
+    from dm_lightning.recipes.pipeline import Pipeline
+    from dm_lightning.recipes.step_runner import PipelineError
 
     calls = []
 

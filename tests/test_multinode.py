@@ -413,3 +413,14 @@ def test_sigterm_on_two_nodes_saves_and_resumes(tmp_path, tiny_model, data_confi
     assert load_checkpoint_safely(last)["global_step"] == target
     assert json.loads((run / "export.json").read_text())["global_step"] == target
     assert (run / "export" / "unet" / "config.json").is_file()
+
+
+def test_in_process_recipe_steps_leave_the_process_group_to_the_next_step(monkeypatch):
+    """An in-process recipe (torchrun ... train_depthmaster.py --in-process) runs every step
+    in one process: only the console entry point closes the group, not each step."""
+    from dm_lightning.recipes import step_runner
+
+    calls = []
+    monkeypatch.setattr(step_runner, "main", lambda args, **kw: calls.append(kw) or 0)
+    assert step_runner.run_in_process(["fit"]) == 0
+    assert calls == [{"close_group": False}]

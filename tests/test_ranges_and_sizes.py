@@ -22,7 +22,7 @@ from dm_lightning.inference.depth_files import RANGE_TOLERANCE, load_prediction
 from dm_lightning.inference.metric_depth import relative_to_depth
 from dm_lightning.models import pipeline_depthmaster
 from dm_lightning.models.model_facts import ModelFacts, recorded_processing_res
-from dm_lightning.models.resolution import DEFAULT_PROCESSING_RES
+from dm_lightning.models.pipeline_depthmaster import DEFAULT_PROCESSING_RES
 from dm_lightning.testing.tiny_model import TINY_PROCESSING_RES, make_tiny_depthmaster
 
 REPO = Path(__file__).resolve().parent.parent

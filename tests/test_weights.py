@@ -280,3 +280,19 @@ def tiny_vit_with_weights(file):
         weights=str(file),
         model_kwargs=dict(depth=1, embed_dim=32, num_heads=2, img_size=56),
     )
+
+
+def test_a_checkpoint_holding_objects_is_refused_as_a_checkpoint(tmp_path):
+    # Checkpoints get the checkpoint wording; only weight files are told to re-save tensors.
+    from pathlib import PurePosixPath
+
+    from dm_lightning.models.state_dicts import load_torch_file
+
+    path = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"root": PurePosixPath("/data")}}, path)
+    with pytest.raises(ConfigError, match="refused to load, it holds objects other than") as info:
+        load_torch_file(path)
+    assert str(path) in str(info.value) and "re-save" not in str(info.value)
+    with pytest.raises(ConfigError, match="is not a plain state dict") as info:
+        load_torch_file(path, "encoder weights", kind="weights file")
+    assert "re-save the tensors alone or as .safetensors" in str(info.value)

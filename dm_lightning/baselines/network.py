@@ -17,7 +17,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from torch import Tensor
 
-from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, METADATA_FILE, DepthMaster
+from dm_lightning.models.depthmaster import EMPTY_PROMPT_FILE, DepthMaster
+from dm_lightning.models.model_facts import METADATA_FILE
 
 
 class BaselineNetwork(DepthMaster):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lightning.pytorch.utilities import rank_zero_warn
-
 from dm_lightning.baselines.network import BaselineNetwork
 from dm_lightning.errors import ConfigError
 from dm_lightning.inference.onnx_runtime import is_onnx_path
@@ -15,7 +13,6 @@ from dm_lightning.models.model_facts import (
     is_checkpoint_path,
     recorded_facts,
     recorded_method,
-    recorded_target,
 )
 from dm_lightning.training.base import DepthMasterTask
 
@@ -47,15 +44,6 @@ class BaselineTask(DepthMasterTask):
         method = self.network_class.method
         if recorded_method(path) not in (None, method):
             check_method(path, f"dm_lightning.{name}", method)
-        trained_on = recorded_target(path)
-        if trained_on and trained_on != self.hparams.target:
-            # An eval config's target (sqrt_disparity) is kept by --model <baseline>.
-            rank_zero_warn(
-                f"model.init_args.model_path {path} was trained on the {trained_on} target but "
-                f"model.init_args.target is {self.hparams.target}: its output is read (and "
-                f"aligned at evaluation) as {self.hparams.target}; pass "
-                f"--model.init_args.target {trained_on} to evaluate it as trained"
-            )
         vae, unet, embedding = load_model_parts(path, self.hparams.unet_path)
         self.net = self.network_class.from_parts(vae, unet, embedding, **self.network_options())
         self.net.facts = recorded_facts(path)  # as load_depthmaster's

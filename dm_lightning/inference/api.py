@@ -81,7 +81,7 @@ def predict_images(
             ``"native"`` = each image's own size; None = the one recorded with the model
             (its ``facts``: an export's ``dm_lightning.json``, a checkpoint's
             hyper-parameters), else 768
-            (:data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`; a
+            (:data:`~dm_lightning.models.pipeline_depthmaster.DEFAULT_PROCESSING_RES`; a
             :class:`DepthMaster` built in memory records none). Outputs are at the input size
             either way.
         device: e.g. ``"cuda"``, ``"cpu"``; default CUDA when available, else the CPU.

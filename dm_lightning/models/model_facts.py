@@ -99,7 +99,7 @@ def recorded_target(path: str | Path) -> str | None:
 def recorded_processing_res(path: str | Path) -> int | None:
     """Predict's long edge recorded with a model path (:func:`recorded_facts`); None when
     nothing usable is recorded (then
-    :data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`)."""
+    :data:`~dm_lightning.models.pipeline_depthmaster.DEFAULT_PROCESSING_RES`)."""
     return recorded_facts(path).recorded_processing_res
 
 

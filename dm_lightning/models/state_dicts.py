@@ -61,6 +61,11 @@ def load_torch_file(
             raise ConfigError(
                 f"{label} is not a readable PyTorch {kind}: {_first_line(err)}"
             ) from err
+        if kind == "checkpoint":
+            raise ConfigError(
+                f"{label}: refused to load, it holds objects other than tensors and plain "
+                f"containers (loading it would run pickled code): {_unpickling_reason(err)}"
+            ) from err
         raise ConfigError(
             f"{label} is not a plain state dict: it holds objects other than tensors and plain "
             f"containers, refused because loading it would run pickled code "

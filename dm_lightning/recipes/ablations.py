@@ -50,12 +50,12 @@ from dm_lightning.evaluation.tables import metric_splits, metrics_table
 from dm_lightning.recipes.ablation_chart import write_chart
 from dm_lightning.recipes.pipeline import (
     Pipeline,
-    PipelineError,
     Stage,
     read_results,
     run_pipeline,
 )
 from dm_lightning.recipes.pipeline_cli import pipeline_command, recipe_from_args, recipe_parser
+from dm_lightning.recipes.step_runner import PipelineError
 from dm_lightning.recipes.steps import check_pipeline
 
 BASELINE = "baseline"

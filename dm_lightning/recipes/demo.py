@@ -30,12 +30,12 @@ from dm_lightning.data.synthetic import generate
 from dm_lightning.recipes.pipeline import (
     INPUT,
     Pipeline,
-    PipelineError,
     Stage,
     read_results,
     run_pipeline,
 )
 from dm_lightning.recipes.pipeline_cli import pipeline_command
+from dm_lightning.recipes.step_runner import PipelineError
 from dm_lightning.testing.tiny_model import build_tiny_model_folder
 
 TITLE = "dm_lightning demo: tiny DepthMaster on synthetic data"

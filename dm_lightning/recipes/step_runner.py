@@ -54,7 +54,7 @@ def run_in_process(args: list[str]) -> int:
         with warnings.catch_warnings():
             # LightningCLI warns when given args while sys.argv holds this tool's own options.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            return main(args)
+            return main(args, close_group=False)  # later steps reuse the process group
     except SystemExit as err:  # argument errors: jsonargparse exits
         return err.code if isinstance(err.code, int) else 2
     except Exception:  # noqa: BLE001 - any crash of the step is reported as that step's failure

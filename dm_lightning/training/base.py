@@ -48,6 +48,7 @@ from dm_lightning.training.ema import ema_callback
 from dm_lightning.training.frozen import FrozenParts
 from dm_lightning.training.nonfinite import NonFiniteGuard
 from dm_lightning.training.schedule import warmup_exponential_decay
+from dm_lightning.training.target_choice import settle_target
 
 
 class DepthMasterTask(FrozenParts, NonFiniteGuard, EvaluationTask):
@@ -132,6 +133,7 @@ class DepthMasterTask(FrozenParts, NonFiniteGuard, EvaluationTask):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
+        given_target, given_alignment = target, eval_alignment
         target = target or recorded_target(model_path) or self.default_target
         self.hparams["target"] = target  # resolved: checkpoints and exports record it
         self.target = get_target(target)
@@ -149,6 +151,7 @@ class DepthMasterTask(FrozenParts, NonFiniteGuard, EvaluationTask):
         # Long edge per eval dataloader, stage -> [int | None], resolved in setup().
         self.loader_processing_res: dict[str, list[int | None]] = {}
         self.configure_models()
+        settle_target(self, given_target, given_alignment)
         check_processing_res(
             processing_res, self.net.latent_factor, "model.init_args.processing_res"
         )
@@ -332,7 +335,8 @@ class DepthMasterTask(FrozenParts, NonFiniteGuard, EvaluationTask):
         """Long edge ``predict`` runs image files at (or ``"native"``): the
         ``processing_res`` hyper-parameter, else the network's (``net.facts``: the one
         recorded with ``model_path``, else
-        :data:`~dm_lightning.models.resolution.DEFAULT_PROCESSING_RES`). Exports record it."""
+        :data:`~dm_lightning.models.pipeline_depthmaster.DEFAULT_PROCESSING_RES`).
+        Exports record it."""
         if self.hparams.processing_res is not None:
             return self.hparams.processing_res
         return self.net.facts.processing_res
