@@ -23,7 +23,6 @@ from dm_lightning.inference.outputs import (
     refuse_writing_over_inputs,
     summary_line,
 )
-from dm_lightning.models.model_facts import recorded_target
 from dm_lightning.models.pipeline_depthmaster import near_is_one
 from dm_lightning.output_folders import check_writable_folder, output_folder, run_dir
 from dm_lightning.training.checkpoints import load_checkpoint_safely
@@ -210,9 +209,11 @@ class DepthPredictionWriter(BasePredictionWriter):
                 f"(keys {keys[:4]}); it must return the keys of the readable samples only"
             )
         if self._files is None:
-            # The target the model was trained on, as recorded with it, else the task's.
+            # The target the model was trained on, as its loader read it (net.facts: also for
+            # hub ids, without reading the model file again), else the task's.
+            facts = getattr(getattr(pl_module, "net", None), "facts", None)
             hparams = getattr(pl_module, "hparams", None) or {}
-            target = recorded_target(hparams.get("model_path") or "") or hparams.get("target")
+            target = getattr(facts, "recorded_target", None) or hparams.get("target")
             self._files = BackgroundWriter(self.folder, near_is_one(target))
         for key, values in zip(keys, (d.detach().float().cpu() for d in depth)):
             self._files.submit(key, values)
