@@ -17,20 +17,22 @@ from dm_lightning.data import synthetic
 from dm_lightning.data.schema import decode_sample, quantize_depth
 from dm_lightning.data.synthetic import (
     SOURCES,
-    Box,
-    Plane,
     Scene,
-    Sphere,
-    camera_rays,
     generate,
-    look_rotation,
-    ray_cast,
-    ray_distance_to_depth,
-    render,
     render_scene,
     sample_seed,
     write_split,
 )
+from dm_lightning.data.synthetic.geometry import (
+    Box,
+    Plane,
+    Sphere,
+    camera_rays,
+    look_rotation,
+    ray_cast,
+    ray_distance_to_depth,
+)
+from dm_lightning.data.synthetic.scenes import render
 
 REPO = Path(__file__).resolve().parents[1]
 

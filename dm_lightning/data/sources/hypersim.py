@@ -53,8 +53,7 @@ from dm_lightning.data.sources.inputs import (
     InputError,
     check_shapes,
     decode_hdf5,
-    decode_rgb,
-    decode_uint16_png,
+    decode_rgb_and_units,
 )
 from dm_lightning.data.sources.raster import (
     distance_to_planar_depth,
@@ -137,9 +136,7 @@ def load_hypersim_raw(blobs: dict[str, Blob]) -> tuple[np.ndarray, np.ndarray]:
 def load_hypersim_png(blobs: dict[str, Blob]) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed Hypersim frame (roles ``rgb``: PNG, ``depth``: uint16 millimetre PNG) ->
     RGB and planar depth, 480x640 (a :data:`~.inputs.Loader`)."""
-    rgb = decode_rgb(blobs["rgb"])
-    units = decode_uint16_png(blobs["depth"])
-    check_shapes({"rgb": rgb.shape, "depth": units.shape}, blobs)
+    rgb, units = decode_rgb_and_units(blobs)
     return _hypersim_sample(rgb, units * 1e-3, units > 0)
 
 

@@ -160,3 +160,12 @@ def check_shapes(shapes: dict[str, tuple[int, ...]], blobs: dict[str, Blob]) -> 
     if len({shape[:2] for shape in shapes.values()}) != 1:
         described = ", ".join(f"{blobs[role].where} {shape}" for role, shape in shapes.items())
         raise InputError(f"rasters of one frame differ in size: {described}")
+
+
+def decode_rgb_and_units(blobs: dict[str, Blob]) -> tuple[np.ndarray, np.ndarray]:
+    """The frame of a PNG/JPEG layout (roles ``rgb``: an image file, ``depth``: a 16-bit PNG)
+    -> ((H, W, 3) uint8 RGB, (H, W) int64 depth units), checked to share their size."""
+    rgb = decode_rgb(blobs["rgb"])
+    units = decode_uint16_png(blobs["depth"])
+    check_shapes({"rgb": rgb.shape, "depth": units.shape}, blobs)
+    return rgb, units

@@ -36,9 +36,7 @@ from dm_lightning.data.sources.frames import (
 from dm_lightning.data.sources.inputs import (
     Blob,
     InputError,
-    check_shapes,
-    decode_rgb,
-    decode_uint16_png,
+    decode_rgb_and_units,
 )
 from dm_lightning.data.sources.spec import VKITTI, VKITTI_FOCAL
 from dm_lightning.data.splits import SplitEntry
@@ -78,9 +76,7 @@ def load_vkitti(blobs: dict[str, Blob]) -> tuple[np.ndarray, np.ndarray]:
     """Virtual KITTI 2 frame (roles ``rgb``: JPEG, ``depth``: uint16 centimetre PNG) -> KITTI
     benchmark crop 352x1216, depth in metres with the sky (655.35 m) kept (a
     :data:`~.inputs.Loader`)."""
-    rgb = decode_rgb(blobs["rgb"])
-    units = decode_uint16_png(blobs["depth"])
-    check_shapes({"rgb": rgb.shape, "depth": units.shape}, blobs)
+    rgb, units = decode_rgb_and_units(blobs)
     if rgb.shape[0] < VKITTI.height or rgb.shape[1] < VKITTI.width:
         raise InputError(
             f"{blobs['rgb'].where}: {rgb.shape[0]}x{rgb.shape[1]} is smaller than the "

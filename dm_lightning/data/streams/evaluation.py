@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dm_lightning.data.checks import check_batch_size
@@ -12,6 +13,7 @@ from dm_lightning.data.streams.skips import SkipCounter, decoded, read_shard
 from dm_lightning.errors import DataError
 
 
+@dataclass(eq=False)
 class ShardSamples(RankAware):
     """Every sample of a shard list exactly once across ranks x workers, batched.
 
@@ -48,26 +50,22 @@ class ShardSamples(RankAware):
         ValueError: ``sizes`` does not have one count per shard.
     """
 
-    def __init__(
-        self,
-        urls: list[str],
-        batch_size: int,
-        to_tensors: Callable[[dict], dict],
-        collate: Callable[[list[dict]], dict],
-        name: str = "eval split",
-        sizes: list[int] | None = None,
-        idle_batch: bool = True,
-    ) -> None:
-        check_batch_size(batch_size, f"{name}: eval batch size")
-        if sizes is not None and len(sizes) != len(urls):
-            raise ValueError(f"{name}: {len(sizes)} shard sizes for {len(urls)} shards")
-        self.sizes = None if sizes is None else [int(n) for n in sizes]
-        self.urls = list(urls)
-        self.idle_batch = idle_batch
-        self.batch_size = batch_size
-        self.to_tensors = to_tensors
-        self.collate = collate
-        self.name = name
+    urls: list[str]
+    batch_size: int
+    to_tensors: Callable[[dict], dict]
+    collate: Callable[[list[dict]], dict]
+    name: str = "eval split"
+    sizes: list[int] | None = None
+    idle_batch: bool = True
+
+    def __post_init__(self) -> None:
+        check_batch_size(self.batch_size, f"{self.name}: eval batch size")
+        if self.sizes is not None and len(self.sizes) != len(self.urls):
+            raise ValueError(
+                f"{self.name}: {len(self.sizes)} shard sizes for {len(self.urls)} shards"
+            )
+        self.sizes = None if self.sizes is None else [int(n) for n in self.sizes]
+        self.urls = list(self.urls)
 
     def _mine(self, rank: int, world: int, worker: int, workers: int) -> range:
         """Indices (into ``urls``) of the shards of reader (rank, worker)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dm_lightning.data.checks import check_bad_fraction, check_batch_size, check_probabilities
@@ -25,6 +26,7 @@ BAD_FRACTION_MIN_READS = 20
 bad-sample fraction: bad samples come in whole shards, so fewer reads are too noisy."""
 
 
+@dataclass(eq=False)
 class SourceStream:
     """Endless, shuffled, batched samples of one training source.
 
@@ -49,29 +51,23 @@ class SourceStream:
         ConfigError: ``batch_size`` < 1, no shard, or ``max_bad_fraction`` outside [0, 1].
     """
 
-    def __init__(
-        self,
-        name: str,
-        urls: list[str],
-        batch_size: int,
-        pack: Callable[[list[dict], list[bool]], dict],
-        shuffle_buffer: int = 200,
-        hflip: float = 0.5,
-        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
-        min_checked: int = 100,
-    ) -> None:
-        check_batch_size(batch_size, f"training source {name!r}: batch_size")
-        if not urls:
-            raise ConfigError(f"training source {name!r} has no shards")
-        check_bad_fraction(max_bad_fraction, f"training source {name!r}: max_bad_fraction")
-        self.name = name
-        self.urls = list(urls)
-        self.batch_size = batch_size
-        self.pack = pack
-        self.shuffle_buffer = shuffle_buffer
-        self.hflip = hflip
-        self.max_bad_fraction = max_bad_fraction
-        self.min_checked = min_checked
+    name: str
+    urls: list[str]
+    batch_size: int
+    pack: Callable[[list[dict], list[bool]], dict]
+    shuffle_buffer: int = 200
+    hflip: float = 0.5
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+    min_checked: int = 100
+
+    def __post_init__(self) -> None:
+        check_batch_size(self.batch_size, f"training source {self.name!r}: batch_size")
+        if not self.urls:
+            raise ConfigError(f"training source {self.name!r} has no shards")
+        check_bad_fraction(
+            self.max_bad_fraction, f"training source {self.name!r}: max_bad_fraction"
+        )
+        self.urls = list(self.urls)
 
     def shards_for(self, rank: int, world: int, worker: int, workers: int) -> list[str]:
         """This reader's shard subset: disjoint across ranks (and workers) when there are

@@ -13,58 +13,8 @@ The generator needs no downloads: it is the data of the tests, the demo and the 
 Everything is deterministic given the seeds; nothing here imports torch.
 """
 
-from dm_lightning.data.synthetic.geometry import (
-    HIT_EPS,
-    TEXTURES,
-    Box,
-    Material,
-    Plane,
-    Primitive,
-    Sphere,
-    camera_rays,
-    look_rotation,
-    ray_cast,
-    ray_distance_to_depth,
-)
-from dm_lightning.data.synthetic.scenes import (
-    SOURCES,
-    Scene,
-    make_indoor_scene,
-    make_outdoor_scene,
-    render,
-    render_scene,
-)
-from dm_lightning.data.synthetic.writer import (
-    INDEX_FORMAT,
-    MAX_SAMPLES_PER_SPLIT,
-    SPLIT_IDS,
-    generate,
-    sample_seed,
-    write_split,
-)
+from dm_lightning.data.synthetic.scenes import SOURCES, Scene, render_scene
+from dm_lightning.data.synthetic.writer import generate, sample_seed, write_split
 
-__all__ = [
-    "HIT_EPS",
-    "INDEX_FORMAT",
-    "MAX_SAMPLES_PER_SPLIT",
-    "SOURCES",
-    "SPLIT_IDS",
-    "TEXTURES",
-    "Box",
-    "Material",
-    "Plane",
-    "Primitive",
-    "Scene",
-    "Sphere",
-    "camera_rays",
-    "generate",
-    "look_rotation",
-    "make_indoor_scene",
-    "make_outdoor_scene",
-    "ray_cast",
-    "ray_distance_to_depth",
-    "render",
-    "render_scene",
-    "sample_seed",
-    "write_split",
-]
+# The entry points; the primitives and ray casting are imported from .geometry itself.
+__all__ = ["SOURCES", "Scene", "generate", "render_scene", "sample_seed", "write_split"]
