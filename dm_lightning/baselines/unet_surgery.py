@@ -9,7 +9,8 @@ builds the same shape again: an export reloads without running the surgery twice
 
 from __future__ import annotations
 
-import torch
+import copy
+
 from diffusers import UNet2DConditionModel
 from diffusers.models.embeddings import TimestepEmbedding
 from torch import nn
@@ -42,23 +43,11 @@ def widen_conv_in(unet: UNet2DConditionModel, latents: int = 2) -> UNet2DConditi
     if latents < 2:
         raise ConfigError(f"widen_conv_in: latents must be >= 2, got {latents}")
     old = unet.conv_in
-    new = nn.Conv2d(
-        old.in_channels * latents,
-        old.out_channels,
-        kernel_size=old.kernel_size,
-        stride=old.stride,
-        padding=old.padding,
-        dilation=old.dilation,
-        groups=old.groups,
-        bias=old.bias is not None,
-        padding_mode=old.padding_mode,
-        device=old.weight.device,
-        dtype=old.weight.dtype,
-    )
-    with torch.no_grad():
-        new.weight.copy_(old.weight.repeat(1, latents, 1, 1) / latents)
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
+    # A copy keeps every other property of the layer (kernel, stride, padding, dilation,
+    # groups, padding mode, bias, device, dtype); only the input channels widen.
+    new = copy.deepcopy(old)
+    new.in_channels = old.in_channels * latents
+    new.weight = nn.Parameter(old.weight.detach().repeat(1, latents, 1, 1) / latents)
     unet.conv_in = new
     unet.register_to_config(in_channels=new.in_channels)
     return unet
