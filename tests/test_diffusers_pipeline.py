@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from helpers import batched_rounding_atol
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -152,6 +153,14 @@ def test_pipeline_gives_predicts_numbers_through_its_options(export, loaded_net,
     np.testing.assert_array_equal(
         listed.permute(0, 2, 3, 1).numpy(), np.concatenate([expected] * 2)
     )
+    batches: list[int] = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args: batches.append(len(args[0])))
+    batched = pipe([photo, photo, photo], batch_size=2).prediction
+    hook.remove()
+    assert batches == [2, 1]
+    assert batched.shape == (3, 640, 428, 1)
+    atol = batched_rounding_atol(loaded_net)
+    np.testing.assert_allclose(batched, np.concatenate([expected] * 3), rtol=0, atol=atol)
     small = pipe(photo, processing_resolution=32, match_input_resolution=False).prediction
     assert small.shape == (1, 32, 24, 1)  # long edge 32, the other rounded to a multiple of 8
     native = pipe(photo.resize((40, 24)), processing_resolution=0).prediction
