@@ -6,6 +6,7 @@ dm_lightning cannot be imported, with the same numbers."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from helpers import batched_rounding_atol
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -23,6 +25,7 @@ import dm_lightning.models.modeling_depthmaster as modeling
 import dm_lightning.models.pipeline_depthmaster as pipeline
 from dm_lightning.errors import ConfigError
 from dm_lightning.inference.batching import predict_batch
+from dm_lightning.inference.precision import cast_for_inference
 from dm_lightning.models.loading import load_depthmaster, load_unet
 from dm_lightning.models.pipeline_depthmaster import DepthMasterPipeline, DepthMasterUNet
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement
@@ -150,6 +153,14 @@ def test_pipeline_gives_predicts_numbers_through_its_options(export, loaded_net,
     np.testing.assert_array_equal(
         listed.permute(0, 2, 3, 1).numpy(), np.concatenate([expected] * 2)
     )
+    batches: list[int] = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args: batches.append(len(args[0])))
+    batched = pipe([photo, photo, photo], batch_size=2).prediction
+    hook.remove()
+    assert batches == [2, 1]
+    assert batched.shape == (3, 640, 428, 1)
+    atol = batched_rounding_atol(loaded_net)
+    np.testing.assert_allclose(batched, np.concatenate([expected] * 3), rtol=0, atol=atol)
     small = pipe(photo, processing_resolution=32, match_input_resolution=False).prediction
     assert small.shape == (1, 32, 24, 1)  # long edge 32, the other rounded to a multiple of 8
     native = pipe(photo.resize((40, 24)), processing_resolution=0).prediction
@@ -165,10 +176,38 @@ def test_pipeline_gives_predicts_numbers_through_its_options(export, loaded_net,
     np.testing.assert_allclose(written, out.prediction[0, ..., 0], rtol=0, atol=0.5 / 65535 + 1e-9)
     colour = pipe.image_processor.visualize_depth(out.prediction)[0]
     assert colour.size == photo.size and colour.mode == "RGB"
-    half = DepthMasterPipeline.from_pretrained(export, torch_dtype=torch.bfloat16)
-    assert half.unet.conv_in.weight.dtype == torch.bfloat16
-    assert half.unet.fftblock.fuse.weight.dtype == torch.float32  # the FE block computes in fp32
-    assert half(photo).prediction.shape == (1, 640, 428, 1)
+
+
+def test_half_precision_is_predicts_dtype_switch(export, loaded_net, photo):
+    """``torch_dtype`` (or diffusers' newer ``dtype``) holds the U-Net and VAE encoder in
+    bf16 and keeps the decode and the FE block fp32: exactly what ``predict_images(dtype=
+    "bf16")`` runs (cast_for_inference), so the same numbers bit for bit."""
+    expected = cast_for_inference(copy.deepcopy(loaded_net), torch.bfloat16)
+    for kwargs in ({"torch_dtype": torch.bfloat16}, {"dtype": torch.bfloat16}):
+        half = DepthMasterPipeline.from_pretrained(export, **kwargs)
+        assert half_dtypes(half) == HALF_DTYPES
+        np.testing.assert_array_equal(half(photo).prediction, expected_depth(expected, photo))
+    with pytest.raises(ValueError, match="pass one"):
+        DepthMasterPipeline.from_pretrained(export, torch_dtype=torch.bfloat16, dtype=torch.half)
+
+
+def half_dtypes(pipe) -> dict[str, torch.dtype]:
+    """The dtypes a half-precision pipeline holds its parts in."""
+    vae = pipe.vae
+    return {
+        "unet": pipe.unet.conv_in.weight.dtype,
+        "fe": pipe.unet.fftblock.fuse.weight.dtype,
+        "encoder": vae.encoder.conv_in.weight.dtype,
+        "quant_conv": vae.quant_conv.weight.dtype,
+        "post_quant_conv": vae.post_quant_conv.weight.dtype,
+        "decoder": vae.decoder.conv_in.weight.dtype,
+    }
+
+
+HALF_DTYPES = {
+    **dict.fromkeys(["unet", "encoder", "quant_conv"], torch.bfloat16),
+    **dict.fromkeys(["fe", "post_quant_conv", "decoder"], torch.float32),
+}
 
 
 def test_released_and_sd2_layouts_load_strictly(export, stage2_net, photo, tmp_path):
@@ -232,13 +271,21 @@ np.save(out + "/remote.npy", pipe(image).prediction)
 np.save(out + "/tiled.npy", pipe(image, tile_size=TILE).prediction)  # tiling ships too
 again = type(pipe).from_pretrained(export)  # the class's own loader, without dm_lightning
 np.save(out + "/own.npy", again(image).prediction)
+half = DiffusionPipeline.from_pretrained(export, trust_remote_code=True, dtype=torch.bfloat16)
+np.save(out + "/half.npy", half(image).prediction)
+vae = half.vae
+parts = [half.unet.conv_in, half.unet.fftblock.fuse, vae.encoder.conv_in, vae.quant_conv]
+parts += [vae.post_quant_conv, vae.decoder.conv_in]
+dtypes = dict(zip(["unet", "fe", "encoder", "quant_conv", "post_quant_conv", "decoder"],
+                  [str(m.weight.dtype) for m in parts]))
 try:
     import dm_lightning  # noqa: F401
     blocked = False
 except ImportError:
     blocked = True
 names = [type(pipe).__name__, type(pipe.unet).__name__, type(pipe.empty_prompt).__name__]
-print(json.dumps({"names": names, "blocked": blocked, "config": dict(pipe.config)}))
+print(json.dumps({"names": names, "blocked": blocked, "config": dict(pipe.config),
+                  "half": dtypes}))
 """
 )
 
@@ -262,6 +309,14 @@ def test_export_runs_in_diffusers_without_dm_lightning(export, loaded_net, photo
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), ours)
     np.testing.assert_array_equal(np.load(tmp_path / "own.npy"), ours)
     np.testing.assert_array_equal(ours, expected_depth(loaded_net, photo))
+    # Half precision through diffusers' own loader: the FE block is read in fp32 from the file
+    # (DepthMasterUNet._keep_in_fp32_modules) and the first call puts the decoder back in fp32,
+    # so it computes what our bf16 pipeline does with the decoder's weights rounded to bf16.
+    assert report["half"] == {k: str(v) for k, v in HALF_DTYPES.items()}
+    half = DepthMasterPipeline.from_pretrained(export, torch_dtype=torch.bfloat16)
+    for module in (half.vae.post_quant_conv, half.vae.decoder):
+        module.to(torch.bfloat16).float()  # the rounding of diffusers' cast of the whole VAE
+    np.testing.assert_array_equal(np.load(tmp_path / "half.npy"), half(photo).prediction)
     # Tiled: the pipeline's option runs the tiling code shipped in the export, and gives what
     # dm_lightning's predict gives with the same tile size (same functions, same operations).
     rgb = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import batched_rounding_atol
 from PIL import Image
 
 from dm_lightning import load_depthmaster, predict_images
@@ -78,14 +79,10 @@ def mixed_folder(tmp_path_factory) -> Path:
 
 def test_mixed_size_batches_equal_batch_size_one(tiny_model, mixed_folder, tmp_path):
     """Batch size 4 over images of mixed sizes gives the maps of batch size 1, up to float32
-    rounding of batched convolutions: a batched kernel may sum a layer's K products (K = its
-    fan-in) in another order, a relative change of about sqrt(K) * 2^-24 on activations of
-    order 1; over the network's L layers these add in quadrature, so on the [0, 1] map:
-    atol = sqrt(L * K_max) * 2^-24 (2.6e-5 for the tiny model)."""
+    rounding of batched convolutions (helpers.batched_rounding_atol: 2.6e-5 for the tiny
+    model)."""
     net = load_depthmaster(tiny_model).eval()
-    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    fan_in = max(m.weight[0].numel() for m in convs)
-    atol = math.sqrt(len(convs) * fan_in) * 2.0**-24
+    atol = batched_rounding_atol(net)
     predict_images(net, mixed_folder, tmp_path / "one", 64, batch_size=1, progress=False)
     predict_images(net, mixed_folder, tmp_path / "four", 64, batch_size=4, progress=False)
     for name in "abcde":

@@ -319,8 +319,15 @@ def test_feature_alignment_projector_sizes_and_grid_resize():
 
 
 def test_fe_block_stays_fp32_through_module_casts():
-    block = FourierEnhancement(C).to(torch.bfloat16)
+    block = FourierEnhancement(C)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    block.to(torch.bfloat16).half()
     assert all(p.dtype == torch.float32 for p in block.parameters())
+    # Not cast to a half format and back: the weights as they were, bit for bit (a round trip
+    # through bf16 would move them).
+    assert all(torch.equal(v, before[k]) for k, v in block.state_dict().items())
+    weight = before["conv_f1.weight"]
+    assert not torch.equal(weight.bfloat16().float(), weight)
     out = block(torch.randn(1, C, 4, 4, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 

@@ -54,9 +54,16 @@ class FourierEnhancement(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         # Keep the block's parameters fp32 through any cast (e.g. Lightning's bf16-true, a
-        # pipeline's torch_dtype), since it computes in fp32; device moves still apply.
-        super()._apply(fn, recurse)
-        return super()._apply(lambda t: t.float() if t.is_floating_point() else t, recurse)
+        # pipeline's torch_dtype), since it computes in fp32; device moves still apply. A cast
+        # away from fp32 is not applied at all: casting and casting back would leave the
+        # weights rounded to the half format.
+        def keep_fp32(t: Tensor) -> Tensor:
+            out = fn(t)
+            if not t.is_floating_point() or out.dtype == torch.float32:
+                return out
+            return t.to(device=out.device, dtype=torch.float32, copy=True)
+
+        return super()._apply(keep_fp32, recurse)
 
     def forward(self, feature: Tensor) -> Tensor:
         dtype = feature.dtype
@@ -122,6 +129,11 @@ class DepthMasterUNet(UNet2DConditionModel):
     block is ``self.fftblock`` (the released weights' names) and replaces the mid block's output
     through a forward hook the class installs itself, so no diffusers U-Net code is copied.
     """
+
+    # diffusers' from_pretrained(..., torch_dtype=half) reads these weights as fp32 from the
+    # file: the block computes in fp32, and its own _apply does not run on that load path
+    # (fp16/bf16 weights there made the block's fp32 convolutions fail on their dtype).
+    _keep_in_fp32_modules = [FFT_ATTRIBUTE]
 
     def __init__(self, *, fourier_enhancement: bool = False, fourier_groups: int = 8, **config):
         super().__init__(**config)

@@ -261,6 +261,7 @@ class DepthMasterPipeline(DiffusionPipeline):
             raise ValueError(f"images of one call must share one size, got {sizes}")
         x = torch.cat(loaded)
         self.image_processor.check_image_values_range(x)
+        self._decoder_in_fp32()
         size = working_size(*x.shape[-2:], res or None, factor)
         embedding = self.empty_prompt.embedding
         if tile_size is not None:
@@ -293,6 +294,14 @@ class DepthMasterPipeline(DiffusionPipeline):
             ]
         )
         return self._output(prediction, output_type)
+
+    def _decoder_in_fp32(self) -> None:
+        """Put the VAE's ``post_quant_conv`` and ``decoder`` back in fp32 after a cast of the
+        whole pipeline (diffusers' ``from_pretrained(..., torch_dtype=...)``, ``pipe.to``): the
+        decode runs in fp32 as in training, with the weights as that cast rounded them."""
+        for module in (self.vae.post_quant_conv, self.vae.decoder):
+            if module is not None and any(p.dtype != torch.float32 for p in module.parameters()):
+                nn.Module.to(module, dtype=torch.float32)
 
     def _output(self, prediction: Tensor, output_type: str) -> DepthMasterDepthOutput:
         """(N, 1, H, W) prediction -> the output dataclass in ``output_type``."""
@@ -330,6 +339,7 @@ class DepthMasterPipeline(DiffusionPipeline):
         cls,
         pretrained_model_name_or_path: str | Path,
         torch_dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> DepthMasterPipeline:
         """A DepthMaster pipeline from a folder or hub id, weights checked strictly.
@@ -337,18 +347,25 @@ class DepthMasterPipeline(DiffusionPipeline):
         With dm_lightning installed, anything its ``load_depthmaster`` reads (exports, the
         released DepthMaster folder, SD-2 folders, ``.ckpt`` files); without it, a folder
         written by :meth:`save_pretrained`.
+
+        ``torch_dtype`` or ``dtype`` (e.g. ``torch.bfloat16``) holds the U-Net and VAE encoder
+        in it; decoder and FE block stay fp32, as ``predict_images(dtype=...)`` holds them.
         """
+        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+            raise ValueError(f"got torch_dtype={torch_dtype} and dtype={dtype}: pass one")
+        dtype = dtype or torch_dtype
         try:
             loading = importlib.import_module("dm_lightning.models.pipeline_loading")
         except ImportError:
             pipe = cls._from_export(str(pretrained_model_name_or_path), **kwargs)
         else:
             pipe = loading.load_pipeline(pretrained_model_name_or_path, cls, **kwargs)
-        if torch_dtype is not None:
+        if dtype is not None:
             # nn.Module.to: the same cast as ModelMixin.to without its warning about modules to
             # keep in fp32 (the FE block keeps itself fp32; the empty prompt is cast per call).
-            for module in (pipe.vae, pipe.unet):
-                nn.Module.to(module, dtype=torch_dtype)
+            for module in (pipe.unet, pipe.vae.encoder, pipe.vae.quant_conv):
+                if module is not None:  # quant_conv: None in VAEs without one
+                    nn.Module.to(module, dtype=dtype)
         return pipe
 
     @classmethod
