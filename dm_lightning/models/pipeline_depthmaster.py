@@ -6,8 +6,7 @@ Self-contained on purpose: this file imports only torch, numpy, PIL, diffusers a
 because :meth:`DepthMasterPipeline.save_pretrained` copies both into every exported model
 folder, where ``diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``
 loads them without dm_lightning (``model_index.json`` names ``["pipeline_depthmaster",
-"DepthMasterPipeline"]``). dm_lightning's own code (``DepthMaster.predict``, ``predict_images``,
-``dm-lightning predict``) imports the same code from here: one implementation.
+"DepthMasterPipeline"]``). dm_lightning's own predict paths import it from here: one implementation.
 """
 
 from __future__ import annotations
