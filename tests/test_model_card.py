@@ -22,6 +22,8 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
+from dm_lightning.baselines.e2e_ft import E2EFT
+from dm_lightning.baselines.marigold_task import Marigold
 from dm_lightning.cli import run_cli
 from dm_lightning.evaluation.scoring import METRIC_NAMES
 from dm_lightning.hub.eval_results import EVAL_FILE, read_eval_results
@@ -32,7 +34,7 @@ from dm_lightning.hub.model_card import (
     diffusers_usage,
     write_model_card,
 )
-from dm_lightning.hub.push import check_repo_name, is_bare_depthmaster
+from dm_lightning.hub.push import check_repo_name, is_bare_depthmaster, suggested_repo
 from dm_lightning.hub.training_facts import CONFIG_FILE, SD2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,6 +168,61 @@ def test_diffusers_snippet_runs_as_written(fitted, tmp_path, monkeypatch):
     depth = scopes[1]["depth"]
     assert depth.shape == (1, 53, 75, 1)  # diffusers' (N, H, W, 1) at the input's size
     np.testing.assert_array_equal(depth[0, :, :, 0], scopes[0]["depth"].numpy())
+
+
+@pytest.mark.parametrize(
+    "task_class, method, title, paper, tags",
+    [
+        (E2EFT, "e2e_ft", "E2E-FT", "arXiv:2409.11355", ["single-step", "e2e-ft"]),
+        (Marigold, "marigold", "Marigold", "arXiv:2312.02145", ["marigold"]),
+    ],
+)
+def test_baseline_card_describes_its_method_and_its_snippets_run(
+    task_class, method, title, paper, tags, tiny_model, tmp_path, monkeypatch, capsys
+):
+    """A baseline's export card names its own method and paper, not DepthMaster's, and its
+    snippets load the export with the task class that reads it (load_depthmaster refuses it)."""
+    export = tmp_path / "export"
+    net = task_class(str(tiny_model)).net
+    net.save_pretrained(export, {"stage": task_class.__name__, "target": "depth"})
+    write_model_card(export, model_ref=str(export))
+    card = ModelCard.load(export / CARD_FILE)
+    text = card.text
+    assert text.lstrip().startswith(f"# DM-Lightning {title}: diffusion-based monocular")
+    assert f"This is a model of the **{title}** method" in text and paper in text
+    assert "DepthMaster: Taming" not in text and "PolyU-VCLab" not in text
+    assert "Fourier Enhancement" not in text
+    assert f"- Method: {title}, one of the baselines" in text
+    assert "depthmaster" not in card.data.tags
+    assert card.data.tags == ["depth-estimation", "monocular-depth", "diffusion", *tags] + [
+        "dm-lightning"
+    ]
+    assert card.data.library_name == "dm_lightning"  # no DepthMaster pipeline in the folder
+    assert suggested_repo(export, "alice") == f"alice/dm-lightning-{tags[-1]}-model-depth"
+
+    # The Python snippet, as written: the task's network of this export.
+    (snippet,) = code_blocks(text, "python")
+    assert f"from dm_lightning import {task_class.__name__}" in snippet
+    rgb = np.random.default_rng(2).integers(0, 255, (37, 58, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=95)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    assert type(scope["model"]).method == method
+    depth = scope["depth"]
+    assert depth.shape == (37, 58) and 0.0 <= float(depth.min()) <= float(depth.max()) <= 1.0
+
+    # The CLI snippet, as written: predict with the baseline's task.
+    (command,) = code_blocks(text, "bash")
+    args = shlex.split(command.replace("\\\n", " "))
+    assert args[args.index("--model") + 1] == f"dm_lightning.{task_class.__name__}"
+    (tmp_path / "configs").symlink_to(CONFIGS)
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "photos" / "a.png")
+    run_cli(args[1:])
+    written = np.load(tmp_path / "depth" / "a.npy")
+    assert written.shape == (37, 58) and 0.0 <= written.min() <= written.max() <= 1.0
+    assert "wrote 1 depth maps" in capsys.readouterr().out
 
 
 def report_results(model: Path) -> dict:

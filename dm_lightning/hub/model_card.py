@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from dm_lightning.evaluation.tables import markdown_table, results_table
 from dm_lightning.hub.eval_results import EVAL_FILE, EvalResults
+from dm_lightning.hub.methods import DEPTHMASTER, MethodCard, method_card
 from dm_lightning.hub.training_facts import (
     TrainingFacts,
     copy_run_config,
@@ -42,7 +43,6 @@ TAGS = [
     "depthmaster",
     "dm-lightning",
 ]
-PAPER = "https://arxiv.org/abs/2501.02576"
 DEFAULT_IMAGE = "photo.jpg"
 
 # The model-index metrics: (metric key, hub metric type, shown name). Values are x100 (as the
@@ -71,36 +71,64 @@ def default_license(base_model: str | None) -> str:
     )
 
 
+def card_tags(method: MethodCard) -> list[str]:
+    """The card's tags: :data:`TAGS` for DepthMaster; a baseline's own name instead of
+    ``depthmaster``, and no ``single-step`` for a method that samples (Marigold)."""
+    if method is DEPTHMASTER:
+        return list(TAGS)
+    tags = [tag for tag in TAGS if tag not in ("depthmaster", "single-step")]
+    return tags[:3] + (["single-step"] if method.single_step else []) + [method.slug, TAGS[-1]]
+
+
 def model_title(facts: TrainingFacts) -> str:
-    """``dm-lightning-depthmaster-<stage>-<target>``: the model-index name and the suggested
+    """``dm-lightning-<method>-<stage>-<target>`` (``dm-lightning-depthmaster-stage2-sqrt-
+    disparity``, ``dm-lightning-e2e-ft-model-depth``): the model-index name and the suggested
     hub repository name (never a bare "DepthMaster", see :mod:`dm_lightning.hub.push`)."""
     stage = f"stage{facts.stage}" if facts.stage else "model"
     target = (facts.target or DEFAULT_TARGET).replace("_", "-")
-    return f"dm-lightning-depthmaster-{stage}-{target}"
+    return f"dm-lightning-{method_card(facts.method).slug}-{stage}-{target}"
 
 
 def python_usage(model_ref: str, facts: TrainingFacts, image: str = DEFAULT_IMAGE) -> str:
-    """The Python usage snippet (dm_lightning's ``load_depthmaster(...).predict(...)``)."""
+    """The Python usage snippet: dm_lightning's ``load_depthmaster(...).predict(...)``, or for a
+    baseline its task's network (``E2EFT(...).net``, the loader that reads its export)."""
     res = facts.processing_res or DEFAULT_PROCESSING_RES
     near = "1 = near" if facts.near_is_one else "1 = far"
+    if facts.method is None:
+        name, load = "load_depthmaster", f"load_depthmaster({json.dumps(model_ref)})"
+    else:
+        name = _task_name(facts)
+        load = f"{name}({json.dumps(model_ref)}).net"
     return f"""import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from dm_lightning import load_depthmaster
+from dm_lightning import {name}
 
-model = load_depthmaster({json.dumps(model_ref)}).eval()
+model = {load}.eval()
 image = ImageOps.exif_transpose(Image.open({json.dumps(image)})).convert("RGB")
 rgb = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
 depth = model.predict(rgb, processing_res={res})[0, 0]  # (H, W) float in [0, 1], {near}
 """
 
 
-def cli_usage(model_ref: str) -> str:
-    """The ``dm-lightning predict`` command (run from a dm_lightning checkout: its config)."""
+def _task_name(facts: TrainingFacts) -> str:
+    """The class name of the task that loads a baseline's export (``E2EFT``)."""
+    return (facts.task_class or method_card(facts.method).task).rpartition(".")[2]
+
+
+def cli_usage(model_ref: str, facts: TrainingFacts | None = None) -> str:
+    """The ``dm-lightning predict`` command (run from a dm_lightning checkout: its config); a
+    baseline's export names its task class."""
+    task = (
+        f"    --model dm_lightning.{_task_name(facts)} \\\n"
+        if facts is not None and facts.method is not None
+        else ""
+    )
     return (
         "dm-lightning predict --config configs/predict.yaml \\\n"
-        f"    --model.init_args.model_path {shlex.quote(model_ref)} \\\n"
+        + task
+        + f"    --model.init_args.model_path {shlex.quote(model_ref)} \\\n"
         "    --data.init_args.predict photos/ \\\n"
         "    --trainer.callbacks.init_args.output_dir depth/\n"
     )
@@ -126,7 +154,13 @@ def _training_section(facts: TrainingFacts) -> str:
         2: "stage 2 of DepthMaster: fine-tuned from a stage-1 model in pixel space through the "
         "frozen VAE decoder (MSE + gradient loss), with the Fourier Enhancement block",
     }
-    if facts.stage in stage_text:
+    if facts.method is not None:
+        method = method_card(facts.method)
+        lines.append(
+            f"- Method: {method.name}, one of the baselines dm_lightning trains beside DepthMaster "
+            f"(docs/method.md §8 of dm_lightning), trained by `{facts.task_class or method.task}`."
+        )
+    elif facts.stage in stage_text:
         lines.append(f"- Stage: {stage_text[facts.stage]}.")
     elif facts.task:
         lines.append(f"- Trained by: `{facts.task}`.")
@@ -144,7 +178,9 @@ def _training_section(facts: TrainingFacts) -> str:
             for s in facts.sources
         ]
         lines.append(f"- Training data: {', '.join(parts)}.")
-    lines.append(f"- Fourier Enhancement block in the U-Net: {'yes' if facts.fourier else 'no'}.")
+    if facts.method is None:
+        fourier = "yes" if facts.fourier else "no"
+        lines.append(f"- Fourier Enhancement block in the U-Net: {fourier}.")
     if facts.settings:
         rows = ([label, f"`{value}`"] for label, value in facts.settings)
         lines += ["", *markdown_table(["setting", "value"], rows)]
@@ -233,6 +269,7 @@ def build_model_card(
     base = base_model or facts.base_model
     ref = model_ref or str(folder)
     diffusers_ready = (folder / PIPELINE_INDEX).is_file()
+    method = method_card(facts.method)
     index = eval_results_metadata(results) if results is not None else []
     data = ModelCardData(
         library_name="diffusers" if diffusers_ready else "dm_lightning",
@@ -240,22 +277,29 @@ def build_model_card(
         license=license or default_license(base),
         base_model=base,
         datasets=facts.datasets or None,
-        tags=list(TAGS),
+        tags=card_tags(method),
         model_name=model_title(facts) if index else None,
         eval_results=index or None,
     )
     stage = f"stage {facts.stage}" if facts.stage else "model"
     near = "1 = near, 0 = far" if facts.near_is_one else "1 = far, 0 = near"
     target = TARGET_WORDS.get(facts.target or DEFAULT_TARGET, facts.target)
+    if method is DEPTHMASTER:
+        title = f"# DM-Lightning DepthMaster ({stage}): single-step diffusion monocular "
+        title += "relative depth"
+        what = f"This is a model of the **DepthMaster** method ({method.paper}), trained "
+        intro = [f"{what}with dm_lightning: {method.summary}.", "", NOT_THIS]
+    else:
+        title = f"# DM-Lightning {method.name}: diffusion-based monocular relative depth"
+        intro = [
+            f"This is a model of the **{method.name}** method ({method.paper}), trained with "
+            f"dm_lightning as a baseline beside DepthMaster, on the same data and protocol: "
+            f"{method.summary}."
+        ]
     body = [
-        f"# DM-Lightning DepthMaster ({stage}): single-step diffusion monocular relative depth",
+        title,
         "",
-        f'This is a model of the **DepthMaster** method (Song et al. 2025, "DepthMaster: Taming '
-        f'Diffusion Models for Monocular Depth Estimation", [arXiv:2501.02576]({PAPER})), trained '
-        "with dm_lightning: a Stable Diffusion 2 U-Net and VAE turned into "
-        "a deterministic one-step depth estimator (one U-Net pass, no noise, no scheduler).",
-        "",
-        NOT_THIS,
+        *intro,
         "",
         "## What it predicts",
         "",
@@ -277,7 +321,7 @@ def build_model_card(
         "image a float32 `.npy` in [0, 1], a 16-bit PNG and a colour PNG.",
         "",
         "```bash",
-        cli_usage(ref).rstrip(),
+        cli_usage(ref, facts).rstrip(),
         "```",
         "",
     ]
@@ -293,8 +337,7 @@ def build_model_card(
         "",
         "## Citation",
         "",
-        "The method: Song et al., *DepthMaster: Taming Diffusion Models for Monocular Depth "
-        f"Estimation*, 2025, [arXiv:2501.02576]({PAPER}).",
+        f"The method: {method.paper}.",
         "",
     ]
     template = "---\n{{ card_data }}\n---\n\n{{ body }}"

@@ -75,6 +75,9 @@ class TrainingFacts:
     Attributes:
         stage: 1 or 2 (None: not recorded, e.g. a folder saved by hand).
         task: the LightningModule class that trained it (``Stage1``), as recorded.
+        method: the method a baseline's export records (``e2e_ft``, ``lotus_d``,
+            ``marigold``); None for DepthMaster.
+        task_class: the task class that loads a baseline's export (``dm_lightning.E2EFT``).
         target: training target space (``sqrt_disparity``, ``disparity``, ``depth``).
         global_step: optimizer steps trained.
         processing_res: predict's default long edge in pixels.
@@ -88,6 +91,8 @@ class TrainingFacts:
 
     stage: int | None = None
     task: str | None = None
+    method: str | None = None
+    task_class: str | None = None
     target: str | None = None
     global_step: int | None = None
     processing_res: int | None = None
@@ -155,6 +160,7 @@ def read_training_facts(export: Path) -> TrainingFacts:
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     facts.task = meta.get("stage")
     facts.stage = {"Stage1": 1, "Stage2": 2}.get(str(facts.task))
+    facts.method, facts.task_class = meta.get("method"), meta.get("task")
     facts.target = meta.get("target")
     facts.global_step = meta.get("global_step")
     facts.processing_res = meta.get("processing_res")
