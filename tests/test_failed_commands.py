@@ -274,7 +274,7 @@ def test_fit_then_a_bad_resume_then_a_good_resume(
     assert "holds weights only" in _error_line(bad.stderr)
     assert _hashes(root) == before
 
-    # The good resume; its export gets a SIGTERM half-way (after the U-Net, before the rest).
+    # The good resume; its export gets a SIGTERM half-way (weights written, card and rename not).
     from dm_lightning.models.depthmaster import DepthMaster
 
     seen: list[list[str]] = []
@@ -282,8 +282,10 @@ def test_fit_then_a_bad_resume_then_a_good_resume(
     save_pretrained = DepthMaster.save_pretrained
 
     def interrupted(self, path, metadata=None):
+        # once the weights are in the temporary folder, before the model card and the rename
+        written = save_pretrained(self, path, metadata)
         os.kill(os.getpid(), signal.SIGTERM)
-        return save_pretrained(self, path, metadata)
+        return written
 
     monkeypatch.setattr(DepthMaster, "save_pretrained", interrupted)
     loads = _spy_on_torch_load(monkeypatch)
