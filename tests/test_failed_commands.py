@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,45 @@ def test_last_ckpt_of_a_finished_fit_holds_the_final_step(trained):
     assert last["lr_schedulers"][0]["last_epoch"] == FINAL_STEP
     assert (checkpoints / "best-step=3.ckpt").is_file()
     assert not list(checkpoints.glob(".*tmp*"))  # no temporary file left
+
+
+@pytest.mark.parametrize("stop", ["max_epochs", "early_stop"])
+def test_last_ckpt_holds_the_final_step_however_fit_ends(
+    stop, fit_config, data_config, tiny_model, tmp_path, capsys
+):
+    """An epoch is 3 batches and last.ckpt is saved every 2 steps, so the periodic save falls
+    at step 2 and fit ends at step 3: after max_epochs 1, and after an early stop at the
+    first validation (end of epoch 1, max_epochs 3). The summary says how fit ended, with the
+    last validation and the best checkpoint it ranked."""
+    cfg = yaml.safe_load(fit_config.read_text())
+    cfg["trainer"].update(max_steps=-1, max_epochs=1 if stop == "max_epochs" else 3)
+    for callback in cfg["trainer"]["callbacks"]:
+        if callback.get("init_args", {}).get("save_last"):
+            callback["init_args"]["every_n_train_steps"] = 2
+    if stop == "early_stop":  # any abs_rel below 1e9 stops
+        early = {"monitor": "val/abs_rel", "stopping_threshold": 1e9, "patience": 10}
+        stopper = "lightning.pytorch.callbacks.EarlyStopping"
+        cfg["trainer"]["callbacks"].append({"class_path": stopper, "init_args": early})
+    config = tmp_path / f"{stop}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert _fit(config, data_config, tiny_model, tmp_path / "runs") == 0
+    checkpoints = tmp_path / "runs" / "stage1" / "version_0" / "checkpoints"
+    last = load_checkpoint_safely(checkpoints / "last.ckpt")
+    assert last["global_step"] == 3
+    assert float(last["optimizer_states"][0]["state"][0]["step"]) == 3
+    summary = capsys.readouterr().out
+    ended = " (stopped early)" if stop == "early_stop" else ""
+    assert f"fit finished after 3 optimizer steps{ended}\n" in summary
+    (validation,) = [x for x in summary.splitlines() if x.startswith("  last validation: ")]
+    number = r"\d+\.\d{4}"
+    splits = [
+        rf"{split} abs_rel {number} delta1 {number}"
+        for split in ("synthetic_indoor", "synthetic_outdoor")
+    ]
+    assert re.fullmatch(rf"  last validation: {'; '.join(splits)}", validation), validation
+    best = checkpoints / "best-step=3.ckpt"  # ranked at the one validation, after step 3
+    assert best.is_file() and f"  best checkpoint: {best} (val/abs_rel " in summary
 
 
 def _weights_only(run: Path) -> Path:
@@ -234,7 +274,7 @@ def test_fit_then_a_bad_resume_then_a_good_resume(
     assert "holds weights only" in _error_line(bad.stderr)
     assert _hashes(root) == before
 
-    # The good resume; its export gets a SIGTERM half-way (after the U-Net, before the rest).
+    # The good resume; its export gets a SIGTERM half-way (weights written, card and rename not).
     from dm_lightning.models.depthmaster import DepthMaster
 
     seen: list[list[str]] = []
@@ -242,8 +282,10 @@ def test_fit_then_a_bad_resume_then_a_good_resume(
     save_pretrained = DepthMaster.save_pretrained
 
     def interrupted(self, path, metadata=None):
+        # once the weights are in the temporary folder, before the model card and the rename
+        written = save_pretrained(self, path, metadata)
         os.kill(os.getpid(), signal.SIGTERM)
-        return save_pretrained(self, path, metadata)
+        return written
 
     monkeypatch.setattr(DepthMaster, "save_pretrained", interrupted)
     loads = _spy_on_torch_load(monkeypatch)
@@ -270,7 +312,9 @@ def test_fit_then_a_bad_resume_then_a_good_resume(
 
 
 def _export_leftovers(run: Path) -> list[str]:
-    return sorted(p.name for p in run.iterdir() if p.name.startswith("export.") and "-" in p.name)
+    """The temporary siblings of ``export/`` (atomic.temporary_sibling: ``.export.<pid>-<hex>.tmp``
+    while it is written, ``.export.<pid>-<hex>.old`` while it replaces the previous one)."""
+    return sorted(p.name for p in run.iterdir() if p.name.startswith(".export."))
 
 
 def test_deferred_signals_hold_a_signal_until_the_block_is_done(capsys):

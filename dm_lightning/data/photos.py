@@ -12,10 +12,10 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-#: The most pixels a photo may have (64 megapixels, e.g. 9238x6928): larger ones are refused
-#: before they are decoded. At this size predict holds about 3 GB of pixel arrays (uint8
-#: photo, float copies, depth at input size) whatever its processing resolution; PIL's own
-#: guard only warns from 89 megapixels and refuses from 179.
+#: The most pixels a photo may have (64 megapixels, e.g. 9237x6928; 9238x6928 is 864 over):
+#: larger ones are refused before they are decoded. At this size predict holds about 3 GB of
+#: pixel arrays (uint8 photo, float copies, depth at input size) whatever its processing
+#: resolution; PIL's own guard only warns from 89 megapixels and refuses from 179.
 MAX_PHOTO_PIXELS = 64_000_000
 
 
