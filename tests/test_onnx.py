@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from dm_lightning.baselines.e2e_ft import E2EFT
+from dm_lightning.baselines.marigold_task import Marigold
 from dm_lightning.errors import ConfigError, MissingPathError
 from dm_lightning.inference.onnx_export import DepthGraph, export_onnx
 from dm_lightning.inference.onnx_runtime import OnnxDepthModel
@@ -227,3 +229,20 @@ def test_working_size_is_shared_with_pytorch(stage2, stage2_graph):
     for h, w, res in [(199, 257, None), (199, 257, "native"), (480, 640, 96), (5, 300, 8)]:
         assert graph.working_size(h, w, res) == stage2.working_size(h, w, res)
     assert graph.latent_factor == stage2.latent_factor == 8
+
+
+def test_single_pass_baselines_export_and_samplers_are_refused(tiny_model, tmp_path):
+    """E2E-FT's one pass (v at t = 999 turned into x0) is one graph with PyTorch's numbers;
+    Marigold samples from noise over DDIM steps, which one graph does not hold: refused."""
+    e2e = E2EFT(str(tiny_model)).net.eval()
+    path = export_onnx(e2e, tmp_path / "e2e_ft.onnx", optimize=False, target="depth")
+    graph = OnnxDepthModel(path)
+    assert graph.facts.recorded_target == "depth"
+    image = photo(PHOTOS[1], ODD_SIZES[0])
+    ours, theirs = graph.predict(image, None), e2e.predict(image, None)
+    assert ours.shape == (1, 1, *ODD_SIZES[0])
+    assert float((ours - theirs).abs().max()) < TOLERANCE
+    marigold = Marigold(str(tiny_model)).net
+    with pytest.raises(ConfigError, match=r"^MarigoldNetwork samples \(DDIM steps from noise"):
+        export_onnx(marigold, tmp_path / "marigold.onnx")
+    assert not (tmp_path / "marigold.onnx").exists()

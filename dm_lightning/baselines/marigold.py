@@ -52,6 +52,7 @@ class MarigoldNetwork(BaselineNetwork):
     method = "marigold"
     task = "dm_lightning.Marigold"
     latent_inputs = 2
+    single_pass = False  # DDIM steps from seeded noise, then an ensemble
 
     def __init__(
         self,

@@ -142,12 +142,18 @@ def export_onnx(
         ``out`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ConfigError: ``opset`` below 18, ``out`` not ending in ``.onnx``, or a model held in
-            another dtype than float32.
+        ConfigError: ``opset`` below 18, ``out`` not ending in ``.onnx``, a model held in
+            another dtype than float32, or one that samples (Marigold: not one pass).
     """
 
     out = check_export_target(out, opset)
     net = model if isinstance(model, DepthMaster) else load_depthmaster(model)
+    if not net.single_pass:
+        raise ConfigError(
+            f"{type(net).__name__} samples (DDIM steps from noise, then an ensemble): one ONNX "
+            "graph holds a single deterministic pass (DepthMaster, E2E-FT, Lotus-D); run it "
+            "with PyTorch"
+        )
     processing_res = processing_res or net.facts.recorded_processing_res
     target = target or net.facts.recorded_target
     dtypes = {p.dtype for p in net.parameters()}

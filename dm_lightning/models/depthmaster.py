@@ -56,6 +56,9 @@ class DepthMaster(nn.Module):
     # Latents the U-Net's input concatenates: the RGB latent alone here; Marigold's widened
     # conv_in takes the RGB latent and the noisy depth latent (dm_lightning.baselines).
     latent_inputs = 1
+    # Whether predict_latent is one deterministic U-Net pass, what one ONNX graph can hold
+    # (dm_lightning.inference.onnx_export); Marigold's sampling from noise is not.
+    single_pass = True
     #: What the model records (target, predict's long edge), set by the loaders from its
     #: folder or checkpoint; a network built in memory records nothing (the defaults).
     facts: ModelFacts = ModelFacts()
