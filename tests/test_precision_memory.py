@@ -11,7 +11,7 @@ from conftest import CONFIGS
 from helpers import cli_args
 from safetensors.torch import load_file
 
-from dm_lightning import Stage2
+from dm_lightning import E2EFT, Stage2
 from dm_lightning.cli import run_cli
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.packing import finish_training_batch
@@ -93,17 +93,21 @@ def batch(shards):
     return next(iter(data.train_dataloader()))
 
 
-def _unet_grads(tiny_model, batch, **switches) -> dict[str, torch.Tensor]:
+def _unet_grads(tiny_model, batch, task=Stage2, **switches) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)  # the FE block's initialisation
-    model = Stage2(str(tiny_model), **switches)
+    model = task(str(tiny_model), **switches)
     model.train()
+    checkpointed = switches.get("decoder_checkpointing", False)
+    assert model.net.vae.decoder.gradient_checkpointing is checkpointed
     loss, _ = model.training_loss(finish_training_batch(batch))
     loss.backward()
     return {n: p.grad.clone() for n, p in model.net.unet.named_parameters() if p.grad is not None}
 
 
-def test_checkpointing_and_channels_last_keep_the_gradients(tiny_model, batch):
-    plain = _unet_grads(tiny_model, batch)
+@pytest.mark.parametrize("task", [Stage2, E2EFT])
+def test_checkpointing_and_channels_last_keep_the_gradients(tiny_model, batch, task):
+    """Both tasks that backpropagate through the decoder take decoder_checkpointing."""
+    plain = _unet_grads(tiny_model, batch, task)
     assert len(plain) > 10
     # recomputation repeats the same kernels: the same gradients to the bit; channels-last
     # picks other convolution kernels: the same up to float32 rounding
@@ -111,7 +115,7 @@ def test_checkpointing_and_channels_last_keep_the_gradients(tiny_model, batch):
         ({"gradient_checkpointing": True, "decoder_checkpointing": True}, 0.0),
         ({"channels_last": True}, 1e-3),
     ):
-        other = _unet_grads(tiny_model, batch, **switches)
+        other = _unet_grads(tiny_model, batch, task, **switches)
         assert other.keys() == plain.keys()
         for name, grad in plain.items():
             worst = float((other[name] - grad).abs().max())

@@ -126,6 +126,9 @@ class E2EFT(BaselineTask):
             4-channel RGB-latent input).
         target: depth target; ``depth`` as E2E-FT (the loss is affine-invariant in its space).
         lr: Adam learning rate, 3e-5 as E2E-FT.
+        decoder_checkpointing: recompute the frozen VAE decoder's blocks in the backward pass,
+            as :class:`~dm_lightning.training.stage2.Stage2`'s switch: the loss is taken after
+            the decoder, whose full-resolution activations dominate the memory.
         **kwargs: see :class:`~dm_lightning.training.base.DepthMasterTask`.
     """
 
@@ -139,6 +142,7 @@ class E2EFT(BaselineTask):
         marigold_input: bool | None = None,
         target: str | None = None,
         lr: float = 3e-5,
+        decoder_checkpointing: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_path, target=target, lr=lr, **kwargs)

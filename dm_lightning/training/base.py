@@ -196,6 +196,11 @@ class DepthMasterTask(FrozenParts, NonFiniteGuard, EvaluationTask):
         hp = self.hparams
         if hp.gradient_checkpointing:
             self.net.unet.enable_gradient_checkpointing()
+        # The switch of the tasks that backpropagate through the frozen decoder (Stage2, E2EFT).
+        # It sets the encoder's flag too, which runs without gradients, where diffusers never
+        # checkpoints.
+        if hp.get("decoder_checkpointing"):
+            self.net.vae.enable_gradient_checkpointing()
         if hp.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if hp.compile_unet:

@@ -53,13 +53,6 @@ class Stage2(DepthMasterTask):
         if self.hparams.fourier and not has_fourier_enhancement(self.net.unet):
             attach_fourier_enhancement(self.net.unet)
 
-    def configure_memory(self) -> None:
-        super().configure_memory()
-        if self.hparams.decoder_checkpointing:
-            # Sets the switch on the encoder too, which runs without gradients, where
-            # diffusers never checkpoints.
-            self.net.vae.enable_gradient_checkpointing()
-
     def configure_losses(self) -> None:
         """Masked pixel MSE plus ``gradient_weight`` x L_h (left out at weight 0)."""
         self.pixel_loss = masked_mse
