@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -161,19 +162,23 @@ def test_lightning_misconfiguration_becomes_a_config_error():
 # ---- data -----------------------------------------------------------------------------------
 
 
-def _eight_bit_shard(path: Path) -> Path:
-    """A shard of two samples whose depth.png is 8-bit (mode L), otherwise schema-valid."""
+def _eight_bit_shard(path: Path, size: int = 4, eight_bit: tuple[int, ...] = (0, 1)) -> Path:
+    """A shard of two size x size samples ``k0``, ``k1``, schema-valid except that the
+    depth.png of those in ``eight_bit`` is 8-bit (mode L)."""
     from dm_lightning.data.schema import encode_sample
 
     samples = []
     for index in range(2):
         sample = encode_sample(
-            f"k{index}", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4)), source="s",
+            f"k{index}", np.zeros((size, size, 3), np.uint8), np.ones((size, size)), source="s",
             depth_scale=1e-3, min_depth=1e-3, max_depth=10.0,
         )  # fmt: skip
-        png = io.BytesIO()
-        Image.fromarray(np.full((4, 4), 200, np.uint8), mode="L").save(png, format="PNG")
-        samples.append({**sample, "depth.png": png.getvalue()})
+        if index in eight_bit:
+            png = io.BytesIO()
+            depth = np.full((size, size), 200, np.uint8)
+            Image.fromarray(depth, mode="L").save(png, format="PNG")
+            sample = {**sample, "depth.png": png.getvalue()}
+        samples.append(sample)
     return write_raw_tar(path, samples)
 
 
@@ -194,6 +199,37 @@ def test_an_8_bit_depth_png_stops_the_stream_naming_shard_and_key(tmp_path):
         "the schema stores depth as 16-bit PNG units"
     )
     assert counter.total == 0  # stopped, not skipped
+
+
+def test_an_8_bit_depth_png_stops_a_fit_with_one_line(tiny_model, data_config, tmp_path):
+    """Through the installed script: a tiny fit whose training shard holds a sample with an
+    8-bit depth PNG stops at its first batch with one line naming shard, sample and the
+    16-bit format. It is found while batches are read (a DataError, exit 1 as README's exit
+    status says), before any step: no checkpoint is written."""
+    # k1 is 8-bit; a batch of 2 from a shard of 2 decodes both samples before the first step
+    shard = _eight_bit_shard(tmp_path / "train-000000.tar", size=8, eight_bit=(1,))
+    config = yaml.safe_load(data_config.read_text())
+    config["data"]["init_args"]["train"] = [{"name": "s", "shards": str(shard), "batch_size": 2}]
+    eight_bit = tmp_path / "eight_bit.yaml"
+    eight_bit.write_text(yaml.safe_dump(config))
+    args = _tiny_fit("stage1", tiny_model, eight_bit, tmp_path / "runs")
+    args += ["--trainer.enable_progress_bar", "false"]
+    exe = Path(sys.executable).parent / "dm-lightning"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=600
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("dm-lightning: error: ")]
+    assert errors == [
+        f"dm-lightning: error: training source 's': shard {shard}, sample k1: depth.png is an "
+        "8-bit PNG (mode L); the schema stores depth as 16-bit PNG units (mode I;16, metres = "
+        "units x depth_scale): write the shard again with a 16-bit depth map "
+        "(tools/convert_*.py do)"
+    ], lines
+    assert not any("Traceback" in line or "usage:" in line for line in lines), lines
+    assert not any((tmp_path / "runs").rglob("*.ckpt"))
 
 
 def test_empty_shards_found_at_start_up_exit_2(tmp_path):

@@ -135,7 +135,7 @@ def test_test_and_predict_on_export(stage_runs, data_config, tmp_path, capsys):
     assert np.asarray(Image.open(out / "sub" / "d.png")).shape == (40, 40)
     assert not (out / "c.png").exists()
     printed = capsys.readouterr().out
-    assert f"wrote 3 depth maps to {out}, skipped 1 unreadable files" in printed
+    assert f"wrote 3 depth maps to {out}, skipped 1 unreadable file" in printed
 
 
 def _config_sets() -> list[list[Path]]:

@@ -479,10 +479,10 @@ def test_clis_and_inspect(hypersim_png: Path, vkitti, tmp_path: Path, capsys) ->
     common = ["--out", str(out), "--quiet", "--workers", "1"]
     hypersim_cli = _load_tool("convert_hypersim")
     assert hypersim_cli.main([str(hypersim_png), "--list", str(hs_list), *common]) == 0
-    assert "hypersim/train: 2 samples of 2 frames in 1 shards" in capsys.readouterr().out
+    assert "hypersim/train: 2 samples of 2 frames in 1 shard" in capsys.readouterr().out
     vkitti_cli = _load_tool("convert_vkitti")
     assert vkitti_cli.main([str(root), "--list", str(vk_list), "--limit", "3", *common]) == 0
-    assert "vkitti/train: 3 samples of 3 frames in 1 shards" in capsys.readouterr().out
+    assert "vkitti/train: 3 samples of 3 frames in 1 shard" in capsys.readouterr().out
     # Both sources share one index.
     index = json.loads((out / "index.json").read_text())
     assert sorted(index["sources"]) == ["hypersim", "vkitti"]

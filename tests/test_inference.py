@@ -81,7 +81,7 @@ def test_predict_images_writes_npy_png16_and_colour_at_input_size(
     captured = capfd.readouterr()
     assert summary.written == 3 and summary.output_dir == out
     assert [p for p, _ in summary.skipped] == [str(photos / "sub" / "broken.jpg")]
-    line = f"[dm_lightning] wrote 3 depth maps to {out}, skipped 1 unreadable files"
+    line = f"[dm_lightning] wrote 3 depth maps to {out}, skipped 1 unreadable file"
     assert line in captured.out
     assert "Predicting" in captured.err and "4/4" in captured.err  # bar with its total
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
@@ -246,7 +246,7 @@ def test_installed_script_predicts_from_a_checkpoint(stage2_checkpoint, photos, 
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"wrote 3 depth maps to {out}, skipped 1 unreadable files" in result.stdout
+    assert f"wrote 3 depth maps to {out}, skipped 1 unreadable file" in result.stdout
     for name, key in LAYOUT.items():
         width, height = SIZES[name]
         npy, png, color = read_outputs(out / key)

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dm_lightning"
 # Top-level module or subpackage -> floor; an import must go to a lower floor.
 FLOORS = {
     "errors": 0,
+    "plurals": 0,
     "atomic": 1,
     "output_folders": 1,
     "tool_cli": 1,

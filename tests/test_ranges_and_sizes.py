@@ -153,11 +153,19 @@ def test_oversized_photos_are_refused_before_decoding(odd_photos, tmp_path, monk
     199x311 = 61889 does not): a clear error naming the size and the limit, and predict skips
     the file with a warning naming it, as it does unreadable files; PIL's own bomb guard gives
     the same error instead of its warning."""
+    # At the real limit: 9238x6928 is 864 pixels over, stated exactly (a 1-bit PNG of that
+    # size is 8 KB on disk; only its header is read).
+    huge = tmp_path / "huge.png"
+    Image.new("1", (9238, 6928)).save(huge)
+    with pytest.raises(PhotoTooLargeError) as refused:
+        read_photo(huge)
+    assert str(refused.value) == (
+        "9238x6928 = 64,000,864 pixels, over the limit of 64,000,000: downscale it first "
+        "(e.g. to a 4000-pixel long edge)"
+    )
     monkeypatch.setattr(photos, "MAX_PHOTO_PIXELS", 60_000)
     with pytest.raises(
-        PhotoTooLargeError,
-        match=r"199x311 pixels = 0\.1 megapixels, over the "
-        r"limit of 0\.06 megapixels",
+        PhotoTooLargeError, match=r"^199x311 = 61,889 pixels, over the limit of 60,000:"
     ):
         read_photo(odd_photos / "tall.jpg")
     assert read_photo(odd_photos / "wide.png").shape == (199, 257, 3)

@@ -8,7 +8,11 @@ would bring made by the test (``path/to/images`` with photos of odd sizes and as
 The path: the one-command tiny recipe (fit -> export -> test of three models), the stage-by-stage
 commands, ``test`` of the stage-2 export, ``predict`` of a folder through the installed script,
 metric depth from a reference map and from points, point clouds from the metric and the
-relative prediction, and a fit with README's own alignment encoder.
+relative prediction, a fit with README's own alignment encoder, the shard check
+(``tools/inspect_shards.py``), the ablation sweep's ``--print-commands``, every help example
+and the model card of the recipe's export with its test results. Not run here: the ONNX export
+(slow; tests/test_onnx.py exports and runs it), ``tensorboard`` and ``push_to_hub.py``
+(network), and the full-size, multi-GPU and real-dataset commands.
 """
 
 from __future__ import annotations
@@ -217,3 +221,120 @@ def test_large_photos_and_diffusers_snippet(recipe, world, monkeypatch):
     assert 0.0 <= out.prediction.min() and out.prediction.max() <= 1.0
     assert Image.open(world / "depth_color.png").size == SIZES["photo.jpg"]
     assert Image.open(world / "depth16.png").size == SIZES["photo.jpg"]
+
+
+def test_inspect_shards_as_printed(world, monkeypatch, capsys):
+    """README's shard check, on shards at README's path: the synthetic indoor shards stand in
+    for a user's converted Hypersim (same schema; 16 train samples in 2 shards)."""
+    monkeypatch.chdir(world)
+    hypersim = world / "shards" / "hypersim"
+    if not hypersim.exists():
+        hypersim.symlink_to(world / "shards" / "synthetic" / "indoor")
+    words = find("python", "tools/inspect_shards.py")
+    assert words[2] == "shards/hypersim/train-*.tar"  # quoted in README: the tool expands it
+    capsys.readouterr()
+    assert run_tool(words) == 0
+    out = capsys.readouterr().out
+    assert "2 shards, 16 samples read, 0 corrupt" in out
+    assert "synthetic_indoor: 16 samples, 96x128 x16, valid " in out
+    # the sheet: 8 rows (the default --rows) of 160 pixels (--row-height) with 4-pixel gaps
+    assert "contact sheet: sheet.png (8 rows)" in out
+    assert Image.open(world / "sheet.png").height == 8 * 160 + 7 * 4
+
+
+def test_run_ablations_print_commands_as_printed(world, monkeypatch, capsys):
+    """README's ablation sweep with --print-commands: one tools/train_depthmaster.py command
+    per row (the baseline, then each overlay on the stages that take its keys); nothing runs
+    and nothing is written."""
+    monkeypatch.chdir(world)
+    (words,) = containing("tools/run_ablations.py", "--print-commands")
+    capsys.readouterr()
+    assert run_tool(words) == 0
+    lines = capsys.readouterr().out.splitlines()
+    overlays = words[words.index("--overlays") + 1 : words.index("--print-commands")]
+    rows = ["baseline"] + [Path(o).stem for o in overlays]
+    assert len(lines) == len(rows) == 5, lines
+    for line, row in zip(lines, rows):
+        printed = shlex.split(line)
+        assert printed[:2] == ["python", "tools/train_depthmaster.py"], line
+        assert printed[printed.index("--run") + 1] == f"runs/ablations/{row}"
+    # target_depth.yaml is added to both stages, stage2_no_gradient_loss.yaml to stage 2 only
+    target = shlex.split(lines[rows.index("target_depth")])
+    assert target.count("configs/ablations/target_depth.yaml") == 2
+    gradient = shlex.split(lines[rows.index("stage2_no_gradient_loss")])
+    stage2 = gradient[gradient.index("--stage2") + 1 : gradient.index("--data")]
+    assert stage2 == ["configs/stage2.yaml", "configs/ablations/stage2_no_gradient_loss.yaml"]
+    assert not (world / "runs" / "ablations").exists()
+
+
+def readme_help_commands() -> list[list[str]]:
+    """README's help examples: the ``bash``-block commands with ``--help`` or ``--X.help``,
+    and the inline ones (`` `dm-lightning --help` ``); ``tools/<tool>.py`` stands for every
+    tool."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    inline = re.findall(r"`((?:dm-lightning|python tools/)[^`]*--help)`", text)
+    commands = [c for c in readme_commands() if any(w.endswith("help") for w in c)]
+    for words in map(shlex.split, inline):
+        if words[1] == "tools/<tool>.py":
+            tools = sorted(p.name for p in (REPO / "tools").glob("*.py"))
+            commands += [[words[0], f"tools/{tool}", *words[2:]] for tool in tools]
+        elif words not in commands:
+            commands.append(words)
+    return commands
+
+
+def test_help_examples_as_printed(world, monkeypatch, capsys):
+    """Every help example of README exits 0 with a usage text; a stage's own arguments are
+    listed by ``--model.help <class>`` and not by ``fit --help``, as README says."""
+    monkeypatch.chdir(world)
+    monkeypatch.syspath_prepend(str(REPO / "tools"))  # what `python tools/X.py` puts first
+    commands = readme_help_commands()
+    shown = {}
+    for words in commands:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            if words[0] == "dm-lightning":
+                run_cli(words)
+            else:
+                monkeypatch.setattr(sys, "argv", words[1:])
+                runpy.run_path(words[1], run_name="__main__")
+        assert exit_info.value.code in (0, None), words
+        out = capsys.readouterr().out
+        assert "usage:" in out, words
+        shown[shlex.join(words)] = out
+    cli = ["--help", "fit --help", "fit --model.help Stage1", "fit --data.help DepthDataModule"]
+    tools = [f"python tools/{p.name} --help" for p in (REPO / "tools").glob("*.py")]
+    assert set(shown) == {f"dm-lightning {c}" for c in cli} | set(tools)
+    assert "--model.fa_location" in shown["dm-lightning fit --model.help Stage1"]
+    assert "fa_location" not in shown["dm-lightning fit --help"]
+    assert "--data.batches_per_epoch" in shown["dm-lightning fit --data.help DepthDataModule"]
+
+
+def test_model_card_of_the_recipe_export_as_printed(recipe, world, monkeypatch, capsys):
+    """README's model card command after README's test command with the EvaluationReport
+    callback (as README's text asks; version 0, as the card command names): the card of the
+    recipe's stage-2 export gets the results of that test."""
+    import json
+
+    from huggingface_hub import ModelCard
+
+    monkeypatch.chdir(world)
+    (test,) = [c for c in containing("test", "configs/tiny/eval.yaml") if c[0] == "dm-lightning"]
+    report = ["--trainer.callbacks+=dm_lightning.EvaluationReport"]
+    assert run_cli(test, *report, "--trainer.logger.init_args.version", "0") == 0
+    (card,) = containing("tools/model_card.py")
+    evaluation = card[card.index("--results") + 1]
+    assert evaluation == "runs/tiny/test/version_0/evaluation"
+    assert run_tool(card) == 0
+    export = world / "runs/tiny/stage2/version_0/export"
+    results = json.loads((world / evaluation / "results.json").read_text())
+    data = ModelCard.load(export / "README.md").data
+    values = {(r.dataset_type, r.metric_type): r.metric_value for r in data.eval_results}
+    benchmarks = [b for b in results["benchmarks"] if b["num_images"]]
+    assert len(benchmarks) == 2 and len(values) == 4
+    for benchmark in benchmarks:
+        for metric in ("abs_rel", "delta1"):
+            expected = round(100 * benchmark["metrics"][metric], 2)
+            assert values[(benchmark["name"], metric)] == expected, (benchmark, metric)

@@ -228,11 +228,16 @@ def test_test_prints_one_results_table(tiny_model, data_config, tmp_path):
 
 
 def test_short_fit_reads_well(tiny_model, data_config, tmp_path):
-    """A fit that stops (max_steps 2) before its first validation (3 batches per epoch)."""
+    """A fit that stops (max_steps 1) before its first validation (3 batches per epoch); its
+    summary counts in words that agree with the number (1 optimizer step, 3 batches)."""
     configs = [CONFIGS / "tiny" / "stage1.yaml", data_config]
-    output = _run(*cli_args("fit", configs, tiny_model, tmp_path, trainer__max_steps=2))
+    output = _run(*cli_args("fit", configs, tiny_model, tmp_path, trainer__max_steps=1))
     _absent(output)
-    assert "Epoch 0 · step 2/2" in output
+    assert "Epoch 0 · step 1/1" in output
+    assert "fit finished after 1 optimizer step\n" in output
+    assert (
+        "validation runs every epoch (3 batches per epoch) and this run ended at step 1 " in output
+    )
     assert "exported Stage1 model" in output
     checkpoints = tmp_path / "stage1" / "version_0" / "checkpoints"
     assert not list(checkpoints.glob("best-*.ckpt"))  # nothing to rank by yet

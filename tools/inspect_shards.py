@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from dm_lightning.data.schema import CorruptSampleError, decode_sample, valid_mask
 from dm_lightning.data.shard_paths import expand_shard_patterns
 from dm_lightning.data.shard_reader import iter_shard
+from dm_lightning.plurals import count_of
 from dm_lightning.tool_cli import tool_parser
 
 DESCRIPTION = """\
@@ -84,7 +85,7 @@ class SourceStats:
         """One summary line, e.g. ``hypersim: 4 samples, 480x640 x4, valid 97.3%, ...``."""
         sizes = ", ".join(f"{h}x{w} x{n}" for (h, w), n in sorted(self.resolutions.items()))
         valid = self.valid_pixels / self.pixels if self.pixels else 0.0
-        text = f"{source}: {self.samples} samples, {sizes}, valid {100 * valid:.1f}%"
+        text = f"{source}: {count_of(self.samples, 'sample')}, {sizes}, valid {100 * valid:.1f}%"
         if not self.strided:
             return text + ", no valid depth"
         median = float(np.median(np.concatenate(self.strided)))
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kept.append(
                     contact_row(sample["rgb"], sample["depth"], valid, label, args.row_height)
                 )
-    print(f"{len(paths)} shards, {read} samples read, {corrupt} corrupt")
+    print(f"{count_of(len(paths), 'shard')}, {count_of(read, 'sample')} read, {corrupt} corrupt")
     for source in sorted(stats):
         print(stats[source].line(source))
     if not stats:
@@ -201,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for number, row in enumerate(chosen):
         sheet.paste(row, (0, number * (args.row_height + _GAP)))
     sheet.save(args.sheet)
-    print(f"contact sheet: {args.sheet} ({len(chosen)} rows)")
+    print(f"contact sheet: {args.sheet} ({count_of(len(chosen), 'row')})")
     return 0
 
 

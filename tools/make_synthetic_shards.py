@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from dm_lightning.data.synthetic import SOURCES, generate
+from dm_lightning.plurals import count_of
 from dm_lightning.tool_cli import tool_parser
 
 DESCRIPTION = """\
@@ -75,9 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for source, splits in summary["sources"].items():
         for split, info in splits.items():
+            samples = count_of(info["num_samples"], "sample")
+            shards = count_of(len(info["shards"]), "shard")
             print(
-                f"{source}/{split}: {info['num_samples']} samples in {len(info['shards'])} "
-                f"shards ({info['written']} written, {info['skipped']} already present)"
+                f"{source}/{split}: {samples} in {shards} "
+                f"({info['written']} written, {info['skipped']} already present)"
             )
     print(f"index: {summary['index']}  ({summary['seconds']:.1f} s)")
     return 0

@@ -23,6 +23,7 @@ from dm_lightning.inference.metric_depth import (
     metric_from_depth_map,
     metric_from_points,
 )
+from dm_lightning.plurals import count_of
 from dm_lightning.targets import ALIGNMENT_SPACES
 from dm_lightning.tool_cli import run_tool, tool_parser
 
@@ -129,13 +130,18 @@ def run(args: argparse.Namespace) -> None:
         f"fit in {result.space} space on {what}: scale {result.scale:.6g}, shift {result.shift:.6g}"
     )
     print(f"AbsRel on the known depths: {100 * result.abs_rel:.2f} (x100)")
+    far = count_of(result.clamped_far, "pixel")
     print(
         f"depth {depth.min():.3f} .. {depth.max():.3f} m (median {np.median(depth):.3f} m); "
-        f"clamped: {result.clamped_far} pixels to --max-depth {result.max_depth:g} m, "
+        f"clamped: {far} to --max-depth {result.max_depth:g} m, "
         f"{result.clamped_near} to --min-depth {result.min_depth:g} m"
     )
     print(f"wrote {npy} (float32 metres)")
-    note = f"; {beyond} pixels beyond {65535 * args.png_scale:g} m written as 0" if beyond else ""
+    note = (
+        f"; {count_of(beyond, 'pixel')} beyond {65535 * args.png_scale:g} m written as 0"
+        if beyond
+        else ""
+    )
     print(f"wrote {png} (uint16, {args.png_scale:g} m per unit{note})")
 
 

@@ -51,10 +51,10 @@ def read_photo(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     with image:
         width, height = image.size
         if width * height > limit:
+            # Exact counts: a size just over the limit would round to the limit itself.
             raise PhotoTooLargeError(
-                f"{width}x{height} pixels = {width * height / 1e6:.1f} megapixels, over the "
-                f"limit of {limit / 1e6:g} megapixels: downscale it first (e.g. to a "
-                "4000-pixel long edge)"
+                f"{width}x{height} = {width * height:,} pixels, over the limit of {limit:,}: "
+                "downscale it first (e.g. to a 4000-pixel long edge)"
             )
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 

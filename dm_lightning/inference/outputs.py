@@ -28,6 +28,7 @@ from PIL import Image
 from torch import Tensor
 
 from dm_lightning.errors import ConfigError
+from dm_lightning.plurals import count_of
 from dm_lightning.visualize import colorize_depth
 
 log = logging.getLogger(__name__)
@@ -196,4 +197,5 @@ class PredictionSummary:
 
 def summary_line(written: int, skipped: int, output_dir: str | Path) -> str:
     """The closing line of every predict run (CLI and API)."""
-    return f"wrote {written} depth maps to {output_dir}, skipped {skipped} unreadable files"
+    wrote, unreadable = count_of(written, "depth map"), count_of(skipped, "unreadable file")
+    return f"wrote {wrote} to {output_dir}, skipped {unreadable}"

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from dm_lightning.errors import ConfigError, TrainingStopped
+from dm_lightning.plurals import count_of
 from dm_lightning.training.run_folder import resumable_checkpoint_path
 
 
@@ -89,8 +90,9 @@ class NonFiniteGuard:
         path = resumable_checkpoint_path(self.trainer)
         self.trainer.save_checkpoint(path, weights_only=False)  # full state, to resume
         terms = ", ".join(f"{k}={float(v):.6g}" for k, v in self._loss_parts.items())
+        in_a_row = count_of(self.nonfinite_consecutive, "consecutive optimizer step")
         raise TrainingStopped(
-            f"{self.nonfinite_consecutive} consecutive optimizer steps with a non-finite loss "
+            f"{in_a_row} with a non-finite loss "
             f"or gradient (max_nonfinite_steps={limit}), the last at step "
             f"{self.trainer.global_step} (loss terms of its last micro-batch: {terms}); no "
             f"weight was changed by them. Checkpoint saved to {path}: fix the cause (learning "

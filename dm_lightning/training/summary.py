@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from dm_lightning.data.contract import depth_data
 from dm_lightning.evaluation.keys import parse_metric_key
+from dm_lightning.plurals import count_of
 
 #: Per-split validation values shown (the evaluation logs ``val/<split>/<metric>``).
 SHOWN_METRICS = ("abs_rel", "delta1")
@@ -30,7 +31,8 @@ def fit_summary(trainer: L.Trainer, log_dir: str | None) -> str:
     recorded paths; lines without anything to say are left out.
     """
     metrics = trainer.callback_metrics
-    lines = [f"fit finished after {trainer.global_step} optimizer steps" + _stop_reason(trainer)]
+    steps = count_of(trainer.global_step, "optimizer step")
+    lines = [f"fit finished after {steps}" + _stop_reason(trainer)]
     loss = metrics.get("train/loss")
     if loss is not None:
         lines.append(f"  final loss: {float(loss):.4g}")
@@ -96,9 +98,10 @@ def _no_validation(trainer: L.Trainer) -> str:
         epochs = trainer.check_val_every_n_epoch or 1
         when = f"every {epochs} epochs" if epochs > 1 else "every epoch"
         if isinstance(every, int) and every < trainer.num_training_batches:
-            when = f"every {every} training batches"
+            when = f"every {count_of(every, 'training batch', 'training batches')}"
+        per_epoch = count_of(trainer.num_training_batches, "batch", "batches")
         why = (
-            f"validation runs {when} ({trainer.num_training_batches} batches per epoch) and "
+            f"validation runs {when} ({per_epoch} per epoch) and "
             f"this run ended at step {trainer.global_step} (raise trainer.max_steps or set "
             "trainer.val_check_interval)"
         )

@@ -18,6 +18,7 @@ from typing import Any
 from dm_lightning.data.sources.engine import DEFAULT_PER_SHARD
 from dm_lightning.data.splits import available_splits
 from dm_lightning.errors import DMLightningError
+from dm_lightning.plurals import count_of
 
 
 def converter_parser(
@@ -86,8 +87,8 @@ def check_conversion_arguments(args: argparse.Namespace) -> None:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """Human-readable lines of a conversion summary."""
     return [
-        f"{summary['source']}/{summary['split']}: {summary['samples']} samples of "
-        f"{summary['frames']} frames in {len(summary['shards'])} shards "
+        f"{summary['source']}/{summary['split']}: {count_of(summary['samples'], 'sample')} of "
+        f"{count_of(summary['frames'], 'frame')} in {count_of(len(summary['shards']), 'shard')} "
         f"({summary['written']} written, {summary['skipped']} already complete)",
         f"skipped frames (missing or unreadable input): {summary['skipped_frames']}",
         f"index: {summary['index']}  ({summary['seconds']:.1f} s)",
