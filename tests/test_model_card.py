@@ -139,7 +139,7 @@ def test_cli_snippet_runs_as_written(fitted, tmp_path, monkeypatch, capsys):
     run_cli(args[1:])
     depth = np.load(tmp_path / "depth" / "a.npy")
     assert depth.shape == (40, 72) and 0.0 <= depth.min() <= depth.max() <= 1.0
-    assert "wrote 1 depth maps" in capsys.readouterr().out
+    assert "wrote 1 depth map to depth," in capsys.readouterr().out
 
 
 def test_diffusers_snippet_only_with_model_index(fitted, tmp_path):
@@ -222,7 +222,7 @@ def test_baseline_card_describes_its_method_and_its_snippets_run(
     run_cli(args[1:])
     written = np.load(tmp_path / "depth" / "a.npy")
     assert written.shape == (37, 58) and 0.0 <= written.min() <= written.max() <= 1.0
-    assert "wrote 1 depth maps" in capsys.readouterr().out
+    assert "wrote 1 depth map to depth," in capsys.readouterr().out
 
 
 def report_results(model: Path) -> dict:
