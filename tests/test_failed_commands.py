@@ -284,7 +284,7 @@ def test_fit_then_a_bad_resume_then_a_good_resume(
     def interrupted(self, path, metadata=None):
         # once the weights are in the temporary folder, before the model card and the rename
         written = save_pretrained(self, path, metadata)
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         return written
 
     monkeypatch.setattr(DepthMaster, "save_pretrained", interrupted)
@@ -322,8 +322,12 @@ def test_deferred_signals_hold_a_signal_until_the_block_is_done(capsys):
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
     try:
         with deferred_signals("a test write"):
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGTERM)
+            # raise_signal, not os.kill(getpid()): it is delivered to this thread before the
+            # call returns; a process-directed kill may land on one of torch's worker threads
+            # and reach the Python handler only after the block (seen at the default thread
+            # count).
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
             torch.zeros(1000).sum()  # bytecode on: a pending handler would run here
             assert calls == []
         assert calls == [signal.SIGTERM]  # once, to the previous handler
@@ -340,7 +344,7 @@ def test_ctrl_c_during_a_deferred_write_interrupts_after_it():
     done = []
     with pytest.raises(KeyboardInterrupt):
         with deferred_signals("a test write"):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             done.append(True)
     assert done == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
