@@ -30,6 +30,7 @@ from dm_lightning.hub.eval_results import EVAL_FILE, read_eval_results
 from dm_lightning.hub.model_card import (
     CARD_FILE,
     TAGS,
+    CardChoices,
     build_model_card,
     diffusers_usage,
     write_model_card,
@@ -146,7 +147,7 @@ def test_diffusers_snippet_only_with_model_index(fitted, tmp_path):
     export = tmp_path / "export"
     shutil.copytree(fitted / "export", export)
     assert (export / "model_index.json").is_file()  # every export is a diffusers pipeline
-    card = build_model_card(export, model_ref="alice/dm-lightning-depthmaster-stage1")
+    card = build_model_card(export, CardChoices(model_ref="alice/dm-lightning-depthmaster-stage1"))
     assert card.data.library_name == "diffusers"
     assert diffusers_usage("alice/dm-lightning-depthmaster-stage1") in card.text
     (export / "model_index.json").unlink()  # an export of an older dm_lightning
@@ -185,7 +186,7 @@ def test_baseline_card_describes_its_method_and_its_snippets_run(
     export = tmp_path / "export"
     net = task_class(str(tiny_model)).net
     net.save_pretrained(export, {"stage": task_class.__name__, "target": "depth"})
-    write_model_card(export, model_ref=str(export))
+    write_model_card(export, choices=CardChoices(model_ref=str(export)))
     card = ModelCard.load(export / CARD_FILE)
     text = card.text
     assert text.lstrip().startswith(f"# DM-Lightning {title}: diffusion-based monocular")
@@ -278,7 +279,7 @@ def test_evaluated_card_shows_the_results(fitted, tmp_path, capsys):
     assert "| DepthMaster (paper) | 5.0 / 97.2 | – | 8.2 / 93.7 |" in card.text
     # A rewrite without --results (e.g. before a push) keeps the stored results.
     stored = (export / EVAL_FILE).read_bytes()
-    write_model_card(export, model_ref="alice/x")
+    write_model_card(export, choices=CardChoices(model_ref="alice/x"))
     assert ModelCard.load(export / CARD_FILE).data.eval_results == card.data.eval_results
     assert (export / EVAL_FILE).read_bytes() == stored
 

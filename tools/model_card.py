@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> Path:
     """Write the card; returns its path."""
     from dm_lightning.hub.eval_results import check_results_model, read_eval_results
-    from dm_lightning.hub.model_card import write_model_card
+    from dm_lightning.hub.model_card import CardChoices, write_model_card
     from dm_lightning.hub.push import check_export_folder, check_repo_name
 
     export = check_export_folder(Path(args.export))
@@ -63,14 +63,13 @@ def run(args: argparse.Namespace) -> Path:
     config = Path(args.config) if args.config else None
     if config is None and (export.parent / "config.yaml").is_file():
         config = export.parent / "config.yaml"  # the default layout: <run>/export
-    return write_model_card(
-        export,
-        config,
+    choices = CardChoices(
         model_ref=args.repo or str(export.resolve()),
         results=results,
         base_model=args.base_model,
         license=args.license,
     )
+    return write_model_card(export, config, choices)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

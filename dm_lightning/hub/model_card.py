@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -246,28 +247,34 @@ def eval_results_metadata(results: EvalResults) -> list[EvalResult]:
     return entries
 
 
-def build_model_card(
-    folder: Path,
-    model_ref: str | None = None,
-    results: EvalResults | None = None,
-    base_model: str | None = None,
-    license: str | None = None,
-) -> ModelCard:
-    """The card of export ``folder``.
+@dataclass(frozen=True)
+class CardChoices:
+    """What a card shows beyond what its folder records; None takes the default.
 
-    Args:
-        folder: the export (``unet/``, ``vae/``, ``dm_lightning.json``, optionally
-            ``dm_lightning_config.yaml`` and a diffusers ``model_index.json``).
+    Attributes:
         model_ref: what the usage snippets load: a hub id or the folder's final path
-            (default ``folder``).
-        results: evaluation results to show (table and ``model-index``); None: none.
+            (default the folder).
+        results: evaluation results to show (table and ``model-index``); default none
+            (:func:`write_model_card`: those stored in the folder earlier).
         base_model: hub id of the base weights; default the recorded one.
         license: licence id; default :func:`default_license` of the base model.
     """
+
+    model_ref: str | None = None
+    results: EvalResults | None = None
+    base_model: str | None = None
+    license: str | None = None
+
+
+def build_model_card(folder: Path, choices: CardChoices = CardChoices()) -> ModelCard:
+    """The card of export ``folder`` (``unet/``, ``vae/``, ``dm_lightning.json``, optionally
+    ``dm_lightning_config.yaml`` and a diffusers ``model_index.json``), shown as ``choices``
+    say."""
     folder = Path(folder)
     facts = read_training_facts(folder)
-    base = base_model or facts.base_model
-    ref = model_ref or str(folder)
+    results, license = choices.results, choices.license
+    base = choices.base_model or facts.base_model
+    ref = choices.model_ref or str(folder)
     diffusers_ready = (folder / PIPELINE_INDEX).is_file()
     method = method_card(facts.method)
     index = eval_results_metadata(results) if results is not None else []
@@ -345,18 +352,13 @@ def build_model_card(
 
 
 def write_model_card(
-    folder: Path,
-    run_config: Path | None = None,
-    model_ref: str | None = None,
-    results: EvalResults | None = None,
-    base_model: str | None = None,
-    license: str | None = None,
+    folder: Path, run_config: Path | None = None, choices: CardChoices = CardChoices()
 ) -> Path:
     """Write ``folder/README.md`` (and keep its inputs in the folder).
 
     ``run_config`` (the run's ``config.yaml``) is copied in as ``dm_lightning_config.yaml``;
-    ``results`` are stored as :data:`~dm_lightning.hub.eval_results.EVAL_FILE`. Without
-    ``results``, those stored earlier are shown again; ``base_model`` and ``license`` default
+    ``choices.results`` are stored as :data:`~dm_lightning.hub.eval_results.EVAL_FILE`.
+    Without results, those stored earlier are shown again; the base model and licence default
     to the previous card's when the folder does not record them.
 
     Returns:
@@ -365,15 +367,21 @@ def write_model_card(
     folder = Path(folder)
     copy_run_config(folder, run_config)
     stored = folder / EVAL_FILE
+    results = choices.results
     if results is not None:
         stored.write_text(json.dumps(results.to_json(), indent=2) + "\n")
     elif stored.is_file():
         results = EvalResults.from_json(json.loads(stored.read_text()), str(stored))
     previous = _previous_metadata(folder / CARD_FILE)
-    base_model = base_model or read_training_facts(folder).base_model or previous.get("base_model")
+    base_model = (
+        choices.base_model or read_training_facts(folder).base_model or previous.get("base_model")
+    )
+    license = choices.license
     if license is None and previous.get("license") != default_license(previous.get("base_model")):
         license = previous.get("license")  # chosen by hand (--license) for the previous card
-    card = build_model_card(folder, model_ref, results, base_model, license)
+    card = build_model_card(
+        folder, replace(choices, results=results, base_model=base_model, license=license)
+    )
     path = folder / CARD_FILE
     card.save(path)
     return path

@@ -18,7 +18,7 @@ import socket
 from pathlib import Path
 
 from dm_lightning.errors import ConfigError, DMLightningError, MissingPathError
-from dm_lightning.hub.model_card import model_title, write_model_card
+from dm_lightning.hub.model_card import CardChoices, model_title, write_model_card
 from dm_lightning.hub.training_facts import read_training_facts
 
 # The card modules (torch, diffusers) are imported only once the hub answered: without a
@@ -138,7 +138,7 @@ def push_export(
         # in the folder is touched.
         api.create_repo(repo_id, private=private, exist_ok=True)
 
-        write_model_card(folder, model_ref=repo_id)
+        write_model_card(folder, choices=CardChoices(model_ref=repo_id))
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,

@@ -17,7 +17,7 @@ from dm_lightning import atomic
 from dm_lightning.data.contract import depth_data
 from dm_lightning.data.predict import ImageFolder
 from dm_lightning.errors import ConfigError, disk_full_as_error
-from dm_lightning.hub.model_card import write_model_card
+from dm_lightning.hub.model_card import CardChoices, write_model_card
 from dm_lightning.inference.outputs import (
     BackgroundWriter,
     refuse_writing_over_inputs,
@@ -109,7 +109,7 @@ def write_export_card(tmp: Path, run_config: Path, target: Path) -> None:
     a warning, not a lost export: ``tools/model_card.py`` writes it later."""
 
     try:
-        write_model_card(tmp, run_config, model_ref=str(Path(target).resolve()))
+        write_model_card(tmp, run_config, CardChoices(model_ref=str(Path(target).resolve())))
     except OSError:
         raise  # a full disk is the export's problem too (disk_full_as_error names it)
     except Exception as err:
