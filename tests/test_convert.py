@@ -20,6 +20,7 @@ from dm_lightning.data.schema import decode_sample
 from dm_lightning.data.shard_reader import iter_shard
 from dm_lightning.data.shards import read_shard_keys
 from dm_lightning.data.sources import frames
+from dm_lightning.data.sources.frames import ConversionOptions
 from dm_lightning.data.sources.hypersim import convert_hypersim
 from dm_lightning.data.sources.raster import (
     distance_to_planar_depth,
@@ -29,6 +30,7 @@ from dm_lightning.data.sources.raster import (
 from dm_lightning.data.sources.spec import VKITTI
 from dm_lightning.data.sources.vkitti import convert_vkitti
 from dm_lightning.data.splits import load_split, read_split_file
+from dm_lightning.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -261,7 +263,7 @@ def test_hypersim_raw_conversion(hypersim_raw: Path, tmp_path: Path, caplog) -> 
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
         summary = convert_hypersim(
-            hypersim_raw, out, split_list=split_list, per_shard=2, progress=False
+            hypersim_raw, out, ConversionOptions(split_list=split_list, per_shard=2, progress=False)
         )
     assert summary["layout"] == "raw"
     # Frame 0002 has no color file: skipped, counted, and logged with its path.
@@ -322,7 +324,9 @@ def test_hypersim_png_folder_and_tar(hypersim_png: Path, tmp_path: Path) -> None
     results = {}
     for name, source in (("folder", hypersim_png), ("tar", hypersim_png / "processed.tar")):
         summary = convert_hypersim(
-            source, tmp_path / name, split_list=split_list, per_shard=5, progress=False
+            source,
+            tmp_path / name,
+            ConversionOptions(split_list=split_list, per_shard=5, progress=False),
         )
         assert (summary["layout"], summary["samples"], summary["problems"]) == ("png", 2, [])
         results[name] = _read(summary["shards"])
@@ -348,7 +352,9 @@ def test_hypersim_png_folder_and_tar(hypersim_png: Path, tmp_path: Path) -> None
 
 def test_vkitti_crop_units_and_sky(vkitti, tmp_path: Path) -> None:
     root, split_list = vkitti
-    summary = convert_vkitti(root, tmp_path, split_list=split_list, per_shard=2, progress=False)
+    summary = convert_vkitti(
+        root, tmp_path, ConversionOptions(split_list=split_list, per_shard=2, progress=False)
+    )
     assert (summary["frames"], summary["samples"], summary["problems"]) == (5, 5, [])
     samples = _read(summary["shards"])
     assert [s["key"] for s in samples] == [
@@ -391,7 +397,9 @@ def test_vkitti_unreadable_input_is_skipped(vkitti, tmp_path: Path, caplog) -> N
     # The broken folder comes first: its depth file shadows the good one.
     with caplog.at_level(logging.WARNING):
         summary = convert_vkitti(
-            [broken, root], tmp_path / "out", split_list=split_list, per_shard=2, progress=False
+            [broken, root],
+            tmp_path / "out",
+            ConversionOptions(split_list=split_list, per_shard=2, progress=False),
         )
     assert (summary["samples"], summary["skipped_frames"]) == (4, 1)
     assert len(summary["problems"]) == 1
@@ -406,14 +414,14 @@ def test_vkitti_from_tars_of_the_release_root(vkitti, tmp_path: Path) -> None:
     for archive, mode in ((plain, "w"), (packed, "w:gz")):
         with tarfile.open(archive, mode) as tar:
             tar.add(root, arcname=".")  # members ./Scene01/...
-    kwargs = {"split_list": split_list, "limit": 2, "per_shard": 5, "progress": False}
-    from_folder = convert_vkitti(root, tmp_path / "folder", **kwargs)
-    from_tar = convert_vkitti(plain, tmp_path / "tar", **kwargs)
+    options = ConversionOptions(split_list=split_list, limit=2, per_shard=5, progress=False)
+    from_folder = convert_vkitti(root, tmp_path / "folder", options)
+    from_tar = convert_vkitti(plain, tmp_path / "tar", options)
     assert (from_tar["samples"], from_tar["problems"]) == (2, [])
     assert Path(from_tar["shards"][0]).read_bytes() == Path(from_folder["shards"][0]).read_bytes()
     # Members are read by offset: a compressed tar is refused, with what to do about it.
     with pytest.raises(ValueError, match="is not an uncompressed tar .*repack it"):
-        convert_vkitti(packed, tmp_path / "gz", **kwargs)
+        convert_vkitti(packed, tmp_path / "gz", options)
 
 
 def test_interrupted_conversion_resumes(vkitti, tmp_path: Path, monkeypatch) -> None:
@@ -430,7 +438,9 @@ def test_interrupted_conversion_resumes(vkitti, tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(frames, "encode_sample", flaky)
     folder = tmp_path / "vkitti"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        convert_vkitti(root, tmp_path, split_list=split_list, per_shard=2, progress=False)
+        convert_vkitti(
+            root, tmp_path, ConversionOptions(split_list=split_list, per_shard=2, progress=False)
+        )
     # Shard 0 completed; shard 1 died half-written and left nothing, not even a .tmp file.
     assert sorted(os.listdir(folder)) == ["train-000000.tar"]
     done = folder / "train-000000.tar"
@@ -446,7 +456,9 @@ def test_interrupted_conversion_resumes(vkitti, tmp_path: Path, monkeypatch) -> 
 
     calls["n"] = 0
     monkeypatch.setattr(frames, "encode_sample", counting)
-    summary = convert_vkitti(root, tmp_path, split_list=split_list, per_shard=2, progress=False)
+    summary = convert_vkitti(
+        root, tmp_path, ConversionOptions(split_list=split_list, per_shard=2, progress=False)
+    )
     assert (summary["written"], summary["skipped"], summary["samples"]) == (2, 1, 5)
     assert calls["n"] == 3  # only the frames of shards 1 and 2 were converted
     assert done.stat().st_mtime_ns == mtime
@@ -457,10 +469,14 @@ def test_interrupted_conversion_resumes(vkitti, tmp_path: Path, monkeypatch) -> 
 def test_parallel_workers_match_serial(vkitti, tmp_path: Path) -> None:
     root, split_list = vkitti
     serial = convert_vkitti(
-        root, tmp_path / "a", split_list=split_list, limit=4, per_shard=2, progress=False
+        root,
+        tmp_path / "a",
+        ConversionOptions(split_list=split_list, limit=4, per_shard=2, progress=False),
     )
     parallel = convert_vkitti(
-        root, tmp_path / "b", split_list=split_list, limit=4, per_shard=2, workers=2, progress=False
+        root,
+        tmp_path / "b",
+        ConversionOptions(split_list=split_list, limit=4, per_shard=2, workers=2, progress=False),
     )
     assert parallel["written"] == 2 and parallel["samples"] == serial["samples"] == 4
     for a, b in zip(serial["shards"], parallel["shards"]):
@@ -515,8 +531,33 @@ def test_clis_and_inspect(hypersim_png: Path, vkitti, tmp_path: Path, capsys) ->
         with pytest.raises(SystemExit):
             cli.main(["--help"])
     assert "index.json" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--per-shard must be >= 1"):
-        vkitti_cli.main([str(root), "--out", str(out), "--per-shard", "0"])
+    # Impossible values: one line naming the option, exit 2, nothing written.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(SystemExit) as stop:
+        vkitti_cli.main([str(root), "--out", str(fresh), "--per-shard", "0"])
+    assert stop.value.code == 2 and not fresh.exists()
+    err = capsys.readouterr().err
+    assert err == "convert_vkitti.py: error: per_shard must be an integer >= 1, got 0\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("limit", 0), ("per_shard", -1), ("workers", True), ("per_shard", "2")]
+)
+def test_conversion_options_refuse_impossible_values(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"^{field} must be an integer >= 1, got {value!r}$"):
+        ConversionOptions(**{field: value})
+
+
+def test_conversion_options_take_the_first_limit_entries_of_their_list(tmp_path: Path) -> None:
+    lines = [f"s/{i}/rgb.png s/{i}/depth.png" for i in range(5)]
+    listed = _write_list(tmp_path / "l.txt", lines)
+    assert [e.rgb for e in ConversionOptions(split_list=listed, limit=2).entries("x")] == [
+        "s/0/rgb.png",
+        "s/1/rgb.png",
+    ]
+    assert len(ConversionOptions(split_list=listed).entries("x")) == 5
+    # No list given: the source's shipped list for the split.
+    assert len(ConversionOptions(limit=3).entries("vkitti_train")) == 3
 
 
 def test_split_list_file_formats(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 ``tools/convert_hypersim.py`` and ``tools/convert_vkitti.py`` share.
 
 :func:`converter_parser` builds a converter's parser (:func:`add_conversion_arguments`), and
-:func:`run_conversion` checks the options, converts and prints :func:`summary_lines`; each
-tool only adds its dataset's options and names its ``convert_*`` function.
+:func:`run_conversion` converts with the options as a
+:class:`~dm_lightning.data.sources.frames.ConversionOptions` (which checks them) and prints
+:func:`summary_lines`; each tool only adds its dataset's options and names its ``convert_*``
+function.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dm_lightning.data.sources.engine import DEFAULT_PER_SHARD
+from dm_lightning.data.sources.frames import ConversionOptions
 from dm_lightning.data.splits import available_splits
 from dm_lightning.errors import DMLightningError
 from dm_lightning.plurals import count_of
@@ -74,16 +77,6 @@ def add_conversion_arguments(
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def check_conversion_arguments(args: argparse.Namespace) -> None:
-    """Reject impossible option values with a message (``SystemExit``)."""
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit(f"--limit must be >= 1, got {args.limit}")
-    if args.per_shard < 1:
-        raise SystemExit(f"--per-shard must be >= 1, got {args.per_shard}")
-    if args.workers < 1:
-        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
-
-
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """Human-readable lines of a conversion summary."""
     return [
@@ -98,28 +91,25 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 def run_conversion(
     args: argparse.Namespace, convert: Callable[..., dict[str, Any]], **extra: Any
 ) -> dict[str, Any]:
-    """The converter CLIs' shared body: check ``args``, convert with ``convert(...)`` (plus
+    """The converter CLIs' shared body: convert with ``convert(inputs, out, options)`` (plus
     ``extra`` keyword arguments), print the summary; returns it.
 
     Raises:
         SystemExit: status 2 after one line ``PROG: error: ...`` on stderr, for an input a user
-            can fix (a :class:`~dm_lightning.errors.DMLightningError`: e.g. an input root that
-            does not exist, or none of the list's frames found in it).
+            can fix (a :class:`~dm_lightning.errors.DMLightningError`: e.g. ``--per-shard 0``,
+            an input root that does not exist, or none of the list's frames found in it).
     """
-    check_conversion_arguments(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        summary = convert(
-            args.inputs,
-            args.out,
+        options = ConversionOptions(
             split=args.split,
             split_list=args.split_list,
             limit=args.limit,
             per_shard=args.per_shard,
             workers=args.workers,
             progress=not args.quiet,
-            **extra,
         )
+        summary = convert(args.inputs, args.out, options, **extra)
     except DMLightningError as err:
         print(f"{getattr(args, 'prog', 'converter')}: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None

@@ -27,7 +27,7 @@ from dm_lightning.data.sources.engine import (
 from dm_lightning.data.sources.inputs import Loader, Location, read_input, resolve_inputs
 from dm_lightning.data.sources.spec import SourceSpec
 from dm_lightning.data.splits import SplitEntry, available_splits, load_split, read_split_file
-from dm_lightning.errors import MissingPathError
+from dm_lightning.errors import ConfigError, MissingPathError
 
 INDEX_FORMAT = "dm_lightning shards"
 """The ``format`` field of the ``index.json`` the converters write."""
@@ -60,6 +60,49 @@ def read_entries(split_list: str | os.PathLike | None, default: str) -> list[Spl
         f"split list {name!r} is neither a file nor a shipped list "
         f"({', '.join(available_splits())})"
     )
+
+
+@dataclass(frozen=True)
+class ConversionOptions:
+    """How a converter writes one split: the options every ``convert_*`` function takes.
+
+    Attributes:
+        split: output split name (shard file names and index entry; Hypersim's PNG layout also
+            reads its sub-folder of that name).
+        split_list: a list file (plain or .gz) or a shipped list name; None: the source's own
+            list for ``split`` (e.g. ``vkitti_train``).
+        limit: convert only the first ``limit`` frames of the list; None: all.
+        per_shard: frames per shard.
+        workers: processes, one shard each; 1 converts in this process.
+        progress: tqdm bar on stderr.
+
+    Raises:
+        ConfigError: ``limit``, ``per_shard`` or ``workers`` not an integer >= 1.
+    """
+
+    split: str = "train"
+    split_list: str | os.PathLike | None = None
+    limit: int | None = None
+    per_shard: int = DEFAULT_PER_SHARD
+    workers: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("limit", "per_shard", "workers"):
+            value = getattr(self, name)
+            if value is None and name == "limit":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def entries(self, default_list: str) -> list[SplitEntry]:
+        """The first ``limit`` entries of ``split_list``, else of shipped list
+        ``default_list`` (:func:`read_entries`)."""
+        return read_entries(self.split_list, default_list)[: self.limit]
+
+
+DEFAULT_CONVERSION = ConversionOptions()
+"""The options' defaults: the ``train`` split from the source's own list, all of it."""
 
 
 def match_entry(pattern: re.Pattern[str], entry: SplitEntry, expected: str) -> re.Match[str]:
@@ -112,10 +155,7 @@ def convert_frames(
     out_dir: str | os.PathLike,
     spec: SourceSpec,
     loader: Loader,
-    split: str = "train",
-    per_shard: int = DEFAULT_PER_SHARD,
-    workers: int = 1,
-    progress: bool = True,
+    options: ConversionOptions = DEFAULT_CONVERSION,
 ) -> dict[str, Any]:
     """Convert frames into shards ``out_dir/<spec.name>/<split>-NNNNNN.tar`` and index them.
 
@@ -138,10 +178,8 @@ def convert_frames(
         out_dir: output root.
         spec: the source's stored form.
         loader: reads one frame (:data:`~dm_lightning.data.sources.inputs.Loader`).
-        split: split name of the shard files and the index.
-        per_shard: frames per shard (>= 1).
-        workers: processes; 1 converts in this process.
-        progress: tqdm bar on stderr.
+        options: split name, frames per shard, workers, progress (its list and limit have
+            already chosen ``frames``).
 
     Returns:
         Summary: ``source``, ``split``, ``index`` (path), ``frames`` (planned), ``samples``
@@ -150,8 +188,7 @@ def convert_frames(
         complete), ``problems`` (messages of this run, each naming the file) and ``seconds``.
     """
     start = time.perf_counter()
-    if per_shard < 1:
-        raise ValueError(f"per_shard must be >= 1, got {per_shard}")
+    split = options.split
     check_unique_keys(frame.key for frame in frames)
     roots = as_paths(inputs)
     for root in roots:
@@ -187,11 +224,11 @@ def convert_frames(
         folder,
         split,
         located,
-        per_shard,
+        options.per_shard,
         _FrameMaker(loader, spec, split),
         check=check,
-        workers=workers,
-        progress=progress,
+        workers=options.workers,
+        progress=options.progress,
         desc=f"{spec.name}/{split}",
         unit="frame",
     )

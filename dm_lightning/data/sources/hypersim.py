@@ -39,14 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from dm_lightning.data.sources.engine import DEFAULT_PER_SHARD
 from dm_lightning.data.sources.frames import (
+    DEFAULT_CONVERSION,
+    ConversionOptions,
     Frame,
     PathsLike,
     as_paths,
     convert_frames,
     match_entry,
-    read_entries,
 )
 from dm_lightning.data.sources.inputs import (
     Blob,
@@ -153,14 +153,8 @@ def detect_hypersim_layout(inputs: Sequence[str | os.PathLike]) -> str:
 def convert_hypersim(
     inputs: PathsLike,
     out_dir: str | os.PathLike,
-    *,
-    split: str = "train",
-    split_list: str | os.PathLike | None = None,
+    options: ConversionOptions = DEFAULT_CONVERSION,
     layout: str = "auto",
-    limit: int | None = None,
-    per_shard: int = DEFAULT_PER_SHARD,
-    workers: int = 1,
-    progress: bool = True,
 ) -> dict[str, Any]:
     """Convert Hypersim (raw HDF5 release or preprocessed PNGs) into shards.
 
@@ -169,13 +163,10 @@ def convert_hypersim(
             For the PNG layout a folder ``<root>`` with a ``<root>/<split>`` sub-folder is read
             from that sub-folder.
         out_dir: output root; shards go to ``out_dir/hypersim/<split>-NNNNNN.tar``.
-        split: output split name (and the PNG layout's sub-folder).
-        split_list: a list file (plain or .gz) or a shipped list name; default
-            ``hypersim_<split>_filtered`` (53,885 frames for ``train``).
+        options: split (also the PNG layout's sub-folder), list (default
+            ``hypersim_<split>_filtered``: 53,885 frames for ``train``), limit, frames per
+            shard, workers, progress.
         layout: ``"raw"``, ``"png"`` or ``"auto"`` (:func:`detect_hypersim_layout`).
-        limit: convert only the first ``limit`` frames of the list.
-        per_shard, workers, progress: see
-            :func:`~dm_lightning.data.sources.frames.convert_frames`.
 
     Returns:
         The summary of :func:`~dm_lightning.data.sources.frames.convert_frames`, plus ``layout``.
@@ -185,15 +176,13 @@ def convert_hypersim(
         raise ValueError(f"unknown Hypersim layout {layout!r}, expected one of {HYPERSIM_LAYOUTS}")
     if layout == "auto":
         layout = detect_hypersim_layout(roots)
+    split = options.split
     if layout == "png":
         roots = [
             os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
             for root in roots
         ]
-    entries = read_entries(split_list, f"hypersim_{split}_filtered")
-    frames = hypersim_frames(entries[:limit], layout)
+    frames = hypersim_frames(options.entries(f"hypersim_{split}_filtered"), layout)
     loader = load_hypersim_raw if layout == "raw" else load_hypersim_png
-    summary = convert_frames(
-        frames, roots, out_dir, HYPERSIM, loader, split, per_shard, workers, progress
-    )
+    summary = convert_frames(frames, roots, out_dir, HYPERSIM, loader, options)
     return {**summary, "layout": layout}

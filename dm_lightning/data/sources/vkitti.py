@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 
 from dm_lightning.data.crops import kitti_benchmark_crop
-from dm_lightning.data.sources.engine import DEFAULT_PER_SHARD
 from dm_lightning.data.sources.frames import (
+    DEFAULT_CONVERSION,
+    ConversionOptions,
     Frame,
     PathsLike,
     convert_frames,
     match_entry,
-    read_entries,
 )
 from dm_lightning.data.sources.inputs import (
     Blob,
@@ -90,25 +90,19 @@ def load_vkitti(blobs: dict[str, Blob]) -> tuple[np.ndarray, np.ndarray]:
 def convert_vkitti(
     inputs: PathsLike,
     out_dir: str | os.PathLike,
-    *,
-    split: str = "train",
-    split_list: str | os.PathLike | None = None,
-    limit: int | None = None,
-    per_shard: int = DEFAULT_PER_SHARD,
-    workers: int = 1,
-    progress: bool = True,
+    options: ConversionOptions = DEFAULT_CONVERSION,
 ) -> dict[str, Any]:
     """Convert Virtual KITTI 2 into shards ``out_dir/vkitti/<split>-NNNNNN.tar``.
 
     Args:
         inputs: the release root folder (holding ``SceneXX``) and/or uncompressed tars (e.g.
             the release's separate RGB and depth tars).
-        split_list: a list file or shipped list name; default ``vkitti_<split>`` (20,148
-            frames for ``train``).
-        Others: as :func:`~dm_lightning.data.sources.hypersim.convert_hypersim`.
+        out_dir: output root (``index.json`` goes here).
+        options: split, list (default ``vkitti_<split>``: 20,148 frames for ``train``), limit,
+            frames per shard, workers, progress.
+
+    Returns:
+        The summary of :func:`~dm_lightning.data.sources.frames.convert_frames`.
     """
-    entries = read_entries(split_list, f"vkitti_{split}")
-    frames = vkitti_frames(entries[:limit])
-    return convert_frames(
-        frames, inputs, out_dir, VKITTI, load_vkitti, split, per_shard, workers, progress
-    )
+    frames = vkitti_frames(options.entries(f"vkitti_{options.split}"))
+    return convert_frames(frames, inputs, out_dir, VKITTI, load_vkitti, options)
