@@ -318,6 +318,9 @@ def test_tiny_baseline_fits_exports_and_tests_with_its_task(
     batch = next(iter(dm.test_dataloader()[0]))
     net = task_class(str(export)).net.eval()
     assert type(net).method == method and net.unet.training is False
+    # Saved again without metadata, it keeps the target it was loaded with.
+    again = json.loads((net.save_pretrained(tmp_path / "again") / "dm_lightning.json").read_text())
+    assert (again["method"], again["task"], again["target"]) == (method, task_name, target)
     pred = net.predict(batch["rgb"], None)[:, 0].numpy()
     with open(report / f"per_image_{split}.csv", newline="") as f:
         rows = {row["key"]: row for row in csv.DictReader(f)}

@@ -27,6 +27,7 @@ from dm_lightning.errors import ConfigError
 from dm_lightning.inference.batching import predict_batch
 from dm_lightning.inference.precision import cast_for_inference
 from dm_lightning.models.loading import load_depthmaster, load_unet
+from dm_lightning.models.model_facts import ModelFacts, recorded_facts
 from dm_lightning.models.pipeline_depthmaster import DepthMasterPipeline, DepthMasterUNet
 from dm_lightning.models.unet_hooks import attach_fourier_enhancement
 from dm_lightning.testing.tiny_model import make_tiny_depthmaster
@@ -87,6 +88,24 @@ def test_export_is_a_diffusers_pipeline_folder_with_its_own_code(export):
     unet_config = json.loads((export / "unet" / "config.json").read_text())
     assert unet_config["_class_name"] == "DepthMasterUNet"
     assert (unet_config["fourier_enhancement"], unet_config["fourier_groups"]) == (True, 8)
+
+
+def test_a_loaded_model_saved_again_keeps_its_facts(loaded_net, tmp_path):
+    """net.save_pretrained(path) without metadata writes the facts the network was loaded
+    with (its target and resolution), in dm_lightning.json and on the pipeline's config;
+    metadata that names a fact wins."""
+    assert loaded_net.facts == ModelFacts("disparity", RES)
+    again = loaded_net.save_pretrained(tmp_path / "again")
+    assert recorded_facts(again) == ModelFacts("disparity", RES)
+    index = json.loads((again / "model_index.json").read_text())
+    assert (index["target"], index["default_processing_resolution"]) == ("disparity", RES)
+    assert load_depthmaster(again).facts == ModelFacts("disparity", RES)
+    told = loaded_net.save_pretrained(tmp_path / "told", {"target": "depth"})
+    assert recorded_facts(told) == ModelFacts("depth", RES)
+    # A network built in memory records nothing: the defaults, and no keys for them.
+    fresh = make_tiny_depthmaster(0).save_pretrained(tmp_path / "fresh")
+    assert "target" not in json.loads((fresh / "dm_lightning.json").read_text())
+    assert recorded_facts(fresh) == ModelFacts()
 
 
 def test_unet_class_round_trips_the_fe_block(export, stage2_net, tmp_path):

@@ -48,7 +48,8 @@ class BaselineNetwork(DepthMaster):
     def save_pretrained(self, path: str | Path, metadata: dict | None = None) -> Path:
         """Write ``vae/``, ``unet/`` (diffusers' ``save_pretrained``), the empty-prompt
         embedding and ``dm_lightning.json`` (``metadata`` plus ``method``, ``task`` and
-        :meth:`export_settings`). No DepthMaster pipeline code: its inference is not this."""
+        :meth:`export_settings`; the loaded :attr:`facts` unless ``metadata`` names others).
+        No DepthMaster pipeline code: its inference is not this."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with self.original_vae() as vae:
@@ -57,6 +58,7 @@ class BaselineNetwork(DepthMaster):
         embedding = self.empty_prompt_embedding.detach().cpu().contiguous()
         save_file({"embedding": embedding}, str(path / EMPTY_PROMPT_FILE))
         meta = {
+            **self.facts.to_record(),
             **(metadata or {}),
             "method": self.method,
             "task": self.task,

@@ -195,12 +195,19 @@ class DepthMaster(nn.Module):
         DepthMasterPipeline`): ``model_index.json`` with the target and processing resolution
         from ``metadata``, ``unet/`` (``fftblock.*`` and the config flag if present), ``vae/``,
         ``empty_prompt/`` and the pipeline's code; plus the empty-prompt embedding file and
-        ``dm_lightning.json`` that :func:`~dm_lightning.models.loading.load_depthmaster` reads."""
+        ``dm_lightning.json`` that :func:`~dm_lightning.models.loading.load_depthmaster` reads.
+
+        The facts the network was loaded with (:attr:`facts`) are written unless ``metadata``
+        names others: a loaded model saved again keeps its target and resolution."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        meta = {"fourier_enhancement": hasattr(self.unet, FFT_ATTRIBUTE), **(metadata or {})}
+        meta = {
+            "fourier_enhancement": hasattr(self.unet, FFT_ATTRIBUTE),
+            **self.facts.to_record(),
+            **(metadata or {}),
+        }
         facts = ModelFacts.from_record(meta)
         embedding = self.empty_prompt_embedding.detach().cpu().contiguous()
         with self.original_vae() as vae:

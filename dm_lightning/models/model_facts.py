@@ -57,6 +57,12 @@ class ModelFacts:
         usable = isinstance(res, int) and not isinstance(res, bool) and res > 0
         return cls(str(target) if target else None, res if usable else None)
 
+    def to_record(self) -> dict[str, Any]:
+        """The recorded facts as ``dm_lightning.json`` keys (``target``, ``processing_res``),
+        those not recorded left out; :meth:`from_record` reads them back."""
+        record = {"target": self.recorded_target, "processing_res": self.recorded_processing_res}
+        return {key: value for key, value in record.items() if value is not None}
+
     @property
     def target(self) -> str:
         """The training target, the recipe's ``sqrt_disparity`` when none is recorded."""
