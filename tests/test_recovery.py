@@ -192,10 +192,10 @@ def test_user_errors_are_one_line_with_status_2(short_fit, data_config, tiny_mod
     assert "--model.init_args.model_path <stage-1 run>/export" in wrong.stderr
 
 
-def _fit_config(save_dir: Path, ckpt_path: str):
+def _fit_config(save_dir: Path, ckpt_path: str, version: int | str | None = None):
     from jsonargparse import Namespace
 
-    logger = Namespace(init_args=Namespace(save_dir=str(save_dir), name="stage1", version=None))
+    logger = Namespace(init_args=Namespace(save_dir=str(save_dir), name="stage1", version=version))
     return Namespace(trainer=Namespace(logger=logger, default_root_dir=None), ckpt_path=ckpt_path)
 
 
@@ -227,3 +227,40 @@ def test_ckpt_path_last_under_slurm_takes_the_newer_requeue_checkpoint(tmp_path,
     config = _fit_config(tmp_path, "last")
     pin_run_folder(config)
     assert config.trainer.default_root_dir is None
+
+
+def test_ckpt_path_last_resumes_the_run_the_config_names(tmp_path):
+    """--ckpt_path last with the logger's version set takes that run's last.ckpt even when
+    another run's was written later, and says so when that run has none."""
+    from dm_lightning.errors import MissingPathError
+    from dm_lightning.training.run_folder import pin_run_folder
+
+    lasts = {}
+    for i, name in enumerate(("version_0", "version_1", "ablation-a")):
+        (tmp_path / "stage1" / name / "checkpoints").mkdir(parents=True)
+        lasts[name] = tmp_path / "stage1" / name / "checkpoints" / "last.ckpt"
+        lasts[name].write_bytes(b"x")
+        os.utime(lasts[name], (1000 - i, 1000 - i))  # version_0 written last
+    # No version named: the newest run's.
+    config = _fit_config(tmp_path, "last")
+    pin_run_folder(config)
+    assert (config.ckpt_path, config.trainer.logger.init_args.version) == (
+        str(lasts["version_0"]),
+        "version_0",
+    )
+    # A version named, as an integer (TensorBoard's version_<n>) or a folder name.
+    for version, name in ((1, "version_1"), ("ablation-a", "ablation-a")):
+        config = _fit_config(tmp_path, "last", version)
+        pin_run_folder(config)
+        assert (config.ckpt_path, config.trainer.logger.init_args.version) == (
+            str(lasts[name]),
+            name,
+        )
+    run = tmp_path / "stage1" / "version_2"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(MissingPathError) as err:
+        pin_run_folder(_fit_config(tmp_path, "last", 2))
+    assert str(err.value) == (
+        f"--ckpt_path last: run {run} has no checkpoints/last.ckpt or hpc_ckpt_*.ckpt; start "
+        "without --ckpt_path, or give a checkpoint file"
+    )

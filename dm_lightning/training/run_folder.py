@@ -8,7 +8,8 @@ before the trainer is built:
 * ``--ckpt_path last``: the most recently written resumable checkpoint under
   ``<save_dir>/<name>``: a run's ``checkpoints/last.ckpt`` or its SLURM requeue checkpoint
   ``hpc_ckpt_<n>.ckpt`` (which is newer after a requeue: SIGUSR1 wrote it at the time
-  limit); the path and the version are both set from it.
+  limit); the path and the version are both set from it. A config that names the logger's
+  version resumes that run's, whichever run was written last.
 * ``--ckpt_path <run>/checkpoints/<file>.ckpt``: the version of that run folder, when it sits
   under this config's ``<save_dir>/<name>``; a checkpoint from anywhere else starts a new
   folder.
@@ -26,6 +27,7 @@ were.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -61,13 +63,20 @@ def experiment_folder(args: Any) -> Path:
     return Path(args.save_dir) / (args.name or "")
 
 
-def latest_resumable(experiment: Path) -> Path | None:
-    """The most recently written resumable checkpoint under ``experiment``: a
-    ``<run>/checkpoints/last.ckpt`` or a SLURM ``<run>/hpc_ckpt_<n>.ckpt``; None if there is
-    none."""
+def version_folder(version: int | str) -> str:
+    """A logger version's run folder name, as TensorBoard's and CSV's loggers name it: an
+    integer ``n`` is ``version_n``, a string is itself."""
+    return f"version_{version}" if isinstance(version, int) else str(version)
+
+
+def latest_resumable(experiment: Path, run: str | None = None) -> Path | None:
+    """The most recently written resumable checkpoint under ``experiment`` (in run folder
+    ``run`` only, when given): a ``<run>/checkpoints/last.ckpt`` or a SLURM
+    ``<run>/hpc_ckpt_<n>.ckpt``; None if there is none."""
+    runs = "*" if run is None else glob.escape(run)
     found = [
-        *experiment.glob(f"*/checkpoints/{LAST_CHECKPOINT}"),
-        *experiment.glob(f"*/{HPC_CHECKPOINTS}"),
+        *experiment.glob(f"{runs}/checkpoints/{LAST_CHECKPOINT}"),
+        *experiment.glob(f"{runs}/{HPC_CHECKPOINTS}"),
     ]
     # The newest file wins: a folder's own mtime does not change when it is rewritten.
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
@@ -100,11 +109,16 @@ def pin_run_folder(config: Any) -> None:
         if args is None:
             return  # no logger folder of ours to search: Lightning's own rule applies
         experiment = experiment_folder(args)
-        found = latest_resumable(experiment)
+        version = getattr(args, "version", None)
+        if version is None:
+            found, where = latest_resumable(experiment), f"no run under {experiment}/ has"
+        else:  # the run the config names, not whichever was written last
+            run = version_folder(version)
+            found, where = latest_resumable(experiment, run), f"run {experiment / run} has no"
         if found is None:
             raise MissingPathError(
-                f"--ckpt_path last: no run under {experiment}/ has checkpoints/{LAST_CHECKPOINT} "
-                f"or {HPC_CHECKPOINTS}; start without --ckpt_path, or give a checkpoint file"
+                f"--ckpt_path last: {where} checkpoints/{LAST_CHECKPOINT} or {HPC_CHECKPOINTS}; "
+                "start without --ckpt_path, or give a checkpoint file"
             )
         config.ckpt_path = ckpt = str(found)
     if ckpt is not None and ckpt not in ("hpc", "best", "registry"):
