@@ -32,11 +32,11 @@ from dm_lightning.hub.model_card import (
     TAGS,
     CardChoices,
     build_model_card,
-    diffusers_usage,
     write_model_card,
 )
 from dm_lightning.hub.push import check_repo_name, is_bare_depthmaster, suggested_repo
 from dm_lightning.hub.training_facts import CONFIG_FILE, SD2
+from dm_lightning.hub.usage import diffusers_usage
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -229,15 +229,39 @@ def test_baseline_card_describes_its_method_and_its_snippets_run(
 def report_results(model: Path) -> dict:
     """An EvaluationReport ``results.json`` (format checked in tests/test_evaluation.py)."""
     metrics = {name: 0.01 * (i + 1) + 0.0012345 for i, name in enumerate(METRIC_NAMES)}
+    nyu = {
+        "processing_res": 768,
+        "reader": "NYUv2",
+        "root": "/data/nyu",
+        "images": 654,
+        "crop": "eigen",
+        "mask": "valid depth",
+        "depth_range": [0.001, 10.0],
+        "list_file": "/data/lists/nyu_test.txt",
+        "list_sha256": "0123456789abcdef" * 4,
+    }
     return {
         "model": str(model),
+        "settings": {
+            "dm_lightning": "0.1.0",
+            "model": str(model),
+            "target": "sqrt_disparity",
+            "fit_space": "sqrt_disparity",
+        },
         "benchmarks": [
-            {"name": "nyu_test", "kind": "nyu", "num_images": 654, "metrics": metrics},
+            {
+                "name": "nyu_test",
+                "kind": "nyu",
+                "num_images": 654,
+                "metrics": metrics,
+                "settings": nyu,
+            },
             {
                 "name": "tum",
                 "kind": "rgbd_folder",
                 "num_images": 1,
                 "metrics": {**metrics, "abs_rel": 0.08761, "delta1": 0.93218},
+                "settings": {"processing_res": "native", "shards": "/data/tum-{0..1}.tar"},
             },
             {"name": "empty", "kind": "kitti", "num_images": 0, "metrics": {}},
         ],
@@ -277,6 +301,16 @@ def test_evaluated_card_shows_the_results(fitted, tmp_path, capsys):
     assert header in card.text
     assert "| this model | 1.1 / 6.1 | 8.8 / 93.2 | – |" in card.text
     assert "| DepthMaster (paper) | 5.0 / 97.2 | – | 8.2 / 93.7 |" in card.text
+    # Under the table, the settings that produced the numbers (as results.md shows them),
+    # without the evaluating machine's path of the model.
+    assert "Settings: dm_lightning 0.1.0; fit (alignment) space **sqrt_disparity**.\n" in card.text
+    assert (
+        "| nyu_test | `nyu_test.txt` (sha256 0123456789ab) | 654 | 768 | eigen | valid depth "
+        "| 0.001 .. 10 |" in card.text
+    )
+    assert "| tum | shards `/data/tum-{0..1}.tar` | – | native | – | – | – |" in card.text
+    assert "| empty | – | – | – | – | – | – |" in card.text
+    assert str(export) not in card.text.split("## Evaluation")[1]
     # A rewrite without --results (e.g. before a push) keeps the stored results.
     stored = (export / EVAL_FILE).read_bytes()
     write_model_card(export, choices=CardChoices(model_ref="alice/x"))

@@ -324,14 +324,20 @@ def test_model_card_of_the_recipe_export_as_printed(recipe, world, monkeypatch, 
     (test,) = [c for c in containing("test", "configs/tiny/eval.yaml") if c[0] == "dm-lightning"]
     report = ["--trainer.callbacks+=dm_lightning.EvaluationReport"]
     assert run_cli(test, *report, "--trainer.logger.init_args.version", "0") == 0
-    (card,) = containing("tools/model_card.py")
-    evaluation = card[card.index("--results") + 1]
+    (command,) = containing("tools/model_card.py")
+    evaluation = command[command.index("--results") + 1]
     assert evaluation == "runs/tiny/test/version_0/evaluation"
-    assert run_tool(card) == 0
+    assert run_tool(command) == 0
     export = world / "runs/tiny/stage2/version_0/export"
     results = json.loads((world / evaluation / "results.json").read_text())
-    data = ModelCard.load(export / "README.md").data
+    card = ModelCard.load(export / "README.md")
+    data = card.data
     values = {(r.dataset_type, r.metric_type): r.metric_value for r in data.eval_results}
+    # The settings that produced them come along: the report's fit space, each split's row.
+    fit_space = results["settings"]["fit_space"]
+    assert f"fit (alignment) space **{fit_space}**" in card.text
+    for benchmark in results["benchmarks"]:
+        assert f"\n| {benchmark['name']} | " in card.text.split("Settings: ")[1]
     benchmarks = [b for b in results["benchmarks"] if b["num_images"]]
     assert len(benchmarks) == 2 and len(values) == 4
     for benchmark in benchmarks:

@@ -41,14 +41,15 @@ BENCHMARK_NAMES = {
 @dataclass
 class BenchmarkResult:
     """One evaluated test split: ``name`` (the split), ``kind`` (benchmark kind, or the name),
-    ``num_images`` and ``metrics`` (:data:`~dm_lightning.evaluation.scoring.METRIC_NAMES` ->
-    fraction;
-    empty when no image was evaluated)."""
+    ``num_images``, ``metrics`` (:data:`~dm_lightning.evaluation.scoring.METRIC_NAMES` ->
+    fraction; empty when no image was evaluated) and ``settings`` (its processing resolution,
+    list, crop, mask and depth range as the report recorded them; empty when not recorded)."""
 
     name: str
     kind: str
     num_images: int
     metrics: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dataset_type(self) -> str:
@@ -68,16 +69,20 @@ class BenchmarkResult:
 @dataclass
 class EvalResults:
     """Results of one model: ``model`` (the evaluated model path as recorded, "" unknown),
-    ``benchmarks`` in test-split order, ``source`` (the file read)."""
+    ``benchmarks`` in test-split order, ``source`` (the file read) and ``settings`` (the run's
+    as the report recorded them: dm_lightning's version, the fit space, ...; empty when not
+    recorded)."""
 
     model: str
     benchmarks: list[BenchmarkResult]
     source: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "source": self.source,
+            "settings": self.settings,
             "benchmarks": [vars(b) for b in self.benchmarks],
         }
 
@@ -89,10 +94,12 @@ class EvalResults:
                 str(b.get("kind") or b["name"]),
                 int(b.get("num_images", 0)),
                 {k: float(v) for k, v in (b.get("metrics") or {}).items()},
+                dict(b.get("settings") or {}),
             )
             for b in record["benchmarks"]
         ]
-        return cls(str(record.get("model") or ""), benchmarks, record.get("source") or source)
+        model, settings = str(record.get("model") or ""), dict(record.get("settings") or {})
+        return cls(model, benchmarks, record.get("source") or source, settings)
 
 
 def from_flat_metrics(metrics: dict[str, float], model: str, source: str) -> EvalResults:

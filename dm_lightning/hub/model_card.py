@@ -6,7 +6,8 @@
 results (:mod:`~dm_lightning.hub.eval_results`, stored in the folder as
 :data:`~dm_lightning.hub.eval_results.EVAL_FILE` so a later rewrite keeps them). The export
 writes it (``ExportDepthMaster``); ``tools/model_card.py`` rewrites it after an evaluation and
-``tools/push_to_hub.py`` before an upload (with the repository id in its usage snippet).
+``tools/push_to_hub.py`` before an upload (with the repository id in its usage snippets,
+:mod:`~dm_lightning.hub.usage`).
 
 Metadata: ``library_name`` is ``diffusers`` when the folder has a ``model_index.json`` (then
 ``DiffusionPipeline.from_pretrained`` loads it, and the hub's own snippet and download counts
@@ -17,13 +18,13 @@ load would hand users code that fails.
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from dm_lightning.evaluation.settings import settings_markdown
 from dm_lightning.evaluation.tables import markdown_table, results_table
 from dm_lightning.hub.eval_results import EVAL_FILE, EvalResults
 from dm_lightning.hub.methods import DEPTHMASTER, MethodCard, method_card
@@ -32,6 +33,7 @@ from dm_lightning.hub.training_facts import (
     copy_run_config,
     read_training_facts,
 )
+from dm_lightning.hub.usage import cli_usage, diffusers_usage, python_usage
 from dm_lightning.models.pipeline_depthmaster import DEFAULT_PROCESSING_RES, DEFAULT_TARGET
 
 CARD_FILE = "README.md"
@@ -44,7 +46,9 @@ TAGS = [
     "depthmaster",
     "dm-lightning",
 ]
-DEFAULT_IMAGE = "photo.jpg"
+# Run settings of an evaluation that are paths on the evaluating machine: the card's own model
+# (its folder or hub id is what the card is about), left out of its settings line.
+LOCAL_PATHS = ("model", "unet", "predictions")
 
 # The model-index metrics: (metric key, hub metric type, shown name). Values are x100 (as the
 # paper reports them), rounded to 2 decimals.
@@ -88,63 +92,6 @@ def model_title(facts: TrainingFacts) -> str:
     stage = f"stage{facts.stage}" if facts.stage else "model"
     target = (facts.target or DEFAULT_TARGET).replace("_", "-")
     return f"dm-lightning-{method_card(facts.method).slug}-{stage}-{target}"
-
-
-def python_usage(model_ref: str, facts: TrainingFacts, image: str = DEFAULT_IMAGE) -> str:
-    """The Python usage snippet: dm_lightning's ``load_depthmaster(...).predict(...)``, or for a
-    baseline its task's network (``E2EFT(...).net``, the loader that reads its export)."""
-    res = facts.processing_res or DEFAULT_PROCESSING_RES
-    near = "1 = near" if facts.near_is_one else "1 = far"
-    if facts.method is None:
-        name, load = "load_depthmaster", f"load_depthmaster({json.dumps(model_ref)})"
-    else:
-        name = _task_name(facts)
-        load = f"{name}({json.dumps(model_ref)}).net"
-    return f"""import numpy as np
-import torch
-from PIL import Image, ImageOps
-
-from dm_lightning import {name}
-
-model = {load}.eval()
-image = ImageOps.exif_transpose(Image.open({json.dumps(image)})).convert("RGB")
-rgb = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
-depth = model.predict(rgb, processing_res={res})[0, 0]  # (H, W) float in [0, 1], {near}
-"""
-
-
-def _task_name(facts: TrainingFacts) -> str:
-    """The class name of the task that loads a baseline's export (``E2EFT``)."""
-    return (facts.task_class or method_card(facts.method).task).rpartition(".")[2]
-
-
-def cli_usage(model_ref: str, facts: TrainingFacts | None = None) -> str:
-    """The ``dm-lightning predict`` command (run from a dm_lightning checkout: its config); a
-    baseline's export names its task class."""
-    task = (
-        f"    --model dm_lightning.{_task_name(facts)} \\\n"
-        if facts is not None and facts.method is not None
-        else ""
-    )
-    return (
-        "dm-lightning predict --config configs/predict.yaml \\\n"
-        + task
-        + f"    --model.init_args.model_path {shlex.quote(model_ref)} \\\n"
-        "    --data.init_args.predict photos/ \\\n"
-        "    --trainer.callbacks.init_args.output_dir depth/\n"
-    )
-
-
-def diffusers_usage(model_ref: str) -> str:
-    """The diffusers snippet, shown only when the folder has ``model_index.json`` (every export
-    since the pipeline landed; ``depth`` is DepthMasterPipeline's (1, H, W, 1) prediction in
-    [0, 1]). tests/test_model_card.py runs it against the dm_lightning snippet."""
-    return f"""from diffusers import DiffusionPipeline
-from PIL import Image
-
-pipe = DiffusionPipeline.from_pretrained({json.dumps(model_ref)}, trust_remote_code=True)
-depth = pipe(Image.open("photo.jpg")).prediction
-"""
 
 
 def _training_section(facts: TrainingFacts) -> str:
@@ -215,7 +162,7 @@ def _eval_section(results: EvalResults) -> str:
         {n: b.kind for n, b in evaluated.items()},
         {n: b.num_images for n, b in evaluated.items()},
     )
-    return (
+    section = (
         "## Evaluation\n\n"
         "Affine-invariant (scale and shift fitted per image, docs/method.md §6 of dm_lightning), "
         "zero-shot on benchmarks outside the training data; AbsRel (lower is better) / δ1 "
@@ -223,6 +170,11 @@ def _eval_section(results: EvalResults) -> str:
         "zero-shot numbers, for reference.\n\n"
         f"{table}"
     )
+    if not results.settings:
+        return section  # results that did not record their settings (the recipe's files)
+    # What produced the numbers, as results.md shows it.
+    run = {k: v for k, v in results.settings.items() if k not in LOCAL_PATHS}
+    return section + "\n" + settings_markdown(run, {n: b.settings for n, b in evaluated.items()})
 
 
 def eval_results_metadata(results: EvalResults) -> list[EvalResult]:
