@@ -246,3 +246,21 @@ def test_single_pass_baselines_export_and_samplers_are_refused(tiny_model, tmp_p
     with pytest.raises(ConfigError, match=r"^MarigoldNetwork samples \(DDIM steps from noise"):
         export_onnx(marigold, tmp_path / "marigold.onnx")
     assert not (tmp_path / "marigold.onnx").exists()
+
+
+def test_onnx_benchmark_compares_both_backends_on_one_input(stage2, stage2_graph, monkeypatch):
+    """tools/benchmark.py onnx's measurement on this module's export (the suite itself only
+    adds building and exporting a network: its sub-command is run in test_tools_benchmark)."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from benchmarks.onnx_runtime import compare
+
+    threads = torch.get_num_threads()
+    try:
+        r = compare(stage2, stage2_graph, 1, repeats=1, per_round=1, side=64)
+    finally:
+        torch.set_num_threads(threads)  # compare pins the thread count it measures
+    assert min(r["torch_cpu"], r["ort_cpu"], r["torch_wall"], r["ort_wall"]) > 0
+    assert r["load_start"] >= 0 and r["load_end"] >= 0
+    # Both backends ran the same graph on the same input: within the bound tools/export_onnx.py
+    # documents (and checks every export against) on the [0, 1] prediction.
+    assert r["max_abs_diff"] < 1e-4

@@ -107,3 +107,9 @@ def test_predict_benchmark_times_the_three_paths_and_streams_growing_folders(tmp
     assert all(float(r[2]) >= float(r[1]) > 0 for r in stream.values())  # peak >= before
     # every image of the largest folder was written (three files each)
     assert len(list((tmp_path / "stream-out-5").glob("*_color.png"))) == 5
+
+
+def test_onnx_suite_is_a_sub_command_with_its_help():
+    # Its measurement runs in tests/test_onnx.py on that module's export (an export takes 45 s).
+    out = run("onnx", "--help")
+    assert "onnxruntime vs PyTorch on the CPU" in out and "--size" in out

@@ -2,7 +2,8 @@
 
 Suites: :mod:`.data` (data loading), :mod:`.evaluation` (the evaluation protocol),
 :mod:`.training_step` (Lightning step vs a plain loop), :mod:`.memory` (stage-2 peak memory),
-:mod:`.scale` (the SD-2-size network), :mod:`.predict` (the predict path). Each module has
+:mod:`.scale` (the SD-2-size network), :mod:`.predict` (the predict path), :mod:`.tiling`
+(tiled vs global-only prediction), :mod:`.onnx_runtime` (onnxruntime vs PyTorch). Each module has
 ``add_parsers`` (its sub-commands of tools/benchmark.py) and ``run``. What several suites
 share: :mod:`.networks` (the networks, model folders, tasks and batches they train) and
 :mod:`.process` (the measuring process: heap, RSS, fresh children).

@@ -1,7 +1,7 @@
 """Tiled vs global-only prediction on a synthetic scene with dense ground truth, rendered at a
 multiple of the training size (issue 18, point 4).
 
-    python tools/benchmark_tiling.py --model runs/tiny/stage2/version_0/export \
+    python tools/benchmark.py tiling --model runs/tiny/stage2/version_0/export \
         --scale 4 --processing-res 128 --tile-size 128 --overlap 32 [--json out.json]
 
 Renders one procedural scene (:func:`~dm_lightning.data.synthetic.render_scene`) at ``scale``
@@ -42,6 +42,8 @@ from dm_lightning.data.synthetic import SOURCES, render_scene
 from dm_lightning.evaluation.scoring import evaluate_batch
 from dm_lightning.inference.tiling import axis_tiles, predict_tiled
 from dm_lightning.models.loading import load_depthmaster
+
+from . import suite_parser
 
 #: Relative depth change between neighbouring pixels that marks a GT depth edge (5 %: far
 #: above the change along any smooth surface at these sizes, below every occlusion step).
@@ -100,9 +102,10 @@ def border_jumps(
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``tiling`` sub-command of tools/benchmark.py."""
+    parser = suite_parser(
+        sub, "tiling", "tiled vs global-only prediction: seams, cost", run, __doc__
     )
     parser.add_argument("--model", required=True, help="model folder (an export) or hub id")
     parser.add_argument("--source", default="indoor", choices=sorted(SOURCES))
@@ -121,7 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
         "truth, so seams and cost only",
     )
     parser.add_argument("--photo-size", default="3840x2160", help="WxH for --photo (4K UHD)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Render (or read) the image, predict it both ways, print the results as JSON (and write
+    them to ``--json``); returns them."""
     # CPU time of this process with a fixed thread count: other jobs on a shared machine
     # do not count (as tools/benchmark.py measures).
     torch.set_num_threads(args.threads)
@@ -194,7 +201,3 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return results
-
-
-if __name__ == "__main__":
-    main()
