@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import cli_args
 
-from dm_lightning import Stage2
+from dm_lightning import Stage2, load_depthmaster
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.train_source import TrainSource
 from dm_lightning.errors import TrainingStopped
@@ -277,3 +277,24 @@ def test_startup_errors_are_one_short_line(case, tiny_model, data_config, tmp_pa
     (line,) = [x for x in err.splitlines() if x.startswith("dm-lightning: error:")]
     assert expected in line, err
     assert "Traceback" not in err and "Namespace(" not in err and "Union subtypes" not in err
+
+
+def test_export_and_writer_know_a_depthmaster_task_from_another_module(tiny_model, tmp_path):
+    """ExportDepthMaster names what it needs; the prediction writer reads another
+    LightningModule's maps as the recipe's target (1 = near) and a task's by its model."""
+    from dm_lightning.training.callbacks import exported_task, written_target
+
+    with pytest.raises(TypeError) as err:
+        exported_task(L.LightningModule())
+    assert str(err.value) == (
+        "ExportDepthMaster exports a DepthMasterTask's network (Stage1, Stage2, a baseline); "
+        "got LightningModule"
+    )
+    assert written_target(L.LightningModule()) is None
+    depth = load_depthmaster(tiny_model).save_pretrained(tmp_path / "depth", {"target": "depth"})
+    task = Stage2(str(depth), fourier=False)
+    assert exported_task(task) is task and written_target(task) == "depth"
+    # A target given against the model's record: the task reads the output as told (with a
+    # warning), the writer's colours follow what the model was trained on.
+    told = Stage2(str(depth), fourier=False, target="disparity")
+    assert (told.target.name, written_target(told)) == ("disparity", "depth")

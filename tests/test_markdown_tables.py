@@ -17,6 +17,7 @@ from dm_lightning.evaluation.tables import (
 from dm_lightning.gpu_check.report import markdown
 from dm_lightning.hub.model_card import _training_section
 from dm_lightning.hub.training_facts import TrainingFacts
+from dm_lightning.models.model_facts import ModelFacts
 
 
 def test_the_writer_plain_and_aligned():
@@ -142,7 +143,7 @@ def test_terminal_table_aligned():
 def test_model_card_settings_table():
     facts = TrainingFacts(
         stage=2,
-        target="sqrt_disparity",
+        model=ModelFacts("sqrt_disparity"),
         global_step=10,
         settings=[("precision", "bf16-mixed"), ("learning rate", 3e-05)],
     )

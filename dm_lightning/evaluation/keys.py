@@ -22,6 +22,12 @@ def metric_key(stage: str, split: str | None, metric: str) -> str:
     return f"{stage}/{metric}" if split is None else f"{stage}/{split}/{metric}"
 
 
+def is_stage_key(key: str, stage: str) -> bool:
+    """Whether ``key`` is a value logged in ``stage`` (``test/nyu/abs_rel``, ``test/abs_rel``
+    for ``test``)."""
+    return key.startswith(f"{stage}/")
+
+
 def parse_metric_key(key: str) -> MetricKey | None:
     """The stage, split and metric of a ``<stage>/<split>/<metric>`` name; None for any other
     (a headline ``<stage>/<metric>``, a loss, ...)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_lightning.errors import ConfigError, MissingPathError
-from dm_lightning.evaluation.keys import parse_metric_key
+from dm_lightning.evaluation.keys import is_stage_key, parse_metric_key
 from dm_lightning.evaluation.scoring import METRIC_NAMES
 
 EVAL_FILE = "dm_lightning_eval.json"
@@ -159,7 +159,7 @@ def read_eval_results(path: str | Path, export: Path | None = None) -> EvalResul
         raise ConfigError(f"evaluation results {path}: expected a JSON object")
     if isinstance(record.get("benchmarks"), list):  # EvaluationReport (or a card's own copy)
         return EvalResults.from_json(record, str(path))
-    if any(str(k).startswith("test/") for k in record):  # TestMetricsWriter
+    if any(is_stage_key(str(k), "test") for k in record):  # TestMetricsWriter
         return from_flat_metrics(record, "", str(path))
     entries = {k: v for k, v in record.items() if isinstance(v, dict) and "metrics" in v}
     if not entries:

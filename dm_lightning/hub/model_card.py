@@ -34,7 +34,6 @@ from dm_lightning.hub.training_facts import (
     read_training_facts,
 )
 from dm_lightning.hub.usage import cli_usage, diffusers_usage, python_usage
-from dm_lightning.models.pipeline_depthmaster import DEFAULT_PROCESSING_RES, DEFAULT_TARGET
 
 CARD_FILE = "README.md"
 PIPELINE_INDEX = "model_index.json"
@@ -90,7 +89,7 @@ def model_title(facts: TrainingFacts) -> str:
     disparity``, ``dm-lightning-e2e-ft-model-depth``): the model-index name and the suggested
     hub repository name (never a bare "DepthMaster", see :mod:`dm_lightning.hub.push`)."""
     stage = f"stage{facts.stage}" if facts.stage else "model"
-    target = (facts.target or DEFAULT_TARGET).replace("_", "-")
+    target = facts.model.target.replace("_", "-")
     return f"dm-lightning-{method_card(facts.method).slug}-{stage}-{target}"
 
 
@@ -114,10 +113,9 @@ def _training_section(facts: TrainingFacts) -> str:
         lines.append(f"- Trained by: `{facts.task}`.")
     if facts.global_step is not None:
         lines.append(f"- Optimizer steps trained: {facts.global_step}.")
-    if facts.target:
-        lines.append(
-            f"- Target space: `{facts.target}` ({TARGET_WORDS.get(facts.target, facts.target)})."
-        )
+    target = facts.model.recorded_target
+    if target:
+        lines.append(f"- Target space: `{target}` ({TARGET_WORDS.get(target, target)}).")
     if facts.started_from:
         lines.append(f"- Started from: `{facts.started_from}`.")
     if facts.sources:
@@ -241,8 +239,8 @@ def build_model_card(folder: Path, choices: CardChoices = CardChoices()) -> Mode
         eval_results=index or None,
     )
     stage = f"stage {facts.stage}" if facts.stage else "model"
-    near = "1 = near, 0 = far" if facts.near_is_one else "1 = far, 0 = near"
-    target = TARGET_WORDS.get(facts.target or DEFAULT_TARGET, facts.target)
+    near = "1 = near, 0 = far" if facts.model.near_is_one else "1 = far, 0 = near"
+    target = TARGET_WORDS.get(facts.model.target, facts.model.target)
     if method is DEPTHMASTER:
         title = f"# DM-Lightning DepthMaster ({stage}): single-step diffusion monocular "
         title += "relative depth"
@@ -265,7 +263,7 @@ def build_model_card(folder: Path, choices: CardChoices = CardChoices()) -> Mode
         f"Relative (affine-invariant) depth of one RGB image, at the image's size: {target} in "
         f"[0, 1], {near}. It is known up to a scale and shift; fit them to a few known depths "
         "for metres (dm_lightning's `tools/metric_depth.py`). The network runs at a long edge of "
-        f"{facts.processing_res or DEFAULT_PROCESSING_RES} pixels by default.",
+        f"{facts.model.processing_res} pixels by default.",
         "",
         _training_section(facts),
         "## Usage",

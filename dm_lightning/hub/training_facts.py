@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dm_lightning.models.model_facts import METADATA_FILE
+from dm_lightning.models.model_facts import METADATA_FILE, ModelFacts
 from dm_lightning.models.model_paths import HUB_ID
-from dm_lightning.models.pipeline_depthmaster import near_is_one
 
 CONFIG_FILE = "dm_lightning_config.yaml"
 """The training run's LightningCLI config, copied into the export."""
@@ -78,9 +77,10 @@ class TrainingFacts:
         method: the method a baseline's export records (``e2e_ft``, ``lotus_d``,
             ``marigold``); None for DepthMaster.
         task_class: the task class that loads a baseline's export (``dm_lightning.E2EFT``).
-        target: training target space (``sqrt_disparity``, ``disparity``, ``depth``).
+        model: what the model records (:class:`~dm_lightning.models.model_facts.ModelFacts`:
+            its target, so whether 1 = near, and predict's default long edge), read by the
+            model's loaders' own rule; the run config's target when the folder records none.
         global_step: optimizer steps trained.
-        processing_res: predict's default long edge in pixels.
         fourier: whether the U-Net carries the Fourier Enhancement block.
         started_from: the run's ``model_path`` (hub id or local folder), as configured.
         base_model: hub id of the original base weights, when known.
@@ -93,9 +93,8 @@ class TrainingFacts:
     task: str | None = None
     method: str | None = None
     task_class: str | None = None
-    target: str | None = None
+    model: ModelFacts = ModelFacts()
     global_step: int | None = None
-    processing_res: int | None = None
     fourier: bool = False
     started_from: str | None = None
     base_model: str | None = None
@@ -108,11 +107,6 @@ class TrainingFacts:
         """Known data set names of the training sources, without repeats, in order."""
         names = (KNOWN_DATASETS.get(s.name.lower()) for s in self.sources)
         return list(dict.fromkeys(n for n in names if n))
-
-    @property
-    def near_is_one(self) -> bool:
-        """Whether 1 means near in the prediction (every target but ``depth``)."""
-        return near_is_one(self.target)
 
 
 def hub_id(model_path: str | None) -> str | None:
@@ -161,9 +155,8 @@ def read_training_facts(export: Path) -> TrainingFacts:
     facts.task = meta.get("stage")
     facts.stage = {"Stage1": 1, "Stage2": 2}.get(str(facts.task))
     facts.method, facts.task_class = meta.get("method"), meta.get("task")
-    facts.target = meta.get("target")
+    facts.model = ModelFacts.from_record(meta)
     facts.global_step = meta.get("global_step")
-    facts.processing_res = meta.get("processing_res")
     facts.fourier = bool(meta.get("fourier_enhancement", False))
     config_path = export / CONFIG_FILE
     if not config_path.is_file():
@@ -173,7 +166,8 @@ def read_training_facts(export: Path) -> TrainingFacts:
     init = (config.get("model") or {}).get("init_args") or {}
     facts.started_from = init.get("model_path")
     facts.base_model = recorded_base_model(facts.started_from)
-    facts.target = facts.target or init.get("target")
+    if facts.model.recorded_target is None and init.get("target"):
+        facts.model = replace(facts.model, recorded_target=str(init["target"]))
     train = ((config.get("data") or {}).get("init_args") or {}).get("train") or []
     facts.sources = [
         TrainingSource(str(s.get("name", "?")), str(s.get("shards", "")), s.get("probability"))

@@ -9,7 +9,6 @@ import shlex
 
 from dm_lightning.hub.methods import method_card
 from dm_lightning.hub.training_facts import TrainingFacts
-from dm_lightning.models.pipeline_depthmaster import DEFAULT_PROCESSING_RES
 
 DEFAULT_IMAGE = "photo.jpg"
 
@@ -17,8 +16,8 @@ DEFAULT_IMAGE = "photo.jpg"
 def python_usage(model_ref: str, facts: TrainingFacts, image: str = DEFAULT_IMAGE) -> str:
     """The Python usage snippet: dm_lightning's ``load_depthmaster(...).predict(...)``, or for a
     baseline its task's network (``E2EFT(...).net``, the loader that reads its export)."""
-    res = facts.processing_res or DEFAULT_PROCESSING_RES
-    near = "1 = near" if facts.near_is_one else "1 = far"
+    res = facts.model.processing_res
+    near = "1 = near" if facts.model.near_is_one else "1 = far"
     if facts.method is None:
         name, load = "load_depthmaster", f"load_depthmaster({json.dumps(model_ref)})"
     else:

@@ -31,6 +31,7 @@ from typing import Any
 import lightning as L
 
 from dm_lightning.errors import ConfigError
+from dm_lightning.evaluation.keys import is_stage_key
 from dm_lightning.evaluation.tables import metric_splits, metrics_table
 from dm_lightning.output_folders import run_dir
 from dm_lightning.recipes.step_runner import PipelineError, log, run_dm_lightning
@@ -122,7 +123,7 @@ class TestMetricsWriter(L.Callback):
 
         path = Path(self.path) if self.path else run_dir(trainer) / TEST_METRICS
         metrics = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
+            k: float(v) for k, v in trainer.callback_metrics.items() if is_stage_key(k, "test")
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -34,6 +34,7 @@ from dm_lightning.inference.tiling import check_tiling
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
 from dm_lightning.models.loading import load_depthmaster
 from dm_lightning.models.model_facts import recorded_target
+from dm_lightning.models.pipeline_depthmaster import DEFAULT_TARGET
 from dm_lightning.models.resolution import (
     check_processing_res,
     network_res,
@@ -107,7 +108,7 @@ class DepthMasterTask(FrozenParts, NonFiniteGuard, EvaluationTask):
 
     stage_name = "DepthMasterTask"
     # The training target when neither the config nor the model names one.
-    default_target = "sqrt_disparity"
+    default_target = DEFAULT_TARGET
     # __init__ arguments left out of the saved hyper-parameters (modules, e.g. an encoder).
     hparams_ignore: tuple[str, ...] = ()
 

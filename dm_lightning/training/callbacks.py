@@ -23,8 +23,10 @@ from dm_lightning.inference.outputs import (
     refuse_writing_over_inputs,
     summary_line,
 )
+from dm_lightning.models.model_facts import ModelFacts
 from dm_lightning.models.pipeline_depthmaster import near_is_one
 from dm_lightning.output_folders import check_writable_folder, output_folder, run_dir
+from dm_lightning.training.base import DepthMasterTask
 from dm_lightning.training.checkpoints import load_checkpoint_safely
 from dm_lightning.training.deferred_signals import deferred_signals
 from dm_lightning.training.ema import ema_callback
@@ -67,7 +69,7 @@ class ExportDepthMaster(L.Callback):
         if self.best:
             path = getattr(trainer.checkpoint_callback, "best_model_path", "")
             if path:
-                state = load_checkpoint_safely(path)["state_dict"]
+                state = load_checkpoint_safely(path, mmap=True)["state_dict"]
                 pl_module.load_state_dict({**pl_module.state_dict(), **state})
         folder, target = self.run_folder, self.target
         ema = ema_callback(trainer)
@@ -82,18 +84,19 @@ class ExportDepthMaster(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path, target: Path
     ) -> None:
         if trainer.is_global_zero:
+            task = exported_task(pl_module)
+            # What the model records (models/model_facts.py): the task's target and predict's
+            # default long edge, when in pixels ("native" is not a recorded fact).
+            res = task.predict_processing_res
+            facts = ModelFacts(task.target.name, res if isinstance(res, int) else None)
             metadata = {
-                "stage": type(pl_module).__name__,
-                "target": pl_module.hparams.get("target"),
+                "stage": type(task).__name__,
+                **facts.to_record(),
                 "global_step": trainer.global_step,
             }
-            # predict's default long edge for this model (models/resolution.py)
-            res = getattr(pl_module, "predict_processing_res", None)
-            if isinstance(res, int):
-                metadata["processing_res"] = res
 
             def write(tmp: Path) -> None:
-                pl_module.net.save_pretrained(tmp, metadata)
+                task.net.save_pretrained(tmp, metadata)
                 write_export_card(tmp, folder / "config.yaml", target)
 
             replace_folder(target, write, "model export")
@@ -101,6 +104,27 @@ class ExportDepthMaster(L.Callback):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
             print(f"[dm_lightning] exported {type(pl_module).__name__} model to {target}")
+
+
+def exported_task(pl_module: L.LightningModule) -> DepthMasterTask:
+    """``pl_module`` as the :class:`~dm_lightning.training.base.DepthMasterTask` (a stage or a
+    baseline) whose network :class:`ExportDepthMaster` writes; TypeError naming it otherwise."""
+    if not isinstance(pl_module, DepthMasterTask):
+        raise TypeError(
+            f"ExportDepthMaster exports a DepthMasterTask's network (Stage1, Stage2, a "
+            f"baseline); got {type(pl_module).__name__}"
+        )
+    return pl_module
+
+
+def written_target(pl_module: L.LightningModule) -> str | None:
+    """The target whose meaning :class:`DepthPredictionWriter`'s colours follow: the one the
+    model was trained on, as its loader read it (``net.facts``: also for hub ids, without
+    reading the model file again), else the task's; None (the recipe's) for another
+    LightningModule."""
+    if not isinstance(pl_module, DepthMasterTask):
+        return None
+    return pl_module.net.facts.recorded_target or pl_module.target.name
 
 
 def write_export_card(tmp: Path, run_config: Path, target: Path) -> None:
@@ -209,12 +233,7 @@ class DepthPredictionWriter(BasePredictionWriter):
                 f"(keys {keys[:4]}); it must return the keys of the readable samples only"
             )
         if self._files is None:
-            # The target the model was trained on, as its loader read it (net.facts: also for
-            # hub ids, without reading the model file again), else the task's.
-            facts = getattr(getattr(pl_module, "net", None), "facts", None)
-            hparams = getattr(pl_module, "hparams", None) or {}
-            target = getattr(facts, "recorded_target", None) or hparams.get("target")
-            self._files = BackgroundWriter(self.folder, near_is_one(target))
+            self._files = BackgroundWriter(self.folder, near_is_one(written_target(pl_module)))
         for key, values in zip(keys, (d.detach().float().cpu() for d in depth)):
             self._files.submit(key, values)
             self.written += 1

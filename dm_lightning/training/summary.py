@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from dm_lightning.data.contract import depth_data
 from dm_lightning.evaluation.keys import parse_metric_key
 from dm_lightning.plurals import count_of
+from dm_lightning.training.callbacks import ExportDepthMaster
 
 #: Per-split validation values shown (the evaluation logs ``val/<split>/<metric>``).
 SHOWN_METRICS = ("abs_rel", "delta1")
@@ -51,9 +52,8 @@ def fit_summary(trainer: L.Trainer, log_dir: str | None) -> str:
             ranked = f"{callback.monitor} {float(score):.4g}" if score is not None else ""
             lines.append(f"  best checkpoint: {callback.best_model_path} ({ranked})")
     for callback in trainer.callbacks:
-        exported = getattr(callback, "exported", None)
-        if exported is not None:
-            lines.append(f"  export: {exported}")
+        if isinstance(callback, ExportDepthMaster) and callback.exported is not None:
+            lines.append(f"  export: {callback.exported}")
     if log_dir:
         lines.append(f"  logs: {log_dir}")
     for logger in trainer.loggers:

@@ -18,8 +18,7 @@ def settle_target(task: DepthMasterTask, given: str | None, eval_alignment: str 
     """After loading: the network's recorded target (``net.facts``, which also knows hub
     ids' downloaded folders) is the task's when none was given; a given one that differs
     is kept, with a warning (an eval config's target is kept by ``--model <class>``)."""
-    facts = getattr(task.net, "facts", None)
-    recorded = getattr(facts, "recorded_target", None)
+    recorded = task.net.facts.recorded_target
     if not recorded or recorded == task.hparams.target:
         return
     if given is None:
