@@ -123,6 +123,12 @@ TARGETS: dict[str, type[DepthTarget]] = {cls.name: cls for cls in (SqrtDisparity
 #: the targets' own, since a prediction is known up to scale and shift in its target's space.
 ALIGNMENT_SPACES = tuple(TARGETS)  # sqrt_disparity, disparity, depth
 
+#: DepthMaster's target, so the space its predictions are read and aligned in unless a model
+#: records another (the exported pipeline's own copy, ``DEFAULT_TARGET`` of
+#: models/pipeline_depthmaster.py, cannot import this package; tests/test_recorded_target.py
+#: pins them equal).
+DEFAULT_SPACE = SqrtDisparity.name
+
 
 def check_alignment_space(space: str, key: str | None = None) -> str:
     """``space``, if it is one of :data:`ALIGNMENT_SPACES`.

@@ -52,3 +52,13 @@ def test_nothing_recorded_changes_nothing():
     task = _task(None, "sqrt_disparity")
     settle_target(task, None, None)
     assert task.hparams["target"] == "sqrt_disparity" and task.eval_alignment == "sqrt_disparity"
+
+
+def test_the_default_space_and_the_exported_pipelines_default_target_agree():
+    """models/pipeline_depthmaster.py ships in every export and cannot import dm_lightning, so
+    it spells DepthMaster's target itself: the same as the package's default space."""
+    from dm_lightning.models.pipeline_depthmaster import DEFAULT_TARGET
+    from dm_lightning.targets import DEFAULT_SPACE
+
+    assert DEFAULT_TARGET == DEFAULT_SPACE == "sqrt_disparity"
+    assert ModelFacts().target == DEFAULT_SPACE and get_target(DEFAULT_SPACE).name == DEFAULT_SPACE

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dm_lightning.targets import DepthTarget, get_target
+from dm_lightning.targets import DEFAULT_SPACE, DepthTarget, get_target
 
 
 def fit_scale_shift(pred: Tensor, target_value: Tensor) -> tuple[float, float]:
@@ -108,9 +108,7 @@ def fit_image(
     return p, g, *fit_scale_shift(p_fit, target.forward(g_fit))
 
 
-def align_prediction(
-    pred: Tensor, gt: Tensor, valid: Tensor, space: str = "sqrt_disparity"
-) -> Tensor:
+def align_prediction(pred: Tensor, gt: Tensor, valid: Tensor, space: str = DEFAULT_SPACE) -> Tensor:
     """Per-image least-squares scale/shift alignment, returned as depth (float64).
 
     Args:
@@ -137,7 +135,7 @@ def align_prediction(
 
 
 def fit_alignment(
-    pred: Tensor, gt: Tensor, valid: Tensor, space: str = "sqrt_disparity"
+    pred: Tensor, gt: Tensor, valid: Tensor, space: str = DEFAULT_SPACE
 ) -> tuple[float, float, Tensor]:
     """The scale and shift evaluation fits to one image, for callers that need the numbers
     themselves (:mod:`dm_lightning.inference.metric_depth` turns relative predictions into metres).

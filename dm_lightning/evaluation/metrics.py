@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch
-from dm_lightning.targets import check_alignment_space
+from dm_lightning.targets import DEFAULT_SPACE, check_alignment_space
 
 
 def _sum_where(values: Tensor, keep: Tensor) -> Tensor:
@@ -41,7 +41,7 @@ class DepthMetrics(Metric):
     full_state_update = False
     higher_is_better = None
 
-    def __init__(self, space: str = "sqrt_disparity", **kwargs) -> None:
+    def __init__(self, space: str = DEFAULT_SPACE, **kwargs) -> None:
         super().__init__(**kwargs)
         self.space = check_alignment_space(space)
         for name in METRIC_NAMES:

@@ -33,7 +33,7 @@ from dm_lightning.evaluation.alignment import (
     valid_index,
     valid_pixels,
 )
-from dm_lightning.targets import DepthTarget, get_target
+from dm_lightning.targets import DEFAULT_SPACE, DepthTarget, get_target
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3")
 DEPTH_FLOOR = 1e-6
@@ -116,7 +116,7 @@ def evaluate_batch(
     valid: Tensor,
     min_depth: Bound,
     max_depth: Bound,
-    space: str = "sqrt_disparity",
+    space: str = DEFAULT_SPACE,
     dense: bool | None = None,
 ) -> Scores:
     """Align, clip and score a batch.

@@ -25,6 +25,7 @@ from dm_lightning.gpu_check import inference, training
 from dm_lightning.gpu_check.ddp_fit import ddp_fit
 from dm_lightning.gpu_check.report import device_info
 from dm_lightning.gpu_check.search import release_memory
+from dm_lightning.models.pipeline_depthmaster import DEFAULT_PROCESSING_RES
 from dm_lightning.testing.real_size import make_sd2_sized_depthmaster
 from dm_lightning.testing.tiny_model import make_tiny_depthmaster
 
@@ -71,8 +72,8 @@ def cuda_plan() -> Plan:
     return Plan(
         device="cuda", network="sd2", height=480, width=640, max_batch=128,
         search_seconds=20.0, timed_steps=2, eval_images=32, eval_batch=8,
-        predict_input=(1536, 2048), predict_res=768, predict_repeats=5, ddp_steps=5,
-        ddp_timeout=180.0, accelerator="gpu", compile_backend="inductor",
+        predict_input=(1536, 2048), predict_res=DEFAULT_PROCESSING_RES, predict_repeats=5,
+        ddp_steps=5, ddp_timeout=180.0, accelerator="gpu", compile_backend="inductor",
         budget_seconds=420.0, compile_min_seconds=90.0,
     )  # fmt: skip
 

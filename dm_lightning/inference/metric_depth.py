@@ -29,9 +29,14 @@ import torch
 from dm_lightning.errors import InputFileError
 from dm_lightning.evaluation.alignment import fit_alignment
 from dm_lightning.inference.depth_files import RANGE_TOLERANCE, KnownPoints, clip_rounding
-from dm_lightning.targets import MIN_DISPARITY, DepthTarget, check_alignment_space, get_target
+from dm_lightning.targets import (
+    DEFAULT_SPACE,
+    MIN_DISPARITY,
+    DepthTarget,
+    check_alignment_space,
+    get_target,
+)
 
-DEFAULT_SPACE = "sqrt_disparity"  # DepthMaster's target and evaluation space
 DEFAULT_MIN_DEPTH = 1e-3  # metres
 #: metres: the far end of the evaluation's disparity floor (1 / 1e-3), docs/method.md §6
 DEFAULT_MAX_DEPTH = 1.0 / MIN_DISPARITY

@@ -42,6 +42,7 @@ from dm_lightning.data.synthetic import SOURCES, render_scene
 from dm_lightning.evaluation.scoring import evaluate_batch
 from dm_lightning.inference.tiling import axis_tiles, predict_tiled
 from dm_lightning.models.loading import load_depthmaster
+from dm_lightning.targets import DEFAULT_SPACE
 
 from . import suite_parser
 
@@ -114,7 +115,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--processing-res", type=int, default=128)
     parser.add_argument("--tile-size", type=int, default=128)
     parser.add_argument("--overlap", type=int, default=32)
-    parser.add_argument("--target", default="sqrt_disparity", help="the model's target space")
+    parser.add_argument("--target", default=DEFAULT_SPACE, help="the model's target space")
     parser.add_argument("--json", default=None, help="write the results here too")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     parser.add_argument(
