@@ -1,8 +1,9 @@
 """Every Markdown table the package writes, pinned byte for byte on fixed inputs: the results
 table of ``results.md`` and the model card, the models-by-split table of the recipe and the
 ablations, the settings table under ``results.md``, the terminal's aligned table, the card's
-training settings and the GPU check's tables. They all go through one writer; these strings
-were taken from the builders as they were before it, so the writer changes none of them."""
+training settings and the GPU check's tables, and the row the speed benchmarks print as each is
+measured. They all go through one writer; these strings were taken from the builders as they
+were before it, so the writer changes none of them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dm_lightning.evaluation.tables import (
     metric_splits,
     metrics_table,
     results_table,
+    table_row,
     terminal_results_table,
 )
 from dm_lightning.gpu_check.report import markdown
@@ -35,6 +37,16 @@ def test_the_writer_plain_and_aligned():
         "| long name |   x|y |",
     ]
     assert markdown_table(["only"], []) == ["| only |", "|---|"]
+
+
+def test_a_streamed_row_is_the_row_of_the_whole_table():
+    # a benchmark row as tools/benchmarks/training_step.py printed it with an f-string
+    cells = ["stage 1", f"{12.345:.1f}", f"{13.1:.1f}", 4, f"{1.63:.2f}x", "PASS"]
+    assert table_row(cells) == "| stage 1 | 12.3 | 13.1 | 4 | 1.63x | PASS |"
+    # header + separator once, then one row at a time: the same lines as the whole table
+    header, rows = ["stage", "ms", "ms", "n", "ratio", "goal"], [cells, ["stage 2", 1, 2, 3, 4, 5]]
+    streamed = [*markdown_table(header, []), *map(table_row, rows)]
+    assert streamed == markdown_table(header, rows)
 
 
 def test_results_table():

@@ -1,6 +1,7 @@
 """The Markdown tables of evaluation results, and the one writer every table of the package
 goes through (:func:`markdown_table`: ``results.md``, the model card, the recipe's and the
-ablations' tables, the settings under them, the terminal's, the GPU check's).
+ablations' tables, the settings under them, the terminal's, the GPU check's, the speed
+benchmarks'; :func:`table_row` for a table printed row by row as its rows are measured).
 
 - :func:`results_table`: this model per benchmark next to the published numbers
   (``results.md``, the model card);
@@ -35,18 +36,27 @@ def markdown_table(
     """
     rows = [[str(cell) for cell in row] for row in rows]
     if align is None:
-        return [_row(header), "|---" * len(header) + "|", *map(_row, rows)]
+        return [table_row(header), "|---" * len(header) + "|", *map(table_row, rows)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def padded(cells: Sequence[str]) -> list[str]:
         return [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align)]
 
     rule = [("-" * (w + 2)) if a == "l" else ("-" * (w + 1) + ":") for w, a in zip(widths, align)]
-    return [_row(padded(header)), "|" + "|".join(rule) + "|", *(_row(padded(r)) for r in rows)]
+    return [
+        table_row(padded(header)),
+        "|" + "|".join(rule) + "|",
+        *(table_row(padded(r)) for r in rows),
+    ]
 
 
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+def table_row(cells: Sequence[Any]) -> str:
+    """One row of a Markdown table, ``| a | b |``, each cell written as ``str()`` gives it.
+
+    A table printed while its rows are measured prints ``markdown_table(header, [])`` (the
+    header and separator lines) once, then this per row as it comes.
+    """
+    return "| " + " | ".join(map(str, cells)) + " |"
 
 
 _PAPER_KINDS = ("kitti", "nyu", "eth3d", "scannet", "diode")

@@ -12,8 +12,10 @@ share: :mod:`.networks` (the networks, model folders, tasks and batches they tra
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from dm_lightning.evaluation.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[2]
 DISPATCHER = REPO / "tools" / "benchmark.py"
@@ -33,3 +35,10 @@ def suite_parser(
     )
     parser.set_defaults(run=run)
     return parser
+
+
+def print_table_header(header: Sequence[str]) -> None:
+    """Print the header and separator lines of a Markdown table whose rows are printed as they
+    are measured, each ``print(table_row(cells), flush=True)`` (the package's one table
+    writer, :mod:`dm_lightning.evaluation.tables`)."""
+    print("\n".join(markdown_table(header, [])))

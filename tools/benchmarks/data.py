@@ -42,9 +42,10 @@ from dm_lightning.data.shard_reader import iter_shard
 from dm_lightning.data.shards import write_shard
 from dm_lightning.data.streams import SourceStream
 from dm_lightning.data.synthetic import write_split
+from dm_lightning.evaluation.tables import table_row
 from dm_lightning.targets import SqrtDisparity
 
-from . import REPO, suite_parser
+from . import REPO, print_table_header, suite_parser
 
 REAL_RGBD = REPO / "tests" / "data" / "real_rgbd"
 # (RGB file, uint16 depth file, metres per unit) of the real frames; all 640x480.
@@ -220,8 +221,7 @@ def run(args: argparse.Namespace) -> None:
         "shards / reference",
         "like for like",
     ]
-    print("| data | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
+    print_table_header(["data", *columns])
     for label, (kind, h, w, (low, high)) in SIZES.items():
         shards, folder = prepare(work, kind, h, w, args.samples)
         resize = (h, w) == (480, 640)  # the reference's Hypersim config resizes to 480x640
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> None:
             f"{ours / reference:.1f}x",
             f"{finished / reference:.1f}x",
         ]
-        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+        print(table_row([label, *cells]), flush=True)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from dm_lightning.evaluation.scoring import METRIC_NAMES, evaluate_batch
+from dm_lightning.evaluation.tables import table_row
 from dm_lightning.testing import reference
 
-from . import suite_parser
+from . import print_table_header, suite_parser
 
 
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -108,16 +109,18 @@ def run(args: argparse.Namespace) -> None:
             assert diff < 1e-6, f"{k} differs from the {name} path by {diff}"
             worst = max(worst, diff)
     t_pub, t_lean, t_ours = seconds["published"], seconds["lean"], seconds["ours"]
-    print(
-        "| images (480x640) | batch | torch threads | published per-image path (s) "
-        "| lean numpy per image (s) | dm_lightning (s) | vs published | vs lean numpy "
-        "| max difference |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {b} | {args.batch} | {args.threads} | {t_pub:.2f} | {t_lean:.2f} | {t_ours:.2f} "
-        f"| {t_pub / t_ours:.1f}x | {t_lean / t_ours:.1f}x | {worst:.0e} |"
-    )
+    print_table_header(
+        [
+            "images (480x640)", "batch", "torch threads", "published per-image path (s)",
+            "lean numpy per image (s)", "dm_lightning (s)", "vs published", "vs lean numpy",
+            "max difference",
+        ]
+    )  # fmt: skip
+    cells = [
+        b, args.batch, args.threads, f"{t_pub:.2f}", f"{t_lean:.2f}", f"{t_ours:.2f}",
+        f"{t_pub / t_ours:.1f}x", f"{t_lean / t_ours:.1f}x", f"{worst:.0e}",
+    ]  # fmt: skip
+    print(table_row(cells), flush=True)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
+from dm_lightning.evaluation.tables import table_row
 from dm_lightning.gpu_check.search import largest_batch
 from dm_lightning.training.stage2 import Stage2
 
-from . import suite_parser
+from . import print_table_header, suite_parser
 from .networks import add_network_options, model_folder, synthetic_batches
 from .process import reset_peak_rss, run_child, set_glibc_heap, status_kb
 
@@ -102,33 +103,33 @@ def run(args: argparse.Namespace) -> None:
     with_ckpt, _ = measure_peak_mb(folder, args.batch, *size, True)
     ratio = with_ckpt / without
     verdict = "PASS" if ratio <= GOAL_MEMORY_RATIO else "FAIL"
-    print(
-        f"| stage 2 ({args.model} model, {args.height}x{args.width}, {device}) | micro-batch "
-        f"| peak without checkpointing (MB) | peak with U-Net + decoder checkpointing (MB) "
-        f"| with / without | goal <= {GOAL_MEMORY_RATIO}x |"
-    )
-    print("|---|---|---|---|---|---|")
-    print(
-        f"| one forward + backward | {args.batch} | {without:.0f} | {with_ckpt:.0f} "
-        f"| {ratio:.2f}x | {verdict} |",
-        flush=True,
-    )
+    print_table_header(
+        [
+            f"stage 2 ({args.model} model, {args.height}x{args.width}, {device})", "micro-batch",
+            "peak without checkpointing (MB)", "peak with U-Net + decoder checkpointing (MB)",
+            "with / without", f"goal <= {GOAL_MEMORY_RATIO}x",
+        ]
+    )  # fmt: skip
+    cells = [
+        "one forward + backward", args.batch, f"{without:.0f}", f"{with_ckpt:.0f}",
+        f"{ratio:.2f}x", verdict,
+    ]  # fmt: skip
+    print(table_row(cells), flush=True)
     print()
-    print(
-        "| budget (MB) | largest micro-batch without checkpointing "
-        "| largest micro-batch with checkpointing | gain | searched up to |"
-    )
-    print("|---|---|---|---|---|")
+    print_table_header(
+        [
+            "budget (MB)", "largest micro-batch without checkpointing",
+            "largest micro-batch with checkpointing", "gain", "searched up to",
+        ]
+    )  # fmt: skip
     # Doubling, then bisection (the GPU check's search, without its time cap).
     largest = [
         largest_batch(partial(fits_budget, folder, size, on, args.budget_mb), args.max_batch).batch
         for on in (False, True)
     ]
     gain = f"{largest[1] / largest[0]:.1f}x" if largest[0] else "-"
-    print(
-        f"| {args.budget_mb:.0f} | {largest[0]} | {largest[1]} | {gain} | {args.max_batch} |",
-        flush=True,
-    )
+    cells = [f"{args.budget_mb:.0f}", largest[0], largest[1], gain, args.max_batch]
+    print(table_row(cells), flush=True)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

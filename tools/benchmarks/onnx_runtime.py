@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import suite_parser
+from dm_lightning.evaluation.tables import table_row
+
+from . import print_table_header, suite_parser
 from .networks import build_depthmaster
 
 
@@ -114,13 +116,13 @@ def bench(
     print(f"[{size}] {params:.1f} M parameters, exported in {time.perf_counter() - start:.0f} s")
     for n in threads:
         r = compare(net, graph_path, n, repeats, per_round, side)
-        print(
-            f"| {size} | {n} | {r['torch_cpu']:.3f} | {r['ort_cpu']:.3f} "
-            f"| {r['torch_cpu'] / r['ort_cpu']:.2f}x | {r['torch_wall']:.3f} "
-            f"| {r['ort_wall']:.3f} | {r['torch_wall'] / r['ort_wall']:.2f}x "
-            f"| {r['max_abs_diff']:.1e} | {r['load_start']:.1f} / {r['load_end']:.1f} |",
-            flush=True,
-        )
+        cells = [
+            size, n, f"{r['torch_cpu']:.3f}", f"{r['ort_cpu']:.3f}",
+            f"{r['torch_cpu'] / r['ort_cpu']:.2f}x", f"{r['torch_wall']:.3f}",
+            f"{r['ort_wall']:.3f}", f"{r['torch_wall'] / r['ort_wall']:.2f}x",
+            f"{r['max_abs_diff']:.1e}", f"{r['load_start']:.1f} / {r['load_end']:.1f}",
+        ]  # fmt: skip
+        print(table_row(cells), flush=True)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -137,11 +139,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Print the table header, then one row per model and thread count."""
-    print(
-        "| model | threads | PyTorch CPU s | onnxruntime CPU s | CPU ratio | PyTorch wall s "
-        "| onnxruntime wall s | wall ratio | max abs diff | load avg start / end |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print_table_header(
+        [
+            "model", "threads", "PyTorch CPU s", "onnxruntime CPU s", "CPU ratio",
+            "PyTorch wall s", "onnxruntime wall s", "wall ratio", "max abs diff",
+            "load avg start / end",
+        ]
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as work:
         for size in args.models:
             bench(size, args.threads, args.repeats, args.per_round, Path(work), args.size)

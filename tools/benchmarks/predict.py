@@ -21,6 +21,7 @@ from PIL import Image
 
 from dm_lightning.data.datamodule import DepthDataModule
 from dm_lightning.data.predict import ImageFolder
+from dm_lightning.evaluation.tables import table_row
 from dm_lightning.inference.api import predict_images
 from dm_lightning.models.depthmaster import DepthMaster, signed_rgb
 from dm_lightning.models.loading import load_depthmaster
@@ -28,7 +29,7 @@ from dm_lightning.models.pipeline_loading import pipeline_from_network
 from dm_lightning.training.base import DepthMasterTask
 from dm_lightning.training.callbacks import DepthPredictionWriter
 
-from . import REPO, suite_parser
+from . import REPO, print_table_header, suite_parser
 from .networks import add_network_options, model_folder, tiny_model_folder
 from .process import (
     pin_glibc_heap,
@@ -142,21 +143,22 @@ def run(args: argparse.Namespace) -> None:
         for name, fn in paths.items():
             best[name] = min(best[name], fn())
     n = len(images)
-    print(
-        f"| path ({args.model} model, {n} JPEGs {h}x{w}, CPU time, 1 thread, "
-        f"heap {'pinned' if pinned else 'glibc default'}) | bare forwards (ms/image) "
-        f"| predict path (ms/image) | overhead (ms/image) | predict / bare "
-        f"| goal <= {GOAL_PREDICT_RATIO}x |"
-    )
-    print("|---|---|---|---|---|---|")
+    print_table_header(
+        [
+            f"path ({args.model} model, {n} JPEGs {h}x{w}, CPU time, 1 thread, "
+            f"heap {'pinned' if pinned else 'glibc default'})",
+            "bare forwards (ms/image)", "predict path (ms/image)", "overhead (ms/image)",
+            "predict / bare", f"goal <= {GOAL_PREDICT_RATIO}x",
+        ]
+    )  # fmt: skip
     for name in paths:
         ratio = best[name] / best["bare"]
         verdict = "PASS" if ratio <= GOAL_PREDICT_RATIO else "FAIL"
-        print(
-            f"| {name} | {best['bare'] / n * 1e3:.1f} | {best[name] / n * 1e3:.1f} "
-            f"| {(best[name] - best['bare']) / n * 1e3:.1f} | {ratio:.3f}x | {verdict} |",
-            flush=True,
-        )
+        cells = [
+            name, f"{best['bare'] / n * 1e3:.1f}", f"{best[name] / n * 1e3:.1f}",
+            f"{(best[name] - best['bare']) / n * 1e3:.1f}", f"{ratio:.3f}x", verdict,
+        ]  # fmt: skip
+        print(table_row(cells), flush=True)
     del paths, task, images, pipe, pil
     stream_table(work, sorted(args.stream_counts), args.stream_size)
 
@@ -168,12 +170,14 @@ def stream_table(work: Path, counts: list[int], side: int) -> None:
     stream = write_photos(work / f"stream-{side}-{counts[-1]}", counts[-1], side, side)
     tiny_model_folder(work)
     print()
-    print(
-        f"| images in the folder (tiny model, {side}x{side} JPEGs, fresh process each) "
-        "| RSS before (MB) | peak RSS during predict (MB) | peak above the smallest folder (MB) "
-        "| holding the decoded images instead would add (MB) | seconds |"
-    )
-    print("|---|---|---|---|---|---|")
+    print_table_header(
+        [
+            f"images in the folder (tiny model, {side}x{side} JPEGs, fresh process each)",
+            "RSS before (MB)", "peak RSS during predict (MB)",
+            "peak above the smallest folder (MB)",
+            "holding the decoded images instead would add (MB)", "seconds",
+        ]
+    )  # fmt: skip
     first_peak = None
     for count in counts:
         subset = work / f"stream-{side}-first-{count}"
@@ -188,11 +192,11 @@ def stream_table(work: Path, counts: list[int], side: int) -> None:
         if m["written"] != count:
             raise RuntimeError(f"wrote {m['written']} of {count} images")
         first_peak = m["peak_mb"] if first_peak is None else first_peak
-        print(
-            f"| {count} | {m['before_mb']:.0f} | {m['peak_mb']:.0f} "
-            f"| {m['peak_mb'] - first_peak:+.0f} | {m['held_mb']:.0f} | {m['seconds']:.1f} |",
-            flush=True,
-        )
+        cells = [
+            count, f"{m['before_mb']:.0f}", f"{m['peak_mb']:.0f}",
+            f"{m['peak_mb'] - first_peak:+.0f}", f"{m['held_mb']:.0f}", f"{m['seconds']:.1f}",
+        ]  # fmt: skip
+        print(table_row(cells), flush=True)
 
 
 def run_stream_child(args: argparse.Namespace) -> None:

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dm_lightning.evaluation.tables import table_row
 from dm_lightning.training.base import DepthMasterTask
 
-from . import suite_parser
+from . import print_table_header, suite_parser
 from .networks import REAL_ENCODER, TINY_ENCODER, build_depthmaster, stage_task, synthetic_batches
 from .process import reset_peak_rss, status_kb
 
@@ -197,19 +198,21 @@ def run(args: argparse.Namespace) -> None:
     size = "tiny" if args.tiny else "sd2"
     h, w = args.flops_height, args.flops_width
     components, stages = count_scale(size, h, w)
-    print(f"| part ({size}) | parameters (M) | trained in | forward GFLOPs per {h}x{w} image |")
-    print("|---|---|---|---|")
+    print_table_header(
+        [f"part ({size})", "parameters (M)", "trained in", f"forward GFLOPs per {h}x{w} image"]
+    )
     for name, params, trained, flops in components:
-        print(f"| {name} | {params:.1f} | {trained} | {flops:.1f} |", flush=True)
+        print(table_row([name, f"{params:.1f}", trained, f"{flops:.1f}"]), flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = device.type if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
     print()
-    print(
-        f"| stage ({size}) | parameters total (M) | trainable (M) "
-        f"| forward GFLOPs per {h}x{w} image | training GFLOPs (forward + backward) "
-        f"| step s ({args.height}x{args.width}, batch 1, {where}) | peak memory of that (GB) |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print_table_header(
+        [
+            f"stage ({size})", "parameters total (M)", "trainable (M)",
+            f"forward GFLOPs per {h}x{w} image", "training GFLOPs (forward + backward)",
+            f"step s ({args.height}x{args.width}, batch 1, {where})", "peak memory of that (GB)",
+        ]
+    )  # fmt: skip
     for stage in (1, 2):
         s = stages[stage]
         free = available_gb(device)
@@ -218,16 +221,13 @@ def run(args: argparse.Namespace) -> None:
         plan = step_plan(s["total"], s["trainable"], free)
         if plan is None:
             need = (s["total"] + s["trainable"]) * 4e-3 + 1.0
-            cells = f"skipped: needs {need:.0f} GB even without Adam, {free:.1f} GB free | -"
+            cells = [f"skipped: needs {need:.0f} GB even without Adam, {free:.1f} GB free", "-"]
         else:
             step = measured_step(stage, size, device, args, adam=plan[0])
             note = "" if plan[0] else f" (no Adam: needs {plan[1]:.0f} GB, {free:.1f} GB free)"
-            cells = f"{step['seconds']:.2f}{note} | {step['peak_gb']:.2f}"
-        print(
-            f"| stage {stage} | {s['total']:.1f} | {s['trainable']:.1f} | {s['forward']:.0f} "
-            f"| {s['train']:.0f} | {cells} |",
-            flush=True,
-        )
+            cells = [f"{step['seconds']:.2f}{note}", f"{step['peak_gb']:.2f}"]
+        numbers = [f"{s['total']:.1f}", f"{s['trainable']:.1f}", f"{s['forward']:.0f}"]
+        print(table_row([f"stage {stage}", *numbers, f"{s['train']:.0f}", *cells]), flush=True)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -21,9 +21,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from dm_lightning.data.packing import finish_training_batch
+from dm_lightning.evaluation.tables import table_row
 from dm_lightning.training.base import DepthMasterTask
 
-from . import suite_parser
+from . import print_table_header, suite_parser
 from .networks import TINY_ENCODER, stage_task, synthetic_batches, tiny_model_folder
 from .process import pin_glibc_heap, quiet_lightning
 
@@ -87,13 +88,14 @@ def run(args: argparse.Namespace) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="dm-bench-step-"))
     folder = tiny_model_folder(work)
     batches = synthetic_batches(args.warmup + args.steps, args.batch, args.height, args.width)
-    print(
-        f"| stage (tiny model, batch {args.batch}, {args.height}x{args.width}, "
-        f"heap {'pinned' if pinned else 'glibc default'}) "
-        "| plain PyTorch (ms/step) | Lightning (ms/step) | overhead (ms/step) "
-        f"| Lightning / plain | goal <= {GOAL_STEP_RATIO}x |"
-    )
-    print("|---|---|---|---|---|---|")
+    print_table_header(
+        [
+            f"stage (tiny model, batch {args.batch}, {args.height}x{args.width}, "
+            f"heap {'pinned' if pinned else 'glibc default'})",
+            "plain PyTorch (ms/step)", "Lightning (ms/step)", "overhead (ms/step)",
+            "Lightning / plain", f"goal <= {GOAL_STEP_RATIO}x",
+        ]
+    )  # fmt: skip
     for stage in (1, 2):
         task, plain_task = make_task(stage, folder), make_task(stage, folder)
         plain, lightning = math.inf, math.inf
@@ -104,12 +106,11 @@ def run(args: argparse.Namespace) -> None:
             lightning = min(lightning, lightning_seconds_per_step(task, *steps))
         ratio = lightning / plain
         verdict = "PASS" if ratio <= GOAL_STEP_RATIO else "FAIL"
-        print(
-            f"| stage {stage} | {plain * 1e3:.1f} | {lightning * 1e3:.1f} "
-            f"| {(lightning - plain) * 1e3:.1f} | {ratio:.3f}x "
-            f"| {verdict} |",
-            flush=True,
-        )
+        cells = [
+            f"stage {stage}", f"{plain * 1e3:.1f}", f"{lightning * 1e3:.1f}",
+            f"{(lightning - plain) * 1e3:.1f}", f"{ratio:.3f}x", verdict,
+        ]  # fmt: skip
+        print(table_row(cells), flush=True)
         del task, plain_task
 
 
