@@ -48,7 +48,8 @@ from dm_lightning.evaluation.task import EvaluationTask
 # been imported.
 from dm_lightning.training.base import DepthMasterTask  # noqa: F401
 from dm_lightning.training.checkpoints import check_checkpoint_stage
-from dm_lightning.training.run_folder import pin_run_folder, removed_if_start_fails
+from dm_lightning.training.failed_start import removed_if_start_fails
+from dm_lightning.training.run_folder import pin_run_folder
 from dm_lightning.training.stage1 import Stage1  # noqa: F401
 from dm_lightning.training.stage2 import Stage2  # noqa: F401
 from dm_lightning.training.summary import fit_summary

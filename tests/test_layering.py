@@ -1,6 +1,8 @@
 """The package's floors (docs/map.md): every import of a dm_lightning module, at module level or
 inside a function, goes to a lower floor, and no two modules import each other, directly or
-round a longer loop. Read from the source with ``ast``; nothing is imported."""
+round a longer loop (relative and function-level imports included; ``if TYPE_CHECKING:``
+imports, which never run, only in the floors). Read from the source with ``ast``; nothing is
+imported."""
 
 from __future__ import annotations
 
@@ -42,24 +44,45 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _type_only(tree: ast.Module) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:`` (never run: annotations only)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            found |= {id(inner) for stmt in node.body for inner in ast.walk(stmt)}
+    return found
+
+
 def _imports(path: Path) -> list[tuple[str, bool]]:
-    """(imported dm_lightning module, at module level?) of one file."""
+    """(imported dm_lightning module, run at import or call time?) of one file: imports at
+    module level or inside a function, relative ones resolved against the file's package;
+    those under ``if TYPE_CHECKING:`` are not run. ``from P import a`` counts ``P`` and
+    ``P.a`` (a submodule, if there is one; the package root only as ``P.a``: its names are
+    its submodules and its own ``__init__`` is the top floor)."""
     tree = ast.parse(path.read_text())
-    top = {id(node) for node in tree.body}
+    type_only = _type_only(tree)
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "dm_lightning":
-                names = [f"dm_lightning.{a.name}" for a in node.names]
-            elif node.module.startswith("dm_lightning."):
-                names = [node.module]
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # from .x import y / from .. import z
+                base = package.rsplit(".", node.level - 1)[0]
+                module = f"{base}.{node.module}" if node.module else base
             else:
+                module = node.module or ""
+            if module != "dm_lightning" and not module.startswith("dm_lightning."):
                 continue
+            names += [module] if module != "dm_lightning" else []
+            names += [f"{module}.{alias.name}" for alias in node.names if alias.name != "*"]
         elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.startswith("dm_lightning.")]
-        else:
-            continue
-        found += [(name, id(node) in top) for name in names]
+            names += [
+                alias.name
+                for alias in node.names
+                if alias.name == "dm_lightning" or alias.name.startswith("dm_lightning.")
+            ]
+        found += [(module, id(node) not in type_only) for module in names]
     return found
 
 
@@ -80,7 +103,7 @@ def test_imports_go_down_the_floors():
     upward = []
     for path in _files():
         source = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
-        for module, _ in _imports(path):
+        for module, _ in _imports(path):  # type-only imports too: a floor is a dependency
             target = _floor_of(module)
             if target != source and FLOORS.get(target, 99) >= FLOORS[source]:
                 upward.append(f"{path.relative_to(PACKAGE.parent)} imports {module}")
@@ -91,8 +114,8 @@ def test_no_module_import_cycle():
     modules = {_module_name(p): p for p in _files()}
     graph: dict[str, set[str]] = defaultdict(set)
     for name, path in modules.items():
-        for module, at_top in _imports(path):
-            if at_top and module in modules and module != name:
+        for module, runs in _imports(path):  # a type-only import cannot make a loop
+            if runs and module in modules and module != name:
                 graph[name].add(module)
     # Tarjan's strongly connected components: a component of two or more is a cycle.
     index: dict[str, int] = {}
@@ -141,3 +164,22 @@ def test_this_check_sees_an_upward_import(tmp_path, monkeypatch):
         assert "dm_lightning/models/bad.py imports dm_lightning.training.base" in str(err)
     else:
         raise AssertionError("an upward import went unnoticed")
+
+
+def test_this_check_sees_a_cycle_through_a_function_level_import(tmp_path, monkeypatch):
+    # The check itself: a relative module-level import one way and an import inside a
+    # function the other way make a cycle, reported with both modules.
+    fake = tmp_path / "dm_lightning"
+    (fake / "models").mkdir(parents=True)
+    (fake / "models" / "__init__.py").write_text("")
+    (fake / "models" / "pipe.py").write_text("from .tiles import run\n")
+    (fake / "models" / "tiles.py").write_text(
+        "def run():\n    from dm_lightning.models import pipe\n"
+    )
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    try:
+        test_no_module_import_cycle()
+    except AssertionError as err:
+        assert "['dm_lightning.models.pipe', 'dm_lightning.models.tiles']" in str(err)
+    else:
+        raise AssertionError("an import cycle went unnoticed")

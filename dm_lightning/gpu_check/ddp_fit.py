@@ -17,7 +17,6 @@ import lightning as L
 import torch.distributed as dist
 import yaml
 
-import dm_lightning
 from dm_lightning.cli import cli_args
 from dm_lightning.data.synthetic.writer import generate
 from dm_lightning.recipes.demo import data_config
@@ -88,7 +87,7 @@ def child_env() -> dict[str, str]:
     ``PYTHONPATH`` (the child runs the same code, installed or not) and a free local port."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(_LAUNCHER_ENV) and k not in _LAUNCHER_VARS}  # fmt: skip
-    root = str(Path(dm_lightning.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding dm_lightning/
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), PYTHONWARNINGS="ignore")
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -38,14 +38,11 @@ from torch import Tensor, nn
 from dm_lightning.errors import ConfigError
 from dm_lightning.models.depthmaster import DepthMaster
 from dm_lightning.models.loading import load_depthmaster
-from dm_lightning.models.onnx_metadata import META_KEY
+from dm_lightning.models.onnx_metadata import INPUT_NAME, META_KEY, OUTPUT_NAME
 from dm_lightning.models.unet_hooks import has_fourier_enhancement
 
 #: ONNX opset the graph is written in (``torch.onnx``'s dynamo exporter's default, 18).
 DEFAULT_OPSET = 18
-INPUT_NAME = "image"
-OUTPUT_NAME = "depth"
-#: The graph's ``metadata_props`` key holding dm_lightning's facts (JSON, see graph_metadata).
 
 
 class DepthGraph(nn.Module):

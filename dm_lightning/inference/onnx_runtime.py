@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from dm_lightning.errors import ConfigError
-from dm_lightning.inference.onnx_export import INPUT_NAME
 from dm_lightning.models.model_facts import ModelFacts
-from dm_lightning.models.onnx_metadata import read_graph_metadata
+from dm_lightning.models.onnx_metadata import INPUT_NAME, read_graph_metadata
 from dm_lightning.models.pipeline_depthmaster import resize_bilinear
 from dm_lightning.models.resolution import working_size
 

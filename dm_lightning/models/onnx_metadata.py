@@ -1,6 +1,7 @@
 """The facts dm_lightning records in an ONNX graph (``metadata_props``, as an export's
 ``dm_lightning.json``), read without the weights: what the loaders ask of an ``.onnx`` model
-path (target, processing resolution) and what the onnxruntime backend needs (VAE factor)."""
+path (target, processing resolution) and what the onnxruntime backend needs (VAE factor, the
+graph's input name)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 
 from dm_lightning.errors import ConfigError, MissingPathError
 
+#: The graph's ``metadata_props`` key holding dm_lightning's facts (JSON, see
+#: :func:`~dm_lightning.inference.onnx_export.graph_metadata`).
 META_KEY = "dm_lightning"
+#: The graph's input and output names (what the exporter writes, what onnxruntime feeds).
+INPUT_NAME = "image"
+OUTPUT_NAME = "depth"
 
 
 def read_graph_metadata(path: str | Path) -> dict[str, object]:

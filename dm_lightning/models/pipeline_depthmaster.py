@@ -1,10 +1,11 @@
 """DepthMaster as a diffusers pipeline: ``DepthMasterPipeline`` and the one inference function
 every dm_lightning path runs (:func:`predict_relative_depth`).
 
-Self-contained on purpose: this file imports only torch, numpy, PIL, diffusers and its sibling
-:mod:`~dm_lightning.models.modeling_depthmaster` (the U-Net and empty-prompt components),
-because :meth:`DepthMasterPipeline.save_pretrained` copies both into every exported model
-folder, where ``diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``
+Self-contained on purpose: this file imports only torch, numpy, PIL, diffusers and its siblings
+:mod:`~dm_lightning.models.modeling_depthmaster` (the U-Net and empty-prompt components) and
+:mod:`~dm_lightning.models.tiling_depthmaster` (tiled prediction and the ``working_size``
+rule), because :meth:`DepthMasterPipeline.save_pretrained` copies all three into every exported
+model folder, where ``diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``
 loads them without dm_lightning (``model_index.json`` names ``["pipeline_depthmaster",
 "DepthMasterPipeline"]``). dm_lightning's own predict paths import it from here: one implementation.
 """
@@ -33,8 +34,9 @@ from torch import Tensor, nn
 # relative, so that diffusers copies the file beside this one when it loads an export's copy
 from .modeling_depthmaster import MODULE_NAME as MODELING_MODULE
 from .modeling_depthmaster import DepthMasterUNet, EmptyPromptEmbedding
+from .tiling_depthmaster import predict_tiled, working_size
 
-# The tiling code's module, shipped beside this one (imported where tile_size is used).
+# The tiling code's module, shipped beside this one (it imports nothing from this file).
 TILING_MODULE = "tiling_depthmaster"
 
 MODULE_NAME = Path(__file__).stem  # the file's name inside an export, for model_index.json
@@ -55,18 +57,6 @@ def near_is_one(target: str | None) -> bool:
 def latent_factor(vae: AutoencoderKL) -> int:
     """Pixels per latent cell (8 for SD-2), derived from the VAE config."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def working_size(
-    height: int, width: int, processing_res: int | None, factor: int
-) -> tuple[int, int]:
-    """Network input size: long edge scaled to ``processing_res`` (None = the image's own),
-    both edges rounded to multiples of ``factor`` (at least ``factor``)."""
-    scale = 1.0 if processing_res is None else processing_res / max(height, width)
-    return (
-        max(factor, round(height * scale / factor) * factor),
-        max(factor, round(width * scale / factor) * factor),
-    )
 
 
 def encode_rgb(vae: AutoencoderKL, image: Tensor) -> Tensor:
@@ -112,7 +102,7 @@ def predict_relative_depth(
     Args:
         image: (B, 3, H, W) float in [0, 1].
         size: (height, width) the network runs at, multiples of the VAE factor
-            (:func:`working_size`).
+            (:func:`~dm_lightning.models.tiling_depthmaster.working_size`).
         match_input_resolution: resize the prediction back to (H, W); else it stays at ``size``.
         latent_step: RGB latent -> depth latent; default DepthMaster's single U-Net pass
             (:func:`denoise`). The single-step family's baselines (E2E-FT, Lotus-D, Marigold)
@@ -264,8 +254,7 @@ class DepthMasterPipeline(DiffusionPipeline):
         size = working_size(*x.shape[-2:], res or None, factor)
         embedding = self.empty_prompt.embedding
         if tile_size is not None:
-            from .tiling_depthmaster import predict_tiled  # shipped beside this file
-
+            # the network on one tile, or on the global pass's working-size image
             def network(tile: Tensor) -> Tensor:  # at its own size, a multiple of the factor
                 tile = tile.to(self._execution_device)
                 return predict_relative_depth(

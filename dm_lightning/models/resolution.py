@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dm_lightning.errors import ConfigError
 from dm_lightning.models.pipeline_depthmaster import DEFAULT_PROCESSING_RES
-from dm_lightning.models.pipeline_depthmaster import working_size as pipeline_working_size
+from dm_lightning.models.tiling_depthmaster import working_size as pipeline_working_size
 
 #: The ``processing_res`` value that runs every image at its own size.
 NATIVE = "native"

@@ -1,9 +1,12 @@
 """Tiled high-resolution depth: a global pass for the layout plus full-detail tiles, aligned to
 it and blended without seams (:func:`predict_tiled`).
 
-Self-contained on purpose (torch only, plus the pipeline's ``working_size``): every export ships
-this file beside ``pipeline_depthmaster.py``, whose ``tile_size`` option runs it;
-:mod:`dm_lightning.inference.tiling` gives dm_lightning's predict the same code.
+Self-contained on purpose (torch only): every export ships this file beside
+``pipeline_depthmaster.py``, whose ``tile_size`` option runs it;
+:mod:`dm_lightning.inference.tiling` gives dm_lightning's predict the same code. It also holds
+:func:`working_size`, the network input size rule the pipeline and the global pass share: here
+rather than in the pipeline file, so the two shipped files import one way only (pipeline ->
+tiling).
 
 A single pass at the processing resolution (768 px for SD-2 models) blurs a 4K photo: every
 output pixel is upsampled from a 5x smaller prediction. Tiles at the image's own pixels keep the
@@ -54,6 +57,18 @@ PredictFn = Callable[[Tensor], Tensor]
 #: treated as flat: the least-squares scale ``cov(P, G) / var(P)`` divides by ``var(P)``, so its
 #: error grows as 1 / std(P) and for such a tile would exceed the scale itself.
 MIN_TILE_STD = 1e-3
+
+
+def working_size(
+    height: int, width: int, processing_res: int | None, factor: int
+) -> tuple[int, int]:
+    """Network input size: long edge scaled to ``processing_res`` (None = the image's own),
+    both edges rounded to multiples of ``factor`` (at least ``factor``)."""
+    scale = 1.0 if processing_res is None else processing_res / max(height, width)
+    return (
+        max(factor, round(height * scale / factor) * factor),
+        max(factor, round(width * scale / factor) * factor),
+    )
 
 
 def default_overlap(tile_size: int) -> int:
@@ -167,8 +182,6 @@ def predict_tiled(
     def run(x: Tensor) -> Tensor:
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         return predict_fn(x).float().cpu()[0, 0]
-
-    from .pipeline_depthmaster import working_size  # the one rule (imported late: no cycle)
 
     size = working_size(height, width, processing_res, factor)
     x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
