@@ -10,6 +10,8 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "dm_lightning"
 
 # Top-level module or subpackage -> floor; an import must go to a lower floor.
@@ -158,12 +160,9 @@ def test_this_check_sees_an_upward_import(tmp_path, monkeypatch):
     )
     (fake / "training" / "base.py").write_text("")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
-    try:
+    with pytest.raises(AssertionError) as err:
         test_imports_go_down_the_floors()
-    except AssertionError as err:
-        assert "dm_lightning/models/bad.py imports dm_lightning.training.base" in str(err)
-    else:
-        raise AssertionError("an upward import went unnoticed")
+    assert "dm_lightning/models/bad.py imports dm_lightning.training.base" in str(err.value)
 
 
 def test_this_check_sees_a_cycle_through_a_function_level_import(tmp_path, monkeypatch):
@@ -177,9 +176,6 @@ def test_this_check_sees_a_cycle_through_a_function_level_import(tmp_path, monke
         "def run():\n    from dm_lightning.models import pipe\n"
     )
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
-    try:
+    with pytest.raises(AssertionError) as err:
         test_no_module_import_cycle()
-    except AssertionError as err:
-        assert "['dm_lightning.models.pipe', 'dm_lightning.models.tiles']" in str(err)
-    else:
-        raise AssertionError("an import cycle went unnoticed")
+    assert "['dm_lightning.models.pipe', 'dm_lightning.models.tiles']" in str(err.value)
