@@ -282,7 +282,7 @@ def test_startup_errors_are_one_short_line(case, tiny_model, data_config, tmp_pa
 def test_export_and_writer_know_a_depthmaster_task_from_another_module(tiny_model, tmp_path):
     """ExportDepthMaster names what it needs; the prediction writer reads another
     LightningModule's maps as the recipe's target (1 = near) and a task's by its model."""
-    from dm_lightning.training.callbacks import exported_task, written_target
+    from dm_lightning.training.callbacks import ExportDepthMaster, exported_task, written_target
 
     with pytest.raises(TypeError) as err:
         exported_task(L.LightningModule())
@@ -291,6 +291,9 @@ def test_export_and_writer_know_a_depthmaster_task_from_another_module(tiny_mode
         "got LightningModule"
     )
     assert written_target(L.LightningModule()) is None
+    # The export says so when fit sets up, before any step (the trainer is not even read).
+    with pytest.raises(TypeError, match="exports a DepthMasterTask's network"):
+        ExportDepthMaster().setup(None, L.LightningModule(), "fit")  # type: ignore[arg-type]
     depth = load_depthmaster(tiny_model).save_pretrained(tmp_path / "depth", {"target": "depth"})
     task = Stage2(str(depth), fourier=False)
     assert exported_task(task) is task and written_target(task) == "depth"

@@ -60,9 +60,11 @@ class ExportDepthMaster(L.Callback):
         self.exported: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # fail now, not after a day of training
+            exported_task(pl_module)
         self.run_folder = run_dir(trainer)
         self.target = output_folder(trainer, self.dirpath, "export")
-        if stage == "fit":  # fail now, not after a day of training
+        if stage == "fit":
             check_writable_folder(self.target.parent, "export folder's parent")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
